@@ -1,0 +1,239 @@
+//! Metadata, topic administration, coordinator lookup, producer ids, configs.
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
+use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{
+    BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    DescribeConfigsRequest, DescribeConfigsResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, InitProducerIdRequest, InitProducerIdResponse, MetadataRequest,
+    MetadataResponse, ProducerId, TopicName,
+};
+use uuid::Uuid;
+
+use super::{str_bytes, ApiContext};
+use crate::topics::Topic;
+
+const CLUSTER_ID: &str = "chronik-under-test";
+/// DescribeConfigs resource type of a topic.
+const RESOURCE_TYPE_TOPIC: i8 = 2;
+
+fn describe_topic(ctx: &ApiContext, topic: &Topic) -> MetadataResponseTopic {
+    let node = BrokerId(ctx.config.node_id);
+    let mut out = MetadataResponseTopic::default();
+    out.name = Some(TopicName(str_bytes(&*topic.name)));
+    out.topic_id = Uuid::from_u128(topic.id);
+    out.partitions = topic
+        .partitions
+        .iter()
+        .map(|p| {
+            let mut part = MetadataResponsePartition::default();
+            part.partition_index = p.index;
+            part.leader_id = node;
+            part.leader_epoch = 0;
+            part.replica_nodes = vec![node];
+            part.isr_nodes = vec![node];
+            part
+        })
+        .collect();
+    out
+}
+
+pub fn metadata(ctx: &ApiContext, req: MetadataRequest, version: i16) -> MetadataResponse {
+    let mut response = MetadataResponse::default();
+    let mut broker = MetadataResponseBroker::default();
+    broker.node_id = BrokerId(ctx.config.node_id);
+    broker.host = str_bytes(&ctx.advertised_host);
+    broker.port = ctx.advertised_port;
+    response.brokers = vec![broker];
+    response.cluster_id = Some(str_bytes(CLUSTER_ID));
+    response.controller_id = BrokerId(ctx.config.node_id);
+    let wanted: Option<Vec<String>> =
+        req.topics
+            .filter(|t| !(version == 0 && t.is_empty()))
+            .map(|topics| {
+                topics
+                    .into_iter()
+                    .filter_map(|t| t.name.map(|n| n.0.to_string()))
+                    .collect()
+            });
+    match wanted {
+        None => {
+            let snapshot = ctx.topics.snapshot();
+            let mut names: Vec<_> = snapshot.keys().cloned().collect();
+            names.sort();
+            response.topics = names
+                .iter()
+                .map(|n| describe_topic(ctx, &snapshot[n]))
+                .collect();
+        }
+        Some(names) => {
+            for name in names {
+                let mut found = ctx.topics.get(&name);
+                let mut error = None;
+                if found.is_none() && req.allow_auto_topic_creation && ctx.config.auto_create_topics
+                {
+                    match ctx.topics.create(&name, ctx.config.default_partitions) {
+                        Ok(_) => found = ctx.topics.get(&name),
+                        Err(e) => error = Some(e),
+                    }
+                }
+                let topic = match found {
+                    Some(topic) => describe_topic(ctx, &topic),
+                    None => {
+                        let mut missing = MetadataResponseTopic::default();
+                        missing.name = Some(TopicName(str_bytes(name)));
+                        missing.error_code = error
+                            .unwrap_or(ResponseError::UnknownTopicOrPartition)
+                            .code();
+                        missing
+                    }
+                };
+                response.topics.push(topic);
+            }
+        }
+    }
+    response
+}
+
+pub fn create_topics(ctx: &ApiContext, req: CreateTopicsRequest) -> CreateTopicsResponse {
+    let mut response = CreateTopicsResponse::default();
+    for topic in req.topics {
+        let mut result = CreatableTopicResult::default();
+        result.name = topic.name.clone();
+        let partitions = if topic.num_partitions == -1 {
+            ctx.config.default_partitions
+        } else {
+            topic.num_partitions
+        };
+        result.num_partitions = partitions;
+        result.replication_factor = 1;
+        let outcome = if !matches!(topic.replication_factor, -1 | 1) {
+            Err(ResponseError::InvalidReplicationFactor)
+        } else if !topic.assignments.is_empty() {
+            Err(ResponseError::InvalidReplicaAssignment)
+        } else if req.validate_only {
+            match ctx.topics.get(&topic.name) {
+                Some(_) => Err(ResponseError::TopicAlreadyExists),
+                None if crate::topics::valid_topic_name(&topic.name) => Ok(()),
+                None => Err(ResponseError::InvalidTopicException),
+            }
+        } else {
+            match ctx.topics.create(&topic.name, partitions) {
+                Ok(Some(created)) => {
+                    result.topic_id = Uuid::from_u128(created.id);
+                    Ok(())
+                }
+                Ok(None) => Err(ResponseError::TopicAlreadyExists),
+                Err(e) => Err(e),
+            }
+        };
+        if let Err(error) = outcome {
+            result.error_code = error.code();
+            result.error_message = Some(str_bytes(error.to_string()));
+        }
+        response.topics.push(result);
+    }
+    response
+}
+
+pub fn delete_topics(ctx: &ApiContext, req: DeleteTopicsRequest) -> DeleteTopicsResponse {
+    let names = req
+        .topic_names
+        .into_iter()
+        .chain(req.topics.into_iter().filter_map(|t| t.name));
+    let mut response = DeleteTopicsResponse::default();
+    for name in names {
+        let mut result = DeletableTopicResult::default();
+        let outcome = match ctx.topics.delete(&name) {
+            Ok(true) => None,
+            Ok(false) => Some(ResponseError::UnknownTopicOrPartition),
+            Err(e) => Some(e),
+        };
+        result.error_code = outcome.map_or(0, |e| e.code());
+        result.name = Some(name);
+        response.responses.push(result);
+    }
+    response
+}
+
+pub fn find_coordinator(ctx: &ApiContext, req: FindCoordinatorRequest) -> FindCoordinatorResponse {
+    let mut response = FindCoordinatorResponse::default();
+    let node = BrokerId(ctx.config.node_id);
+    // v0-3 ask for one key, v4+ for a list; this broker coordinates everything.
+    response.node_id = node;
+    response.host = str_bytes(&ctx.advertised_host);
+    response.port = ctx.advertised_port;
+    response.coordinators = req
+        .coordinator_keys
+        .into_iter()
+        .map(|key| {
+            let mut c = Coordinator::default();
+            c.key = key;
+            c.node_id = node;
+            c.host = str_bytes(&ctx.advertised_host);
+            c.port = ctx.advertised_port;
+            c
+        })
+        .collect();
+    response
+}
+
+pub fn init_producer_id(ctx: &ApiContext, req: InitProducerIdRequest) -> InitProducerIdResponse {
+    let mut response = InitProducerIdResponse::default();
+    if req.transactional_id.is_some() {
+        // Transactions are out of scope; idempotence alone is supported.
+        response.error_code = ResponseError::TransactionalIdAuthorizationFailed.code();
+        response.producer_id = ProducerId(-1);
+        response.producer_epoch = -1;
+        return response;
+    }
+    response.producer_id = ProducerId(ctx.allocate_producer_id());
+    response.producer_epoch = 0;
+    response
+}
+
+pub fn describe_configs(ctx: &ApiContext, req: DescribeConfigsRequest) -> DescribeConfigsResponse {
+    let mut response = DescribeConfigsResponse::default();
+    for resource in req.resources {
+        let mut result = DescribeConfigsResult::default();
+        result.resource_type = resource.resource_type;
+        result.resource_name = resource.resource_name.clone();
+        if resource.resource_type == RESOURCE_TYPE_TOPIC {
+            if ctx.topics.get(&resource.resource_name).is_none() {
+                result.error_code = ResponseError::UnknownTopicOrPartition.code();
+            } else {
+                let retention = ctx
+                    .config
+                    .retention_bytes
+                    .map_or(-1, |b| b as i64)
+                    .to_string();
+                let configs = [
+                    ("retention.bytes", retention),
+                    ("segment.bytes", ctx.config.segment_bytes.to_string()),
+                    ("max.message.bytes", ctx.config.batch_bytes_max.to_string()),
+                    ("cleanup.policy", "delete".to_owned()),
+                ];
+                result.configs = configs
+                    .into_iter()
+                    .map(|(name, value)| {
+                        let mut c = DescribeConfigsResourceResult::default();
+                        c.name = str_bytes(name);
+                        c.value = Some(str_bytes(value));
+                        c.read_only = true;
+                        c
+                    })
+                    .collect();
+            }
+        }
+        response.results.push(result);
+    }
+    response
+}

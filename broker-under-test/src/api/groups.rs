@@ -1,0 +1,218 @@
+//! Group APIs: thin translation between the wire types and `GroupCoordinator`.
+
+use std::time::Duration;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+use kafka_protocol::messages::leave_group_response::MemberResponse;
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponsePartition, OffsetFetchResponseTopic,
+};
+use kafka_protocol::messages::{
+    HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+    LeaveGroupResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
+    OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
+};
+
+use super::{str_bytes, ApiContext};
+use crate::groups::JoinRequest;
+
+fn millis(ms: i32) -> Duration {
+    Duration::from_millis(ms.max(0) as u64)
+}
+
+fn code(error: Option<ResponseError>) -> i16 {
+    error.map_or(0, |e| e.code())
+}
+
+pub async fn join(ctx: &ApiContext, req: JoinGroupRequest, client_id: String) -> JoinGroupResponse {
+    // v0 has no rebalance timeout: Kafka uses the session timeout then.
+    let rebalance = if req.rebalance_timeout_ms > 0 {
+        req.rebalance_timeout_ms
+    } else {
+        req.session_timeout_ms
+    };
+    let outcome = ctx
+        .groups
+        .join(JoinRequest {
+            group_id: req.group_id.to_string(),
+            member_id: req.member_id.to_string(),
+            client_id,
+            protocol_type: req.protocol_type.to_string(),
+            protocols: req
+                .protocols
+                .into_iter()
+                .map(|p| (p.name.to_string(), p.metadata))
+                .collect(),
+            session_timeout: millis(req.session_timeout_ms),
+            rebalance_timeout: millis(rebalance),
+        })
+        .await;
+    let mut response = JoinGroupResponse::default();
+    response.error_code = code(outcome.error);
+    response.generation_id = outcome.generation;
+    response.protocol_type = Some(str_bytes(outcome.protocol_type));
+    response.protocol_name = outcome.protocol_name.map(str_bytes);
+    response.leader = str_bytes(outcome.leader);
+    response.member_id = str_bytes(outcome.member_id);
+    response.members = outcome
+        .members
+        .into_iter()
+        .map(|(id, metadata)| {
+            let mut m = JoinGroupResponseMember::default();
+            m.member_id = str_bytes(id);
+            m.metadata = metadata;
+            m
+        })
+        .collect();
+    response
+}
+
+pub async fn sync(ctx: &ApiContext, req: SyncGroupRequest) -> SyncGroupResponse {
+    let assignments = req
+        .assignments
+        .into_iter()
+        .map(|a| (a.member_id.to_string(), a.assignment))
+        .collect();
+    let (error, protocol_type, protocol_name, assignment) = ctx
+        .groups
+        .sync(
+            &req.group_id,
+            req.generation_id,
+            &req.member_id,
+            assignments,
+        )
+        .await;
+    let mut response = SyncGroupResponse::default();
+    response.error_code = code(error);
+    response.protocol_type = protocol_type.map(str_bytes);
+    response.protocol_name = protocol_name.map(str_bytes);
+    response.assignment = assignment;
+    response
+}
+
+pub fn heartbeat(ctx: &ApiContext, req: HeartbeatRequest) -> HeartbeatResponse {
+    let mut response = HeartbeatResponse::default();
+    response.error_code = code(ctx.groups.heartbeat(
+        &req.group_id,
+        req.generation_id,
+        &req.member_id,
+    ));
+    response
+}
+
+pub fn leave(ctx: &ApiContext, req: LeaveGroupRequest) -> LeaveGroupResponse {
+    // v0-2 name one member; v3+ a list.
+    let ids: Vec<String> = if req.members.is_empty() {
+        vec![req.member_id.to_string()]
+    } else {
+        req.members
+            .iter()
+            .map(|m| m.member_id.to_string())
+            .collect()
+    };
+    let results = ctx.groups.leave(&req.group_id, &ids);
+    let mut response = LeaveGroupResponse::default();
+    if req.members.is_empty() {
+        response.error_code = code(results[0]);
+    } else {
+        response.members = ids
+            .into_iter()
+            .zip(results)
+            .map(|(id, error)| {
+                let mut m = MemberResponse::default();
+                m.member_id = str_bytes(id);
+                m.error_code = code(error);
+                m
+            })
+            .collect();
+    }
+    response
+}
+
+pub fn offset_commit(ctx: &ApiContext, req: OffsetCommitRequest) -> OffsetCommitResponse {
+    let mut offsets = Vec::new();
+    for topic in &req.topics {
+        for p in &topic.partitions {
+            offsets.push((
+                topic.name.to_string(),
+                p.partition_index,
+                p.committed_offset,
+                p.committed_metadata.as_ref().map(|m| m.to_string()),
+            ));
+        }
+    }
+    let error = match ctx.groups.commit_offsets(&req.group_id, &offsets) {
+        Ok(()) => None,
+        Err(err) => {
+            tracing::error!(
+                "committing offsets of group {} failed: {err}",
+                &*req.group_id
+            );
+            Some(ResponseError::KafkaStorageError)
+        }
+    };
+    let mut response = OffsetCommitResponse::default();
+    response.topics = req
+        .topics
+        .into_iter()
+        .map(|topic| {
+            let mut t = OffsetCommitResponseTopic::default();
+            t.partitions = topic
+                .partitions
+                .iter()
+                .map(|p| {
+                    let mut out = OffsetCommitResponsePartition::default();
+                    out.partition_index = p.partition_index;
+                    out.error_code = code(error);
+                    out
+                })
+                .collect();
+            t.name = topic.name;
+            t
+        })
+        .collect();
+    response
+}
+
+pub fn offset_fetch(ctx: &ApiContext, req: OffsetFetchRequest) -> OffsetFetchResponse {
+    let group = req.group_id.to_string();
+    let wanted: Vec<(String, Vec<i32>)> = match req.topics {
+        Some(topics) => topics
+            .into_iter()
+            .map(|t| (t.name.to_string(), t.partition_indexes))
+            .collect(),
+        None => {
+            let mut by_topic: std::collections::BTreeMap<String, Vec<i32>> = Default::default();
+            for (topic, partition) in ctx.groups.committed_partitions(&group) {
+                by_topic.entry(topic).or_default().push(partition);
+            }
+            by_topic.into_iter().collect()
+        }
+    };
+    let mut response = OffsetFetchResponse::default();
+    response.topics = wanted
+        .into_iter()
+        .map(|(topic, partitions)| {
+            let mut t = OffsetFetchResponseTopic::default();
+            t.partitions = partitions
+                .into_iter()
+                .map(|index| {
+                    let (offset, metadata) = ctx.groups.committed(&group, &topic, index);
+                    let mut p = OffsetFetchResponsePartition::default();
+                    p.partition_index = index;
+                    p.committed_offset = offset;
+                    p.committed_leader_epoch = -1;
+                    p.metadata = Some(str_bytes(metadata.unwrap_or_default()));
+                    p
+                })
+                .collect();
+            t.name = TopicName(str_bytes(topic));
+            t
+        })
+        .collect();
+    response
+}

@@ -1,0 +1,237 @@
+//! Request dispatch. `SUPPORTED_APIS` is the handler table: the ApiVersions answer is derived
+//! from it, and a request for an API or version outside it never reaches a handler.
+//!
+//! Sans-I/O: `dispatch` takes one request frame (without the length prefix) and returns the
+//! response frame, so it can be tested and fuzzed from bytes.
+
+mod admin;
+mod fetch;
+mod groups;
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsResponse, RequestHeader, RequestKind, ResponseHeader, ResponseKind,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use thiserror::Error;
+
+use crate::config::BrokerConfig;
+use crate::groups::GroupCoordinator;
+use crate::produce::ProduceHandler;
+use crate::topics::TopicRegistry;
+
+/// Every API this broker answers and the versions its handler supports. Upper bounds stop
+/// where a later version changes semantics this broker does not implement (topic ids in
+/// Produce/Fetch v13, batched OffsetFetch v8, member epochs in OffsetCommit v9).
+pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 11),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 8),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 7),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::ApiVersions, 0, 4),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::DescribeConfigs, 1, 4),
+];
+
+/// Why a request frame closes its connection.
+#[derive(Debug, Error)]
+pub enum RequestError {
+    #[error("request frame of {0} bytes is too short for a header")]
+    Short(usize),
+    #[error("unknown API key {0}")]
+    UnknownApi(i16),
+    #[error("unsupported version {version} of {api:?}")]
+    UnsupportedVersion { api: ApiKey, version: i16 },
+    #[error("malformed {api:?} v{version} request: {reason}")]
+    Malformed {
+        api: ApiKey,
+        version: i16,
+        reason: String,
+    },
+    #[error("encoding the {0:?} response failed: {1}")]
+    Encode(ApiKey, String),
+}
+
+pub struct ApiContext {
+    pub config: Arc<BrokerConfig>,
+    pub advertised_host: String,
+    pub advertised_port: i32,
+    pub topics: Arc<TopicRegistry>,
+    pub produce: ProduceHandler,
+    pub groups: GroupCoordinator,
+    pub next_producer_id: AtomicI64,
+}
+
+fn supported(api: ApiKey) -> Option<(i16, i16)> {
+    SUPPORTED_APIS
+        .iter()
+        .find(|(key, _, _)| *key == api)
+        .map(|&(_, min, max)| (min, max))
+}
+
+impl ApiContext {
+    pub fn new(
+        config: Arc<BrokerConfig>,
+        advertised_host: String,
+        advertised_port: i32,
+        topics: Arc<TopicRegistry>,
+        produce: ProduceHandler,
+        groups: GroupCoordinator,
+    ) -> Self {
+        // Producer ids must never repeat across restarts (the log remembers old ones), so they
+        // start from the clock.
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as i64)
+            << 10;
+        Self {
+            config,
+            advertised_host,
+            advertised_port,
+            topics,
+            produce,
+            groups,
+            next_producer_id: AtomicI64::new(start),
+        }
+    }
+
+    fn allocate_producer_id(&self) -> i64 {
+        self.next_producer_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Handles one request frame; `Ok(None)` means no response is sent (Produce with acks=0).
+    pub async fn dispatch(&self, mut frame: Bytes) -> Result<Option<Bytes>, RequestError> {
+        if frame.len() < 8 {
+            return Err(RequestError::Short(frame.len()));
+        }
+        let key = i16::from_be_bytes([frame[0], frame[1]]);
+        let version = i16::from_be_bytes([frame[2], frame[3]]);
+        let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+        let api = ApiKey::try_from(key).map_err(|()| RequestError::UnknownApi(key))?;
+        let Some((min, max)) = supported(api) else {
+            return Err(RequestError::UnknownApi(key));
+        };
+        if api == ApiKey::ApiVersions && version > max {
+            // KIP-511: answer a too-new ApiVersions in v0 with our ranges, so the client can
+            // retry with a version we speak.
+            let mut response = api_versions();
+            response.error_code = ResponseError::UnsupportedVersion.code();
+            return encode_response(api, 0, correlation_id, ResponseKind::ApiVersions(response))
+                .map(Some);
+        }
+        if version < min || version > max {
+            return Err(RequestError::UnsupportedVersion { api, version });
+        }
+        let malformed = |err: anyhow::Error| RequestError::Malformed {
+            api,
+            version,
+            reason: err.to_string(),
+        };
+        let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
+            .map_err(malformed)?;
+        let request = RequestKind::decode(api, &mut frame, version).map_err(malformed)?;
+        let client_id = header.client_id.as_deref().unwrap_or("").to_owned();
+        let response = match request {
+            RequestKind::ApiVersions(_) => Some(ResponseKind::ApiVersions(api_versions())),
+            RequestKind::Produce(req) => self.produce.handle(req).await.map(ResponseKind::Produce),
+            RequestKind::Fetch(req) => Some(ResponseKind::Fetch(fetch::fetch(self, req).await)),
+            RequestKind::ListOffsets(req) => {
+                Some(ResponseKind::ListOffsets(fetch::list_offsets(self, req)))
+            }
+            RequestKind::Metadata(req) => {
+                Some(ResponseKind::Metadata(admin::metadata(self, req, version)))
+            }
+            RequestKind::CreateTopics(req) => {
+                Some(ResponseKind::CreateTopics(admin::create_topics(self, req)))
+            }
+            RequestKind::DeleteTopics(req) => {
+                Some(ResponseKind::DeleteTopics(admin::delete_topics(self, req)))
+            }
+            RequestKind::InitProducerId(req) => Some(ResponseKind::InitProducerId(
+                admin::init_producer_id(self, req),
+            )),
+            RequestKind::DescribeConfigs(req) => Some(ResponseKind::DescribeConfigs(
+                admin::describe_configs(self, req),
+            )),
+            RequestKind::FindCoordinator(req) => Some(ResponseKind::FindCoordinator(
+                admin::find_coordinator(self, req),
+            )),
+            RequestKind::JoinGroup(req) => Some(ResponseKind::JoinGroup(
+                groups::join(self, req, client_id).await,
+            )),
+            RequestKind::SyncGroup(req) => {
+                Some(ResponseKind::SyncGroup(groups::sync(self, req).await))
+            }
+            RequestKind::Heartbeat(req) => {
+                Some(ResponseKind::Heartbeat(groups::heartbeat(self, req)))
+            }
+            RequestKind::LeaveGroup(req) => {
+                Some(ResponseKind::LeaveGroup(groups::leave(self, req)))
+            }
+            RequestKind::OffsetCommit(req) => {
+                Some(ResponseKind::OffsetCommit(groups::offset_commit(self, req)))
+            }
+            RequestKind::OffsetFetch(req) => {
+                Some(ResponseKind::OffsetFetch(groups::offset_fetch(self, req)))
+            }
+            _ => return Err(RequestError::UnknownApi(key)),
+        };
+        response
+            .map(|body| encode_response(api, version, correlation_id, body))
+            .transpose()
+    }
+}
+
+fn api_versions() -> ApiVersionsResponse {
+    let mut response = ApiVersionsResponse::default();
+    response.api_keys = SUPPORTED_APIS
+        .iter()
+        .map(|&(key, min, max)| {
+            let mut v = ApiVersion::default();
+            v.api_key = key as i16;
+            v.min_version = min;
+            v.max_version = max;
+            v
+        })
+        .collect();
+    response
+}
+
+/// Encodes header + body behind a 4-byte length prefix.
+fn encode_response(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: ResponseKind,
+) -> Result<Bytes, RequestError> {
+    let encode_err = |e: anyhow::Error| RequestError::Encode(api, e.to_string());
+    let mut header = ResponseHeader::default();
+    header.correlation_id = correlation_id;
+    let mut buf = BytesMut::with_capacity(64);
+    buf.put_i32(0);
+    header
+        .encode(&mut buf, api.response_header_version(version))
+        .map_err(encode_err)?;
+    body.encode(&mut buf, version).map_err(encode_err)?;
+    let len = (buf.len() - 4) as i32;
+    buf[0..4].copy_from_slice(&len.to_be_bytes());
+    Ok(buf.freeze())
+}
+
+pub(crate) fn str_bytes(s: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(s.into())
+}

@@ -1,0 +1,231 @@
+//! Assembles the broker: recovery, WAL writer, handlers, listener, checkpointer, shutdown.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::api::ApiContext;
+use crate::config::BrokerConfig;
+use crate::groups::GroupCoordinator;
+use crate::log::LogError;
+use crate::produce::ProduceHandler;
+use crate::topics::TopicRegistry;
+use crate::wal::group_commit::{GroupCommitWal, WalWriterConfig};
+use crate::wal::storage::FileWalStorage;
+use crate::wal::{self, WalRecoveryError};
+
+/// Exit code when stored data is damaged beyond a torn tail (the broker refuses to start).
+pub const EXIT_DATA_CORRUPT: u8 = 65;
+/// Exit code when storage fails (a failed write or fsync while running, or at start).
+pub const EXIT_STORAGE_FAILED: u8 = 74;
+/// Exit code when the listen address cannot be bound or the data dir is in use.
+pub const EXIT_UNAVAILABLE: u8 = 69;
+
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Wal(#[from] WalRecoveryError),
+    #[error("storage error in {path}: {source}")]
+    Storage {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("data directory {0} is in use by another broker")]
+    DataDirLocked(PathBuf),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Log(LogError::Corrupt { .. })
+            | StartError::Wal(WalRecoveryError::Corrupt { .. } | WalRecoveryError::Replay(_)) => {
+                EXIT_DATA_CORRUPT
+            }
+            StartError::Log(_) | StartError::Wal(_) | StartError::Storage { .. } => {
+                EXIT_STORAGE_FAILED
+            }
+            StartError::DataDirLocked(_) | StartError::Bind { .. } => EXIT_UNAVAILABLE,
+        }
+    }
+}
+
+/// A started broker. Dropping it without `shutdown` leaves its tasks running until the runtime
+/// ends (as a crash would).
+pub struct RunningBroker {
+    pub local_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    fatal: watch::Receiver<Option<String>>,
+    task: JoinHandle<()>,
+}
+
+impl RunningBroker {
+    /// Stops accepting, closes connections, writes pending batches to segments and fsyncs them.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Resolves with the reason when storage failed (the broker is then fail-stopped).
+    pub async fn fatal(&mut self) -> String {
+        loop {
+            if let Some(reason) = self.fatal.borrow().clone() {
+                return reason;
+            }
+            if self.fatal.changed().await.is_err() {
+                return "broker stopped".into();
+            }
+        }
+    }
+}
+
+pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
+    let storage_err = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| StartError::Storage { path, source }
+    };
+    std::fs::create_dir_all(&config.data_dir).map_err(storage_err(&config.data_dir))?;
+    let lock_path = config.data_dir.join(".lock");
+    let lock_file = File::create(&lock_path).map_err(storage_err(&lock_path))?;
+    if lock_file.try_lock().is_err() {
+        return Err(StartError::DataDirLocked(config.data_dir.clone()));
+    }
+    let started = std::time::Instant::now();
+    let topics = Arc::new(TopicRegistry::open(&config.data_dir, config.segment_bytes)?);
+    let wal_dir = config.data_dir.join("wal");
+    let recovered = wal::recover(&wal_dir, &topics)?;
+    tracing::info!(
+        "recovered {} topic(s); WAL: {} segment(s), {} record(s), {} torn byte(s) cut, in {:?}",
+        topics.snapshot().len(),
+        recovered.report.segments,
+        recovered.report.records,
+        recovered.report.torn_bytes_cut,
+        started.elapsed()
+    );
+    let storage =
+        FileWalStorage::create(&wal_dir, recovered.next_seq).map_err(storage_err(&wal_dir))?;
+    let (fatal_tx, fatal_rx) = watch::channel(None);
+    let wal = Arc::new(
+        GroupCommitWal::start(
+            Box::new(storage),
+            WalWriterConfig {
+                fsync: config.fsync,
+                group_commit_linger: config.profile.group_commit_linger,
+                group_commit_bytes_max: config.group_commit_bytes_max,
+                segment_bytes_max: config.wal_segment_bytes,
+            },
+            recovered.closed,
+            Box::new(move |reason| {
+                tracing::error!("{reason}; failing every in-flight and later produce");
+                let _ = fatal_tx.send(Some(reason));
+            }),
+        )
+        .map_err(storage_err(&wal_dir))?,
+    );
+    let produce = ProduceHandler::new(
+        topics.clone(),
+        wal.clone(),
+        config.profile,
+        config.wal_queued_bytes_max,
+        config.batch_bytes_max,
+        config.retention_bytes,
+    );
+    let groups = GroupCoordinator::open(&config.data_dir, config.group_initial_rebalance_delay)
+        .map_err(storage_err(&config.data_dir))?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let advertised_host = config.advertised_host.clone().unwrap_or_else(|| {
+        if local_addr.ip().is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            local_addr.ip().to_string()
+        }
+    });
+    let advertised_port = i32::from(config.advertised_port.unwrap_or(local_addr.port()));
+    let config = Arc::new(config);
+    let ctx = Arc::new(ApiContext::new(
+        config.clone(),
+        advertised_host,
+        advertised_port,
+        topics.clone(),
+        produce,
+        groups,
+    ));
+    let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        let _lock = lock_file;
+        let mut connections = JoinSet::new();
+        let mut ticker = tokio::time::interval(config.checkpoint_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => { connections.spawn(crate::server::serve_connection(stream, ctx.clone())); }
+                    Err(err) => tracing::warn!("accept failed: {err}"),
+                },
+                _ = ticker.tick() => {
+                    let (topics, wal, config) = (topics.clone(), wal.clone(), config.clone());
+                    let dir = wal_dir.clone();
+                    let result = tokio::task::spawn_blocking(move || {
+                        wal::checkpoint(&dir, wal.shared(), &topics, &config.profile, config.retention_bytes)
+                    }).await;
+                    if let Ok(Err(err)) = result {
+                        tracing::error!("WAL checkpoint failed (will retry): {err}");
+                    }
+                },
+                Some(_) = connections.join_next(), if !connections.is_empty() => {},
+                _ = shutdown_rx.changed() => break,
+            }
+        }
+        connections.shutdown().await;
+        if !wal.has_failed() {
+            let topics = topics.clone();
+            let retention = config.retention_bytes;
+            let profile = config.profile;
+            let _ = tokio::task::spawn_blocking(move || {
+                for partition in topics.all_partitions() {
+                    if let Err(err) = partition
+                        .flush_if_needed(&profile, true, retention)
+                        .and_then(|()| partition.sync_log())
+                    {
+                        tracing::error!(
+                            "final flush of {}-{} failed: {err}",
+                            partition.topic,
+                            partition.index
+                        );
+                    }
+                }
+            })
+            .await;
+        }
+        tracing::info!("broker stopped");
+    });
+    Ok(RunningBroker {
+        local_addr,
+        shutdown: shutdown_tx,
+        fatal: fatal_rx,
+        task,
+    })
+}

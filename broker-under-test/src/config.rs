@@ -1,0 +1,160 @@
+//! One validated configuration, from flags and `CHRONIK_*` environment variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::profile::{FlushProfileName, ProduceFlushProfile};
+use crate::wal::group_commit::FsyncPolicy;
+
+/// Kafka's default `message.max.bytes` (1 MiB + record batch overhead).
+const BATCH_BYTES_MAX_DEFAULT: usize = 1_048_588;
+/// Largest request frame accepted; a bigger length prefix closes the connection before any
+/// allocation.
+const FRAME_BYTES_MAX_DEFAULT: usize = 16 << 20;
+/// Requests one connection may have in flight (pipelined) before the reader stops reading.
+const CONNECTION_REQUESTS_IN_FLIGHT_MAX: usize = 32;
+const SEGMENT_BYTES_DEFAULT: u64 = 128 << 20;
+const WAL_SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
+/// Upper bound on bytes one group commit writes before syncing.
+const GROUP_COMMIT_BYTES_MAX: usize = 8 << 20;
+/// Bytes queued for the WAL writer across all connections; produce waits beyond it.
+const WAL_QUEUED_BYTES_MAX: usize = 256 << 20;
+const CHECKPOINT_INTERVAL_MS: u64 = 500;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "chronik-broker",
+    version,
+    about = "Reference Kafka-wire broker under test"
+)]
+pub struct BrokerArgs {
+    /// Address to listen on (port 0 picks a free port, printed on stdout).
+    #[arg(long, env = "CHRONIK_LISTEN", default_value = "127.0.0.1:9092")]
+    pub listen: SocketAddr,
+    /// Host clients are told to connect to (default: the listen IP).
+    #[arg(long, env = "CHRONIK_ADVERTISED_HOST")]
+    pub advertised_host: Option<String>,
+    /// Port clients are told to connect to (default: the bound port).
+    #[arg(long, env = "CHRONIK_ADVERTISED_PORT")]
+    pub advertised_port: Option<u16>,
+    /// Directory for WAL, segments and group offsets.
+    #[arg(long, env = "CHRONIK_DATA_DIR", default_value = "./chronik-data")]
+    pub data_dir: PathBuf,
+    #[arg(
+        long,
+        env = "CHRONIK_FLUSH_PROFILE",
+        value_enum,
+        default_value = "high-throughput"
+    )]
+    pub flush_profile: FlushProfileName,
+    #[arg(long, env = "CHRONIK_FSYNC", value_enum, default_value = "group")]
+    pub fsync: FsyncPolicy,
+    /// Partition log segment size before rolling.
+    #[arg(long, env = "CHRONIK_SEGMENT_BYTES", default_value_t = SEGMENT_BYTES_DEFAULT)]
+    pub segment_bytes: u64,
+    /// WAL segment size before rolling (closed segments are deleted at checkpoints).
+    #[arg(long, env = "CHRONIK_WAL_SEGMENT_BYTES", default_value_t = WAL_SEGMENT_BYTES_DEFAULT)]
+    pub wal_segment_bytes: u64,
+    /// Per-partition size above which the oldest segments are deleted (unlimited if unset).
+    #[arg(long, env = "CHRONIK_RETENTION_BYTES")]
+    pub retention_bytes: Option<u64>,
+    /// Largest record batch accepted (MESSAGE_TOO_LARGE above).
+    #[arg(long, env = "CHRONIK_BATCH_BYTES_MAX", default_value_t = BATCH_BYTES_MAX_DEFAULT)]
+    pub batch_bytes_max: usize,
+    /// Partitions of automatically created topics.
+    #[arg(long, env = "CHRONIK_DEFAULT_PARTITIONS", default_value_t = 1)]
+    pub default_partitions: i32,
+    /// Create unknown topics when a client's Metadata request allows it.
+    #[arg(long, env = "CHRONIK_AUTO_CREATE_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub auto_create_topics: bool,
+    /// Wait for more members before completing a new group's first rebalance.
+    #[arg(
+        long,
+        env = "CHRONIK_GROUP_INITIAL_REBALANCE_DELAY_MS",
+        default_value_t = 0
+    )]
+    pub group_initial_rebalance_delay_ms: u64,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `chronik_broker=debug`.
+    #[arg(long, env = "CHRONIK_LOG", default_value = "info")]
+    pub log_level: String,
+}
+
+/// Validated settings the broker runs with.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub listen: SocketAddr,
+    pub advertised_host: Option<String>,
+    pub advertised_port: Option<u16>,
+    pub data_dir: PathBuf,
+    pub profile: ProduceFlushProfile,
+    pub fsync: FsyncPolicy,
+    pub segment_bytes: u64,
+    pub wal_segment_bytes: u64,
+    pub retention_bytes: Option<u64>,
+    pub batch_bytes_max: usize,
+    pub frame_bytes_max: usize,
+    pub connection_requests_in_flight_max: usize,
+    pub group_commit_bytes_max: usize,
+    pub wal_queued_bytes_max: usize,
+    pub checkpoint_interval: Duration,
+    pub default_partitions: i32,
+    pub auto_create_topics: bool,
+    pub group_initial_rebalance_delay: Duration,
+    pub node_id: i32,
+}
+
+impl BrokerConfig {
+    /// Defaults for a broker on `listen` with data in `data_dir` (tests and embedding).
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
+        Self::from_args(BrokerArgs::parse_from([
+            "chronik-broker".into(),
+            format!("--listen={listen}"),
+            format!("--data-dir={}", data_dir.display()),
+        ]))
+        .expect("defaults are valid")
+    }
+
+    pub fn from_args(args: BrokerArgs) -> Result<Self, String> {
+        if args.segment_bytes < 4096 || args.wal_segment_bytes < 4096 {
+            return Err("--segment-bytes and --wal-segment-bytes must be at least 4096".into());
+        }
+        if args.batch_bytes_max < crate::batch::BATCH_HEADER_BYTES
+            || args.batch_bytes_max >= FRAME_BYTES_MAX_DEFAULT
+        {
+            return Err(format!(
+                "--batch-bytes-max must be between {} and {}",
+                crate::batch::BATCH_HEADER_BYTES,
+                FRAME_BYTES_MAX_DEFAULT - 1
+            ));
+        }
+        if !(1..=crate::topics::PARTITIONS_PER_TOPIC_MAX).contains(&args.default_partitions) {
+            return Err("--default-partitions must be between 1 and 1024".into());
+        }
+        Ok(Self {
+            listen: args.listen,
+            advertised_host: args.advertised_host,
+            advertised_port: args.advertised_port,
+            data_dir: args.data_dir,
+            profile: ProduceFlushProfile::named(args.flush_profile),
+            fsync: args.fsync,
+            segment_bytes: args.segment_bytes,
+            wal_segment_bytes: args.wal_segment_bytes,
+            retention_bytes: args.retention_bytes,
+            batch_bytes_max: args.batch_bytes_max,
+            frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
+            connection_requests_in_flight_max: CONNECTION_REQUESTS_IN_FLIGHT_MAX,
+            group_commit_bytes_max: GROUP_COMMIT_BYTES_MAX,
+            wal_queued_bytes_max: WAL_QUEUED_BYTES_MAX,
+            checkpoint_interval: Duration::from_millis(CHECKPOINT_INTERVAL_MS),
+            default_partitions: args.default_partitions,
+            auto_create_topics: args.auto_create_topics,
+            group_initial_rebalance_delay: Duration::from_millis(
+                args.group_initial_rebalance_delay_ms,
+            ),
+            node_id: 1,
+        })
+    }
+}

@@ -1,0 +1,513 @@
+//! Consumer-group coordinator: JoinGroup / SyncGroup / Heartbeat / LeaveGroup with the classic
+//! rebalance protocol, and committed offsets persisted to `<data dir>/group-offsets.json`.
+//!
+//! Group state lives behind one mutex per group (never on the produce path).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::error::ResponseError;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::wal::group_commit::lock;
+
+/// Upper bound on how long a JoinGroup or SyncGroup waits for the rest of the group.
+const GROUP_WAIT_MAX: Duration = Duration::from_secs(300);
+/// Members per group; a join beyond it fails with GROUP_MAX_SIZE_REACHED.
+const GROUP_MEMBERS_MAX: usize = 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Empty,
+    PreparingRebalance,
+    CompletingRebalance,
+    Stable,
+}
+
+struct Member {
+    protocols: Vec<(String, Bytes)>,
+    session_timeout: Duration,
+    rebalance_timeout: Duration,
+    last_seen: Instant,
+    rejoined: bool,
+    assignment: Bytes,
+}
+
+struct GroupState {
+    phase: Phase,
+    generation: i32,
+    protocol_type: String,
+    protocol_name: Option<String>,
+    leader: Option<String>,
+    members: BTreeMap<String, Member>,
+    rebalance_deadline: Instant,
+}
+
+struct Group {
+    state: Mutex<GroupState>,
+    changed: Notify,
+}
+
+pub struct JoinOutcome {
+    pub error: Option<ResponseError>,
+    pub generation: i32,
+    pub protocol_type: String,
+    pub protocol_name: Option<String>,
+    pub leader: String,
+    pub member_id: String,
+    /// Only for the leader: every member's id and metadata for the chosen protocol.
+    pub members: Vec<(String, Bytes)>,
+}
+
+pub struct JoinRequest {
+    pub group_id: String,
+    pub member_id: String,
+    pub client_id: String,
+    pub protocol_type: String,
+    pub protocols: Vec<(String, Bytes)>,
+    pub session_timeout: Duration,
+    pub rebalance_timeout: Duration,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct OffsetFile {
+    /// group -> "topic/partition" -> (offset, metadata)
+    groups: BTreeMap<String, BTreeMap<String, (i64, Option<String>)>>,
+}
+
+pub struct GroupCoordinator {
+    groups: Mutex<HashMap<String, Arc<Group>>>,
+    offsets: Mutex<OffsetFile>,
+    offsets_path: PathBuf,
+    initial_rebalance_delay: Duration,
+    next_member: AtomicU64,
+}
+
+impl GroupCoordinator {
+    pub fn open(
+        data_dir: &std::path::Path,
+        initial_rebalance_delay: Duration,
+    ) -> std::io::Result<Self> {
+        let offsets_path = data_dir.join("group-offsets.json");
+        let offsets = match fs::read(&offsets_path) {
+            Ok(raw) => serde_json::from_slice(&raw).map_err(std::io::Error::other)?,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => OffsetFile::default(),
+            Err(err) => return Err(err),
+        };
+        Ok(Self {
+            groups: Mutex::new(HashMap::new()),
+            offsets: Mutex::new(offsets),
+            offsets_path,
+            initial_rebalance_delay,
+            next_member: AtomicU64::new(1),
+        })
+    }
+
+    fn group(&self, id: &str) -> Arc<Group> {
+        lock(&self.groups)
+            .entry(id.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Group {
+                    state: Mutex::new(GroupState {
+                        phase: Phase::Empty,
+                        generation: 0,
+                        protocol_type: String::new(),
+                        protocol_name: None,
+                        leader: None,
+                        members: BTreeMap::new(),
+                        rebalance_deadline: Instant::now(),
+                    }),
+                    changed: Notify::new(),
+                })
+            })
+            .clone()
+    }
+
+    fn existing(&self, id: &str) -> Option<Arc<Group>> {
+        lock(&self.groups).get(id).cloned()
+    }
+
+    pub async fn join(&self, req: JoinRequest) -> JoinOutcome {
+        let group = self.group(&req.group_id);
+        let member_id = if req.member_id.is_empty() {
+            format!(
+                "{}-{}",
+                req.client_id,
+                self.next_member.fetch_add(1, Ordering::Relaxed)
+            )
+        } else {
+            req.member_id.clone()
+        };
+        {
+            let mut state = lock(&group.state);
+            expire_members(&mut state);
+            if !req.member_id.is_empty() && !state.members.contains_key(&member_id) {
+                return join_error(ResponseError::UnknownMemberId, member_id);
+            }
+            if state.members.len() >= GROUP_MEMBERS_MAX && !state.members.contains_key(&member_id) {
+                return join_error(ResponseError::GroupMaxSizeReached, member_id);
+            }
+            if !state.members.is_empty() && state.protocol_type != req.protocol_type {
+                return join_error(ResponseError::InconsistentGroupProtocol, member_id);
+            }
+            let was_empty = state.members.is_empty();
+            state.protocol_type = req.protocol_type.clone();
+            state.members.insert(
+                member_id.clone(),
+                Member {
+                    protocols: req.protocols,
+                    session_timeout: req.session_timeout,
+                    rebalance_timeout: req.rebalance_timeout,
+                    last_seen: Instant::now(),
+                    rejoined: true,
+                    assignment: Bytes::new(),
+                },
+            );
+            if state.phase != Phase::PreparingRebalance {
+                let wait = if was_empty {
+                    self.initial_rebalance_delay
+                } else {
+                    req.rebalance_timeout
+                };
+                begin_rebalance(&mut state, wait, Some(&member_id));
+            }
+        }
+        group.changed.notify_waiters();
+        let give_up = Instant::now() + req.rebalance_timeout.min(GROUP_WAIT_MAX);
+        loop {
+            let notified = group.changed.notified();
+            {
+                let mut state = lock(&group.state);
+                if state.phase == Phase::PreparingRebalance {
+                    let all_in = state.members.values().all(|m| m.rejoined);
+                    // A new group waits out the initial delay for company; a known group
+                    // completes as soon as every member rejoined.
+                    if Instant::now() >= state.rebalance_deadline
+                        || (all_in && state.generation > 0)
+                    {
+                        complete_join(&mut state);
+                        group.changed.notify_waiters();
+                    }
+                }
+                if state.phase != Phase::PreparingRebalance {
+                    let Some(_member) = state.members.get(&member_id) else {
+                        return join_error(ResponseError::UnknownMemberId, member_id);
+                    };
+                    return join_outcome(&state, member_id);
+                }
+                if Instant::now() >= give_up {
+                    return join_error(ResponseError::RebalanceInProgress, member_id);
+                }
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
+        }
+    }
+
+    pub async fn sync(
+        &self,
+        group_id: &str,
+        generation: i32,
+        member_id: &str,
+        assignments: Vec<(String, Bytes)>,
+    ) -> (Option<ResponseError>, Option<String>, Option<String>, Bytes) {
+        let Some(group) = self.existing(group_id) else {
+            return (
+                Some(ResponseError::UnknownMemberId),
+                None,
+                None,
+                Bytes::new(),
+            );
+        };
+        let give_up;
+        {
+            let mut state = lock(&group.state);
+            let Some(member) = state.members.get_mut(member_id) else {
+                return (
+                    Some(ResponseError::UnknownMemberId),
+                    None,
+                    None,
+                    Bytes::new(),
+                );
+            };
+            member.last_seen = Instant::now();
+            give_up = Instant::now() + member.rebalance_timeout.min(GROUP_WAIT_MAX);
+            if generation != state.generation {
+                return (
+                    Some(ResponseError::IllegalGeneration),
+                    None,
+                    None,
+                    Bytes::new(),
+                );
+            }
+            if state.phase == Phase::CompletingRebalance
+                && state.leader.as_deref() == Some(member_id)
+            {
+                for (id, assignment) in assignments {
+                    if let Some(m) = state.members.get_mut(&id) {
+                        m.assignment = assignment;
+                    }
+                }
+                state.phase = Phase::Stable;
+                group.changed.notify_waiters();
+            }
+        }
+        loop {
+            let notified = group.changed.notified();
+            {
+                let state = lock(&group.state);
+                if state.generation != generation || state.phase == Phase::PreparingRebalance {
+                    return (
+                        Some(ResponseError::RebalanceInProgress),
+                        None,
+                        None,
+                        Bytes::new(),
+                    );
+                }
+                if state.phase == Phase::Stable {
+                    let assignment = state
+                        .members
+                        .get(member_id)
+                        .map(|m| m.assignment.clone())
+                        .unwrap_or_default();
+                    return (
+                        None,
+                        Some(state.protocol_type.clone()),
+                        state.protocol_name.clone(),
+                        assignment,
+                    );
+                }
+                if Instant::now() >= give_up {
+                    return (
+                        Some(ResponseError::RebalanceInProgress),
+                        None,
+                        None,
+                        Bytes::new(),
+                    );
+                }
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
+        }
+    }
+
+    pub fn heartbeat(
+        &self,
+        group_id: &str,
+        generation: i32,
+        member_id: &str,
+    ) -> Option<ResponseError> {
+        let Some(group) = self.existing(group_id) else {
+            return Some(ResponseError::UnknownMemberId);
+        };
+        let mut state = lock(&group.state);
+        expire_members(&mut state);
+        let phase = state.phase;
+        let current = state.generation;
+        let Some(member) = state.members.get_mut(member_id) else {
+            return Some(ResponseError::UnknownMemberId);
+        };
+        member.last_seen = Instant::now();
+        if phase == Phase::PreparingRebalance {
+            return Some(ResponseError::RebalanceInProgress);
+        }
+        (generation != current).then_some(ResponseError::IllegalGeneration)
+    }
+
+    pub fn leave(&self, group_id: &str, member_ids: &[String]) -> Vec<Option<ResponseError>> {
+        let Some(group) = self.existing(group_id) else {
+            return member_ids
+                .iter()
+                .map(|_| Some(ResponseError::UnknownMemberId))
+                .collect();
+        };
+        let mut state = lock(&group.state);
+        let results: Vec<_> = member_ids
+            .iter()
+            .map(|id| {
+                state
+                    .members
+                    .remove(id)
+                    .is_none()
+                    .then_some(ResponseError::UnknownMemberId)
+            })
+            .collect();
+        if state.members.is_empty() {
+            state.phase = Phase::Empty;
+            state.leader = None;
+        } else if state.phase != Phase::PreparingRebalance {
+            let wait = state
+                .members
+                .values()
+                .map(|m| m.rebalance_timeout)
+                .max()
+                .unwrap_or_default();
+            begin_rebalance(&mut state, wait, None);
+        }
+        drop(state);
+        group.changed.notify_waiters();
+        results
+    }
+
+    pub fn commit_offsets(
+        &self,
+        group_id: &str,
+        offsets: &[(String, i32, i64, Option<String>)],
+    ) -> std::io::Result<()> {
+        let mut file = lock(&self.offsets);
+        let entry = file.groups.entry(group_id.to_owned()).or_default();
+        for (topic, partition, offset, metadata) in offsets {
+            entry.insert(format!("{topic}/{partition}"), (*offset, metadata.clone()));
+        }
+        let raw = serde_json::to_vec(&*file).map_err(std::io::Error::other)?;
+        let tmp = self.offsets_path.with_extension("json.tmp");
+        fs::write(&tmp, raw)?;
+        fs::File::open(&tmp)?.sync_all()?;
+        fs::rename(&tmp, &self.offsets_path)?;
+        if let Some(dir) = self.offsets_path.parent() {
+            crate::wal::storage::sync_dir(dir)?;
+        }
+        Ok(())
+    }
+
+    /// Committed offset and metadata, or `(-1, None)` when none was committed.
+    pub fn committed(&self, group_id: &str, topic: &str, partition: i32) -> (i64, Option<String>) {
+        lock(&self.offsets)
+            .groups
+            .get(group_id)
+            .and_then(|g| g.get(&format!("{topic}/{partition}")).cloned())
+            .unwrap_or((-1, None))
+    }
+
+    /// Topics and partitions with a committed offset in the group (OffsetFetch of all topics).
+    pub fn committed_partitions(&self, group_id: &str) -> Vec<(String, i32)> {
+        lock(&self.offsets)
+            .groups
+            .get(group_id)
+            .map(|g| {
+                g.keys()
+                    .filter_map(|k| {
+                        let (t, p) = k.rsplit_once('/')?;
+                        Some((t.to_owned(), p.parse().ok()?))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Starts a rebalance: every member but `joining` must rejoin before `wait` runs out.
+fn begin_rebalance(state: &mut GroupState, wait: Duration, joining: Option<&str>) {
+    state.phase = Phase::PreparingRebalance;
+    state.rebalance_deadline = Instant::now() + wait;
+    for (id, member) in state.members.iter_mut() {
+        member.rejoined = Some(id.as_str()) == joining;
+    }
+}
+
+fn complete_join(state: &mut GroupState) {
+    state.members.retain(|_, m| m.rejoined);
+    if state.members.is_empty() {
+        state.phase = Phase::Empty;
+        return;
+    }
+    state.generation += 1;
+    // The protocol: the leader's first choice that every member supports.
+    if !state
+        .leader
+        .as_ref()
+        .is_some_and(|l| state.members.contains_key(l))
+    {
+        state.leader = state.members.keys().next().cloned();
+    }
+    let leader = state.leader.clone().expect("set above");
+    let candidates: Vec<String> = state.members[&leader]
+        .protocols
+        .iter()
+        .map(|(n, _)| n.clone())
+        .collect();
+    state.protocol_name = candidates.into_iter().find(|name| {
+        state
+            .members
+            .values()
+            .all(|m| m.protocols.iter().any(|(n, _)| n == name))
+    });
+    for member in state.members.values_mut() {
+        member.assignment = Bytes::new();
+        member.last_seen = Instant::now();
+    }
+    state.phase = Phase::CompletingRebalance;
+}
+
+fn expire_members(state: &mut GroupState) {
+    let now = Instant::now();
+    let before = state.members.len();
+    state.members.retain(|_, m| {
+        now.duration_since(m.last_seen) <= m.session_timeout.max(m.rebalance_timeout)
+    });
+    if state.members.len() != before {
+        if state.members.is_empty() {
+            state.phase = Phase::Empty;
+            state.leader = None;
+        } else if state.phase != Phase::PreparingRebalance {
+            let wait = state
+                .members
+                .values()
+                .map(|m| m.rebalance_timeout)
+                .max()
+                .unwrap_or_default();
+            begin_rebalance(state, wait, None);
+        }
+    }
+}
+
+fn join_error(error: ResponseError, member_id: String) -> JoinOutcome {
+    JoinOutcome {
+        error: Some(error),
+        generation: -1,
+        protocol_type: String::new(),
+        protocol_name: None,
+        leader: String::new(),
+        member_id,
+        members: Vec::new(),
+    }
+}
+
+fn join_outcome(state: &GroupState, member_id: String) -> JoinOutcome {
+    let leader = state.leader.clone().unwrap_or_default();
+    let members = if leader == member_id {
+        let protocol = state.protocol_name.clone().unwrap_or_default();
+        state
+            .members
+            .iter()
+            .map(|(id, m)| {
+                let metadata = m
+                    .protocols
+                    .iter()
+                    .find(|(n, _)| *n == protocol)
+                    .map(|(_, md)| md.clone())
+                    .unwrap_or_default();
+                (id.clone(), metadata)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    JoinOutcome {
+        error: state
+            .protocol_name
+            .is_none()
+            .then_some(ResponseError::InconsistentGroupProtocol),
+        generation: state.generation,
+        protocol_type: state.protocol_type.clone(),
+        protocol_name: state.protocol_name.clone(),
+        leader,
+        member_id,
+        members,
+    }
+}

@@ -1,0 +1,30 @@
+//! `chronik-broker`: the reference Kafka-wire broker every benchmark in this project measures.
+//!
+//! Map of the modules, in the order a produce request meets them:
+//! - `server`: listener and connection tasks (framing limits, ordered pipelined responses).
+//! - `api`: the handler table (`SUPPORTED_APIS`) and one function per Kafka API.
+//! - `batch`: record batch v2 header view: CRC-32C, size limits, base-offset patching.
+//! - `produce`: `ProduceHandler` (validate, append, wait durable, `flush_partition_if_needed`).
+//! - `partition`: offsets, `pending_batches`, idempotent-producer state, high watermark.
+//! - `wal`: record framing, storage trait, `GroupCommitWal`, recovery, checkpoints.
+//! - `log`: per-partition segment files with a sparse offset index.
+//! - `profile`: `ProduceFlushProfile` and its named constants.
+//! - `topics`: lock-free topic registry (`ArcSwap` snapshots).
+//! - `groups`: consumer-group coordinator and committed offsets.
+//! - `config`, `broker`: validated configuration; assembly, start-up and shutdown.
+
+pub mod api;
+pub mod batch;
+pub mod broker;
+pub mod config;
+pub mod groups;
+pub mod log;
+pub mod partition;
+pub mod produce;
+pub mod profile;
+pub mod server;
+pub mod topics;
+pub mod wal;
+
+pub use broker::{start, RunningBroker, StartError};
+pub use config::{BrokerArgs, BrokerConfig};

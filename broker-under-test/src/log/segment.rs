@@ -1,0 +1,196 @@
+//! One segment file `<base offset>.log`: stored batches back to back, and a sparse index of
+//! (batch base offset, file position) taken every `INDEX_INTERVAL_BYTES`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use super::LogError;
+use crate::batch;
+
+/// One index entry per this many bytes of log: a read scans at most this far.
+const INDEX_INTERVAL_BYTES: u64 = 4096;
+
+pub struct Segment {
+    pub base_offset: i64,
+    pub next_offset: i64,
+    pub size: u64,
+    path: PathBuf,
+    file: Arc<File>,
+    index: Vec<(i64, u64)>,
+    last_indexed_pos: Option<u64>,
+}
+
+/// A read of one segment, planned under the partition lock and executed outside it: the bytes
+/// below `end_pos` never change once written.
+pub struct ReadPlan {
+    file: Arc<File>,
+    start_pos: u64,
+    end_pos: u64,
+}
+
+fn segment_path(dir: &Path, base: i64) -> PathBuf {
+    dir.join(format!("{base:020}.log"))
+}
+
+impl Segment {
+    pub fn create(dir: &Path, base_offset: i64) -> io::Result<Self> {
+        let path = segment_path(dir, base_offset);
+        let file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&path)?;
+        Ok(Self {
+            base_offset,
+            next_offset: base_offset,
+            size: 0,
+            path,
+            file: Arc::new(file),
+            index: Vec::new(),
+            last_indexed_pos: None,
+        })
+    }
+
+    /// Scans an existing segment, rebuilding the index. In the last segment a damaged tail with
+    /// nothing valid after it is cut; anywhere else damage refuses the start.
+    pub fn recover(
+        dir: &Path,
+        base_offset: i64,
+        is_last: bool,
+        on_batch: &mut impl FnMut(&[u8]),
+    ) -> Result<(Self, u64), LogError> {
+        let path = segment_path(dir, base_offset);
+        let io_err = |source| LogError::Io {
+            path: path.clone(),
+            source,
+        };
+        let data = fs::read(&path).map_err(io_err)?;
+        let mut segment = Self::create(dir, base_offset).map_err(io_err)?;
+        let mut pos = 0usize;
+        let mut reason = None;
+        while pos < data.len() {
+            let rest = &data[pos..];
+            if let Err(err) = batch::check_stored(rest) {
+                reason = Some(err.to_string());
+                break;
+            }
+            let len = batch::framed_len(rest).expect("checked");
+            let stored = &rest[..len];
+            if batch::base_offset(stored) != segment.next_offset {
+                reason = Some(format!(
+                    "batch base offset {} where {} was expected",
+                    batch::base_offset(stored),
+                    segment.next_offset
+                ));
+                break;
+            }
+            on_batch(stored);
+            segment.note_appended(stored, pos as u64);
+            pos += len;
+        }
+        let cut = (data.len() - pos) as u64;
+        if let Some(reason) = reason {
+            if !is_last {
+                return Err(LogError::Corrupt {
+                    path,
+                    position: pos as u64,
+                    reason,
+                });
+            }
+            tracing::warn!(
+                "cut {cut} torn bytes at the tail of {} ({reason})",
+                path.display()
+            );
+            segment.file.set_len(pos as u64).map_err(io_err)?;
+            segment.file.sync_all().map_err(io_err)?;
+        }
+        Ok((segment, cut))
+    }
+
+    fn note_appended(&mut self, stored: &[u8], pos: u64) {
+        if self
+            .last_indexed_pos
+            .is_none_or(|last| pos - last >= INDEX_INTERVAL_BYTES)
+        {
+            self.index.push((batch::base_offset(stored), pos));
+            self.last_indexed_pos = Some(pos);
+        }
+        self.next_offset = batch::last_offset(stored) + 1;
+        self.size = pos + stored.len() as u64;
+    }
+
+    pub fn append(&mut self, batches: &[Bytes]) -> io::Result<()> {
+        let mut pos = self.size;
+        let total: usize = batches.iter().map(Bytes::len).sum();
+        let mut buf = Vec::with_capacity(total);
+        for stored in batches {
+            buf.extend_from_slice(stored);
+        }
+        (&*self.file).write_all(&buf)?;
+        for stored in batches {
+            self.note_appended(stored, pos);
+            pos += stored.len() as u64;
+        }
+        Ok(())
+    }
+
+    pub fn plan_read(&self, offset: i64) -> ReadPlan {
+        let idx = self.index.partition_point(|&(base, _)| base <= offset);
+        let start_pos = if idx == 0 { 0 } else { self.index[idx - 1].1 };
+        ReadPlan {
+            file: self.file.clone(),
+            start_pos,
+            end_pos: self.size,
+        }
+    }
+
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    pub fn delete(self) -> io::Result<()> {
+        fs::remove_file(&self.path)
+    }
+}
+
+/// Reads whole batches from `plan`, starting with the batch that holds `offset`, up to
+/// `max_bytes` (but always at least that first batch, so a large batch cannot stall a consumer).
+pub fn read_batches(plan: &ReadPlan, offset: i64, max_bytes: usize) -> io::Result<Bytes> {
+    let mut header = [0u8; batch::BATCH_HEADER_BYTES];
+    let mut pos = plan.start_pos;
+    let first_len = loop {
+        if pos + header.len() as u64 > plan.end_pos {
+            return Ok(Bytes::new());
+        }
+        plan.file.read_exact_at(&mut header, pos)?;
+        let len = batch::framed_len(&header).unwrap_or(0) as u64;
+        if len == 0 || pos + len > plan.end_pos {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad batch length at position {pos}"),
+            ));
+        }
+        if batch::last_offset(&header) >= offset {
+            break len;
+        }
+        pos += len;
+    };
+    let want = (max_bytes as u64).max(first_len).min(plan.end_pos - pos);
+    let mut buf = BytesMut::zeroed(want as usize);
+    plan.file.read_exact_at(&mut buf, pos)?;
+    // Keep whole batches only.
+    let mut keep = 0usize;
+    while let Some(len) = batch::framed_len(&buf[keep..]) {
+        if keep + len > buf.len() {
+            break;
+        }
+        keep += len;
+    }
+    buf.truncate(keep);
+    Ok(buf.freeze())
+}

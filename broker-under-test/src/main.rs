@@ -1,0 +1,66 @@
+//! `chronik-broker` binary: parse flags, start, run until SIGTERM/SIGINT or a storage failure.
+//!
+//! Exit codes: 0 clean shutdown; 2 bad arguments; 65 stored data corrupt (refused to start);
+//! 69 address or data directory unavailable; 74 storage failure (write/fsync failed).
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use chronik_broker::broker::EXIT_STORAGE_FAILED;
+use chronik_broker::{BrokerArgs, BrokerConfig};
+use clap::Parser;
+use tokio::signal::unix::{signal, SignalKind};
+
+fn main() -> ExitCode {
+    let args = BrokerArgs::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match BrokerConfig::from_args(args) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("chronik-broker: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("chronik-broker: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let mut broker = match chronik_broker::start(config).await {
+            Ok(broker) => broker,
+            Err(err) => {
+                eprintln!("chronik-broker: {err}");
+                return ExitCode::from(err.exit_code());
+            }
+        };
+        // The harness and tests read this line to learn the port when --listen uses port 0.
+        println!("chronik-broker listening on {}", broker.local_addr);
+        let _ = std::io::stdout().flush();
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            eprintln!("chronik-broker: cannot install signal handlers");
+            return ExitCode::FAILURE;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+            reason = broker.fatal() => {
+                eprintln!("chronik-broker: {reason}");
+                return ExitCode::from(EXIT_STORAGE_FAILED);
+            }
+        }
+        tracing::info!("shutting down");
+        broker.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}

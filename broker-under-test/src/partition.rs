@@ -1,0 +1,404 @@
+//! One partition: offset assignment, `pending_batches` (recent durable data served from memory),
+//! the segment log, idempotent-producer state, and the high watermark (durable end offset).
+//!
+//! The only lock is per partition and is held for offset assignment and queueing, never across
+//! an await or an fsync.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::error::ResponseError;
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit};
+
+use crate::batch::{self, BatchHeader, BatchView};
+use crate::log::{read_batches, PartitionLog, ReadPlan};
+use crate::profile::ProduceFlushProfile;
+use crate::wal::group_commit::{lock, GroupCommitWal, WalAppend, WalFailed};
+use crate::wal::record;
+
+/// Batches remembered per producer for duplicate detection (Kafka keeps the last five).
+const PRODUCER_RECENT_BATCHES_MAX: usize = 5;
+
+/// End offset of the data that is durable (and so visible to consumers).
+#[derive(Default)]
+pub struct HighWatermark {
+    offset: AtomicI64,
+    advanced: Notify,
+}
+
+impl HighWatermark {
+    pub fn get(&self) -> i64 {
+        self.offset.load(Ordering::Acquire)
+    }
+
+    pub fn advance(&self, end_offset: i64) {
+        if self.offset.fetch_max(end_offset, Ordering::AcqRel) < end_offset {
+            self.advanced.notify_waiters();
+        }
+    }
+
+    /// Waits until the high watermark passes `offset`, or `timeout` elapses.
+    pub async fn wait_past(&self, offset: i64, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.advanced.notified();
+            if self.get() > offset {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+struct RecentBatch {
+    first_seq: i32,
+    last_seq: i32,
+    base_offset: i64,
+    end_offset: i64,
+}
+
+struct ProducerState {
+    epoch: i16,
+    last_seq: i32,
+    recent: VecDeque<RecentBatch>,
+}
+
+enum SequenceCheck {
+    Fresh,
+    Duplicate { base_offset: i64, end_offset: i64 },
+}
+
+struct PartitionState {
+    next_offset: i64,
+    /// Appended batches not yet in the segment log, oldest first.
+    pending_batches: VecDeque<Bytes>,
+    pending_bytes: usize,
+    oldest_pending: Option<Instant>,
+    log: PartitionLog,
+    producers: HashMap<i64, ProducerState>,
+}
+
+pub struct Partition {
+    pub topic: Arc<str>,
+    pub topic_id: u128,
+    pub index: i32,
+    state: Mutex<PartitionState>,
+    high_watermark: HighWatermark,
+    log_start: AtomicI64,
+    /// End offset known durable in segment files (the WAL may be checkpointed up to here).
+    synced_end: AtomicI64,
+}
+
+/// What an append queued; `durable` resolves when the WAL has synced it.
+pub struct Appended {
+    pub base_offset: i64,
+    pub end_offset: i64,
+    pub durable: Option<oneshot::Receiver<Result<(), WalFailed>>>,
+}
+
+/// Why an append was refused before anything was stored.
+#[derive(Debug)]
+pub enum AppendError {
+    Kafka(ResponseError),
+    Wal(WalFailed),
+}
+
+/// Records read for a fetch plus the partition's bounds at that moment.
+pub struct FetchRead {
+    pub records: Bytes,
+    pub high_watermark: i64,
+    pub log_start: i64,
+}
+
+impl Partition {
+    /// Wraps an opened log. `on_stored` already fed every stored batch to `rebuild_producers`.
+    pub fn new(topic: Arc<str>, topic_id: u128, index: i32, log: PartitionLog) -> Self {
+        let end = log.end_offset();
+        let start = log.start_offset();
+        let partition = Self {
+            topic,
+            topic_id,
+            index,
+            state: Mutex::new(PartitionState {
+                next_offset: end,
+                pending_batches: VecDeque::new(),
+                pending_bytes: 0,
+                oldest_pending: None,
+                log,
+                producers: HashMap::new(),
+            }),
+            high_watermark: HighWatermark::default(),
+            log_start: AtomicI64::new(start),
+            synced_end: AtomicI64::new(end),
+        };
+        partition.high_watermark.advance(end);
+        partition
+    }
+
+    pub fn high_watermark(&self) -> &HighWatermark {
+        &self.high_watermark
+    }
+
+    pub fn log_start(&self) -> i64 {
+        self.log_start.load(Ordering::Acquire)
+    }
+
+    pub fn synced_end(&self) -> i64 {
+        self.synced_end.load(Ordering::Acquire)
+    }
+
+    /// Feeds a stored batch to the idempotence table (recovery and replay).
+    pub fn remember_stored(&self, stored: &[u8]) {
+        let mut state = lock(&self.state);
+        remember_producer_batch(&mut state.producers, stored);
+    }
+
+    /// Appends a batch found in the WAL on start (already durable there).
+    pub fn replay(&self, stored: Bytes) -> Result<(), String> {
+        let mut state = lock(&self.state);
+        let base = batch::base_offset(&stored);
+        let end = batch::last_offset(&stored) + 1;
+        if end <= state.next_offset {
+            return Ok(()); // already in the segment log
+        }
+        if base != state.next_offset {
+            return Err(format!(
+                "{}-{}: WAL batch at offset {base} but the log ends at {}",
+                self.topic, self.index, state.next_offset
+            ));
+        }
+        remember_producer_batch(&mut state.producers, &stored);
+        state
+            .log
+            .append(std::slice::from_ref(&stored))
+            .map_err(|e| e.to_string())?;
+        state.next_offset = end;
+        drop(state);
+        self.high_watermark.advance(end);
+        Ok(())
+    }
+
+    /// Assigns offsets to validated batches, queues them on the WAL and on `pending_batches`.
+    pub fn append(
+        self: &Arc<Self>,
+        batches: &[BatchView],
+        wal: &GroupCommitWal,
+        budget: OwnedSemaphorePermit,
+    ) -> Result<Appended, AppendError> {
+        let mut state = lock(&self.state);
+        let mut frames = Vec::with_capacity(batches.len());
+        let mut stored_batches = Vec::with_capacity(batches.len());
+        let mut first_base = None;
+        let mut next = state.next_offset;
+        for view in batches {
+            if view.header.producer_id >= 0 {
+                match check_sequence(&state.producers, &view.header).map_err(AppendError::Kafka)? {
+                    SequenceCheck::Duplicate {
+                        base_offset,
+                        end_offset,
+                    } if batches.len() == 1 => {
+                        // A retry of a batch already appended: answer with its original offset.
+                        return Ok(Appended {
+                            base_offset,
+                            end_offset,
+                            durable: None,
+                        });
+                    }
+                    SequenceCheck::Duplicate { .. } => {
+                        return Err(AppendError::Kafka(ResponseError::DuplicateSequenceNumber))
+                    }
+                    SequenceCheck::Fresh => {}
+                }
+            }
+            let stored = view.with_base_offset(next);
+            frames.push(record::encode(self.topic_id, self.index, &stored));
+            first_base.get_or_insert(next);
+            next += view.offset_count();
+            stored_batches.push(stored);
+        }
+        let (done_tx, done_rx) = oneshot::channel();
+        wal.submit(WalAppend {
+            frames,
+            partition: self.clone(),
+            end_offset: next,
+            done: Some(done_tx),
+            budget: Some(budget),
+        })
+        .map_err(AppendError::Wal)?;
+        // Queued on the WAL: from here the offsets are taken, whatever happens next.
+        state.next_offset = next;
+        for stored in stored_batches {
+            remember_producer_batch(&mut state.producers, &stored);
+            state.pending_bytes += stored.len();
+            state.pending_batches.push_back(stored);
+        }
+        state.oldest_pending.get_or_insert_with(Instant::now);
+        Ok(Appended {
+            base_offset: first_base.expect("at least one batch"),
+            end_offset: next,
+            durable: Some(done_rx),
+        })
+    }
+
+    /// Moves durable pending batches to the segment log when `profile` says so (or always when
+    /// `force`), then applies retention.
+    pub fn flush_if_needed(
+        &self,
+        profile: &ProduceFlushProfile,
+        force: bool,
+        retention_bytes: Option<u64>,
+    ) -> io::Result<()> {
+        let high_watermark = self.high_watermark.get();
+        let mut state = lock(&self.state);
+        let due = state.pending_batches.len() >= profile.flush_batches_max
+            || state.pending_bytes >= profile.flush_bytes_max
+            || state
+                .oldest_pending
+                .is_some_and(|t| t.elapsed() >= profile.flush_age_max);
+        if !(due || force) || state.pending_batches.is_empty() {
+            return Ok(());
+        }
+        let durable = state
+            .pending_batches
+            .iter()
+            .take_while(|b| batch::last_offset(b) < high_watermark)
+            .count();
+        if durable == 0 {
+            return Ok(());
+        }
+        let moving: Vec<Bytes> = state.pending_batches.drain(..durable).collect();
+        state.pending_bytes -= moving.iter().map(Bytes::len).sum::<usize>();
+        state.oldest_pending = if state.pending_batches.is_empty() {
+            None
+        } else {
+            Some(Instant::now())
+        };
+        state.log.append(&moving)?;
+        let start = state.log.enforce_retention(retention_bytes)?;
+        self.log_start.store(start, Ordering::Release);
+        Ok(())
+    }
+
+    /// fsyncs the segment log; afterwards the WAL is no longer needed below `synced_end`.
+    pub fn sync_log(&self) -> io::Result<()> {
+        let mut state = lock(&self.state);
+        let end = state.log.end_offset();
+        state.log.sync()?;
+        self.synced_end.store(end, Ordering::Release);
+        Ok(())
+    }
+
+    /// Reads durable batches from `offset`, up to `max_bytes` (at least one batch).
+    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<FetchRead, ResponseError> {
+        let high_watermark = self.high_watermark.get();
+        let (plan, pending): (Option<ReadPlan>, Vec<Bytes>) = {
+            let state = lock(&self.state);
+            let log_start = state.log.start_offset();
+            if offset < log_start || offset > high_watermark {
+                return Err(ResponseError::OffsetOutOfRange);
+            }
+            if offset < state.log.end_offset() {
+                (state.log.plan_read(offset), Vec::new())
+            } else {
+                let mut taken = Vec::new();
+                let mut bytes = 0;
+                for stored in &state.pending_batches {
+                    let last = batch::last_offset(stored);
+                    if last < offset {
+                        continue;
+                    }
+                    if last >= high_watermark
+                        || (bytes + stored.len() > max_bytes && !taken.is_empty())
+                    {
+                        break;
+                    }
+                    bytes += stored.len();
+                    taken.push(stored.clone());
+                }
+                (None, taken)
+            }
+        };
+        let records = match plan {
+            Some(plan) => read_batches(&plan, offset, max_bytes)
+                .map_err(|_| ResponseError::KafkaStorageError)?,
+            None if pending.len() == 1 => pending.into_iter().next().expect("one"),
+            None => pending.concat().into(),
+        };
+        Ok(FetchRead {
+            records,
+            high_watermark,
+            log_start: self.log_start(),
+        })
+    }
+
+    /// Deletes the partition's files (topic deletion).
+    pub fn destroy(self) -> io::Result<()> {
+        let state = self.state.into_inner().expect("poisoned");
+        state.log.destroy()
+    }
+}
+
+fn check_sequence(
+    producers: &HashMap<i64, ProducerState>,
+    view: &BatchHeader,
+) -> Result<SequenceCheck, ResponseError> {
+    let Some(producer) = producers.get(&view.producer_id) else {
+        return Ok(SequenceCheck::Fresh);
+    };
+    if view.producer_epoch < producer.epoch {
+        return Err(ResponseError::InvalidProducerEpoch);
+    }
+    if view.producer_epoch > producer.epoch {
+        return Ok(SequenceCheck::Fresh);
+    }
+    let last_seq = view.base_sequence.wrapping_add(view.record_count - 1);
+    if let Some(dup) = producer
+        .recent
+        .iter()
+        .find(|r| r.first_seq == view.base_sequence && r.last_seq == last_seq)
+    {
+        return Ok(SequenceCheck::Duplicate {
+            base_offset: dup.base_offset,
+            end_offset: dup.end_offset,
+        });
+    }
+    if view.base_sequence != producer.last_seq.wrapping_add(1) {
+        return Err(ResponseError::OutOfOrderSequenceNumber);
+    }
+    Ok(SequenceCheck::Fresh)
+}
+
+fn remember_producer_batch(producers: &mut HashMap<i64, ProducerState>, stored: &[u8]) {
+    let header = batch::header(stored);
+    if header.producer_id < 0 {
+        return;
+    }
+    let producer = producers
+        .entry(header.producer_id)
+        .or_insert_with(|| ProducerState {
+            epoch: header.producer_epoch,
+            last_seq: -1,
+            recent: VecDeque::new(),
+        });
+    if header.producer_epoch > producer.epoch {
+        producer.epoch = header.producer_epoch;
+        producer.recent.clear();
+    }
+    let last_seq = header.base_sequence.wrapping_add(header.record_count - 1);
+    producer.last_seq = last_seq;
+    if producer.recent.len() == PRODUCER_RECENT_BATCHES_MAX {
+        producer.recent.pop_front();
+    }
+    producer.recent.push_back(RecentBatch {
+        first_seq: header.base_sequence,
+        last_seq,
+        base_offset: batch::base_offset(stored),
+        end_offset: batch::last_offset(stored) + 1,
+    });
+}

@@ -1,0 +1,272 @@
+//! The topic registry. Readers (every produce and fetch) load an immutable snapshot through
+//! `ArcSwap`, so looking a topic up takes no lock; creating or deleting a topic builds a new
+//! snapshot under a mutex that only those admin operations take.
+//!
+//! On disk: `<data dir>/topics/<name>/topic.id` (the incarnation id, hex) and one directory per
+//! partition, `<data dir>/topics/<name>/<index>/`, holding its segment files.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use kafka_protocol::error::ResponseError;
+
+use crate::log::{LogError, PartitionLog};
+use crate::partition::Partition;
+use crate::wal::group_commit::lock;
+
+/// Kafka's limit on topic name length.
+const TOPIC_NAME_CHARS_MAX: usize = 249;
+/// Partitions one CreateTopics request may ask for per topic.
+pub const PARTITIONS_PER_TOPIC_MAX: i32 = 1024;
+const TOPIC_ID_FILE: &str = "topic.id";
+
+pub struct Topic {
+    pub name: Arc<str>,
+    pub id: u128,
+    pub partitions: Vec<Arc<Partition>>,
+}
+
+type Snapshot = HashMap<Arc<str>, Arc<Topic>>;
+
+pub struct TopicRegistry {
+    topics: ArcSwap<Snapshot>,
+    admin: Mutex<()>,
+    root: PathBuf,
+    segment_bytes_max: u64,
+}
+
+/// Kafka's legal topic names: `[a-zA-Z0-9._-]{1,249}`, not `.` or `..`.
+pub fn valid_topic_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= TOPIC_NAME_CHARS_MAX
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+fn new_topic_id() -> u128 {
+    static COUNTER: AtomicU64 = AtomicU64::new(1);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    (nanos << 20) ^ u128::from(COUNTER.fetch_add(1, Ordering::Relaxed)) | 1
+}
+
+impl TopicRegistry {
+    /// Opens every topic under `<data_dir>/topics`.
+    pub fn open(data_dir: &Path, segment_bytes_max: u64) -> Result<Self, LogError> {
+        let root = data_dir.join("topics");
+        let io_err = |source| LogError::Io {
+            path: root.clone(),
+            source,
+        };
+        fs::create_dir_all(&root).map_err(io_err)?;
+        let mut snapshot = Snapshot::new();
+        for entry in fs::read_dir(&root).map_err(io_err)? {
+            let entry = entry.map_err(io_err)?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let dir = entry.path();
+            let id_text = match fs::read_to_string(dir.join(TOPIC_ID_FILE)) {
+                Ok(text) => text,
+                // A topic whose creation did not finish: no acked data can be in it.
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                    tracing::warn!("removing half-created topic directory {}", dir.display());
+                    fs::remove_dir_all(&dir).map_err(io_err)?;
+                    continue;
+                }
+                Err(err) => return Err(io_err(err)),
+            };
+            let id = u128::from_str_radix(id_text.trim(), 16).map_err(|_| LogError::Corrupt {
+                path: dir.join(TOPIC_ID_FILE),
+                position: 0,
+                reason: "not a hex topic id".into(),
+            })?;
+            let mut indexes: Vec<i32> = fs::read_dir(&dir)
+                .map_err(io_err)?
+                .filter_map(|e| e.ok()?.file_name().to_string_lossy().parse().ok())
+                .collect();
+            indexes.sort_unstable();
+            let name: Arc<str> = name.into();
+            let mut partitions = Vec::with_capacity(indexes.len());
+            for index in indexes {
+                partitions.push(Arc::new(open_partition(
+                    &dir,
+                    name.clone(),
+                    id,
+                    index,
+                    segment_bytes_max,
+                )?));
+            }
+            snapshot.insert(
+                name.clone(),
+                Arc::new(Topic {
+                    name,
+                    id,
+                    partitions,
+                }),
+            );
+        }
+        Ok(Self {
+            topics: ArcSwap::from_pointee(snapshot),
+            admin: Mutex::new(()),
+            root,
+            segment_bytes_max,
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Topic>> {
+        self.topics.load().get(name).cloned()
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.topics.load_full()
+    }
+
+    pub fn partition(&self, topic: &str, index: i32) -> Option<Arc<Partition>> {
+        let topic = self.topics.load().get(topic).cloned()?;
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| topic.partitions.get(i))
+            .cloned()
+    }
+
+    /// Creates a topic; `Ok(None)` if it already exists.
+    pub fn create(&self, name: &str, partitions: i32) -> Result<Option<Arc<Topic>>, ResponseError> {
+        if !valid_topic_name(name) {
+            return Err(ResponseError::InvalidTopicException);
+        }
+        if !(1..=PARTITIONS_PER_TOPIC_MAX).contains(&partitions) {
+            return Err(ResponseError::InvalidPartitions);
+        }
+        let _admin = lock(&self.admin);
+        if self.topics.load().contains_key(name) {
+            return Ok(None);
+        }
+        let dir = self.root.join(name);
+        let id = new_topic_id();
+        let created = (|| -> Result<Topic, LogError> {
+            let io_err = |source| LogError::Io {
+                path: dir.clone(),
+                source,
+            };
+            fs::create_dir_all(&dir).map_err(io_err)?;
+            let name: Arc<str> = name.into();
+            let parts = (0..partitions)
+                .map(|i| {
+                    open_partition(&dir, name.clone(), id, i, self.segment_bytes_max).map(Arc::new)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            // The id file is written last: its presence marks a complete topic.
+            let tmp = dir.join("topic.id.tmp");
+            fs::write(&tmp, format!("{id:032x}")).map_err(io_err)?;
+            fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err)?;
+            fs::rename(&tmp, dir.join(TOPIC_ID_FILE)).map_err(io_err)?;
+            crate::wal::storage::sync_dir(&dir).map_err(io_err)?;
+            crate::wal::storage::sync_dir(&self.root).map_err(io_err)?;
+            Ok(Topic {
+                name,
+                id,
+                partitions: parts,
+            })
+        })();
+        let topic = match created {
+            Ok(topic) => Arc::new(topic),
+            Err(err) => {
+                tracing::error!("creating topic {name} failed: {err}");
+                let _ = fs::remove_dir_all(&dir);
+                return Err(ResponseError::KafkaStorageError);
+            }
+        };
+        let mut next = Snapshot::clone(&self.topics.load());
+        next.insert(topic.name.clone(), topic.clone());
+        self.topics.store(Arc::new(next));
+        tracing::info!("created topic {name} with {partitions} partition(s)");
+        Ok(Some(topic))
+    }
+
+    /// Deletes a topic and its files; `false` if it does not exist.
+    pub fn delete(&self, name: &str) -> Result<bool, ResponseError> {
+        let _admin = lock(&self.admin);
+        let mut next = Snapshot::clone(&self.topics.load());
+        let Some(topic) = next.remove(name) else {
+            return Ok(false);
+        };
+        self.topics.store(Arc::new(next));
+        // The id file goes first so a crash mid-delete leaves a half topic that start-up removes.
+        let dir = self.root.join(name);
+        let removed =
+            fs::remove_file(dir.join(TOPIC_ID_FILE)).and_then(|()| fs::remove_dir_all(&dir));
+        if let Err(err) = removed {
+            tracing::error!("deleting topic {name} files failed: {err}");
+            return Err(ResponseError::KafkaStorageError);
+        }
+        tracing::info!(
+            "deleted topic {name} ({} partition(s))",
+            topic.partitions.len()
+        );
+        Ok(true)
+    }
+
+    /// Every partition of every topic.
+    pub fn all_partitions(&self) -> Vec<Arc<Partition>> {
+        self.topics
+            .load()
+            .values()
+            .flat_map(|t| t.partitions.iter().cloned())
+            .collect()
+    }
+
+    /// The partition with this topic id and index, if the topic still exists.
+    pub fn by_id(&self, topic_id: u128, index: i32) -> Option<Arc<Partition>> {
+        self.topics
+            .load()
+            .values()
+            .find(|t| t.id == topic_id)
+            .and_then(|t| {
+                usize::try_from(index)
+                    .ok()
+                    .and_then(|i| t.partitions.get(i))
+            })
+            .cloned()
+    }
+}
+
+fn open_partition(
+    topic_dir: &Path,
+    topic: Arc<str>,
+    topic_id: u128,
+    index: i32,
+    segment_bytes_max: u64,
+) -> Result<Partition, LogError> {
+    let dir = topic_dir.join(index.to_string());
+    let mut stored = Vec::new();
+    let (log, recovery) = PartitionLog::open(&dir, segment_bytes_max, |b| {
+        if crate::batch::header(b).producer_id >= 0 {
+            stored.push(bytes::Bytes::copy_from_slice(
+                &b[..crate::batch::BATCH_HEADER_BYTES],
+            ));
+        }
+    })?;
+    if recovery.torn_bytes_cut > 0 {
+        tracing::warn!(
+            "{topic}-{index}: cut {} torn bytes from the segment tail",
+            recovery.torn_bytes_cut
+        );
+    }
+    let partition = Partition::new(topic, topic_id, index, log);
+    for header in stored {
+        partition.remember_stored(&header);
+    }
+    Ok(partition)
+}

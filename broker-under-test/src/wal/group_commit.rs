@@ -1,0 +1,235 @@
+//! `GroupCommitWal`: one writer thread merges the appends of every concurrent produce request
+//! into one write and one fdatasync, then releases each waiter. A waiter is released only when
+//! its bytes are durable; a failed write or fsync is fail-stop (never retried: after a failed
+//! fsync Linux may mark the dirty pages clean, so a retry would "succeed" and lie).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use thiserror::Error;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
+
+use super::storage::WalStorage;
+use crate::partition::Partition;
+
+/// When the WAL calls fdatasync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FsyncPolicy {
+    /// One fdatasync per group commit (default; every ack is durable).
+    Group,
+    /// One fdatasync per produce request, no merging (durable but slow: models a lost group commit).
+    PerAppend,
+    /// Never fsync (acks after write(2) only; unsafe, for comparison runs).
+    Never,
+}
+
+#[derive(Debug, Clone, Error)]
+#[error("WAL failed and stopped accepting writes: {0}")]
+pub struct WalFailed(pub Arc<str>);
+
+/// Settings of the writer thread.
+#[derive(Debug, Clone)]
+pub struct WalWriterConfig {
+    pub fsync: FsyncPolicy,
+    /// How long the writer waits for more appends after the first one of a group.
+    pub group_commit_linger: Duration,
+    /// A group stops growing once it holds this many bytes.
+    pub group_commit_bytes_max: usize,
+    /// The active segment rolls once it holds this many bytes.
+    pub segment_bytes_max: u64,
+}
+
+/// One produce request's frames for one partition.
+pub struct WalAppend {
+    pub frames: Vec<Bytes>,
+    pub partition: Arc<Partition>,
+    /// Offset after the last record of these frames.
+    pub end_offset: i64,
+    pub done: Option<oneshot::Sender<Result<(), WalFailed>>>,
+    /// Held until the bytes are durable: bounds the bytes queued for the writer.
+    pub budget: Option<OwnedSemaphorePermit>,
+}
+
+/// A closed WAL segment and, per partition, the end offset of the last record it holds.
+pub struct ClosedSegment {
+    pub seq: u64,
+    pub coverage: Vec<(Weak<Partition>, i64)>,
+}
+
+/// State shared between the writer thread, the produce path and the checkpointer.
+#[derive(Default)]
+pub struct WalShared {
+    failed: AtomicBool,
+    /// Closed segments, oldest first; the checkpointer removes entries (and their files).
+    pub closed: Mutex<Vec<ClosedSegment>>,
+}
+
+/// Handle to the WAL writer thread.
+pub struct GroupCommitWal {
+    tx: Sender<WalAppend>,
+    shared: Arc<WalShared>,
+}
+
+impl GroupCommitWal {
+    /// Starts the writer thread over `storage`. `closed` lists segments left by recovery.
+    /// `on_fatal` is called once, from the writer thread, when a write or fsync fails.
+    pub fn start(
+        storage: Box<dyn WalStorage>,
+        config: WalWriterConfig,
+        closed: Vec<ClosedSegment>,
+        on_fatal: Box<dyn Fn(String) + Send>,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(WalShared {
+            closed: Mutex::new(closed),
+            ..WalShared::default()
+        });
+        let writer = Writer {
+            storage,
+            config,
+            shared: shared.clone(),
+            coverage: HashMap::new(),
+            buf: Vec::new(),
+        };
+        std::thread::Builder::new()
+            .name("wal-writer".into())
+            .spawn(move || writer.run(rx, on_fatal))?;
+        Ok(Self { tx, shared })
+    }
+
+    /// Queues an append; never blocks (the byte budget in the request bounds the queue).
+    pub fn submit(&self, append: WalAppend) -> Result<(), WalFailed> {
+        if self.shared.failed.load(Ordering::Acquire) {
+            return Err(WalFailed("an earlier write or fsync failed".into()));
+        }
+        self.tx
+            .send(append)
+            .map_err(|_| WalFailed("the WAL writer has stopped".into()))
+    }
+
+    pub fn shared(&self) -> &Arc<WalShared> {
+        &self.shared
+    }
+
+    pub fn has_failed(&self) -> bool {
+        self.shared.failed.load(Ordering::Acquire)
+    }
+}
+
+struct Writer {
+    storage: Box<dyn WalStorage>,
+    config: WalWriterConfig,
+    shared: Arc<WalShared>,
+    /// Per partition (by address), the end offset written into the active segment.
+    coverage: HashMap<usize, (Weak<Partition>, i64)>,
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<WalAppend>, on_fatal: Box<dyn Fn(String) + Send>) {
+        let mut group: Vec<WalAppend> = Vec::new();
+        while let Ok(first) = rx.recv() {
+            let mut group_bytes = frames_len(&first);
+            group.push(first);
+            let deadline = Instant::now() + self.config.group_commit_linger;
+            while group_bytes < self.config.group_commit_bytes_max {
+                let next = if self.config.group_commit_linger.is_zero() {
+                    rx.try_recv().ok()
+                } else {
+                    match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                        Ok(append) => Some(append),
+                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
+                    }
+                };
+                let Some(append) = next else { break };
+                group_bytes += frames_len(&append);
+                group.push(append);
+            }
+            if let Err(err) = self.commit(&group) {
+                let reason: Arc<str> = format!("WAL write/fsync failed: {err}").into();
+                self.shared.failed.store(true, Ordering::Release);
+                for append in group.drain(..) {
+                    fail(append, &reason);
+                }
+                on_fatal(reason.to_string());
+                // Fail-stop: answer every later append with the error, never write again.
+                while let Ok(append) = rx.recv() {
+                    fail(append, &reason);
+                }
+                return;
+            }
+            for mut append in group.drain(..) {
+                let key = Arc::as_ptr(&append.partition) as usize;
+                let entry = self
+                    .coverage
+                    .entry(key)
+                    .or_insert_with(|| (Arc::downgrade(&append.partition), append.end_offset));
+                entry.1 = entry.1.max(append.end_offset);
+                append.partition.high_watermark().advance(append.end_offset);
+                if let Some(done) = append.done.take() {
+                    let _ = done.send(Ok(()));
+                }
+            }
+            if let Err(err) = self.maintain_segments() {
+                // A failed roll leaves the data durable in the active segment; logged, not fatal.
+                tracing::error!("WAL segment maintenance failed: {err}");
+            }
+        }
+    }
+
+    fn commit(&mut self, group: &[WalAppend]) -> std::io::Result<()> {
+        match self.config.fsync {
+            FsyncPolicy::PerAppend => {
+                for append in group {
+                    self.write(std::slice::from_ref(append))?;
+                    self.storage.sync()?;
+                }
+                Ok(())
+            }
+            FsyncPolicy::Group => {
+                self.write(group)?;
+                self.storage.sync()
+            }
+            FsyncPolicy::Never => self.write(group),
+        }
+    }
+
+    fn write(&mut self, group: &[WalAppend]) -> std::io::Result<()> {
+        self.buf.clear();
+        for frame in group.iter().flat_map(|a| a.frames.iter()) {
+            self.buf.extend_from_slice(frame);
+        }
+        self.storage.append(&self.buf)
+    }
+
+    fn maintain_segments(&mut self) -> std::io::Result<()> {
+        if self.storage.active_len() >= self.config.segment_bytes_max {
+            let seq = self.storage.active_seq();
+            let coverage = self.coverage.drain().map(|(_, v)| v).collect();
+            self.storage.roll()?;
+            lock(&self.shared.closed).push(ClosedSegment { seq, coverage });
+        }
+        Ok(())
+    }
+}
+
+fn frames_len(append: &WalAppend) -> usize {
+    append.frames.iter().map(Bytes::len).sum()
+}
+
+fn fail(mut append: WalAppend, reason: &Arc<str>) {
+    if let Some(done) = append.done.take() {
+        let _ = done.send(Err(WalFailed(reason.clone())));
+    }
+}
+
+/// Locks a mutex; a poisoned lock means a thread panicked mid-update, an impossible state.
+pub fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .expect("mutex poisoned: a thread panicked while holding it")
+}
