@@ -119,6 +119,8 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
     let storage =
         FileWalStorage::create(&wal_dir, recovered.next_seq).map_err(storage_err(&wal_dir))?;
     let (fatal_tx, fatal_rx) = watch::channel(None);
+    let fatal_tx = Arc::new(fatal_tx);
+    let wal_fatal = fatal_tx.clone();
     let wal = Arc::new(
         GroupCommitWal::start(
             Box::new(storage),
@@ -131,7 +133,7 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
             recovered.closed,
             Box::new(move |reason| {
                 tracing::error!("{reason}; failing every in-flight and later produce");
-                let _ = fatal_tx.send(Some(reason));
+                let _ = wal_fatal.send(Some(reason));
             }),
         )
         .map_err(storage_err(&wal_dir))?,
@@ -192,7 +194,11 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
                         wal::checkpoint(&dir, wal.shared(), &topics, &config.profile, config.retention_bytes)
                     }).await;
                     if let Ok(Err(err)) = result {
-                        tracing::error!("WAL checkpoint failed (will retry): {err}");
+                        // Fail-stop, as for the WAL: a failed fsync is never retried.
+                        let reason = format!("WAL checkpoint failed: {err}");
+                        tracing::error!("{reason}");
+                        let _ = fatal_tx.send(Some(reason));
+                        break;
                     }
                 },
                 Some(_) = connections.join_next(), if !connections.is_empty() => {},

@@ -287,10 +287,14 @@ impl Partition {
 
     /// fsyncs the segment log; afterwards the WAL is no longer needed below `synced_end`.
     pub fn sync_log(&self) -> io::Result<()> {
-        let mut state = lock(&self.state);
-        let end = state.log.end_offset();
-        state.log.sync()?;
-        self.synced_end.store(end, Ordering::Release);
+        let unsynced = lock(&self.state).log.take_unsynced();
+        if let Some((file, end)) = unsynced {
+            // Outside the lock: producers keep appending while the segment is fsynced. A roll
+            // in between fsyncs the old segment itself, so `end` is covered either way.
+            // A failure is returned, never retried: the caller fail-stops the broker.
+            file.sync_data()?;
+            self.synced_end.fetch_max(end, Ordering::AcqRel);
+        }
         Ok(())
     }
 

@@ -6,9 +6,10 @@ mod segment;
 
 pub use segment::{read_batches, ReadPlan};
 
-use std::fs;
+use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use thiserror::Error;
@@ -162,13 +163,14 @@ impl PartitionLog {
         Ok(self.start_offset())
     }
 
-    /// fsyncs the active segment if anything was appended since the last call.
-    pub fn sync(&mut self) -> io::Result<()> {
-        if self.dirty {
-            self.segments.last_mut().expect("active").sync()?;
-            self.dirty = false;
+    /// The active segment's file and end offset if anything was appended since the last call;
+    /// the caller fsyncs it outside the partition lock (an fsync can take many milliseconds).
+    pub fn take_unsynced(&mut self) -> Option<(Arc<File>, i64)> {
+        if !self.dirty {
+            return None;
         }
-        Ok(())
+        self.dirty = false;
+        Some((self.active().file(), self.end_offset()))
     }
 
     /// Removes the whole log directory (topic deletion).

@@ -153,6 +153,10 @@ impl Segment {
         self.file.sync_data()
     }
 
+    pub fn file(&self) -> Arc<File> {
+        self.file.clone()
+    }
+
     pub fn delete(self) -> io::Result<()> {
         fs::remove_file(&self.path)
     }

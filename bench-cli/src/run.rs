@@ -1,0 +1,592 @@
+//! Runs one benchmark: reachability check, topic setup, the mode's load, drain, validity checks.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use thiserror::Error;
+
+use crate::config::{BenchConfig, Mode};
+use crate::produce::{self, wall_clock_ns};
+use crate::provenance::{process_cpu_seconds, CpuUsage, Provenance};
+use crate::recorder::Recorder;
+use crate::report::{BenchReport, PhaseResults, SCHEMA};
+
+/// Open-loop runs must achieve this share of the offered rate to count.
+const OPEN_LOOP_ACHIEVED_RATIO_MIN: f64 = 0.99;
+/// A generator using more than this share of the host's cores may be measuring itself.
+const GENERATOR_CPU_SHARE_MAX: f64 = 0.9;
+/// How long to wait for a created topic to show up in metadata.
+const TOPIC_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Consumer poll timeout: bounds how late the loop notices the window's end.
+const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+/// Metadata mode: at most this many threads issue requests concurrently.
+const METADATA_THREADS_MAX: usize = 64;
+
+#[derive(Debug, Error)]
+pub enum BenchError {
+    #[error("cannot reach the broker at {servers} within {timeout_ms} ms: {reason}")]
+    Unreachable {
+        servers: String,
+        timeout_ms: u64,
+        reason: String,
+    },
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Exit codes of `chronik-bench`, documented in the README.
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_FAILURE: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_UNREACHABLE: u8 = 3;
+pub const EXIT_INVALID_RUN: u8 = 4;
+
+impl BenchError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            BenchError::Unreachable { .. } => EXIT_UNREACHABLE,
+            BenchError::Setup(_) => EXIT_FAILURE,
+        }
+    }
+}
+
+fn setup<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> BenchError + '_ {
+    move |e| BenchError::Setup(format!("{what}: {e}"))
+}
+
+fn admin_runtime() -> Result<tokio::runtime::Runtime, BenchError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(setup("starting the admin runtime"))
+}
+
+/// Fails fast (within the connect timeout) when no broker answers.
+fn check_reachable(config: &BenchConfig) -> Result<(), BenchError> {
+    let timeout = Duration::from_millis(config.connect_timeout_ms);
+    let probe: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &config.bootstrap_servers)
+        .set("log_level", "0")
+        .create()
+        .map_err(setup("creating the probe client"))?;
+    probe
+        .client()
+        .fetch_metadata(None, timeout)
+        .map(|_| ())
+        .map_err(|e| BenchError::Unreachable {
+            servers: config.bootstrap_servers.clone(),
+            timeout_ms: config.connect_timeout_ms,
+            reason: e.to_string(),
+        })
+}
+
+fn admin(config: &BenchConfig) -> Result<AdminClient<DefaultClientContext>, BenchError> {
+    ClientConfig::new()
+        .set("bootstrap.servers", &config.bootstrap_servers)
+        .create()
+        .map_err(setup("creating the admin client"))
+}
+
+fn create_topic(config: &BenchConfig) -> Result<(), BenchError> {
+    let admin = admin(config)?;
+    let topic = NewTopic::new(
+        &config.topic,
+        config.partitions,
+        TopicReplication::Fixed(config.replication_factor),
+    );
+    let results = admin_runtime()?
+        .block_on(admin.create_topics([&topic], &AdminOptions::new()))
+        .map_err(setup("creating the topic"))?;
+    for result in results {
+        if let Err((name, code)) = result {
+            if code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists {
+                return Err(BenchError::Setup(format!("creating topic {name}: {code}")));
+            }
+        }
+    }
+    let deadline = Instant::now() + TOPIC_READY_TIMEOUT;
+    loop {
+        let metadata = admin
+            .inner()
+            .fetch_metadata(Some(&config.topic), Duration::from_secs(2))
+            .map_err(setup("reading metadata"))?;
+        if metadata
+            .topics()
+            .iter()
+            .any(|t| t.name() == config.topic && t.error().is_none() && !t.partitions().is_empty())
+        {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(BenchError::Setup(format!(
+                "topic {} did not appear in metadata",
+                config.topic
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn delete_topic(config: &BenchConfig) -> Result<(), BenchError> {
+    let admin = admin(config)?;
+    admin_runtime()?
+        .block_on(admin.delete_topics(&[&config.topic], &AdminOptions::new()))
+        .map_err(setup("deleting the topic"))?;
+    Ok(())
+}
+
+/// Prints a progress line every interval until `stop` is set.
+fn progress_loop(
+    recorder: &Mutex<Recorder>,
+    interval: Duration,
+    start: Instant,
+    stop: &AtomicBool,
+    label: &str,
+) {
+    let mut next = interval;
+    while !stop.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(50).min(interval));
+        if start.elapsed() < next {
+            continue;
+        }
+        let mut r = recorder.lock().expect("recorder poisoned");
+        let phase = r.phase(start.elapsed().as_nanos() as u64);
+        let rate = r.interval_acked as f64 / interval.as_secs_f64();
+        let p99 = if r.interval_latency_us.is_empty() {
+            "-".to_owned()
+        } else {
+            format!(
+                "{:.2} ms",
+                r.interval_latency_us.value_at_quantile(0.99) as f64 / 1000.0
+            )
+        };
+        eprintln!(
+            "[{:>6.1}s {:?}] {label}: {:>10.0} msg/s  p99 {p99}  (failed so far: {})",
+            start.elapsed().as_secs_f64(),
+            phase,
+            rate,
+            r.total_failed()
+        );
+        r.interval_acked = 0;
+        r.interval_latency_us.reset();
+        next += interval;
+    }
+}
+
+/// Runs the configured benchmark and returns its report (valid or not).
+pub fn run(config: &BenchConfig, progress: bool) -> Result<BenchReport, BenchError> {
+    check_reachable(config)?;
+    if config.create_topic {
+        create_topic(config)?;
+    }
+    let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let cpu_start = process_cpu_seconds();
+    let start = Instant::now();
+    let outcome = match config.mode {
+        Mode::Produce => run_produce(config, start, progress, false),
+        Mode::RoundTrip => run_produce(config, start, progress, true),
+        Mode::Consume => run_consume(config, start, progress),
+        Mode::Metadata => run_metadata(config, start, progress),
+    }?;
+    let wall_s = start.elapsed().as_secs_f64();
+    let cpu = CpuUsage::between(cpu_start, process_cpu_seconds(), wall_s);
+    if config.delete_topic {
+        delete_topic(config)?;
+    }
+    let provenance = Provenance::current();
+    let mut invalid_reasons = outcome.invalid_reasons;
+    if cpu.cores_used > GENERATOR_CPU_SHARE_MAX * provenance.host.cores as f64 {
+        invalid_reasons.push(format!(
+            "the load generator used {:.2} of {} cores: it may be measuring itself",
+            cpu.cores_used, provenance.host.cores
+        ));
+    }
+    Ok(BenchReport {
+        schema: SCHEMA.to_owned(),
+        started_at,
+        config: config.clone(),
+        provenance,
+        results: outcome.results,
+        producer: outcome.producer,
+        offered_rate_msgs_per_s: outcome.offered_rate,
+        cpu,
+        invalid_reasons,
+    })
+}
+
+struct ModeOutcome {
+    results: PhaseResults,
+    producer: Option<PhaseResults>,
+    offered_rate: Option<f64>,
+    invalid_reasons: Vec<String>,
+}
+
+fn window_seconds(config: &BenchConfig, start: Instant, sending_done: Instant) -> f64 {
+    // With --message-count the load may end before the window does: measure what ran.
+    let ran = sending_done.saturating_duration_since(start + config.warmup());
+    ran.min(config.duration()).as_secs_f64().max(1e-3)
+}
+
+fn common_checks(results: &PhaseResults, reasons: &mut Vec<String>, what: &str) {
+    let failed = results.total_failed();
+    if failed > 0 {
+        reasons.push(format!(
+            "{failed} {what} failed or timed out (first error: {})",
+            results.first_error.as_deref().unwrap_or("unknown")
+        ));
+    }
+    if results.latency_ms.count != 0 && results.latency_ms.count != results.window.acked {
+        reasons.push(format!(
+            "histogram holds {} samples but {} {what} were counted in the window",
+            results.latency_ms.count, results.window.acked
+        ));
+    }
+    if results.window.acked == 0 {
+        reasons.push(format!("no {what} completed inside the measured window"));
+    }
+}
+
+fn run_produce(
+    config: &BenchConfig,
+    start: Instant,
+    progress: bool,
+    round_trip: bool,
+) -> Result<ModeOutcome, BenchError> {
+    let recorder = Arc::new(Mutex::new(Recorder::new(
+        config.warmup(),
+        config.duration(),
+    )));
+    let arrivals = Arc::new(Mutex::new(Recorder::new(
+        config.warmup(),
+        config.duration(),
+    )));
+    let consumer = if round_trip {
+        Some(tail_consumer(config)?)
+    } else {
+        None
+    };
+    let shares =
+        produce::create_producers(config, start, &recorder).map_err(setup("creating producers"))?;
+    let stop = AtomicBool::new(false);
+    let stop_consumer = AtomicBool::new(false);
+    let budgets: Vec<Option<u64>> = (0..shares.len())
+        .map(|i| {
+            config
+                .message_count
+                .map(|n| n / shares.len() as u64 + u64::from((i as u64) < n % shares.len() as u64))
+        })
+        .collect();
+    let start_wall_ns = wall_clock_ns().saturating_sub(start.elapsed().as_nanos() as u64);
+    let (stats, sending_done, consumed) = std::thread::scope(|scope| {
+        let watcher = progress.then(|| {
+            let interval = Duration::from_millis(config.report_interval_ms);
+            let (recorder, stop) = (&recorder, &stop);
+            (!interval.is_zero()).then(|| {
+                scope.spawn(move || progress_loop(recorder, interval, start, stop, "acked"))
+            })
+        });
+        let consumer_thread = consumer.as_ref().map(|c| {
+            let (arrivals, stop_consumer) = (&arrivals, &stop_consumer);
+            scope.spawn(move || consume_arrivals(c, arrivals, start, start_wall_ns, stop_consumer))
+        });
+        let senders: Vec<_> = shares
+            .iter()
+            .zip(&budgets)
+            .map(|(share, budget)| {
+                let recorder = &recorder;
+                scope.spawn(move || produce::send_loop(share, config, start, recorder, *budget))
+            })
+            .collect();
+        let stats: Vec<_> = senders
+            .into_iter()
+            .map(|h| h.join().expect("sender panicked"))
+            .collect();
+        let sending_done = Instant::now();
+        for share in &shares {
+            produce::drain(share, Duration::from_millis(config.drain_timeout_ms));
+        }
+        stop.store(true, Ordering::Release);
+        if let Some(Some(w)) = watcher {
+            let _ = w.join();
+        }
+        let consumed = consumer_thread.map(|t| {
+            let produced: u64 = recorder.lock().expect("poisoned").total_acked();
+            wait_for_arrivals(
+                &arrivals,
+                produced,
+                Duration::from_millis(config.drain_timeout_ms),
+            );
+            stop_consumer.store(true, Ordering::Release);
+            t.join().expect("consumer panicked")
+        });
+        (stats, sending_done, consumed)
+    });
+    let window_s = window_seconds(config, start, sending_done);
+    let producer_results =
+        PhaseResults::from_recorder(&recorder.lock().expect("poisoned"), window_s);
+    let sent: u64 = stats.iter().map(|s| s.sent).sum();
+    let mut reasons = Vec::new();
+    common_checks(&producer_results, &mut reasons, "messages");
+    let answered = producer_results.total_acked() + producer_results.total_failed();
+    let still_in_flight: i32 = shares.iter().map(produce::in_flight).sum();
+    if answered != sent || still_in_flight != 0 {
+        reasons.push(format!(
+            "{sent} messages sent but {answered} delivery reports received ({still_in_flight} still in flight)"
+        ));
+    }
+    let offered_rate = config
+        .rate
+        .map(|_| stats.iter().map(|s| s.offered_in_window).sum::<u64>() as f64 / window_s);
+    if let Some(offered) = offered_rate {
+        if producer_results.rate_msgs_per_s < OPEN_LOOP_ACHIEVED_RATIO_MIN * offered {
+            reasons.push(format!(
+                "achieved {:.0} msg/s, below {:.0}% of the offered {offered:.0} msg/s: the broker (or generator) could not keep up",
+                producer_results.rate_msgs_per_s,
+                OPEN_LOOP_ACHIEVED_RATIO_MIN * 100.0
+            ));
+        }
+    }
+    if let Some(consumed) = consumed {
+        let end_to_end = PhaseResults::from_recorder(&arrivals.lock().expect("poisoned"), window_s);
+        common_checks(&end_to_end, &mut reasons, "round trips");
+        if let Err(err) = consumed {
+            reasons.push(err);
+        }
+        return Ok(ModeOutcome {
+            results: end_to_end,
+            producer: Some(producer_results),
+            offered_rate,
+            invalid_reasons: reasons,
+        });
+    }
+    Ok(ModeOutcome {
+        results: producer_results,
+        producer: None,
+        offered_rate,
+        invalid_reasons: reasons,
+    })
+}
+
+fn consumer_config(config: &BenchConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.bootstrap_servers)
+        .set(
+            "group.id",
+            config
+                .group
+                .clone()
+                .unwrap_or_else(|| format!("chronik-bench-{}", std::process::id())),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", "100")
+        .set("fetch.min.bytes", "1")
+        .set("auto.offset.reset", "earliest");
+    client
+}
+
+fn partitions_of(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, BenchError> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .map_err(setup("reading topic metadata"))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(BenchError::Setup(format!(
+            "topic {topic} has no partitions (does it exist?)"
+        )));
+    }
+    Ok(partitions)
+}
+
+/// A consumer assigned to every partition at its current end (round trip).
+fn tail_consumer(config: &BenchConfig) -> Result<BaseConsumer, BenchError> {
+    let consumer: BaseConsumer = consumer_config(config)
+        .create()
+        .map_err(setup("creating the consumer"))?;
+    let mut assignment = TopicPartitionList::new();
+    for p in partitions_of(&consumer, &config.topic)? {
+        let (_, high) = consumer
+            .fetch_watermarks(&config.topic, p, Duration::from_secs(5))
+            .map_err(setup("reading the partition end"))?;
+        assignment
+            .add_partition_offset(&config.topic, p, Offset::Offset(high))
+            .map_err(setup("building the assignment"))?;
+    }
+    consumer
+        .assign(&assignment)
+        .map_err(setup("assigning partitions"))?;
+    Ok(consumer)
+}
+
+fn consume_arrivals(
+    consumer: &BaseConsumer,
+    arrivals: &Mutex<Recorder>,
+    start: Instant,
+    start_wall_ns: u64,
+    stop: &AtomicBool,
+) -> Result<(), String> {
+    while !stop.load(Ordering::Acquire) {
+        match consumer.poll(POLL_TIMEOUT) {
+            Some(Ok(message)) => {
+                let now_ns = start.elapsed().as_nanos() as u64;
+                let payload = message.payload().unwrap_or_default();
+                let sent_wall = payload
+                    .get(..8)
+                    .map_or(0, |b| u64::from_be_bytes(b.try_into().expect("8")));
+                let intended_ns = sent_wall.saturating_sub(start_wall_ns);
+                arrivals
+                    .lock()
+                    .expect("poisoned")
+                    .record_ack(intended_ns, now_ns, payload.len());
+            }
+            Some(Err(err)) => return Err(format!("consumer error: {err}")),
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+fn wait_for_arrivals(arrivals: &Mutex<Recorder>, expected: u64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while arrivals.lock().expect("poisoned").total_acked() < expected && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn run_consume(
+    config: &BenchConfig,
+    start: Instant,
+    progress: bool,
+) -> Result<ModeOutcome, BenchError> {
+    let consumer: BaseConsumer = consumer_config(config)
+        .create()
+        .map_err(setup("creating the consumer"))?;
+    let mut assignment = TopicPartitionList::new();
+    for p in partitions_of(&consumer, &config.topic)? {
+        assignment
+            .add_partition_offset(&config.topic, p, Offset::Beginning)
+            .map_err(setup("building the assignment"))?;
+    }
+    consumer
+        .assign(&assignment)
+        .map_err(setup("assigning partitions"))?;
+    let recorder = Mutex::new(Recorder::new(config.warmup(), config.duration()));
+    let stop = AtomicBool::new(false);
+    let end = config.warmup() + config.duration();
+    let mut reasons = Vec::new();
+    let done = std::thread::scope(|scope| {
+        let interval = Duration::from_millis(config.report_interval_ms);
+        let watcher = (progress && !interval.is_zero()).then(|| {
+            let (recorder, stop) = (&recorder, &stop);
+            scope.spawn(move || progress_loop(recorder, interval, start, stop, "consumed"))
+        });
+        let mut count = 0u64;
+        while start.elapsed() < end && config.message_count.is_none_or(|n| count < n) {
+            match consumer.poll(POLL_TIMEOUT) {
+                Some(Ok(message)) => {
+                    count += 1;
+                    let now_ns = start.elapsed().as_nanos() as u64;
+                    recorder
+                        .lock()
+                        .expect("poisoned")
+                        .record_arrival(now_ns, message.payload_len());
+                }
+                Some(Err(err)) => {
+                    reasons.push(format!("consumer error: {err}"));
+                    break;
+                }
+                None => {}
+            }
+        }
+        stop.store(true, Ordering::Release);
+        if let Some(w) = watcher {
+            let _ = w.join();
+        }
+        Instant::now()
+    });
+    let results = PhaseResults::from_recorder(
+        &recorder.lock().expect("poisoned"),
+        window_seconds(config, start, done),
+    );
+    if results.window.acked == 0 {
+        reasons.push("no messages consumed inside the measured window".into());
+    }
+    Ok(ModeOutcome {
+        results,
+        producer: None,
+        offered_rate: None,
+        invalid_reasons: reasons,
+    })
+}
+
+fn run_metadata(
+    config: &BenchConfig,
+    start: Instant,
+    progress: bool,
+) -> Result<ModeOutcome, BenchError> {
+    let client: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &config.bootstrap_servers)
+        .create()
+        .map_err(setup("creating the client"))?;
+    let recorder = Mutex::new(Recorder::new(config.warmup(), config.duration()));
+    let stop = AtomicBool::new(false);
+    let end = config.warmup() + config.duration();
+    let threads = config.concurrency.min(METADATA_THREADS_MAX);
+    let done = std::thread::scope(|scope| {
+        let interval = Duration::from_millis(config.report_interval_ms);
+        let watcher = (progress && !interval.is_zero()).then(|| {
+            let (recorder, stop) = (&recorder, &stop);
+            scope.spawn(move || progress_loop(recorder, interval, start, stop, "metadata calls"))
+        });
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    while start.elapsed() < end {
+                        let sent_ns = start.elapsed().as_nanos() as u64;
+                        let outcome = client
+                            .client()
+                            .fetch_metadata(Some(&config.topic), Duration::from_secs(10));
+                        let now_ns = start.elapsed().as_nanos() as u64;
+                        let mut r = recorder.lock().expect("poisoned");
+                        match outcome {
+                            Ok(_) => r.record_ack(sent_ns, now_ns, 0),
+                            Err(err) => r.record_failure(now_ns, false, &err.to_string()),
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            let _ = w.join();
+        }
+        stop.store(true, Ordering::Release);
+        if let Some(w) = watcher {
+            let _ = w.join();
+        }
+        Instant::now()
+    });
+    let results = PhaseResults::from_recorder(
+        &recorder.lock().expect("poisoned"),
+        window_seconds(config, start, done),
+    );
+    let mut reasons = Vec::new();
+    common_checks(&results, &mut reasons, "metadata requests");
+    Ok(ModeOutcome {
+        results,
+        producer: None,
+        offered_rate: None,
+        invalid_reasons: reasons,
+    })
+}
