@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -140,10 +140,8 @@ impl Writer {
                 let next = if self.config.group_commit_linger.is_zero() {
                     rx.try_recv().ok()
                 } else {
-                    match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                        Ok(append) => Some(append),
-                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-                    }
+                    rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                        .ok()
                 };
                 let Some(append) = next else { break };
                 group_bytes += frames_len(&append);

@@ -52,7 +52,7 @@ pub fn decode(buf: &Bytes) -> Decoded {
         return Decoded::Incomplete;
     }
     let payload_len = u32::from_be_bytes(buf[0..4].try_into().expect("4")) as usize;
-    if payload_len > RECORD_BYTES_MAX || payload_len < PAYLOAD_PREFIX_BYTES {
+    if !(PAYLOAD_PREFIX_BYTES..=RECORD_BYTES_MAX).contains(&payload_len) {
         return Decoded::Invalid;
     }
     let total = FRAME_HEADER_BYTES + payload_len;

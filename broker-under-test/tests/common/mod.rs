@@ -1,0 +1,235 @@
+//! Test support: the real `chronik-broker` binary on 127.0.0.1 with a free port, in its own
+//! process group, always stopped (by pid) when the handle drops.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+/// How long the broker may take to print its listening line.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Upper bound for any single client operation in tests.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Broker {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    args: Vec<String>,
+}
+
+fn spawn(data_dir: &Path, args: &[String]) -> std::io::Result<Child> {
+    Command::new(env!("CARGO_BIN_EXE_chronik-broker"))
+        .arg("--listen=127.0.0.1:0")
+        .arg(format!("--data-dir={}", data_dir.display()))
+        .args(args)
+        .env("CHRONIK_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .process_group(0)
+        .spawn()
+}
+
+/// Reads the "listening on ADDR" line, with a timeout.
+fn wait_listening(child: &mut Child) -> Result<SocketAddr, String> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        let _ = tx.send(line);
+        // Keep draining so the broker never blocks on a full pipe.
+        let mut sink = String::new();
+        while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+            sink.clear();
+        }
+    });
+    let line = rx
+        .recv_timeout(START_TIMEOUT)
+        .map_err(|_| "broker did not report its address in time".to_owned())?;
+    line.trim()
+        .rsplit(' ')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| format!("unexpected first line from broker: {line:?}"))
+}
+
+impl Broker {
+    pub fn start(data_dir: &Path, args: &[&str]) -> Self {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let mut child = spawn(data_dir, &args).expect("spawn chronik-broker");
+        let addr = match wait_listening(&mut child) {
+            Ok(addr) => addr,
+            Err(err) => {
+                let _ = child.kill();
+                let status = child.wait();
+                panic!("{err} (exit: {status:?})");
+            }
+        };
+        Self {
+            child: Some(child),
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            args,
+        }
+    }
+
+    /// Starts the broker expecting it to refuse; returns its exit status.
+    pub fn start_expecting_failure(data_dir: &Path) -> ExitStatus {
+        let mut child = spawn(data_dir, &[]).expect("spawn chronik-broker");
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("broker did not exit on bad data");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn bootstrap(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL, like a crash: nothing is flushed.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success());
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("broker did not stop on SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts again on the same data dir (new port).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the broker first");
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        *self = Broker::start(&self.data_dir.clone(), &args);
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn producer(bootstrap: &str, extra: &[(&str, &str)]) -> BaseProducer {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "0")
+        .set("message.timeout.ms", "30000");
+    for (k, v) in extra {
+        config.set(*k, *v);
+    }
+    config.create().expect("create producer")
+}
+
+/// Produces `values` one by one and waits for every delivery; panics on any failure.
+pub fn produce_all(
+    producer: &BaseProducer,
+    topic: &str,
+    partition: Option<i32>,
+    values: &[String],
+) {
+    for value in values {
+        let mut record = BaseRecord::to(topic)
+            .payload(value.as_str())
+            .key(value.as_str());
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        let mut record = Some(record);
+        while let Some(r) = record.take() {
+            if let Err((err, back)) = producer.send(r) {
+                assert!(
+                    matches!(
+                        err,
+                        rdkafka::error::KafkaError::MessageProduction(
+                            rdkafka::types::RDKafkaErrorCode::QueueFull
+                        )
+                    ),
+                    "send failed: {err}"
+                );
+                producer.poll(Duration::from_millis(10));
+                record = Some(back);
+            }
+        }
+    }
+    producer
+        .flush(CLIENT_TIMEOUT)
+        .expect("all messages delivered");
+}
+
+/// Reads partition `partition` from offset 0 until `count` messages arrived (or times out).
+pub fn consume_partition(
+    bootstrap: &str,
+    topic: &str,
+    partition: i32,
+    count: usize,
+) -> Vec<(i64, String)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("create consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Beginning)
+        .expect("tpl");
+    consumer.assign(&tpl).expect("assign");
+    let deadline = Instant::now() + CLIENT_TIMEOUT;
+    let mut out = Vec::new();
+    while out.len() < count && Instant::now() < deadline {
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            let message = message.expect("consume");
+            let value =
+                String::from_utf8(message.payload().unwrap_or_default().to_vec()).expect("utf8");
+            out.push((message.offset(), value));
+        }
+    }
+    out
+}
+
+pub fn values(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i:06}")).collect()
+}

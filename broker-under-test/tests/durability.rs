@@ -1,0 +1,188 @@
+//! Crash and damaged-storage behaviour of the real binary: acked data survives `kill -9`, a
+//! torn WAL tail is cut, damage with valid data after it refuses the start (exit code 65).
+
+mod common;
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+
+use common::{consume_partition, produce_all, producer, values, Broker};
+
+const EXIT_DATA_CORRUPT: i32 = 65;
+
+fn wal_segments(data_dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut segments: Vec<_> = fs::read_dir(data_dir.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    segments.sort();
+    segments
+}
+
+fn newest_nonempty_wal(data_dir: &Path) -> std::path::PathBuf {
+    wal_segments(data_dir)
+        .into_iter()
+        .rev()
+        .find(|p| fs::metadata(p).unwrap().len() > 0)
+        .expect("a WAL segment with data")
+}
+
+/// Removes segment files so that recovery has to come from the WAL alone.
+fn drop_segment_files(data_dir: &Path, topic: &str) {
+    let dir = data_dir.join("topics").join(topic).join("0");
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "log") {
+            fs::remove_file(path).unwrap();
+        }
+    }
+}
+
+#[test]
+fn acked_messages_survive_kill_9_in_order_without_gaps_or_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(dir.path(), &[]);
+    let mut all = Vec::new();
+    for round in 0..3 {
+        let batch = values(&format!("crash{round}"), 700);
+        produce_all(
+            &producer(&broker.bootstrap(), &[("acks", "all")]),
+            "crash",
+            Some(0),
+            &batch,
+        );
+        all.extend(batch);
+        broker.kill9();
+        broker.restart();
+    }
+    let got = consume_partition(&broker.bootstrap(), "crash", 0, all.len() + 1);
+    let offsets: Vec<i64> = got.iter().map(|(o, _)| *o).collect();
+    assert_eq!(
+        offsets,
+        (0..all.len() as i64).collect::<Vec<_>>(),
+        "dense, no gaps"
+    );
+    assert_eq!(
+        got.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+        all,
+        "every acked message, once, in order"
+    );
+}
+
+#[test]
+fn torn_wal_tail_is_cut_and_everything_before_it_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(dir.path(), &[]);
+    let sent = values("torn", 200);
+    produce_all(&producer(&broker.bootstrap(), &[]), "torn", Some(0), &sent);
+    broker.kill9();
+    drop_segment_files(dir.path(), "torn");
+    // A partial record at the tail: a plausible length prefix, then nothing more.
+    let wal = newest_nonempty_wal(dir.path());
+    OpenOptions::new()
+        .append(true)
+        .open(&wal)
+        .unwrap()
+        .write_all(&[0, 0, 1, 0, 0xde, 0xad])
+        .unwrap();
+    let before = fs::metadata(&wal).unwrap().len();
+    broker.restart();
+    assert_eq!(
+        fs::metadata(&wal).unwrap().len(),
+        before - 6,
+        "the 6 torn bytes were cut"
+    );
+    let got: Vec<String> = consume_partition(&broker.bootstrap(), "torn", 0, sent.len())
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(got, sent);
+}
+
+#[test]
+fn every_truncation_of_the_last_wal_record_recovers_a_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(dir.path(), &[]);
+    let sent = values("cut", 3);
+    let p = producer(&broker.bootstrap(), &[]);
+    for v in &sent {
+        // One record per WAL frame, so truncation points fall inside the last one.
+        produce_all(&p, "cut", Some(0), std::slice::from_ref(v));
+    }
+    drop(p);
+    broker.kill9();
+    drop_segment_files(dir.path(), "cut");
+    let wal = newest_nonempty_wal(dir.path());
+    let full = fs::read(&wal).unwrap();
+    let snapshot = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), snapshot.path());
+    // Cut points: just inside the last record, its middle, and one byte short of the end.
+    for cut in [full.len() - 1, full.len() - 40, full.len() - 70] {
+        let work = tempfile::tempdir().unwrap();
+        copy_dir(snapshot.path(), work.path());
+        let wal_copy = work.path().join(wal.strip_prefix(dir.path()).unwrap());
+        OpenOptions::new()
+            .write(true)
+            .open(&wal_copy)
+            .unwrap()
+            .set_len(cut as u64)
+            .unwrap();
+        let b = Broker::start(work.path(), &[]);
+        let got: Vec<String> = consume_partition(&b.bootstrap(), "cut", 0, 2)
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(got, sent[..2], "cut at byte {cut}");
+    }
+}
+
+#[test]
+fn corrupt_record_with_valid_records_after_it_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(dir.path(), &[]);
+    let p = producer(&broker.bootstrap(), &[]);
+    for v in values("mid", 5) {
+        produce_all(&p, "mid", Some(0), std::slice::from_ref(&v));
+    }
+    drop(p);
+    broker.kill9();
+    let wal = newest_nonempty_wal(dir.path());
+    let mut raw = fs::read(&wal).unwrap();
+    // Flip a bit inside the first record's payload (past the 8-byte frame header).
+    raw[30] ^= 0x10;
+    fs::write(&wal, &raw).unwrap();
+    let status = Broker::start_expecting_failure(dir.path());
+    assert_eq!(status.code(), Some(EXIT_DATA_CORRUPT), "{status:?}");
+    // Nothing was cut: the damaged file is left for a human to inspect.
+    assert_eq!(fs::read(&wal).unwrap(), raw);
+}
+
+#[test]
+fn sigterm_flushes_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(dir.path(), &[]);
+    let sent = values("term", 50);
+    produce_all(&producer(&broker.bootstrap(), &[]), "term", Some(0), &sent);
+    let status = broker.terminate();
+    assert!(status.success(), "{status:?}");
+    broker.restart();
+    assert_eq!(
+        consume_partition(&broker.bootstrap(), "term", 0, sent.len()).len(),
+        sent.len()
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else if entry.file_name() != ".lock" {
+            fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}

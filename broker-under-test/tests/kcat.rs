@@ -1,0 +1,79 @@
+//! kcat (librdkafka's CLI, from Debian) lists metadata, produces and consumes. `.ci/run`
+//! installs kcat; outside CI the test is skipped with a note when kcat is missing.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::Broker;
+
+fn kcat_available() -> bool {
+    Command::new("kcat")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn kcat_lists_produces_and_consumes() {
+    if !kcat_available() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "kcat must be installed in CI (see .ci/run)"
+        );
+        eprintln!("skipping: kcat is not installed (apt-get install kcat)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let b = broker.bootstrap();
+    let mut producer = Command::new("timeout")
+        .args(["30", "kcat", "-b", &b, "-P", "-t", "kc", "-p", "0"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    producer
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"alpha\nbeta\ngamma\n")
+        .unwrap();
+    assert!(producer.wait().unwrap().success());
+    let consumed = Command::new("timeout")
+        .args([
+            "30",
+            "kcat",
+            "-b",
+            &b,
+            "-C",
+            "-t",
+            "kc",
+            "-o",
+            "beginning",
+            "-e",
+            "-f",
+            "%o:%s\n",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        consumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&consumed.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&consumed.stdout),
+        "0:alpha\n1:beta\n2:gamma\n"
+    );
+    let listed = Command::new("timeout")
+        .args(["30", "kcat", "-b", &b, "-L"])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listing.contains("topic \"kc\" with 1 partitions"),
+        "{listing}"
+    );
+    assert!(listing.contains("1 brokers"), "{listing}");
+}
