@@ -1,1 +1,25 @@
+//! `chronik-harness`: builds commits, replays workloads, gates, bisects and reports.
+//!
+//! - `git`: resolve revisions, export a commit's tree, first-parent ranges (git2).
+//! - `target`: how to build and start the target's broker (a small TOML file).
+//! - `build`: build each commit at most once, binary cache, `build_failed` records.
+//! - `workload`: workload files (data, not code) and the bench arguments they imply.
+//! - `process`: process groups, SIGTERM then SIGKILL, timeouts.
+//! - `runner`: one trial = fresh broker + one chronik-bench run, classified outcome.
+//! - `store`: results history and baselines (JSON).
+//! - `stats`: paired log-ratios, bootstrap intervals, three-state verdicts.
+//! - `compare`: interleaved A/B scheduling over a `TrialSource` trait.
+//! - `session`: the real `TrialSource`; `commands`: run/compare/gate/baseline/calibrate.
 
+pub mod build;
+pub mod commands;
+pub mod compare;
+pub mod error;
+pub mod git;
+pub mod process;
+pub mod runner;
+pub mod session;
+pub mod stats;
+pub mod store;
+pub mod target;
+pub mod workload;

@@ -1,1 +1,295 @@
-fn main() {}
+//! `chronik-harness` command line. Exit codes (compare, gate, run, calibrate): 0 pass,
+//! 1 regression (or an absolute limit failed), 2 inconclusive, 3 invalid/infrastructure error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use chronik_harness::commands;
+use chronik_harness::compare::CompareSettings;
+use chronik_harness::error::{HarnessError, EXIT_INFRA};
+use chronik_harness::git::TargetRepo;
+use chronik_harness::runner::default_bench_bin;
+use chronik_harness::session::Session;
+use chronik_harness::stats::Margins;
+use chronik_harness::target::TargetConfig;
+use chronik_harness::workload::{self, Workload};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "chronik-harness",
+    version,
+    about = "Build commits, replay workloads, gate and bisect broker performance"
+)]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Args)]
+struct Common {
+    /// The target git repository (default: the current directory's repository).
+    #[arg(long, global = true, default_value = ".")]
+    repo: PathBuf,
+    /// Target config (build, binary, start); default: <repo>/.chronik-target.toml or built-in.
+    #[arg(long, global = true)]
+    target_config: Option<PathBuf>,
+    /// Directory of workload files.
+    #[arg(long, global = true, default_value_os_t = workload::default_dir())]
+    workload_dir: PathBuf,
+    /// Build cache, checkouts, shared target dir and trial scratch space.
+    #[arg(long, global = true, default_value = "target/chronik-harness")]
+    work_dir: PathBuf,
+    /// Results history (one JSON file per trial).
+    #[arg(long, global = true, default_value = "results")]
+    results_dir: PathBuf,
+    #[arg(long, global = true, default_value = "baselines")]
+    baselines_dir: PathBuf,
+    /// The chronik-bench binary (default: next to this executable).
+    #[arg(long, global = true)]
+    bench_bin: Option<PathBuf>,
+    /// No progress output.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+}
+
+#[derive(Args, Clone, Copy)]
+struct Statistics {
+    /// Pairs before the first verdict.
+    #[arg(long, default_value_t = 5)]
+    min_pairs: usize,
+    /// Pairs at most; still undecided then = inconclusive.
+    #[arg(long, default_value_t = 15)]
+    max_pairs: usize,
+    /// Throughput drop that counts as a regression (fraction).
+    #[arg(long, default_value_t = 0.05)]
+    throughput_margin: f64,
+    /// p99 rise that counts as a regression (fraction).
+    #[arg(long, default_value_t = 0.10)]
+    p99_margin: f64,
+    #[arg(long, default_value_t = 0x00c0_ffee)]
+    seed: u64,
+}
+
+impl Statistics {
+    fn settings(&self) -> Result<CompareSettings, HarnessError> {
+        if self.min_pairs < 2 || self.max_pairs < self.min_pairs {
+            return Err(HarnessError::Usage(
+                "need 2 <= --min-pairs <= --max-pairs".into(),
+            ));
+        }
+        Ok(CompareSettings {
+            min_pairs: self.min_pairs,
+            max_pairs: self.max_pairs,
+            margins: Margins {
+                throughput_drop: self.throughput_margin,
+                p99_rise: self.p99_margin,
+            },
+            seed: self.seed,
+        })
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run trials of one commit and print them (with the workload's absolute limits).
+    Run {
+        #[arg(long, default_value = "HEAD")]
+        rev: String,
+        #[arg(long, default_value = "produce-c128-s256-30s")]
+        workload: String,
+        #[arg(long, default_value_t = 3)]
+        trials: usize,
+    },
+    /// Interleaved A/B comparison of two commits.
+    Compare {
+        base: String,
+        head: String,
+        #[arg(long, default_value = "produce-c128-s256-30s")]
+        workload: String,
+        #[command(flatten)]
+        stats: Statistics,
+        /// Write the comparison as JSON.
+        #[arg(long)]
+        json_output: Option<PathBuf>,
+    },
+    /// Absolute limits plus the relative verdict against the baseline commit.
+    Gate {
+        #[arg(long, default_value = "HEAD")]
+        head: String,
+        /// Baseline commit (default: the one stored in baselines/<workload>.json).
+        #[arg(long)]
+        base: Option<String>,
+        /// Workloads to gate (repeatable).
+        #[arg(long, default_values_t = vec!["produce-c128-s256-30s".to_string()])]
+        workload: Vec<String>,
+        #[command(flatten)]
+        stats: Statistics,
+        #[arg(long)]
+        json_output: Option<PathBuf>,
+    },
+    /// Record (or replace) the stored baseline of a workload.
+    Baseline {
+        #[arg(long, default_value = "HEAD")]
+        rev: String,
+        #[arg(long, default_value = "produce-c128-s256-30s")]
+        workload: String,
+        #[arg(long, default_value_t = 5)]
+        trials: usize,
+    },
+    /// A/A runs of one commit against itself: the measured false-alarm rate.
+    Calibrate {
+        #[arg(long, default_value = "HEAD")]
+        rev: String,
+        #[arg(long, default_value = "produce-c128-s256-30s")]
+        workload: String,
+        #[arg(long, default_value_t = 10)]
+        comparisons: usize,
+        #[command(flatten)]
+        stats: Statistics,
+        #[arg(long)]
+        json_output: Option<PathBuf>,
+    },
+    /// List the workload files.
+    Workloads,
+}
+
+fn write_json<T: serde::Serialize>(path: &Option<PathBuf>, value: &T) -> Result<(), HarnessError> {
+    if let Some(path) = path {
+        let json =
+            serde_json::to_vec_pretty(value).map_err(|e| HarnessError::Infra(e.to_string()))?;
+        std::fs::write(path, json).map_err(|e| HarnessError::io(path, e))?;
+    }
+    Ok(())
+}
+
+fn session(common: &Common) -> Result<Session, HarnessError> {
+    let repo = TargetRepo::open(&common.repo)?;
+    let target = TargetConfig::load(common.target_config.as_deref(), &repo.path)?;
+    Session::new(
+        repo,
+        target,
+        common.work_dir.clone(),
+        common.results_dir.clone(),
+        common.bench_bin.clone().unwrap_or_else(default_bench_bin),
+        common.quiet,
+    )
+}
+
+fn run(cli: Cli) -> Result<u8, HarnessError> {
+    let c = &cli.common;
+    let load = |name: &str| Workload::find(name, &c.workload_dir);
+    match &cli.command {
+        Cmd::Workloads => {
+            for name in Workload::list(&c.workload_dir) {
+                let w = load(&name)?;
+                println!("{name:36} {}", w.description);
+            }
+            Ok(0)
+        }
+        Cmd::Run {
+            rev,
+            workload,
+            trials,
+        } => {
+            let s = session(c)?;
+            let commit = s.repo.resolve(rev)?;
+            Ok(commands::run(&s, &commit, &load(workload)?, *trials)?.0)
+        }
+        Cmd::Compare {
+            base,
+            head,
+            workload,
+            stats,
+            json_output,
+        } => {
+            let settings = stats.settings()?;
+            let s = session(c)?;
+            let (base, head, workload) = (
+                s.repo.resolve(base)?,
+                s.repo.resolve(head)?,
+                load(workload)?,
+            );
+            let result = commands::compare(&s, &base, &head, &workload, &settings, "compare")?;
+            if let Ok(comparison) = &result {
+                commands::print_comparison(&workload, &base, &head, comparison);
+                write_json(
+                    json_output,
+                    &commands::CompareOutput {
+                        workload: &workload.name,
+                        base: &base,
+                        head: &head,
+                        comparison,
+                    },
+                )?;
+            }
+            Ok(commands::compare_exit(&result))
+        }
+        Cmd::Gate {
+            head,
+            base,
+            workload,
+            stats,
+            json_output,
+        } => {
+            let settings = stats.settings()?;
+            let s = session(c)?;
+            let head = s.repo.resolve(head)?;
+            let base = base.as_deref().map(|b| s.repo.resolve(b)).transpose()?;
+            let started = std::time::Instant::now();
+            let mut results = Vec::new();
+            for name in workload {
+                let result = commands::gate_one(
+                    &s,
+                    &c.baselines_dir,
+                    base.as_ref(),
+                    &head,
+                    &load(name)?,
+                    &settings,
+                )?;
+                commands::print_gate(&result);
+                results.push(result);
+            }
+            println!("\ngate wall time: {:.0} s", started.elapsed().as_secs_f64());
+            write_json(json_output, &results)?;
+            Ok(commands::gate_exit_code(&results))
+        }
+        Cmd::Baseline {
+            rev,
+            workload,
+            trials,
+        } => {
+            let s = session(c)?;
+            let commit = s.repo.resolve(rev)?;
+            commands::baseline(&s, &c.baselines_dir, &commit, &load(workload)?, *trials)
+        }
+        Cmd::Calibrate {
+            rev,
+            workload,
+            comparisons,
+            stats,
+            json_output,
+        } => {
+            let settings = stats.settings()?;
+            let s = session(c)?;
+            let commit = s.repo.resolve(rev)?;
+            let (code, calibration) =
+                commands::calibrate(&s, &commit, &load(workload)?, *comparisons, &settings)?;
+            write_json(json_output, &calibration)?;
+            Ok(code)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("chronik-harness: {err}");
+            ExitCode::from(EXIT_INFRA)
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Builds a commit at most once: the checkout is exported with git2, the build command runs
+//! with a shared `CARGO_TARGET_DIR`, and the resulting binary is copied into a per-commit cache.
+//! A failing build is recorded (with its log tail) and never retried for the same commit.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::error::HarnessError;
+use crate::git::{CommitInfo, TargetRepo};
+use crate::process::{tail, GroupChild};
+use crate::target::TargetConfig;
+
+/// Lines of build log kept in a `build_failed` record.
+const BUILD_LOG_TAIL_LINES: usize = 40;
+const BUILT_BINARY: &str = "broker";
+const FAILED_MARKER: &str = "BUILD_FAILED";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildOutcome {
+    Built { binary: PathBuf, cached: bool },
+    Failed { log_tail: String },
+}
+
+pub struct Builder<'a> {
+    pub repo: &'a TargetRepo,
+    pub target: &'a TargetConfig,
+    /// `<work dir>`: holds `checkouts/`, `bin/<sha>/` and the shared `target/`.
+    pub work_dir: PathBuf,
+}
+
+impl Builder<'_> {
+    fn cache_dir(&self, commit: &CommitInfo) -> PathBuf {
+        self.work_dir.join("bin").join(&commit.sha)
+    }
+
+    pub fn shared_target_dir(&self) -> PathBuf {
+        self.work_dir.join("target")
+    }
+
+    /// Returns the commit's broker binary, building it if it is not cached.
+    pub fn build(&self, commit: &CommitInfo) -> Result<BuildOutcome, HarnessError> {
+        let cache = self.cache_dir(commit);
+        let cached = cache.join(BUILT_BINARY);
+        if cached.exists() {
+            return Ok(BuildOutcome::Built {
+                binary: cached,
+                cached: true,
+            });
+        }
+        if let Ok(log_tail) = fs::read_to_string(cache.join(FAILED_MARKER)) {
+            return Ok(BuildOutcome::Failed { log_tail });
+        }
+        fs::create_dir_all(&cache).map_err(|e| HarnessError::io(&cache, e))?;
+        let checkout = self.work_dir.join("checkouts").join(&commit.sha);
+        self.repo.export(commit, &checkout)?;
+        let log_path = cache.join("build.log");
+        let log = fs::File::create(&log_path).map_err(|e| HarnessError::io(&log_path, e))?;
+        let log_err = log
+            .try_clone()
+            .map_err(|e| HarnessError::io(&log_path, e))?;
+        let target_dir = self.shared_target_dir();
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(&self.target.build)
+            .current_dir(&checkout)
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        let mut child = GroupChild::spawn(command)
+            .map_err(|e| HarnessError::Infra(format!("starting the build: {e}")))?;
+        let status = child.wait_timeout(self.target.build_timeout());
+        let failure = match status {
+            None => {
+                child.stop();
+                Some(format!(
+                    "build timed out after {} s",
+                    self.target.build_timeout_s
+                ))
+            }
+            Some(s) if !s.success() => Some(format!("build exited with {s}")),
+            Some(_) => None,
+        };
+        let binary = checkout.join(
+            self.target
+                .binary
+                .replace("{target_dir}", &target_dir.display().to_string()),
+        );
+        let failure = failure.or_else(|| {
+            (!binary.exists())
+                .then(|| format!("build succeeded but {} does not exist", binary.display()))
+        });
+        if let Some(reason) = failure {
+            let log_tail = format!("{reason}\n{}", tail(&log_path, BUILD_LOG_TAIL_LINES));
+            fs::write(cache.join(FAILED_MARKER), &log_tail)
+                .map_err(|e| HarnessError::io(&cache, e))?;
+            let _ = fs::remove_dir_all(&checkout);
+            return Ok(BuildOutcome::Failed { log_tail });
+        }
+        let staging = cache.join("broker.partial");
+        fs::copy(&binary, &staging).map_err(|e| HarnessError::io(&binary, e))?;
+        fs::rename(&staging, &cached).map_err(|e| HarnessError::io(&cached, e))?;
+        let _ = fs::remove_dir_all(&checkout);
+        Ok(BuildOutcome::Built {
+            binary: cached,
+            cached: false,
+        })
+    }
+}
+
+/// Path of a built binary in the cache, for display.
+pub fn describe(outcome: &BuildOutcome) -> String {
+    match outcome {
+        BuildOutcome::Built { binary, cached } => {
+            format!(
+                "{} ({})",
+                binary.display(),
+                if *cached { "cached" } else { "built" }
+            )
+        }
+        BuildOutcome::Failed { .. } => "build failed".into(),
+    }
+}
+
+pub fn is_built(outcome: &BuildOutcome) -> Option<&Path> {
+    match outcome {
+        BuildOutcome::Built { binary, .. } => Some(binary),
+        BuildOutcome::Failed { .. } => None,
+    }
+}

@@ -1,0 +1,557 @@
+//! The subcommands: run, compare, gate, baseline, calibrate. Each prints a table and returns
+//! the exit code documented in the README.
+
+use std::path::Path;
+
+use comfy_table::{presets::ASCII_MARKDOWN, Table};
+use serde::Serialize;
+
+use crate::compare::{run_compare, CompareSettings, Comparison, TrialFailure, TrialSummary};
+use crate::error::{HarnessError, EXIT_INCONCLUSIVE, EXIT_INFRA, EXIT_PASS, EXIT_REGRESSION};
+use crate::git::CommitInfo;
+use crate::session::{BuiltCommit, PairSource, Session};
+use crate::stats::{bootstrap_median_ci, median, Verdict};
+use crate::store::{load_baseline, save_baseline, Baseline, BASELINE_SCHEMA};
+use crate::workload::Workload;
+
+pub fn verdict_exit_code(verdict: Verdict) -> u8 {
+    match verdict {
+        Verdict::Pass => EXIT_PASS,
+        Verdict::Regression => EXIT_REGRESSION,
+        Verdict::Inconclusive => EXIT_INCONCLUSIVE,
+    }
+}
+
+fn pct(ratio: f64) -> String {
+    format!("{:+.1}%", (ratio - 1.0) * 100.0)
+}
+
+/// A markdown table of a comparison.
+pub fn comparison_table(c: &Comparison) -> Table {
+    let mut table = Table::new();
+    table.load_preset(ASCII_MARKDOWN).set_header(vec![
+        "metric",
+        "base median",
+        "head median",
+        "head/base (median)",
+        "95% CI",
+        "limit",
+        "verdict",
+    ]);
+    let med = |v: &[TrialSummary], f: fn(&TrialSummary) -> f64| {
+        median(&v.iter().map(f).collect::<Vec<_>>())
+    };
+    for (m, base, head, unit) in [
+        (
+            &c.throughput,
+            med(&c.base, |t| t.throughput),
+            med(&c.head, |t| t.throughput),
+            "msg/s",
+        ),
+        (
+            &c.p99,
+            med(&c.base, |t| t.p99_ms),
+            med(&c.head, |t| t.p99_ms),
+            "ms",
+        ),
+    ] {
+        table.add_row(vec![
+            m.metric.clone(),
+            format!("{base:.1} {unit}"),
+            format!("{head:.1} {unit}"),
+            pct(m.median_ratio),
+            format!("[{}, {}]", pct(m.ci_low_ratio), pct(m.ci_high_ratio)),
+            pct(m.limit_ratio),
+            format!("{:?}", m.verdict).to_lowercase(),
+        ]);
+    }
+    table
+}
+
+fn failure_exit(f: &TrialFailure) -> u8 {
+    eprintln!("{:?} side failed: {:?}: {}", f.side, f.status, f.detail);
+    EXIT_INFRA
+}
+
+#[derive(Debug, Serialize)]
+pub struct CompareOutput<'a> {
+    pub workload: &'a str,
+    pub base: &'a CommitInfo,
+    pub head: &'a CommitInfo,
+    pub comparison: &'a Comparison,
+}
+
+/// Builds both sides; a side that does not build is an infrastructure failure for compare.
+fn build_pair(
+    session: &Session,
+    base: &CommitInfo,
+    head: &CommitInfo,
+) -> Result<(BuiltCommit, BuiltCommit), HarnessError> {
+    let b = session.build(base)?;
+    let h = session.build(head)?; // cached when head == base
+    for built in [&b, &h] {
+        if let crate::build::BuildOutcome::Failed { log_tail } = &built.outcome {
+            return Err(HarnessError::Infra(format!(
+                "{} does not build:\n{log_tail}",
+                built.commit.short()
+            )));
+        }
+    }
+    Ok((b, h))
+}
+
+pub fn compare(
+    session: &Session,
+    base: &CommitInfo,
+    head: &CommitInfo,
+    workload: &Workload,
+    settings: &CompareSettings,
+    role: &str,
+) -> Result<Result<Comparison, TrialFailure>, HarnessError> {
+    let (b, h) = build_pair(session, base, head)?;
+    let mut source = PairSource {
+        session,
+        base: &b,
+        head: &h,
+        workload,
+        role,
+        bar: session.progress_bar(
+            settings.max_pairs as u64,
+            &format!("{} pairs", workload.name),
+        ),
+    };
+    let result = run_compare(&mut source, settings);
+    source.bar.finish_and_clear();
+    Ok(result)
+}
+
+pub fn print_comparison(workload: &Workload, base: &CommitInfo, head: &CommitInfo, c: &Comparison) {
+    println!(
+        "\n{}: base {} vs head {} ({} interleaved pairs)\n",
+        workload.name,
+        base.short(),
+        head.short(),
+        c.pairs()
+    );
+    println!("{}", comparison_table(c));
+    if let Some(d) = &c.degradation {
+        println!(
+            "\nin-run degradation (head, last third / first third): {}{}",
+            pct(d.median_ratio),
+            if d.finding {
+                "  <- FINDING: throughput falls during the run"
+            } else {
+                ""
+            }
+        );
+    }
+    println!("\nverdict: {:?}", c.verdict);
+}
+
+/// Absolute limits of a workload checked on the head's trials.
+#[derive(Debug, Clone, Serialize)]
+pub struct LimitCheck {
+    pub metric: String,
+    pub median: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+    pub limit: f64,
+    pub passed: bool,
+}
+
+pub fn check_limits(workload: &Workload, trials: &[TrialSummary]) -> Vec<LimitCheck> {
+    let mut checks = Vec::new();
+    let series = |f: fn(&TrialSummary) -> f64| trials.iter().map(f).collect::<Vec<_>>();
+    if let Some(min) = workload.limits.throughput_min_msgs_per_s {
+        let xs = series(|t| t.throughput);
+        let (lo, hi) = bootstrap_median_ci(&xs, 3);
+        let m = median(&xs);
+        checks.push(LimitCheck {
+            metric: "throughput msg/s (>=)".into(),
+            median: m,
+            ci_low: lo,
+            ci_high: hi,
+            limit: min,
+            passed: m >= min,
+        });
+    }
+    if let Some(max) = workload.limits.p99_max_ms {
+        let xs = series(|t| t.p99_ms);
+        let (lo, hi) = bootstrap_median_ci(&xs, 4);
+        let m = median(&xs);
+        checks.push(LimitCheck {
+            metric: "p99 ms (<=)".into(),
+            median: m,
+            ci_low: lo,
+            ci_high: hi,
+            limit: max,
+            passed: m <= max,
+        });
+    }
+    checks
+}
+
+pub fn limits_table(checks: &[LimitCheck]) -> Table {
+    let mut table = Table::new();
+    table.load_preset(ASCII_MARKDOWN).set_header(vec![
+        "absolute limit",
+        "median",
+        "95% CI",
+        "limit",
+        "result",
+    ]);
+    for c in checks {
+        table.add_row(vec![
+            c.metric.clone(),
+            format!("{:.2}", c.median),
+            format!("[{:.2}, {:.2}]", c.ci_low, c.ci_high),
+            format!("{:.2}", c.limit),
+            if c.passed {
+                "pass".into()
+            } else {
+                "FAIL".into()
+            },
+        ]);
+    }
+    table
+}
+
+/// `run`: N trials of one commit, printed and stored.
+pub fn run(
+    session: &Session,
+    commit: &CommitInfo,
+    workload: &Workload,
+    trials: usize,
+) -> Result<(u8, Vec<TrialSummary>), HarnessError> {
+    let built = session.build(commit)?;
+    if let crate::build::BuildOutcome::Failed { log_tail } = &built.outcome {
+        session.trial(&built, workload, "run")?;
+        eprintln!("{} does not build:\n{log_tail}", commit.short());
+        return Ok((EXIT_INFRA, Vec::new()));
+    }
+    let bar = session.progress_bar(trials as u64, &format!("{} trials", workload.name));
+    let mut summaries = Vec::new();
+    let mut table = Table::new();
+    table.load_preset(ASCII_MARKDOWN).set_header(vec![
+        "trial", "status", "msg/s", "p50 ms", "p99 ms", "p99.9 ms", "detail",
+    ]);
+    let mut code = EXIT_PASS;
+    for _ in 0..trials {
+        let record = session.trial(&built, workload, "run")?;
+        let r = record.report.as_ref().map(|r| &r.results);
+        table.add_row(vec![
+            record.id.clone(),
+            format!("{:?}", record.status).to_lowercase(),
+            r.map_or("-".into(), |r| format!("{:.0}", r.rate_msgs_per_s)),
+            r.map_or("-".into(), |r| format!("{:.2}", r.latency_ms.p50)),
+            r.map_or("-".into(), |r| format!("{:.2}", r.latency_ms.p99)),
+            r.map_or("-".into(), |r| format!("{:.2}", r.latency_ms.p999)),
+            record
+                .detail
+                .clone()
+                .unwrap_or_default()
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned(),
+        ]);
+        match record.summary {
+            Some(s) => summaries.push(s),
+            None => code = EXIT_INFRA,
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    println!(
+        "\n{} @ {} ({})\n\n{table}",
+        workload.name,
+        commit.short(),
+        commit.summary
+    );
+    if !summaries.is_empty() {
+        let checks = check_limits(workload, &summaries);
+        if !checks.is_empty() {
+            println!("\n{}", limits_table(&checks));
+            if checks.iter().any(|c| !c.passed) && code == EXIT_PASS {
+                code = EXIT_REGRESSION;
+            }
+        }
+    }
+    Ok((code, summaries))
+}
+
+/// `baseline`: records `trials` trials of `commit` as the workload's baseline.
+pub fn baseline(
+    session: &Session,
+    baselines_dir: &Path,
+    commit: &CommitInfo,
+    workload: &Workload,
+    trials: usize,
+) -> Result<u8, HarnessError> {
+    let (code, summaries) = run(session, commit, workload, trials)?;
+    if summaries.len() < trials {
+        eprintln!("not every trial was valid: baseline not written");
+        return Ok(EXIT_INFRA);
+    }
+    let provenance = chronik_bench::provenance::Provenance::current();
+    let baseline = Baseline {
+        schema: BASELINE_SCHEMA.into(),
+        workload: workload.name.clone(),
+        workload_hash: workload.hash(),
+        commit: commit.clone(),
+        host_fingerprint: session.host.fingerprint(),
+        bench_version: provenance.bench_version,
+        librdkafka_version: provenance.librdkafka_version,
+        recorded_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        median_throughput: median(&summaries.iter().map(|t| t.throughput).collect::<Vec<_>>()),
+        median_p99_ms: median(&summaries.iter().map(|t| t.p99_ms).collect::<Vec<_>>()),
+        trials: summaries,
+    };
+    let path = save_baseline(baselines_dir, &baseline)?;
+    println!("\nbaseline written to {}", path.display());
+    Ok(code)
+}
+
+#[derive(Debug, Serialize)]
+pub struct GateResult {
+    pub workload: String,
+    pub base: Option<CommitInfo>,
+    pub head: CommitInfo,
+    pub comparison: Option<Comparison>,
+    pub limits: Vec<LimitCheck>,
+    pub verdict: Verdict,
+    pub failure: Option<TrialFailure>,
+    pub note: Option<String>,
+}
+
+/// `gate` for one workload: absolute limits on the head plus, when a baseline commit is known,
+/// the relative verdict from interleaved trials of base and head on this machine (a stored
+/// number from another day is a trend record, never the only comparator).
+pub fn gate_one(
+    session: &Session,
+    baselines_dir: &Path,
+    base_override: Option<&CommitInfo>,
+    head: &CommitInfo,
+    workload: &Workload,
+    settings: &CompareSettings,
+) -> Result<GateResult, HarnessError> {
+    let stored = load_baseline(baselines_dir, &workload.name)?;
+    let mut note = None;
+    let base = match (base_override, &stored) {
+        (Some(b), _) => Some(b.clone()),
+        (None, Some(s)) => {
+            if s.workload_hash != workload.hash() {
+                note = Some(format!(
+                    "stored baseline was recorded with workload hash {}, now {}",
+                    s.workload_hash,
+                    workload.hash()
+                ));
+            }
+            if s.host_fingerprint != session.host.fingerprint() {
+                note = Some(
+                    "stored baseline comes from another host: base re-measured side by side".into(),
+                );
+            }
+            Some(session.repo.resolve(&s.commit.sha)?)
+        }
+        (None, None) => None,
+    };
+    let (comparison, failure, head_trials) = match &base {
+        Some(base) => match compare(session, base, head, workload, settings, "gate")? {
+            Ok(c) => {
+                let head_trials = c.head.clone();
+                (Some(c), None, head_trials)
+            }
+            Err(f) => (None, Some(f), Vec::new()),
+        },
+        None => {
+            note = Some("no baseline for this workload: absolute limits only".into());
+            let built = session.build(head)?;
+            let mut trials = Vec::new();
+            let mut failure = None;
+            for _ in 0..settings.min_pairs {
+                match session.valid_trial(&built, workload, "gate-head", crate::compare::Side::Head)
+                {
+                    Ok(t) => trials.push(t),
+                    Err(f) => {
+                        failure = Some(f);
+                        break;
+                    }
+                }
+            }
+            (None, failure, trials)
+        }
+    };
+    let limits = if head_trials.is_empty() {
+        Vec::new()
+    } else {
+        check_limits(workload, &head_trials)
+    };
+    let verdict = if failure.is_some() {
+        Verdict::Inconclusive
+    } else {
+        let limit_verdict = if limits.iter().all(|l| l.passed) {
+            Verdict::Pass
+        } else {
+            Verdict::Regression
+        };
+        Verdict::worst([
+            limit_verdict,
+            comparison.as_ref().map_or(Verdict::Pass, |c| c.verdict),
+        ])
+    };
+    Ok(GateResult {
+        workload: workload.name.clone(),
+        base,
+        head: head.clone(),
+        comparison,
+        limits,
+        verdict,
+        failure,
+        note,
+    })
+}
+
+pub fn print_gate(result: &GateResult) {
+    println!(
+        "\n== gate {} (head {})",
+        result.workload,
+        result.head.short()
+    );
+    if let Some(note) = &result.note {
+        println!("note: {note}");
+    }
+    if let Some(f) = &result.failure {
+        println!(
+            "{:?} side could not be measured: {:?}: {}",
+            f.side, f.status, f.detail
+        );
+    }
+    if let (Some(c), Some(base)) = (&result.comparison, &result.base) {
+        println!(
+            "relative to {} ({} pairs):\n\n{}",
+            base.short(),
+            c.pairs(),
+            comparison_table(c)
+        );
+    }
+    if !result.limits.is_empty() {
+        println!("\n{}", limits_table(&result.limits));
+    }
+    println!("\ngate verdict: {:?}", result.verdict);
+}
+
+pub fn gate_exit_code(results: &[GateResult]) -> u8 {
+    if results.iter().any(|r| r.failure.is_some()) {
+        return EXIT_INFRA;
+    }
+    verdict_exit_code(Verdict::worst(results.iter().map(|r| r.verdict)))
+}
+
+#[derive(Debug, Serialize)]
+pub struct Calibration {
+    pub workload: String,
+    pub commit: CommitInfo,
+    pub comparisons: usize,
+    pub false_alarms: usize,
+    pub inconclusive: usize,
+    pub false_alarm_rate: f64,
+    /// Median half-width of the throughput interval (fraction): noise the default pairs see.
+    pub median_ci_half_width: f64,
+    /// Smallest drop the defaults flag reliably: the margin plus the typical half-width.
+    pub smallest_reliable_drop: f64,
+    pub results: Vec<(Verdict, f64, f64, f64)>,
+}
+
+/// `calibrate`: A/A comparisons of one commit against itself.
+pub fn calibrate(
+    session: &Session,
+    commit: &CommitInfo,
+    workload: &Workload,
+    comparisons: usize,
+    settings: &CompareSettings,
+) -> Result<(u8, Calibration), HarnessError> {
+    let mut results = Vec::new();
+    for i in 0..comparisons {
+        let s = CompareSettings {
+            seed: settings.seed.wrapping_add(i as u64 * 7919),
+            ..*settings
+        };
+        match compare(session, commit, commit, workload, &s, "calibrate")? {
+            Ok(c) => {
+                session.say(&format!(
+                    "A/A {}/{comparisons}: {:?} ({} pairs, ratio {})",
+                    i + 1,
+                    c.verdict,
+                    c.pairs(),
+                    pct(c.throughput.median_ratio)
+                ));
+                results.push((
+                    c.verdict,
+                    c.throughput.median_ratio,
+                    c.throughput.ci_low_ratio,
+                    c.throughput.ci_high_ratio,
+                ));
+            }
+            Err(f) => return Ok((failure_exit(&f), empty_calibration(workload, commit))),
+        }
+    }
+    let false_alarms = results
+        .iter()
+        .filter(|r| r.0 == Verdict::Regression)
+        .count();
+    let inconclusive = results
+        .iter()
+        .filter(|r| r.0 == Verdict::Inconclusive)
+        .count();
+    let half_widths: Vec<f64> = results.iter().map(|r| (r.3 - r.2) / 2.0).collect();
+    let median_ci_half_width = if half_widths.is_empty() {
+        0.0
+    } else {
+        median(&half_widths)
+    };
+    let calibration = Calibration {
+        workload: workload.name.clone(),
+        commit: commit.clone(),
+        comparisons,
+        false_alarms,
+        inconclusive,
+        false_alarm_rate: false_alarms as f64 / comparisons.max(1) as f64,
+        median_ci_half_width,
+        smallest_reliable_drop: settings.margins.throughput_drop + median_ci_half_width,
+        results,
+    };
+    println!(
+        "\nA/A calibration of {} on {}: {} comparisons, {} false alarms ({:.0}%), {} inconclusive; median 95% CI half-width {:.2}%; smallest throughput drop flagged reliably ~{:.1}%",
+        workload.name,
+        commit.short(),
+        comparisons,
+        false_alarms,
+        calibration.false_alarm_rate * 100.0,
+        inconclusive,
+        median_ci_half_width * 100.0,
+        calibration.smallest_reliable_drop * 100.0
+    );
+    Ok((EXIT_PASS, calibration))
+}
+
+fn empty_calibration(workload: &Workload, commit: &CommitInfo) -> Calibration {
+    Calibration {
+        workload: workload.name.clone(),
+        commit: commit.clone(),
+        comparisons: 0,
+        false_alarms: 0,
+        inconclusive: 0,
+        false_alarm_rate: 0.0,
+        median_ci_half_width: 0.0,
+        smallest_reliable_drop: 0.0,
+        results: Vec::new(),
+    }
+}
+
+pub fn compare_exit(result: &Result<Comparison, TrialFailure>) -> u8 {
+    match result {
+        Ok(c) => verdict_exit_code(c.verdict),
+        Err(f) => failure_exit(f),
+    }
+}

@@ -1,0 +1,233 @@
+//! One harness invocation's context: the target repository, its build cache, the trial runner
+//! and the results store; plus the `TrialSource` that feeds real trials to `compare`.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use chronik_bench::provenance::HostInfo;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::build::{BuildOutcome, Builder};
+use crate::compare::{Side, TrialFailure, TrialSource, TrialSummary};
+use crate::error::HarnessError;
+use crate::git::{CommitInfo, TargetRepo};
+use crate::runner::{TrialRunner, TrialStatus};
+use crate::store::{ResultStore, TrialRecord, TRIAL_SCHEMA};
+use crate::target::TargetConfig;
+use crate::workload::Workload;
+
+/// An invalid trial is rerun (never counted) at most this many times before the side fails.
+const INVALID_RERUNS_MAX: usize = 2;
+
+pub struct Session {
+    pub repo: TargetRepo,
+    pub work_dir: PathBuf,
+    pub store: ResultStore,
+    pub runner: TrialRunner,
+    pub host: HostInfo,
+    pub quiet: bool,
+    trial_counter: AtomicU64,
+}
+
+/// A commit whose broker is built (or not).
+pub struct BuiltCommit {
+    pub commit: CommitInfo,
+    pub outcome: BuildOutcome,
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+impl Session {
+    pub fn new(
+        repo: TargetRepo,
+        target: TargetConfig,
+        work_dir: PathBuf,
+        results_dir: PathBuf,
+        bench_bin: PathBuf,
+        quiet: bool,
+    ) -> Result<Self, HarnessError> {
+        if !bench_bin.exists() {
+            return Err(HarnessError::Config(format!(
+                "chronik-bench not found at {} (build it with `cargo build --release -p chronik-bench` or pass --bench-bin)",
+                bench_bin.display()
+            )));
+        }
+        std::fs::create_dir_all(&work_dir).map_err(|e| HarnessError::io(&work_dir, e))?;
+        Ok(Self {
+            repo,
+            runner: TrialRunner {
+                bench_bin,
+                target,
+                scratch: work_dir.join("trials"),
+            },
+            work_dir,
+            store: ResultStore { dir: results_dir },
+            host: HostInfo::current(),
+            quiet,
+            trial_counter: AtomicU64::new(0),
+        })
+    }
+
+    pub fn say(&self, line: &str) {
+        if !self.quiet {
+            eprintln!("{line}");
+        }
+    }
+
+    pub fn build(&self, commit: &CommitInfo) -> Result<BuiltCommit, HarnessError> {
+        self.say(&format!("building {} {}", commit.short(), commit.summary));
+        let builder = Builder {
+            repo: &self.repo,
+            target: &self.runner.target,
+            work_dir: self.work_dir.clone(),
+        };
+        let outcome = builder.build(commit)?;
+        self.say(&format!("  {}", crate::build::describe(&outcome)));
+        Ok(BuiltCommit {
+            commit: commit.clone(),
+            outcome,
+        })
+    }
+
+    fn next_id(&self, commit: &CommitInfo, role: &str) -> String {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let n = self.trial_counter.fetch_add(1, Ordering::Relaxed);
+        format!("{ms}-{}-{role}-{n}", commit.short())
+    }
+
+    /// Runs one trial (or records the build failure), stores it and returns the record.
+    pub fn trial(
+        &self,
+        built: &BuiltCommit,
+        workload: &Workload,
+        role: &str,
+    ) -> Result<TrialRecord, HarnessError> {
+        let id = self.next_id(&built.commit, role);
+        let (status, detail, report) = match &built.outcome {
+            BuildOutcome::Failed { log_tail } => {
+                (TrialStatus::BuildFailed, Some(log_tail.clone()), None)
+            }
+            BuildOutcome::Built { binary, .. } => {
+                let outcome = self.runner.run(binary, workload, &id);
+                (outcome.status, outcome.detail, outcome.report)
+            }
+        };
+        let summary = report
+            .as_ref()
+            .filter(|_| status == TrialStatus::Ok)
+            .map(|r| TrialSummary {
+                throughput: r.results.rate_msgs_per_s,
+                p99_ms: r.results.latency_ms.p99,
+                per_second: r.results.per_second.clone(),
+            });
+        let record = TrialRecord {
+            schema: TRIAL_SCHEMA.into(),
+            id,
+            recorded_at: now_rfc3339(),
+            commit: built.commit.clone(),
+            workload: workload.name.clone(),
+            workload_hash: workload.hash(),
+            host_fingerprint: self.host.fingerprint(),
+            role: role.to_owned(),
+            status,
+            detail,
+            summary,
+            report,
+        };
+        self.store.save(&record)?;
+        Ok(record)
+    }
+
+    /// A valid trial, rerunning invalid ones a bounded number of times.
+    pub fn valid_trial(
+        &self,
+        built: &BuiltCommit,
+        workload: &Workload,
+        role: &str,
+        side: Side,
+    ) -> Result<TrialSummary, TrialFailure> {
+        let mut last = None;
+        for _ in 0..=INVALID_RERUNS_MAX {
+            let record = self
+                .trial(built, workload, role)
+                .map_err(|e| TrialFailure {
+                    side,
+                    status: TrialStatus::InfraError,
+                    detail: e.to_string(),
+                })?;
+            match (record.status, record.summary) {
+                (TrialStatus::Ok, Some(summary)) => return Ok(summary),
+                (TrialStatus::Invalid, _) => {
+                    self.say(&format!(
+                        "  invalid trial of {} rerun: {}",
+                        built.commit.short(),
+                        record.detail.clone().unwrap_or_default()
+                    ));
+                    last = Some(record.detail.unwrap_or_default());
+                }
+                (status, _) => {
+                    return Err(TrialFailure {
+                        side,
+                        status,
+                        detail: record.detail.unwrap_or_default(),
+                    })
+                }
+            }
+        }
+        Err(TrialFailure {
+            side,
+            status: TrialStatus::Invalid,
+            detail: format!(
+                "{} invalid trials in a row; last: {}",
+                INVALID_RERUNS_MAX + 1,
+                last.unwrap_or_default()
+            ),
+        })
+    }
+
+    pub fn progress_bar(&self, len: u64, what: &str) -> ProgressBar {
+        if self.quiet {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::new(len);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg} [{bar:30}] {pos}/{len} (elapsed {elapsed}, eta {eta})",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_message(what.to_owned());
+        bar
+    }
+}
+
+/// Feeds interleaved base/head trials of two built commits to `compare::run_compare`.
+pub struct PairSource<'a> {
+    pub session: &'a Session,
+    pub base: &'a BuiltCommit,
+    pub head: &'a BuiltCommit,
+    pub workload: &'a Workload,
+    pub role: &'a str,
+    pub bar: ProgressBar,
+}
+
+impl TrialSource for PairSource<'_> {
+    fn trial(&mut self, side: Side) -> Result<TrialSummary, TrialFailure> {
+        let (built, role) = match side {
+            Side::Base => (self.base, format!("{}-base", self.role)),
+            Side::Head => (self.head, format!("{}-head", self.role)),
+        };
+        self.session.valid_trial(built, self.workload, &role, side)
+    }
+
+    fn pair_done(&mut self, pairs: usize, max_pairs: usize) {
+        self.bar.set_length(max_pairs as u64);
+        self.bar.set_position(pairs as u64);
+    }
+}

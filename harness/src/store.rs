@@ -1,0 +1,113 @@
+//! Results history and baselines as JSON files. A trial record is written as soon as the trial
+//! ends (temp file + rename), so an interrupted session loses nothing.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use chronik_bench::BenchReport;
+use serde::{Deserialize, Serialize};
+
+use crate::compare::TrialSummary;
+use crate::error::HarnessError;
+use crate::git::CommitInfo;
+use crate::runner::TrialStatus;
+
+pub const TRIAL_SCHEMA: &str = "chronik-harness/trial/v1";
+pub const BASELINE_SCHEMA: &str = "chronik-harness/baseline/v1";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrialRecord {
+    pub schema: String,
+    pub id: String,
+    pub recorded_at: String,
+    pub commit: CommitInfo,
+    pub workload: String,
+    pub workload_hash: String,
+    pub host_fingerprint: String,
+    /// What the trial was for: `run`, `base`, `head`, `baseline`, `bisect`, `calibrate`.
+    pub role: String,
+    pub status: TrialStatus,
+    pub detail: Option<String>,
+    pub summary: Option<TrialSummary>,
+    pub report: Option<BenchReport>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Baseline {
+    pub schema: String,
+    pub workload: String,
+    pub workload_hash: String,
+    pub commit: CommitInfo,
+    pub host_fingerprint: String,
+    pub bench_version: String,
+    pub librdkafka_version: String,
+    pub recorded_at: String,
+    pub median_throughput: f64,
+    pub median_p99_ms: f64,
+    /// Every trial's raw numbers.
+    pub trials: Vec<TrialSummary>,
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), HarnessError> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(|e| HarnessError::io(dir, e))?;
+    }
+    let tmp = path.with_extension("json.partial");
+    fs::write(&tmp, bytes).map_err(|e| HarnessError::io(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| HarnessError::io(path, e))
+}
+
+pub struct ResultStore {
+    pub dir: PathBuf,
+}
+
+impl ResultStore {
+    pub fn save(&self, record: &TrialRecord) -> Result<PathBuf, HarnessError> {
+        let path = self
+            .dir
+            .join(&record.workload)
+            .join(format!("{}.json", record.id));
+        let json =
+            serde_json::to_vec_pretty(record).map_err(|e| HarnessError::Infra(e.to_string()))?;
+        write_atomically(&path, &json)?;
+        Ok(path)
+    }
+
+    /// Every stored trial of `workload`, oldest first (by id, which starts with a timestamp).
+    pub fn load_workload(&self, workload: &str) -> Vec<TrialRecord> {
+        let dir = self.dir.join(workload);
+        let mut paths: Vec<PathBuf> = fs::read_dir(&dir)
+            .map(|entries| entries.filter_map(|e| Some(e.ok()?.path())).collect())
+            .unwrap_or_default();
+        paths.retain(|p| p.extension().is_some_and(|e| e == "json"));
+        paths.sort();
+        paths
+            .iter()
+            .filter_map(|p| serde_json::from_slice::<TrialRecord>(&fs::read(p).ok()?).ok())
+            .filter(|r| r.schema == TRIAL_SCHEMA)
+            .collect()
+    }
+}
+
+pub fn baseline_path(dir: &Path, workload: &str) -> PathBuf {
+    dir.join(format!("{workload}.json"))
+}
+
+pub fn load_baseline(dir: &Path, workload: &str) -> Result<Option<Baseline>, HarnessError> {
+    let path = baseline_path(dir, workload);
+    match fs::read(&path) {
+        Ok(raw) => serde_json::from_slice(&raw)
+            .map(Some)
+            .map_err(|e| HarnessError::Config(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(HarnessError::io(&path, e)),
+    }
+}
+
+pub fn save_baseline(dir: &Path, baseline: &Baseline) -> Result<PathBuf, HarnessError> {
+    let path = baseline_path(dir, &baseline.workload);
+    let json =
+        serde_json::to_vec_pretty(baseline).map_err(|e| HarnessError::Infra(e.to_string()))?;
+    write_atomically(&path, &json)?;
+    Ok(path)
+}

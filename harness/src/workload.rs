@@ -1,0 +1,135 @@
+//! Workloads are data: TOML files naming the load, the client settings, extra broker flags and
+//! the absolute limits. The hash of the file's parsed content ties results to the workload.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::HarnessError;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// The median trial must reach this throughput.
+    pub throughput_min_msgs_per_s: Option<f64>,
+    /// The median trial's p99 must stay at or below this.
+    pub p99_max_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    pub name: String,
+    pub description: String,
+    /// chronik-bench --mode.
+    pub mode: String,
+    pub concurrency: usize,
+    pub message_size: usize,
+    pub duration_s: u64,
+    pub warmup_s: u64,
+    #[serde(default = "one")]
+    pub partitions: i32,
+    /// "0", "1" or "all".
+    pub acks: String,
+    /// Open loop: messages per second offered.
+    pub rate: Option<f64>,
+    #[serde(default)]
+    pub compression: Option<String>,
+    /// librdkafka properties passed with -X (every one that changes results, explicitly).
+    #[serde(default)]
+    pub client: BTreeMap<String, String>,
+    /// Extra flags appended to the broker's start command.
+    #[serde(default)]
+    pub broker_args: Vec<String>,
+    pub limits: Limits,
+}
+
+fn one() -> i32 {
+    1
+}
+
+impl Workload {
+    pub fn load(path: &Path) -> Result<Self, HarnessError> {
+        let text = std::fs::read_to_string(path).map_err(|e| HarnessError::io(path, e))?;
+        toml::from_str(&text).map_err(|e| HarnessError::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Finds `name` (a file path, or a name in `dir`).
+    pub fn find(name: &str, dir: &Path) -> Result<Self, HarnessError> {
+        let as_path = PathBuf::from(name);
+        if as_path.exists() {
+            return Self::load(&as_path);
+        }
+        let in_dir = dir.join(format!("{name}.toml"));
+        if in_dir.exists() {
+            return Self::load(&in_dir);
+        }
+        Err(HarnessError::Usage(format!(
+            "no workload {name:?} (looked for {} and {name}); available: {}",
+            in_dir.display(),
+            Self::list(dir).join(", ")
+        )))
+    }
+
+    pub fn list(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| {
+                        let name = e.ok()?.file_name().to_string_lossy().into_owned();
+                        name.strip_suffix(".toml").map(str::to_owned)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// Hash of the parsed content: formatting changes keep it, any setting change alters it.
+    pub fn hash(&self) -> String {
+        let canonical = serde_json::to_vec(self).expect("a workload serialises");
+        let digest = Sha256::digest(canonical);
+        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The chronik-bench arguments for one trial against `bootstrap`.
+    pub fn bench_args(&self, bootstrap: &str, json_out: &Path) -> Vec<String> {
+        let mut args = vec![
+            format!("--bootstrap-servers={bootstrap}"),
+            format!("--topic={}", self.name),
+            format!("--mode={}", self.mode),
+            format!("--concurrency={}", self.concurrency),
+            format!("--message-size={}", self.message_size),
+            format!("--duration={}s", self.duration_s),
+            format!("--warmup={}s", self.warmup_s),
+            format!("--partitions={}", self.partitions),
+            format!("--acks={}", self.acks),
+            "--create-topic".into(),
+            "--quiet".into(),
+            format!("--json-output={}", json_out.display()),
+        ];
+        if let Some(rate) = self.rate {
+            args.push(format!("--rate={rate}"));
+        }
+        if let Some(codec) = &self.compression {
+            args.push(format!("--compression={codec}"));
+        }
+        for (k, v) in &self.client {
+            args.push(format!("-X{k}={v}"));
+        }
+        args
+    }
+
+    /// Upper bound on one bench run (warm-up + window + drain + set-up slack).
+    pub fn bench_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.warmup_s + self.duration_s + 30 + 60)
+    }
+}
+
+/// The directory of workload files shipped with the harness.
+pub fn default_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("workloads")
+}
