@@ -1,0 +1,238 @@
+//! End to end on a temporary git repository built by the test: commits differ only in how
+//! they start the (already built) broker, so no commit needs a Rust build. Checks verdicts,
+//! exit codes, `build_failed` and `crashed` records, and that no process is left behind.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use git2::{Repository, Signature};
+
+const EXIT_PASS: i32 = 0;
+const EXIT_REGRESSION: i32 = 1;
+const EXIT_INFRA: i32 = 3;
+
+/// `target/release`, where cargo put this workspace's binaries.
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+const TARGET_TOML: &str = r#"
+build = "sh build.sh"
+binary = "out/broker"
+start = "{binary} --listen 127.0.0.1:{port} --data-dir {data_dir} --log-level warn"
+ready_timeout_s = 20
+build_timeout_s = 60
+"#;
+
+const BUILD_OK: &str = "mkdir -p out && cp broker.sh out/broker && chmod +x out/broker\n";
+const BROKER_FAST: &str = "#!/bin/sh\nexec \"$CHRONIK_E2E_BROKER\" \"$@\"\n";
+/// The deliberate regression: a flush profile that lingers 2 ms before every group commit.
+const BROKER_SLOW: &str = "#!/bin/sh\nexec \"$CHRONIK_E2E_BROKER\" --flush-profile extreme \"$@\"\n";
+/// Dies (SIGKILL) two seconds into its life: in the middle of the measured run.
+const BROKER_CRASH: &str = "#!/bin/sh\n\"$CHRONIK_E2E_BROKER\" \"$@\" &\npid=$!\nsleep 2\nkill -9 $pid\nwait $pid\n";
+
+const WORKLOAD: &str = r#"
+name = "e2e"
+description = "short closed-loop produce for the end-to-end test"
+mode = "produce"
+concurrency = 32
+message_size = 256
+duration_s = 2
+warmup_s = 1
+acks = "1"
+[client]
+"linger.ms" = "0"
+"message.timeout.ms" = "5000"
+[limits]
+throughput_min_msgs_per_s = 100.0
+"#;
+
+const IMPOSSIBLE: &str = r#"
+name = "impossible"
+description = "an absolute limit no broker here reaches"
+mode = "produce"
+concurrency = 32
+message_size = 256
+duration_s = 2
+warmup_s = 1
+acks = "1"
+[client]
+"linger.ms" = "0"
+[limits]
+throughput_min_msgs_per_s = 100000000.0
+"#;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    commits: std::collections::HashMap<&'static str, String>,
+}
+
+fn commit(repo: &Repository, files: &[(&str, &str)], message: &str) -> String {
+    let root = repo.workdir().unwrap();
+    for (name, content) in files {
+        fs::write(root.join(name), content).unwrap();
+    }
+    let mut index = repo.index().unwrap();
+    index.add_all(["*"], git2::IndexAddOption::DEFAULT, None).unwrap();
+    index.write().unwrap();
+    let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+    let sig = Signature::now("e2e", "e2e@example.invalid").unwrap();
+    let parents: Vec<git2::Commit> = repo.head().ok().map(|h| h.peel_to_commit().unwrap()).into_iter().collect();
+    let parent_refs: Vec<&git2::Commit> = parents.iter().collect();
+    repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parent_refs)
+        .unwrap()
+        .to_string()
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let repo_dir = dir.path().join("repo");
+        fs::create_dir_all(&repo_dir).unwrap();
+        let repo = Repository::init(&repo_dir).unwrap();
+        let mut commits = std::collections::HashMap::new();
+        commits.insert(
+            "base",
+            commit(
+                &repo,
+                &[(".chronik-target.toml", TARGET_TOML), ("build.sh", BUILD_OK), ("broker.sh", BROKER_FAST)],
+                "fast broker",
+            ),
+        );
+        commits.insert("same", commit(&repo, &[("NOTES.txt", "docs only\n")], "docs only"));
+        commits.insert("slow", commit(&repo, &[("broker.sh", BROKER_SLOW)], "select the extreme flush profile"));
+        commits.insert(
+            "broken",
+            commit(&repo, &[("build.sh", "echo 'error[E0308]: mismatched types' >&2\nexit 1\n")], "break the build"),
+        );
+        commits.insert("crash", commit(&repo, &[("build.sh", BUILD_OK), ("broker.sh", BROKER_CRASH)], "crash mid-run"));
+        fs::create_dir_all(dir.path().join("workloads")).unwrap();
+        fs::write(dir.path().join("workloads/e2e.toml"), WORKLOAD).unwrap();
+        fs::write(dir.path().join("workloads/impossible.toml"), IMPOSSIBLE).unwrap();
+        Self { dir, commits }
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn harness(&self, args: &[&str]) -> Output {
+        let root = self.root();
+        let output = Command::new(bin_dir().join("chronik-harness"))
+            .arg(format!("--repo={}", root.join("repo").display()))
+            .arg(format!("--workload-dir={}", root.join("workloads").display()))
+            .arg(format!("--work-dir={}", root.join("work").display()))
+            .arg(format!("--results-dir={}", root.join("results").display()))
+            .arg(format!("--baselines-dir={}", root.join("baselines").display()))
+            .arg(format!("--bench-bin={}", bin_dir().join("chronik-bench").display()))
+            .arg("--quiet")
+            .args(args)
+            .env("CHRONIK_E2E_BROKER", bin_dir().join("chronik-broker"))
+            .output()
+            .unwrap();
+        eprintln!(
+            "$ chronik-harness {}\n{}\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    }
+
+    fn sha(&self, name: &str) -> &str {
+        &self.commits[name]
+    }
+
+    fn records(&self, workload: &str) -> Vec<serde_json::Value> {
+        let dir = self.root().join("results").join(workload);
+        let mut out = Vec::new();
+        for entry in fs::read_dir(dir).into_iter().flatten() {
+            let raw = fs::read(entry.unwrap().path()).unwrap();
+            out.push(serde_json::from_slice(&raw).unwrap());
+        }
+        out
+    }
+
+    /// Processes whose command line mentions this fixture's directory.
+    fn leftover_processes(&self) -> Vec<String> {
+        let needle = self.root().display().to_string();
+        let mut found = Vec::new();
+        for entry in fs::read_dir("/proc").unwrap().flatten() {
+            let is_pid = entry.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit());
+            if !is_pid {
+                continue;
+            }
+            if let Ok(raw) = fs::read(entry.path().join("cmdline")) {
+                let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+                if cmdline.contains(&needle) && !cmdline.contains("chronik-harness") {
+                    found.push(cmdline);
+                }
+            }
+        }
+        found
+    }
+}
+
+const FEW_PAIRS: &[&str] = &["--min-pairs=3", "--max-pairs=7", "--throughput-margin=0.3", "--p99-margin=3.0"];
+
+#[test]
+fn compare_gate_build_failures_and_crashes_on_a_scripted_history() {
+    let f = Fixture::new();
+
+    let same = f.harness(&[&["compare", f.sha("base"), f.sha("same"), "--workload=e2e"], FEW_PAIRS].concat());
+    assert_eq!(same.status.code(), Some(EXIT_PASS), "identical brokers pass");
+    assert!(String::from_utf8_lossy(&same.stdout).contains("verdict: Pass"));
+
+    let slow = f.harness(&[&["compare", f.sha("base"), f.sha("slow"), "--workload=e2e"], FEW_PAIRS].concat());
+    assert_eq!(slow.status.code(), Some(EXIT_REGRESSION), "the slow flush profile is a regression");
+
+    let gate_slow = f.harness(&[&["gate", "--base", f.sha("base"), "--head", f.sha("slow"), "--workload=e2e"], FEW_PAIRS].concat());
+    assert_eq!(gate_slow.status.code(), Some(EXIT_REGRESSION));
+
+    let gate_limit = f.harness(&[&["gate", "--base", f.sha("base"), "--head", f.sha("same"), "--workload=impossible"], FEW_PAIRS].concat());
+    assert_eq!(gate_limit.status.code(), Some(EXIT_REGRESSION), "an absolute limit fails the gate");
+
+    let broken = f.harness(&["run", "--rev", f.sha("broken"), "--workload=e2e", "--trials=1"]);
+    assert_eq!(broken.status.code(), Some(EXIT_INFRA));
+    let records = f.records("e2e");
+    let failed: Vec<_> = records.iter().filter(|r| r["status"] == "build_failed").collect();
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0]["detail"].as_str().unwrap().contains("mismatched types"), "the log tail is kept");
+    assert!(failed[0]["summary"].is_null(), "a failed build produces no numbers");
+
+    let crash = f.harness(&["run", "--rev", f.sha("crash"), "--workload=e2e", "--trials=1"]);
+    assert_eq!(crash.status.code(), Some(EXIT_INFRA));
+    let crashed: Vec<_> = f.records("e2e").into_iter().filter(|r| r["status"] == "crashed").collect();
+    assert_eq!(crashed.len(), 1, "the broker killed mid-run is recorded as crashed");
+    assert!(crashed[0]["summary"].is_null());
+
+    let unknown = f.harness(&["run", "--rev", "no-such-branch", "--workload=e2e"]);
+    assert_eq!(unknown.status.code(), Some(EXIT_INFRA));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown revision"));
+
+    // Each commit was built once, whatever the number of trials.
+    let bins = fs::read_dir(f.root().join("work/bin")).unwrap().count();
+    assert_eq!(bins, 5);
+    assert!(f.leftover_processes().is_empty(), "left behind: {:?}", f.leftover_processes());
+}
+
+/// The slower test: builds a real commit of this repository with cargo through the harness.
+#[test]
+fn builds_and_runs_a_real_commit_of_this_repository() {
+    let work = tempfile::tempdir().unwrap();
+    let repo_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let output = Command::new(bin_dir().join("chronik-harness"))
+        .arg(format!("--repo={}", repo_root.display()))
+        .arg(format!("--work-dir={}", work.path().join("work").display()))
+        .arg(format!("--results-dir={}", work.path().join("results").display()))
+        .arg(format!("--bench-bin={}", bin_dir().join("chronik-bench").display()))
+        .args(["--quiet", "run", "--rev=HEAD", "--workload=smoke-c32-s256-3s", "--trials=1"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    eprintln!("{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(output.status.code(), Some(EXIT_PASS));
+    assert!(stdout.contains("| ok "), "one valid trial: {stdout}");
+}
