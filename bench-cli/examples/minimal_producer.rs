@@ -42,10 +42,16 @@ async fn main() {
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
         let (producer, topic, payload) = (producer.clone(), topic.clone(), payload.clone());
-        let (acked, failed, counting, stop) = (acked.clone(), failed.clone(), counting.clone(), stop.clone());
+        let (acked, failed, counting, stop) = (
+            acked.clone(),
+            failed.clone(),
+            counting.clone(),
+            stop.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(&topic).payload(&payload[..]);
+                let record: FutureRecord<'_, (), [u8]> =
+                    FutureRecord::to(&topic).payload(&payload[..]);
                 let ok = producer.send(record, Duration::from_secs(30)).await.is_ok();
                 if counting.load(Ordering::Relaxed) {
                     if ok { &acked } else { &failed }.fetch_add(1, Ordering::Relaxed);

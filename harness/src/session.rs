@@ -57,7 +57,9 @@ impl Session {
         }
         std::fs::create_dir_all(&work_dir).map_err(|e| HarnessError::io(&work_dir, e))?;
         // Absolute, because checkouts and builds run in other directories.
-        let work_dir = work_dir.canonicalize().map_err(|e| HarnessError::io(&work_dir, e))?;
+        let work_dir = work_dir
+            .canonicalize()
+            .map_err(|e| HarnessError::io(&work_dir, e))?;
         Ok(Self {
             repo,
             runner: TrialRunner {

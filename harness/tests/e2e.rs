@@ -29,9 +29,11 @@ build_timeout_s = 60
 const BUILD_OK: &str = "mkdir -p out && cp broker.sh out/broker && chmod +x out/broker\n";
 const BROKER_FAST: &str = "#!/bin/sh\nexec \"$CHRONIK_E2E_BROKER\" \"$@\"\n";
 /// The deliberate regression: a flush profile that lingers 2 ms before every group commit.
-const BROKER_SLOW: &str = "#!/bin/sh\nexec \"$CHRONIK_E2E_BROKER\" --flush-profile extreme \"$@\"\n";
+const BROKER_SLOW: &str =
+    "#!/bin/sh\nexec \"$CHRONIK_E2E_BROKER\" --flush-profile extreme \"$@\"\n";
 /// Dies (SIGKILL) two seconds into its life: in the middle of the measured run.
-const BROKER_CRASH: &str = "#!/bin/sh\n\"$CHRONIK_E2E_BROKER\" \"$@\" &\npid=$!\nsleep 2\nkill -9 $pid\nwait $pid\n";
+const BROKER_CRASH: &str =
+    "#!/bin/sh\n\"$CHRONIK_E2E_BROKER\" \"$@\" &\npid=$!\nsleep 2\nkill -9 $pid\nwait $pid\n";
 
 const WORKLOAD: &str = r#"
 name = "e2e"
@@ -75,11 +77,18 @@ fn commit(repo: &Repository, files: &[(&str, &str)], message: &str) -> String {
         fs::write(root.join(name), content).unwrap();
     }
     let mut index = repo.index().unwrap();
-    index.add_all(["*"], git2::IndexAddOption::DEFAULT, None).unwrap();
+    index
+        .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
+        .unwrap();
     index.write().unwrap();
     let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
     let sig = Signature::now("e2e", "e2e@example.invalid").unwrap();
-    let parents: Vec<git2::Commit> = repo.head().ok().map(|h| h.peel_to_commit().unwrap()).into_iter().collect();
+    let parents: Vec<git2::Commit> = repo
+        .head()
+        .ok()
+        .map(|h| h.peel_to_commit().unwrap())
+        .into_iter()
+        .collect();
     let parent_refs: Vec<&git2::Commit> = parents.iter().collect();
     repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parent_refs)
         .unwrap()
@@ -97,17 +106,45 @@ impl Fixture {
             "base",
             commit(
                 &repo,
-                &[(".chronik-target.toml", TARGET_TOML), ("build.sh", BUILD_OK), ("broker.sh", BROKER_FAST)],
+                &[
+                    (".chronik-target.toml", TARGET_TOML),
+                    ("build.sh", BUILD_OK),
+                    ("broker.sh", BROKER_FAST),
+                ],
                 "fast broker",
             ),
         );
-        commits.insert("same", commit(&repo, &[("NOTES.txt", "docs only\n")], "docs only"));
-        commits.insert("slow", commit(&repo, &[("broker.sh", BROKER_SLOW)], "select the extreme flush profile"));
+        commits.insert(
+            "same",
+            commit(&repo, &[("NOTES.txt", "docs only\n")], "docs only"),
+        );
+        commits.insert(
+            "slow",
+            commit(
+                &repo,
+                &[("broker.sh", BROKER_SLOW)],
+                "select the extreme flush profile",
+            ),
+        );
         commits.insert(
             "broken",
-            commit(&repo, &[("build.sh", "echo 'error[E0308]: mismatched types' >&2\nexit 1\n")], "break the build"),
+            commit(
+                &repo,
+                &[(
+                    "build.sh",
+                    "echo 'error[E0308]: mismatched types' >&2\nexit 1\n",
+                )],
+                "break the build",
+            ),
         );
-        commits.insert("crash", commit(&repo, &[("build.sh", BUILD_OK), ("broker.sh", BROKER_CRASH)], "crash mid-run"));
+        commits.insert(
+            "crash",
+            commit(
+                &repo,
+                &[("build.sh", BUILD_OK), ("broker.sh", BROKER_CRASH)],
+                "crash mid-run",
+            ),
+        );
         fs::create_dir_all(dir.path().join("workloads")).unwrap();
         fs::write(dir.path().join("workloads/e2e.toml"), WORKLOAD).unwrap();
         fs::write(dir.path().join("workloads/impossible.toml"), IMPOSSIBLE).unwrap();
@@ -122,11 +159,20 @@ impl Fixture {
         let root = self.root();
         let output = Command::new(bin_dir().join("chronik-harness"))
             .arg(format!("--repo={}", root.join("repo").display()))
-            .arg(format!("--workload-dir={}", root.join("workloads").display()))
+            .arg(format!(
+                "--workload-dir={}",
+                root.join("workloads").display()
+            ))
             .arg(format!("--work-dir={}", root.join("work").display()))
             .arg(format!("--results-dir={}", root.join("results").display()))
-            .arg(format!("--baselines-dir={}", root.join("baselines").display()))
-            .arg(format!("--bench-bin={}", bin_dir().join("chronik-bench").display()))
+            .arg(format!(
+                "--baselines-dir={}",
+                root.join("baselines").display()
+            ))
+            .arg(format!(
+                "--bench-bin={}",
+                bin_dir().join("chronik-bench").display()
+            ))
             .arg("--quiet")
             .args(args)
             .env("CHRONIK_E2E_BROKER", bin_dir().join("chronik-broker"))
@@ -160,7 +206,11 @@ impl Fixture {
         let needle = self.root().display().to_string();
         let mut found = Vec::new();
         for entry in fs::read_dir("/proc").unwrap().flatten() {
-            let is_pid = entry.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit());
+            let is_pid = entry
+                .file_name()
+                .to_string_lossy()
+                .chars()
+                .all(|c| c.is_ascii_digit());
             if !is_pid {
                 continue;
             }
@@ -175,37 +225,124 @@ impl Fixture {
     }
 }
 
-const FEW_PAIRS: &[&str] = &["--min-pairs=3", "--max-pairs=7", "--throughput-margin=0.3", "--p99-margin=3.0"];
+const FEW_PAIRS: &[&str] = &[
+    "--min-pairs=3",
+    "--max-pairs=7",
+    "--throughput-margin=0.3",
+    "--p99-margin=3.0",
+];
 
 #[test]
 fn compare_gate_build_failures_and_crashes_on_a_scripted_history() {
     let f = Fixture::new();
 
-    let same = f.harness(&[&["compare", f.sha("base"), f.sha("same"), "--workload=e2e"], FEW_PAIRS].concat());
-    assert_eq!(same.status.code(), Some(EXIT_PASS), "identical brokers pass");
+    let same = f.harness(
+        &[
+            &["compare", f.sha("base"), f.sha("same"), "--workload=e2e"],
+            FEW_PAIRS,
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        same.status.code(),
+        Some(EXIT_PASS),
+        "identical brokers pass"
+    );
     assert!(String::from_utf8_lossy(&same.stdout).contains("verdict: Pass"));
 
-    let slow = f.harness(&[&["compare", f.sha("base"), f.sha("slow"), "--workload=e2e"], FEW_PAIRS].concat());
-    assert_eq!(slow.status.code(), Some(EXIT_REGRESSION), "the slow flush profile is a regression");
+    let slow = f.harness(
+        &[
+            &["compare", f.sha("base"), f.sha("slow"), "--workload=e2e"],
+            FEW_PAIRS,
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        slow.status.code(),
+        Some(EXIT_REGRESSION),
+        "the slow flush profile is a regression"
+    );
 
-    let gate_slow = f.harness(&[&["gate", "--base", f.sha("base"), "--head", f.sha("slow"), "--workload=e2e"], FEW_PAIRS].concat());
+    let gate_slow = f.harness(
+        &[
+            &[
+                "gate",
+                "--base",
+                f.sha("base"),
+                "--head",
+                f.sha("slow"),
+                "--workload=e2e",
+            ],
+            FEW_PAIRS,
+        ]
+        .concat(),
+    );
     assert_eq!(gate_slow.status.code(), Some(EXIT_REGRESSION));
 
-    let gate_limit = f.harness(&[&["gate", "--base", f.sha("base"), "--head", f.sha("same"), "--workload=impossible"], FEW_PAIRS].concat());
-    assert_eq!(gate_limit.status.code(), Some(EXIT_REGRESSION), "an absolute limit fails the gate");
+    let gate_limit = f.harness(
+        &[
+            &[
+                "gate",
+                "--base",
+                f.sha("base"),
+                "--head",
+                f.sha("same"),
+                "--workload=impossible",
+            ],
+            FEW_PAIRS,
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        gate_limit.status.code(),
+        Some(EXIT_REGRESSION),
+        "an absolute limit fails the gate"
+    );
 
-    let broken = f.harness(&["run", "--rev", f.sha("broken"), "--workload=e2e", "--trials=1"]);
+    let broken = f.harness(&[
+        "run",
+        "--rev",
+        f.sha("broken"),
+        "--workload=e2e",
+        "--trials=1",
+    ]);
     assert_eq!(broken.status.code(), Some(EXIT_INFRA));
     let records = f.records("e2e");
-    let failed: Vec<_> = records.iter().filter(|r| r["status"] == "build_failed").collect();
+    let failed: Vec<_> = records
+        .iter()
+        .filter(|r| r["status"] == "build_failed")
+        .collect();
     assert_eq!(failed.len(), 1);
-    assert!(failed[0]["detail"].as_str().unwrap().contains("mismatched types"), "the log tail is kept");
-    assert!(failed[0]["summary"].is_null(), "a failed build produces no numbers");
+    assert!(
+        failed[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("mismatched types"),
+        "the log tail is kept"
+    );
+    assert!(
+        failed[0]["summary"].is_null(),
+        "a failed build produces no numbers"
+    );
 
-    let crash = f.harness(&["run", "--rev", f.sha("crash"), "--workload=e2e", "--trials=1"]);
+    let crash = f.harness(&[
+        "run",
+        "--rev",
+        f.sha("crash"),
+        "--workload=e2e",
+        "--trials=1",
+    ]);
     assert_eq!(crash.status.code(), Some(EXIT_INFRA));
-    let crashed: Vec<_> = f.records("e2e").into_iter().filter(|r| r["status"] == "crashed").collect();
-    assert_eq!(crashed.len(), 1, "the broker killed mid-run is recorded as crashed");
+    let crashed: Vec<_> = f
+        .records("e2e")
+        .into_iter()
+        .filter(|r| r["status"] == "crashed")
+        .collect();
+    assert_eq!(
+        crashed.len(),
+        1,
+        "the broker killed mid-run is recorded as crashed"
+    );
     assert!(crashed[0]["summary"].is_null());
 
     let unknown = f.harness(&["run", "--rev", "no-such-branch", "--workload=e2e"]);
@@ -215,20 +352,39 @@ fn compare_gate_build_failures_and_crashes_on_a_scripted_history() {
     // Each commit was built once, whatever the number of trials.
     let bins = fs::read_dir(f.root().join("work/bin")).unwrap().count();
     assert_eq!(bins, 5);
-    assert!(f.leftover_processes().is_empty(), "left behind: {:?}", f.leftover_processes());
+    assert!(
+        f.leftover_processes().is_empty(),
+        "left behind: {:?}",
+        f.leftover_processes()
+    );
 }
 
 /// The slower test: builds a real commit of this repository with cargo through the harness.
 #[test]
 fn builds_and_runs_a_real_commit_of_this_repository() {
     let work = tempfile::tempdir().unwrap();
-    let repo_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let repo_root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
     let output = Command::new(bin_dir().join("chronik-harness"))
         .arg(format!("--repo={}", repo_root.display()))
         .arg(format!("--work-dir={}", work.path().join("work").display()))
-        .arg(format!("--results-dir={}", work.path().join("results").display()))
-        .arg(format!("--bench-bin={}", bin_dir().join("chronik-bench").display()))
-        .args(["--quiet", "run", "--rev=HEAD", "--workload=smoke-c32-s256-3s", "--trials=1"])
+        .arg(format!(
+            "--results-dir={}",
+            work.path().join("results").display()
+        ))
+        .arg(format!(
+            "--bench-bin={}",
+            bin_dir().join("chronik-bench").display()
+        ))
+        .args([
+            "--quiet",
+            "run",
+            "--rev=HEAD",
+            "--workload=smoke-c32-s256-3s",
+            "--trials=1",
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
