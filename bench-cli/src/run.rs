@@ -179,6 +179,21 @@ fn progress_loop(
     }
 }
 
+/// Starts the progress printer (when progress is on and the interval is not zero).
+fn spawn_progress<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    progress: bool,
+    config: &BenchConfig,
+    recorder: &'scope Mutex<Recorder>,
+    start: Instant,
+    stop: &'scope AtomicBool,
+    label: &'static str,
+) -> Option<std::thread::ScopedJoinHandle<'scope, ()>> {
+    let interval = Duration::from_millis(config.report_interval_ms);
+    (progress && !interval.is_zero())
+        .then(|| scope.spawn(move || progress_loop(recorder, interval, start, stop, label)))
+}
+
 /// Runs the configured benchmark and returns its report (valid or not).
 pub fn run(config: &BenchConfig, progress: bool) -> Result<BenchReport, BenchError> {
     check_reachable(config)?;
@@ -284,13 +299,7 @@ fn run_produce(
         .collect();
     let start_wall_ns = wall_clock_ns().saturating_sub(start.elapsed().as_nanos() as u64);
     let (stats, sending_done, consumed) = std::thread::scope(|scope| {
-        let watcher = progress.then(|| {
-            let interval = Duration::from_millis(config.report_interval_ms);
-            let (recorder, stop) = (&recorder, &stop);
-            (!interval.is_zero()).then(|| {
-                scope.spawn(move || progress_loop(recorder, interval, start, stop, "acked"))
-            })
-        });
+        let watcher = spawn_progress(scope, progress, config, &recorder, start, &stop, "acked");
         let consumer_thread = consumer.as_ref().map(|c| {
             let (arrivals, stop_consumer) = (&arrivals, &stop_consumer);
             scope.spawn(move || consume_arrivals(c, arrivals, start, start_wall_ns, stop_consumer))
@@ -312,7 +321,7 @@ fn run_produce(
             produce::drain(share, Duration::from_millis(config.drain_timeout_ms));
         }
         stop.store(true, Ordering::Release);
-        if let Some(Some(w)) = watcher {
+        if let Some(w) = watcher {
             let _ = w.join();
         }
         let consumed = consumer_thread.map(|t| {
@@ -487,11 +496,7 @@ fn run_consume(
     let end = config.warmup() + config.duration();
     let mut reasons = Vec::new();
     let done = std::thread::scope(|scope| {
-        let interval = Duration::from_millis(config.report_interval_ms);
-        let watcher = (progress && !interval.is_zero()).then(|| {
-            let (recorder, stop) = (&recorder, &stop);
-            scope.spawn(move || progress_loop(recorder, interval, start, stop, "consumed"))
-        });
+        let watcher = spawn_progress(scope, progress, config, &recorder, start, &stop, "consumed");
         let mut count = 0u64;
         while start.elapsed() < end && config.message_count.is_none_or(|n| count < n) {
             match consumer.poll(POLL_TIMEOUT) {
@@ -545,11 +550,15 @@ fn run_metadata(
     let end = config.warmup() + config.duration();
     let threads = config.concurrency.min(METADATA_THREADS_MAX);
     let done = std::thread::scope(|scope| {
-        let interval = Duration::from_millis(config.report_interval_ms);
-        let watcher = (progress && !interval.is_zero()).then(|| {
-            let (recorder, stop) = (&recorder, &stop);
-            scope.spawn(move || progress_loop(recorder, interval, start, stop, "metadata calls"))
-        });
+        let watcher = spawn_progress(
+            scope,
+            progress,
+            config,
+            &recorder,
+            start,
+            &stop,
+            "metadata calls",
+        );
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 scope.spawn(|| {

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use comfy_table::{presets::ASCII_MARKDOWN, Table};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::compare::{run_compare, CompareSettings, Comparison, TrialFailure, TrialSummary};
 use crate::error::{HarnessError, EXIT_INCONCLUSIVE, EXIT_INFRA, EXIT_PASS, EXIT_REGRESSION};
@@ -149,7 +149,7 @@ pub fn print_comparison(workload: &Workload, base: &CommitInfo, head: &CommitInf
 }
 
 /// Absolute limits of a workload checked on the head's trials.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LimitCheck {
     pub metric: String,
     pub median: f64,
@@ -312,7 +312,7 @@ pub fn baseline(
     Ok(code)
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct GateResult {
     pub workload: String,
     pub base: Option<CommitInfo>,

@@ -11,6 +11,8 @@ pub const EXIT_INCONCLUSIVE: u8 = 2;
 pub const EXIT_INFRA: u8 = 3;
 /// `git bisect run` convention: this commit cannot be tested.
 pub const EXIT_BISECT_SKIP: u8 = 125;
+/// `git bisect run` aborts on codes >= 128: an infrastructure failure must never read as "bad".
+pub const EXIT_BISECT_ABORT: u8 = 128;
 
 #[derive(Debug, Error)]
 pub enum HarnessError {

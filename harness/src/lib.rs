@@ -10,13 +10,18 @@
 //! - `stats`: paired log-ratios, bootstrap intervals, three-state verdicts.
 //! - `compare`: interleaved A/B scheduling over a `TrialSource` trait.
 //! - `session`: the real `TrialSource`; `commands`: run/compare/gate/baseline/calibrate.
+//! - `bisect`: first-bad-commit search with the paired statistic; `report`/`plots`: markdown + SVG.
 
+pub mod bisect;
 pub mod build;
 pub mod commands;
 pub mod compare;
 pub mod error;
+pub mod fixtures;
 pub mod git;
+pub mod plots;
 pub mod process;
+pub mod report;
 pub mod runner;
 pub mod session;
 pub mod stats;

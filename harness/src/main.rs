@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use chronik_harness::commands;
 use chronik_harness::compare::CompareSettings;
-use chronik_harness::error::{HarnessError, EXIT_INFRA};
+use chronik_harness::error::{
+    HarnessError, EXIT_BISECT_ABORT, EXIT_BISECT_SKIP, EXIT_INCONCLUSIVE, EXIT_INFRA,
+};
 use chronik_harness::git::TargetRepo;
 use chronik_harness::runner::default_bench_bin;
 use chronik_harness::session::Session;
@@ -152,6 +154,65 @@ enum Cmd {
         #[arg(long)]
         json_output: Option<PathBuf>,
     },
+    /// Find the first commit that crossed the margin between a good and a bad commit.
+    Bisect {
+        #[arg(long)]
+        good: String,
+        #[arg(long)]
+        bad: String,
+        #[arg(long, default_value = "produce-c128-s256-30s")]
+        workload: String,
+        #[command(flatten)]
+        stats: Statistics,
+        /// Write the bisect log as JSON (input for `report --bisect`).
+        #[arg(long)]
+        json_output: Option<PathBuf>,
+    },
+    /// A `git bisect run` predicate: tests the repository's HEAD against --good.
+    /// Exit 0 good, 1 bad, 125 skip (no build, crash, inconclusive), 128 infrastructure
+    /// failure (which aborts `git bisect run` instead of leaking as "bad").
+    BisectRun {
+        #[arg(long)]
+        good: String,
+        #[arg(long, default_value = "produce-c128-s256-30s")]
+        workload: String,
+        #[command(flatten)]
+        stats: Statistics,
+    },
+    /// Write the markdown report with SVG figures.
+    Report {
+        /// Output directory (report.md and figures).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "Broker performance report")]
+        title: String,
+        #[arg(long, default_values_t = vec!["produce-c128-s256-30s".to_string()])]
+        workload: Vec<String>,
+        #[arg(long)]
+        base: Option<String>,
+        #[arg(long)]
+        head: Option<String>,
+        /// A gate result (`gate --json-output`).
+        #[arg(long)]
+        gate: Option<PathBuf>,
+        /// A bisect log (`bisect --json-output`).
+        #[arg(long)]
+        bisect: Option<PathBuf>,
+        /// Commit link template; the default works for reports under reports/<name>/ on GitHub.
+        #[arg(long, default_value = "../../../../commit/{sha}")]
+        commit_url: String,
+    },
+    /// Generate the regression-fixture repository (one commit per seed root cause).
+    Fixtures {
+        #[arg(long)]
+        out: PathBuf,
+        /// Commit of the target repository to start from.
+        #[arg(long, default_value = "HEAD")]
+        from: String,
+        /// Only these fixtures (default: all).
+        #[arg(long)]
+        only: Vec<String>,
+    },
     /// List the workload files.
     Workloads,
 }
@@ -163,6 +224,12 @@ fn write_json<T: serde::Serialize>(path: &Option<PathBuf>, value: &T) -> Result<
         std::fs::write(path, json).map_err(|e| HarnessError::io(path, e))?;
     }
     Ok(())
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T, HarnessError> {
+    let raw = std::fs::read(path).map_err(|e| HarnessError::io(path, e))?;
+    serde_json::from_slice(&raw)
+        .map_err(|e| HarnessError::Config(format!("{}: {e}", path.display())))
 }
 
 fn session(common: &Common) -> Result<Session, HarnessError> {
@@ -264,6 +331,113 @@ fn run(cli: Cli) -> Result<u8, HarnessError> {
             let s = session(c)?;
             let commit = s.repo.resolve(rev)?;
             commands::baseline(&s, &c.baselines_dir, &commit, &load(workload)?, *trials)
+        }
+        Cmd::Bisect {
+            good,
+            bad,
+            workload,
+            stats,
+            json_output,
+        } => {
+            let settings = stats.settings()?;
+            let s = session(c)?;
+            let log = chronik_harness::bisect::bisect(&s, good, bad, &load(workload)?, &settings)?;
+            chronik_harness::bisect::print(&log);
+            write_json(json_output, &log)?;
+            Ok(if log.culprit.is_some() {
+                0
+            } else {
+                EXIT_INCONCLUSIVE
+            })
+        }
+        Cmd::BisectRun {
+            good,
+            workload,
+            stats,
+        } => {
+            let settings = chronik_harness::bisect::step_settings(&stats.settings()?);
+            let outcome = (|| -> Result<u8, HarnessError> {
+                let s = session(c)?;
+                let good = s.repo.resolve(good)?;
+                let head = s.repo.resolve("HEAD")?;
+                let result =
+                    commands::compare(&s, &good, &head, &load(workload)?, &settings, "bisect-run");
+                Ok(match result {
+                    Ok(Ok(cmp)) => {
+                        commands::print_comparison(&load(workload)?, &good, &head, &cmp);
+                        match cmp.verdict {
+                            chronik_harness::stats::Verdict::Pass => 0,
+                            chronik_harness::stats::Verdict::Regression => 1,
+                            chronik_harness::stats::Verdict::Inconclusive => EXIT_BISECT_SKIP,
+                        }
+                    }
+                    Ok(Err(f)) if f.side == chronik_harness::compare::Side::Head => {
+                        EXIT_BISECT_SKIP
+                    }
+                    Ok(Err(f)) => {
+                        return Err(HarnessError::Infra(format!(
+                            "good side failed: {}",
+                            f.detail
+                        )))
+                    }
+                    // compare() reports a head that does not build as an error; skip it.
+                    Err(HarnessError::Infra(msg))
+                        if msg.contains(&head.short().to_string())
+                            && msg.contains("does not build") =>
+                    {
+                        EXIT_BISECT_SKIP
+                    }
+                    Err(e) => return Err(e),
+                })
+            })();
+            Ok(outcome.unwrap_or_else(|e| {
+                eprintln!("chronik-harness: {e}");
+                EXIT_BISECT_ABORT
+            }))
+        }
+        Cmd::Report {
+            out,
+            title,
+            workload,
+            base,
+            head,
+            gate,
+            bisect,
+            commit_url,
+        } => {
+            let repo = TargetRepo::open(&c.repo)?;
+            let resolve = |r: &Option<String>| r.as_deref().map(|r| repo.resolve(r)).transpose();
+            let gate = gate.as_deref().map(read_json).transpose()?;
+            let bisect = bisect.as_deref().map(read_json).transpose()?;
+            let store = chronik_harness::store::ResultStore {
+                dir: c.results_dir.clone(),
+            };
+            let input = chronik_harness::report::ReportInput {
+                title: title.clone(),
+                workloads: workload.iter().map(|w| load(w)).collect::<Result<_, _>>()?,
+                store: &store,
+                baselines_dir: &c.baselines_dir,
+                base: resolve(base)?,
+                head: resolve(head)?,
+                gate,
+                bisect,
+                commit_url: commit_url.clone(),
+                out_dir: out.clone(),
+            };
+            let path = chronik_harness::report::write(&input)?;
+            println!("report written to {}", path.display());
+            Ok(0)
+        }
+        Cmd::Fixtures { out, from, only } => {
+            let repo = TargetRepo::open(&c.repo)?;
+            let from = repo.resolve(from)?;
+            let history = chronik_harness::fixtures::generate(&repo, &from, out, only)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&history)
+                    .map_err(|e| HarnessError::Infra(e.to_string()))?
+            );
+            Ok(0)
         }
         Cmd::Calibrate {
             rev,

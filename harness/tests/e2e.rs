@@ -369,7 +369,14 @@ fn builds_and_runs_a_real_commit_of_this_repository() {
         .to_path_buf();
     let output = Command::new(bin_dir().join("chronik-harness"))
         .arg(format!("--repo={}", repo_root.display()))
-        .arg(format!("--work-dir={}", work.path().join("work").display()))
+        .arg(format!(
+            "--work-dir={}",
+            bin_dir()
+                .parent()
+                .unwrap()
+                .join("chronik-harness-tests")
+                .display()
+        ))
         .arg(format!(
             "--results-dir={}",
             work.path().join("results").display()

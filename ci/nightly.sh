@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The nightly job: build the harness and chronik-bench once, gate HEAD against the stored
+# baseline commit of each workload (both rebuilt from git and measured side by side on this
+# machine), then write the markdown report with figures. Results (one JSON per trial) stay in
+# results/ and the report in $OUT: keep both as artifacts.
+#
+# Environment (all optional):
+#   CHRONIK_HEAD       revision to gate (default HEAD)
+#   CHRONIK_BASE       baseline revision (default: the commit stored in baselines/<workload>.json)
+#   CHRONIK_WORKLOADS  space-separated workload names (default: the seed workload)
+#   CHRONIK_OUT        report directory (default reports/nightly-<UTC date>)
+# Exit code: the gate's (0 pass, 1 regression, 2 inconclusive, 3 invalid/infrastructure).
+set -euo pipefail
+cd "$(git rev-parse --show-toplevel)"
+
+head_rev=${CHRONIK_HEAD:-HEAD}
+out=${CHRONIK_OUT:-reports/nightly-$(date -u +%Y%m%d)}
+read -r -a workloads <<< "${CHRONIK_WORKLOADS:-produce-c128-s256-30s}"
+workload_args=()
+for w in "${workloads[@]}"; do workload_args+=(--workload "$w"); done
+base_args=()
+[ -n "${CHRONIK_BASE:-}" ] && base_args=(--base "$CHRONIK_BASE")
+
+cargo build --release --locked -p chronik-bench -p chronik-harness
+mkdir -p "$out"
+harness=./target/release/chronik-harness
+
+set +e
+"$harness" gate --head "$head_rev" "${base_args[@]}" "${workload_args[@]}" --json-output "$out/gate.json"
+gate_code=$?
+set -e
+
+if [ -f "$out/gate.json" ]; then
+  "$harness" report --out "$out" "${workload_args[@]}" --gate "$out/gate.json" --head "$head_rev" \
+    --title "Nightly performance report $(date -u +%F)"
+  if [ -n "${GITHUB_STEP_SUMMARY:-}" ]; then
+    cat "$out/report.md" >> "$GITHUB_STEP_SUMMARY"
+  fi
+  echo "report: $out/report.md"
+fi
+exit "$gate_code"

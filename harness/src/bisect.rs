@@ -1,0 +1,579 @@
+//! Bisect a regression over first-parent history with the same paired statistic as `compare`:
+//! each step compares the candidate against the good endpoint (the reference). A commit that
+//! does not build, or stays inconclusive after the extra pairs, is skipped (as `git bisect`
+//! does with exit code 125). The culprit is confirmed against its parent with more pairs.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Instant;
+
+use comfy_table::{presets::ASCII_MARKDOWN, Table};
+use serde::{Deserialize, Serialize};
+
+use crate::build::BuildOutcome;
+use crate::compare::{run_compare, CompareSettings, Comparison};
+use crate::error::HarnessError;
+use crate::git::CommitInfo;
+use crate::session::{PairSource, Session};
+use crate::stats::Verdict;
+use crate::workload::Workload;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepVerdict {
+    Good,
+    Bad,
+    Skip,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BisectStep {
+    /// Position in the range (0 = first commit after good).
+    pub index: usize,
+    pub commit: CommitInfo,
+    pub verdict: StepVerdict,
+    pub pairs: usize,
+    pub throughput_ratio: Option<f64>,
+    pub ci: Option<(f64, f64)>,
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BisectLog {
+    pub workload: String,
+    pub good: CommitInfo,
+    pub bad: CommitInfo,
+    pub range: Vec<CommitInfo>,
+    pub steps: Vec<BisectStep>,
+    /// The first bad commit, when it could be pinned to one.
+    pub culprit: Option<CommitInfo>,
+    /// When skips leave several candidates: all of them.
+    pub candidates: Vec<CommitInfo>,
+    /// Culprit vs its parent, with more pairs: the effect size and its interval.
+    pub confirmation: Option<Comparison>,
+    pub builds: usize,
+    pub wall_s: f64,
+    pub notes: Vec<String>,
+}
+
+/// Settings per step: fewer pairs than `compare`, more only while inconclusive.
+pub fn step_settings(base: &CompareSettings) -> CompareSettings {
+    CompareSettings {
+        min_pairs: base.min_pairs.clamp(2, 3),
+        max_pairs: base.max_pairs.clamp(3, 9),
+        ..*base
+    }
+}
+
+/// Once the endpoints differ by a known effect, a step only has to say which endpoint a commit
+/// resembles: its margins sit at the geometric midpoint of the endpoint effect (never tighter
+/// than the configured margins). A benign commit then reads "good" even on a noisy machine,
+/// where a strict "within 5%" would stay inconclusive.
+pub fn midpoint_settings(step: &CompareSettings, endpoints: &Comparison) -> CompareSettings {
+    let throughput_drop =
+        (1.0 - endpoints.throughput.median_ratio.sqrt()).max(step.margins.throughput_drop);
+    let p99_rise = (endpoints.p99.median_ratio.sqrt() - 1.0).max(step.margins.p99_rise);
+    CompareSettings {
+        margins: crate::stats::Margins {
+            throughput_drop,
+            p99_rise,
+        },
+        ..*step
+    }
+}
+
+/// Which metrics decide a step: those on which the endpoints showed the regression (a metric
+/// the fault does not move would only add noise and turn clear steps into skips).
+#[derive(Debug, Clone, Copy)]
+struct Deciding {
+    throughput: bool,
+    p99: bool,
+}
+
+const BOTH: Deciding = Deciding {
+    throughput: true,
+    p99: true,
+};
+
+impl Deciding {
+    fn from_endpoints(c: &Comparison) -> Self {
+        let throughput = c.throughput.verdict == Verdict::Regression;
+        let p99 = c.p99.verdict == Verdict::Regression;
+        if throughput || p99 {
+            Self { throughput, p99 }
+        } else {
+            BOTH
+        }
+    }
+
+    fn verdict(self, c: &Comparison) -> Verdict {
+        let picked = [
+            (self.throughput, c.throughput.verdict),
+            (self.p99, c.p99.verdict),
+        ];
+        Verdict::worst(picked.iter().filter(|(on, _)| *on).map(|(_, v)| *v))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn measure(
+    session: &Session,
+    good: &CommitInfo,
+    candidate: &CommitInfo,
+    workload: &Workload,
+    settings: &CompareSettings,
+    deciding: Deciding,
+    builds: &mut usize,
+) -> Result<(StepVerdict, Option<Comparison>, Option<String>), HarnessError> {
+    let reference = session.build(good)?;
+    let built = session.build(candidate)?;
+    for b in [&reference, &built] {
+        if matches!(
+            b.outcome,
+            BuildOutcome::Built { cached: false, .. } | BuildOutcome::Failed { .. }
+        ) {
+            *builds += 1;
+        }
+    }
+    if let BuildOutcome::Failed { log_tail } = &built.outcome {
+        return Ok((
+            StepVerdict::Skip,
+            None,
+            Some(format!(
+                "build failed: {}",
+                log_tail.lines().next().unwrap_or("")
+            )),
+        ));
+    }
+    if let BuildOutcome::Failed { log_tail } = &reference.outcome {
+        return Err(HarnessError::Infra(format!(
+            "the good commit {} does not build: {log_tail}",
+            good.short()
+        )));
+    }
+    let mut source = PairSource {
+        session,
+        base: &reference,
+        head: &built,
+        workload,
+        role: "bisect",
+        bar: session.progress_bar(
+            settings.max_pairs as u64,
+            &format!("{} vs good", candidate.short()),
+        ),
+    };
+    let result = run_compare(&mut source, settings);
+    source.bar.finish_and_clear();
+    match result {
+        Ok(c) => {
+            let verdict = match deciding.verdict(&c) {
+                Verdict::Regression => StepVerdict::Bad,
+                Verdict::Pass => StepVerdict::Good,
+                Verdict::Inconclusive => StepVerdict::Skip,
+            };
+            let detail = (verdict == StepVerdict::Skip)
+                .then(|| "inconclusive after the extra pairs".to_owned());
+            Ok((verdict, Some(c), detail))
+        }
+        // The candidate's broker crashed or never produced a valid trial: untestable, skip.
+        Err(f) if f.side == crate::compare::Side::Head => Ok((
+            StepVerdict::Skip,
+            None,
+            Some(format!(
+                "{:?}: {}",
+                f.status,
+                f.detail.lines().next().unwrap_or("")
+            )),
+        )),
+        Err(f) => Err(HarnessError::Infra(format!(
+            "the good commit could not be measured: {:?}: {}",
+            f.status, f.detail
+        ))),
+    }
+}
+
+/// Picks the untested, unskipped index in (lo, hi) nearest the middle.
+fn next_candidate(lo: isize, hi: usize, tested: &[Option<StepVerdict>]) -> Option<usize> {
+    let start = (lo + 1) as usize;
+    if start >= hi {
+        return None;
+    }
+    let mid = (lo + hi as isize) / 2;
+    let mut candidates: Vec<usize> = (start..hi).filter(|i| tested[*i].is_none()).collect();
+    candidates.sort_by_key(|i| (*i as isize - mid).abs());
+    candidates.first().copied()
+}
+
+pub fn bisect(
+    session: &Session,
+    good_rev: &str,
+    bad_rev: &str,
+    workload: &Workload,
+    settings: &CompareSettings,
+) -> Result<BisectLog, HarnessError> {
+    let started = Instant::now();
+    let good = session.repo.resolve(good_rev)?;
+    let bad = session.repo.resolve(bad_rev)?;
+    if good == bad {
+        return Err(HarnessError::Usage(
+            "good and bad are the same commit".into(),
+        ));
+    }
+    if !session.repo.is_ancestor(&good, &bad)? {
+        if session.repo.is_ancestor(&bad, &good)? {
+            return Err(HarnessError::Usage(format!(
+                "good ({}) and bad ({}) are the wrong way round: bad is an ancestor of good; swap --good and --bad",
+                good.short(),
+                bad.short()
+            )));
+        }
+        return Err(HarnessError::Usage(format!(
+            "{} is not an ancestor of {}",
+            good.short(),
+            bad.short()
+        )));
+    }
+    let range = session.repo.first_parent_range(&good, &bad)?;
+    let mut step = step_settings(settings);
+    let mut log = BisectLog {
+        workload: workload.name.clone(),
+        good: good.clone(),
+        bad: bad.clone(),
+        range: range.clone(),
+        steps: Vec::new(),
+        culprit: None,
+        candidates: Vec::new(),
+        confirmation: None,
+        builds: 0,
+        wall_s: 0.0,
+        notes: Vec::new(),
+    };
+    let mut tested: Vec<Option<StepVerdict>> = vec![None; range.len()];
+    let last = range.len() - 1;
+    session.say(&format!(
+        "bisect: {} commits after {} up to {}; checking the endpoints",
+        range.len(),
+        good.short(),
+        bad.short()
+    ));
+    let (verdict, comparison, detail) = measure(
+        session,
+        &good,
+        &bad,
+        workload,
+        settings,
+        BOTH,
+        &mut log.builds,
+    )?;
+    let deciding = comparison.as_ref().map_or(BOTH, Deciding::from_endpoints);
+    push_step(&mut log, last, &bad, verdict, comparison.as_ref(), detail);
+    match verdict {
+        StepVerdict::Bad => {
+            tested[last] = Some(StepVerdict::Bad);
+            let endpoints = comparison
+                .as_ref()
+                .expect("a verdict comes from a comparison");
+            step = midpoint_settings(&step, endpoints);
+            log.notes.push(format!(
+                "steps are classified by {} at the midpoint of the endpoint effect: throughput -{:.1}%, p99 +{:.1}%",
+                match (deciding.throughput, deciding.p99) {
+                    (true, true) => "throughput and p99",
+                    (true, false) => "throughput",
+                    _ => "p99",
+                },
+                step.margins.throughput_drop * 100.0,
+                step.margins.p99_rise * 100.0
+            ));
+        }
+        StepVerdict::Good => {
+            log.notes.push(format!(
+                "no regression between {} and {}: bad is not slower than good beyond the margin",
+                good.short(),
+                bad.short()
+            ));
+            log.wall_s = started.elapsed().as_secs_f64();
+            return Ok(log);
+        }
+        StepVerdict::Skip => {
+            log.notes.push(format!(
+                "the endpoints could not be told apart ({}); nothing to bisect",
+                log.steps[0].detail.clone().unwrap_or_default()
+            ));
+            log.wall_s = started.elapsed().as_secs_f64();
+            return Ok(log);
+        }
+    }
+    let (mut lo, mut hi): (isize, usize) = (-1, last);
+    while let Some(i) = next_candidate(lo, hi, &tested) {
+        let (verdict, comparison, detail) = measure(
+            session,
+            &good,
+            &range[i],
+            workload,
+            &step,
+            deciding,
+            &mut log.builds,
+        )?;
+        session.say(&format!(
+            "  step {}: {} -> {verdict:?}",
+            log.steps.len(),
+            range[i].short()
+        ));
+        push_step(&mut log, i, &range[i], verdict, comparison.as_ref(), detail);
+        tested[i] = Some(verdict);
+        match verdict {
+            StepVerdict::Bad => hi = i,
+            StepVerdict::Good => lo = i as isize,
+            StepVerdict::Skip => {}
+        }
+    }
+    let first_candidate = (lo + 1) as usize;
+    log.candidates = range[first_candidate..=hi].to_vec();
+    if first_candidate == hi {
+        let culprit = range[hi].clone();
+        let parent = if hi == 0 {
+            good.clone()
+        } else {
+            range[hi - 1].clone()
+        };
+        session.say(&format!(
+            "culprit {}; confirming against its parent {}",
+            culprit.short(),
+            parent.short()
+        ));
+        let confirm = CompareSettings {
+            min_pairs: settings.min_pairs.max(5),
+            ..*settings
+        };
+        let (_, comparison, _) = measure(
+            session,
+            &parent,
+            &culprit,
+            workload,
+            &confirm,
+            deciding,
+            &mut log.builds,
+        )?;
+        if let Some(c) = &comparison {
+            if deciding.verdict(c) != Verdict::Regression {
+                log.notes.push(format!("confirmation against the parent says {:?}: the drop may be spread over several commits", deciding.verdict(c)));
+            }
+        }
+        log.confirmation = comparison;
+        // More than one regression in the range? Check both sides of the culprit with the
+        // configured margins: before it (vs good) and after it (bad vs culprit). A few pairs
+        // suffice: only a clear "regression" adds a note.
+        let extra = CompareSettings {
+            max_pairs: step_settings(settings).min_pairs + 2,
+            ..step_settings(settings)
+        };
+        if hi > 0 {
+            let (before, _, _) = measure(
+                session,
+                &good,
+                &parent,
+                workload,
+                &extra,
+                deciding,
+                &mut log.builds,
+            )?;
+            if before == StepVerdict::Bad {
+                log.notes.push(format!(
+                    "the range holds more than one regression: {} (the culprit's parent) is already slower than good beyond the margin; bisect good..{} to find the earlier one",
+                    parent.short(),
+                    parent.short()
+                ));
+            }
+        }
+        if hi != last {
+            let (after, _, _) = measure(
+                session,
+                &culprit,
+                &bad,
+                workload,
+                &extra,
+                deciding,
+                &mut log.builds,
+            )?;
+            if after == StepVerdict::Bad {
+                log.notes.push(format!("the range holds more than one regression: {} is slower again than the culprit {}", bad.short(), culprit.short()));
+            }
+        }
+        log.culprit = Some(culprit);
+    } else {
+        log.notes.push(format!(
+            "skipped commits leave {} candidates for the first bad commit",
+            log.candidates.len()
+        ));
+    }
+    log.wall_s = started.elapsed().as_secs_f64();
+    Ok(log)
+}
+
+fn push_step(
+    log: &mut BisectLog,
+    index: usize,
+    commit: &CommitInfo,
+    verdict: StepVerdict,
+    comparison: Option<&Comparison>,
+    detail: Option<String>,
+) {
+    log.steps.push(BisectStep {
+        index,
+        commit: commit.clone(),
+        verdict,
+        pairs: comparison.map_or(0, |c| c.pairs()),
+        throughput_ratio: comparison.map(|c| c.throughput.median_ratio),
+        ci: comparison.map(|c| (c.throughput.ci_low_ratio, c.throughput.ci_high_ratio)),
+        detail,
+    });
+}
+
+pub fn print(log: &BisectLog) {
+    println!("\n{}", steps_table(log, "{sha}"));
+    for note in &log.notes {
+        println!("note: {note}");
+    }
+    match (&log.culprit, &log.confirmation) {
+        (Some(c), Some(conf)) => println!(
+            "\nfirst bad commit: {} {}\neffect vs its parent: throughput {:+.1}% [95% CI {:+.1}%, {:+.1}%], p99 {:+.1}% ({} pairs)",
+            c.sha,
+            c.summary,
+            (conf.throughput.median_ratio - 1.0) * 100.0,
+            (conf.throughput.ci_low_ratio - 1.0) * 100.0,
+            (conf.throughput.ci_high_ratio - 1.0) * 100.0,
+            (conf.p99.median_ratio - 1.0) * 100.0,
+            conf.pairs()
+        ),
+        (Some(c), None) => println!("\nfirst bad commit: {} {} (not confirmed)", c.sha, c.summary),
+        (None, _) if log.candidates.len() > 1 => {
+            println!("\nfirst bad commit is one of:");
+            for c in &log.candidates {
+                println!("  {} {}", c.sha, c.summary);
+            }
+        }
+        _ => {}
+    }
+    println!(
+        "steps: {}, builds: {}, wall time: {:.0} s",
+        log.steps.len(),
+        log.builds,
+        log.wall_s
+    );
+}
+
+fn steps_table(log: &BisectLog, url: &str) -> Table {
+    let mut table = Table::new();
+    table.load_preset(ASCII_MARKDOWN).set_header(vec![
+        "step",
+        "commit",
+        "position",
+        "vs good (throughput)",
+        "95% CI",
+        "pairs",
+        "verdict",
+        "detail",
+    ]);
+    for (n, s) in log.steps.iter().enumerate() {
+        let commit = if url == "{sha}" {
+            s.commit.short().to_owned()
+        } else {
+            format!(
+                "[`{}`]({})",
+                s.commit.short(),
+                url.replace("{sha}", &s.commit.sha)
+            )
+        };
+        table.add_row(vec![
+            n.to_string(),
+            commit,
+            format!("{}/{}", s.index + 1, log.range.len()),
+            s.throughput_ratio
+                .map_or("-".into(), |r| format!("{:+.1}%", (r - 1.0) * 100.0)),
+            s.ci.map_or("-".into(), |(lo, hi)| {
+                format!("[{:+.1}%, {:+.1}%]", (lo - 1.0) * 100.0, (hi - 1.0) * 100.0)
+            }),
+            s.pairs.to_string(),
+            format!("{:?}", s.verdict).to_lowercase(),
+            s.detail.clone().unwrap_or_default(),
+        ]);
+    }
+    table
+}
+
+/// The bisect section of a report: steps table and the steps drawn on the commit line.
+pub fn write_report_section(
+    md: &mut String,
+    log: &BisectLog,
+    out_dir: &Path,
+    url: &str,
+    fingerprint: &str,
+) -> Result<(), HarnessError> {
+    let _ = writeln!(
+        md,
+        "## Bisect `{}`: {} (good) .. {} (bad)\n",
+        log.workload,
+        log.good.short(),
+        log.bad.short()
+    );
+    let _ = writeln!(md, "{}\n", steps_table(log, url));
+    if let Some(c) = &log.culprit {
+        let _ = write!(
+            md,
+            "**First bad commit: [`{}`]({}) {}**",
+            c.short(),
+            url.replace("{sha}", &c.sha),
+            c.summary.replace('|', "\\|")
+        );
+        if let Some(conf) = &log.confirmation {
+            let _ = write!(
+                md,
+                ": throughput {:+.1}% [95% CI {:+.1}%, {:+.1}%] vs its parent ({} pairs)",
+                (conf.throughput.median_ratio - 1.0) * 100.0,
+                (conf.throughput.ci_low_ratio - 1.0) * 100.0,
+                (conf.throughput.ci_high_ratio - 1.0) * 100.0,
+                conf.pairs()
+            );
+        }
+        let _ = writeln!(md, "\n");
+    }
+    for note in &log.notes {
+        let _ = writeln!(md, "> {note}\n");
+    }
+    let _ = writeln!(
+        md,
+        "{} steps, {} builds, {:.0} s wall time.\n",
+        log.steps.len(),
+        log.builds,
+        log.wall_s
+    );
+    let labels: Vec<String> = log
+        .range
+        .iter()
+        .map(|c| c.short()[..7].to_owned())
+        .collect();
+    let mut values = vec![None; log.range.len()];
+    for s in &log.steps {
+        values[s.index] = s.throughput_ratio;
+    }
+    let name = format!("bisect-{}.svg", log.workload);
+    let pairs: usize = log.steps.iter().map(|s| s.pairs).sum();
+    crate::plots::per_commit(
+        &out_dir.join(&name),
+        "bisect steps: throughput relative to the good commit",
+        &format!(
+            "machine: {fingerprint} | workload: {} | {} steps, {} pairs",
+            log.workload,
+            log.steps.len(),
+            pairs
+        ),
+        &crate::plots::CommitSeries {
+            labels: &labels,
+            values: &values,
+            y_label: "throughput / good",
+            lines: &[("good".into(), 1.0)],
+        },
+    )?;
+    let _ = writeln!(md, "![{name}]({name})\n");
+    Ok(())
+}

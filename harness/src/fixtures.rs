@@ -1,0 +1,198 @@
+//! Regression fixtures: a small git history built from this repository's broker in which
+//! single commits reintroduce each root cause of the seed's regression, plus one that adds a
+//! small fixed slowdown, each followed by its revert. Patches are exact text substitutions
+//! that fail loudly when the broker's code no longer matches, so a fixture never silently
+//! tests nothing.
+
+use std::path::Path;
+
+use git2::{IndexAddOption, Repository, Signature};
+use serde::Serialize;
+
+use crate::error::HarnessError;
+use crate::git::{CommitInfo, TargetRepo};
+
+struct Patch {
+    file: &'static str,
+    find: &'static str,
+    replace: &'static str,
+}
+
+pub struct Fixture {
+    pub name: &'static str,
+    pub message: &'static str,
+    patches: &'static [Patch],
+}
+
+const HANDLE_START: &str = "    pub async fn handle(&self, request: ProduceRequest) -> Option<ProduceResponse> {\n        let acks = request.acks;\n";
+
+pub const FIXTURES: &[Fixture] = &[
+    Fixture {
+        name: "produce-lock",
+        message: "perf(produce): guard produce with a broker-wide lock (fixture: the seed's RwLock)",
+        patches: &[Patch {
+            file: "broker-under-test/src/produce.rs",
+            find: HANDLE_START,
+            replace: "    pub async fn handle(&self, request: ProduceRequest) -> Option<ProduceResponse> {\n        static PRODUCE_LOCK: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());\n        let _serialized = PRODUCE_LOCK.write().await;\n        let acks = request.acks;\n",
+        }],
+    },
+    Fixture {
+        name: "early-return",
+        message: "feat(wal): write the WAL directly and return early (fixture: skips pending_batches)",
+        patches: &[
+            Patch {
+                file: "broker-under-test/src/log/mod.rs",
+                find: "    pub fn start_offset(&self) -> i64 {",
+                replace: "    pub fn dir(&self) -> &Path {\n        &self.dir\n    }\n\n    pub fn start_offset(&self) -> i64 {",
+            },
+            Patch {
+                file: "broker-under-test/src/partition.rs",
+                find: "        let (done_tx, done_rx) = oneshot::channel();\n",
+                replace: "        {\n            use std::io::Write as _;\n            let storage = |_| AppendError::Kafka(ResponseError::KafkaStorageError);\n            let path = state.log.dir().join(\"direct.wal\");\n            let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(storage)?;\n            for frame in &frames {\n                file.write_all(frame).map_err(storage)?;\n            }\n            file.sync_data().map_err(storage)?;\n            state.next_offset = next;\n            self.high_watermark.advance(next);\n            if next > 0 {\n                return Ok(Appended { base_offset: first_base.expect(\"one batch\"), end_offset: next, durable: None });\n            }\n        }\n        let (done_tx, done_rx) = oneshot::channel();\n",
+            },
+        ],
+    },
+    Fixture {
+        name: "no-flush",
+        message: "refactor(produce): drop the flush call (fixture: flush_partition_if_needed never called)",
+        patches: &[
+            Patch {
+                file: "broker-under-test/src/produce.rs",
+                find: "        self.flush_partition_if_needed(partition);\n        response.log_start_offset",
+                replace: "        response.log_start_offset",
+            },
+            Patch {
+                file: "broker-under-test/src/wal/mod.rs",
+                find: "        partition.flush_if_needed(profile, have_closed, retention_bytes)?;\n        if have_closed {",
+                replace: "        if have_closed {",
+            },
+        ],
+    },
+    Fixture {
+        name: "fixed-slowdown",
+        message: "chore(produce): extra validation pass (fixture: a fixed 150 us per produce request)",
+        patches: &[Patch {
+            file: "broker-under-test/src/produce.rs",
+            find: HANDLE_START,
+            replace: "    pub async fn handle(&self, request: ProduceRequest) -> Option<ProduceResponse> {\n        std::thread::sleep(std::time::Duration::from_micros(150));\n        let acks = request.acks;\n",
+        }],
+    },
+];
+
+/// The generated history: for each fixture, the commit before it, the culprit and the revert.
+#[derive(Debug, Clone, Serialize)]
+pub struct FixtureHistory {
+    pub base: String,
+    pub fixtures: Vec<FixtureCommits>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FixtureCommits {
+    pub name: String,
+    /// Last commit without the fault (bisect --good).
+    pub good: String,
+    /// The commit that introduces the fault.
+    pub culprit: String,
+    /// A later commit that still has the fault (bisect --bad).
+    pub bad: String,
+}
+
+fn commit_all(repo: &Repository, message: &str) -> Result<String, HarnessError> {
+    let git = |e: git2::Error| HarnessError::Git(e.message().to_owned());
+    let mut index = repo.index().map_err(git)?;
+    index
+        .add_all(["*"], IndexAddOption::DEFAULT, None)
+        .map_err(git)?;
+    index.update_all(["*"], None).map_err(git)?;
+    index.write().map_err(git)?;
+    let tree = repo
+        .find_tree(index.write_tree().map_err(git)?)
+        .map_err(git)?;
+    let sig = Signature::now("chronik-fixtures", "fixtures@chronik.invalid").map_err(git)?;
+    let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
+    let parents: Vec<&git2::Commit> = parent.iter().collect();
+    Ok(repo
+        .commit(Some("HEAD"), &sig, &sig, message, &tree, &parents)
+        .map_err(git)?
+        .to_string())
+}
+
+fn apply(root: &Path, patches: &[Patch], reverse: bool) -> Result<(), HarnessError> {
+    for p in patches {
+        let path = root.join(p.file);
+        let text = std::fs::read_to_string(&path).map_err(|e| HarnessError::io(&path, e))?;
+        let (find, replace) = if reverse {
+            (p.replace, p.find)
+        } else {
+            (p.find, p.replace)
+        };
+        if find.is_empty() || text.matches(find).count() != 1 {
+            return Err(HarnessError::Config(format!(
+                "fixture patch does not apply to {}: the broker code changed; update harness/src/fixtures.rs",
+                p.file
+            )));
+        }
+        std::fs::write(&path, text.replacen(find, replace, 1))
+            .map_err(|e| HarnessError::io(&path, e))?;
+    }
+    Ok(())
+}
+
+fn touch(root: &Path, note: &str) -> Result<(), HarnessError> {
+    let path = root.join("FIXTURE-NOTES.md");
+    let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+    text.push_str(note);
+    text.push('\n');
+    std::fs::write(&path, text).map_err(|e| HarnessError::io(&path, e))
+}
+
+/// Builds the fixture repository in `out` from `from` (a commit of `source`).
+/// History per fixture: benign, benign, FAULT, benign, revert; good..bad spans 4 commits.
+pub fn generate(
+    source: &TargetRepo,
+    from: &CommitInfo,
+    out: &Path,
+    only: &[String],
+) -> Result<FixtureHistory, HarnessError> {
+    if out.exists() {
+        return Err(HarnessError::Usage(format!(
+            "{} exists; choose a new directory",
+            out.display()
+        )));
+    }
+    source.export(from, out)?;
+    let repo = Repository::init(out).map_err(|e| HarnessError::Git(e.message().to_owned()))?;
+    let base = commit_all(
+        &repo,
+        &format!("fixture base: broker at {} {}", from.short(), from.summary),
+    )?;
+    let mut fixtures = Vec::new();
+    for (i, f) in FIXTURES.iter().enumerate() {
+        if !only.is_empty() && !only.iter().any(|o| o == f.name) {
+            continue;
+        }
+        let good = repo
+            .head()
+            .and_then(|h| h.peel_to_commit())
+            .map_err(|e| HarnessError::Git(e.message().to_owned()))?
+            .id()
+            .to_string();
+        touch(out, &format!("- {}: preparing", f.name))?;
+        commit_all(&repo, &format!("docs: notes before {}", f.name))?;
+        touch(out, &format!("- {}: more notes", f.name))?;
+        commit_all(&repo, &format!("docs: more notes before {}", f.name))?;
+        apply(out, f.patches, false)?;
+        let culprit = commit_all(&repo, f.message)?;
+        touch(out, &format!("- {}: after", f.name))?;
+        let bad = commit_all(&repo, &format!("docs: notes after {}", f.name))?;
+        apply(out, f.patches, true)?;
+        commit_all(&repo, &format!("revert: {} (fixture {i})", f.name))?;
+        fixtures.push(FixtureCommits {
+            name: f.name.to_owned(),
+            good,
+            culprit,
+            bad,
+        });
+    }
+    Ok(FixtureHistory { base, fixtures })
+}

@@ -1,0 +1,426 @@
+//! `chronik-harness report`: a GitHub-flavoured markdown file plus SVG figures, from the
+//! results history, the stored baselines and (optionally) a gate or bisect result.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use comfy_table::{presets::ASCII_MARKDOWN, Table};
+use hdrhistogram::Histogram;
+
+use crate::bisect::BisectLog;
+use crate::commands::{comparison_table, limits_table, GateResult};
+use crate::error::HarnessError;
+use crate::git::CommitInfo;
+use crate::plots::{self, CommitSeries};
+use crate::runner::TrialStatus;
+use crate::stats::median;
+use crate::store::{load_baseline, ResultStore, TrialRecord};
+use crate::workload::Workload;
+
+pub struct ReportInput<'a> {
+    pub title: String,
+    pub workloads: Vec<Workload>,
+    pub store: &'a ResultStore,
+    pub baselines_dir: &'a Path,
+    pub base: Option<CommitInfo>,
+    pub head: Option<CommitInfo>,
+    pub gate: Option<Vec<GateResult>>,
+    pub bisect: Option<BisectLog>,
+    /// Link template for a commit; `{sha}` is replaced.
+    pub commit_url: String,
+    pub out_dir: PathBuf,
+}
+
+struct CommitTrials<'a> {
+    commit: CommitInfo,
+    records: Vec<&'a TrialRecord>,
+}
+
+impl CommitTrials<'_> {
+    fn ok(&self) -> Vec<&TrialRecord> {
+        self.records
+            .iter()
+            .copied()
+            .filter(|r| r.status == TrialStatus::Ok)
+            .collect()
+    }
+    fn median_of(&self, f: fn(&TrialRecord) -> Option<f64>) -> Option<f64> {
+        let xs: Vec<f64> = self.ok().into_iter().filter_map(f).collect();
+        (!xs.is_empty()).then(|| median(&xs))
+    }
+    fn merged_histogram(&self) -> Option<Histogram<u64>> {
+        let mut merged: Option<Histogram<u64>> = None;
+        for r in self.ok() {
+            let Some(h) = r
+                .report
+                .as_ref()
+                .and_then(|rep| rep.results.histogram().ok())
+            else {
+                continue;
+            };
+            match merged.as_mut() {
+                Some(m) => {
+                    let _ = m.add(&h);
+                }
+                None => merged = Some(h),
+            }
+        }
+        merged
+    }
+}
+
+fn throughput(r: &TrialRecord) -> Option<f64> {
+    r.summary.as_ref().map(|s| s.throughput)
+}
+fn p99(r: &TrialRecord) -> Option<f64> {
+    r.summary.as_ref().map(|s| s.p99_ms)
+}
+
+/// Trials grouped by commit, in the order commits first appear in the history.
+fn by_commit(records: &[TrialRecord]) -> Vec<CommitTrials<'_>> {
+    let mut order: Vec<CommitTrials> = Vec::new();
+    for r in records {
+        match order.iter_mut().find(|c| c.commit.sha == r.commit.sha) {
+            Some(c) => c.records.push(r),
+            None => order.push(CommitTrials {
+                commit: r.commit.clone(),
+                records: vec![r],
+            }),
+        }
+    }
+    order
+}
+
+fn link(template: &str, commit: &CommitInfo) -> String {
+    format!(
+        "[`{}`]({})",
+        commit.short(),
+        template.replace("{sha}", &commit.sha)
+    )
+}
+
+fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("-".into(), |v| format!("{v:.digits$}"))
+}
+
+fn escape(text: &str) -> String {
+    text.replace('|', "\\|")
+}
+
+/// Writes `report.md` and its figures into `out_dir`; returns the markdown path.
+pub fn write(input: &ReportInput<'_>) -> Result<PathBuf, HarnessError> {
+    std::fs::create_dir_all(&input.out_dir).map_err(|e| HarnessError::io(&input.out_dir, e))?;
+    let mut md = String::new();
+    let host = chronik_bench::provenance::HostInfo::current();
+    let _ = writeln!(md, "# {}\n", input.title);
+    let _ = writeln!(
+        md,
+        "Generated {} by `chronik-harness report` on {} ({} cores, kernel {}). The broker and the load generator share this machine's cores.\n",
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+        host.cpu_model,
+        host.cores,
+        host.kernel
+    );
+    if let Some(gate) = &input.gate {
+        write_gate(&mut md, gate, &input.commit_url);
+    }
+    if let Some(bisect) = &input.bisect {
+        crate::bisect::write_report_section(
+            &mut md,
+            bisect,
+            &input.out_dir,
+            &input.commit_url,
+            &host.fingerprint(),
+        )?;
+    }
+    for workload in &input.workloads {
+        write_workload(&mut md, input, workload, &host.fingerprint())?;
+    }
+    let path = input.out_dir.join("report.md");
+    std::fs::write(&path, md).map_err(|e| HarnessError::io(&path, e))?;
+    Ok(path)
+}
+
+fn write_gate(md: &mut String, gate: &[GateResult], commit_url: &str) {
+    let _ = writeln!(md, "## Gate\n");
+    let mut table = Table::new();
+    table.load_preset(ASCII_MARKDOWN).set_header(vec![
+        "workload",
+        "base",
+        "head",
+        "pairs",
+        "throughput head/base [95% CI]",
+        "p99 head/base [95% CI]",
+        "limits",
+        "verdict",
+    ]);
+    for g in gate {
+        let cmp = g.comparison.as_ref();
+        let ratio = |m: Option<&crate::stats::MetricComparison>| {
+            m.map_or("-".into(), |m| {
+                format!(
+                    "{:+.1}% [{:+.1}%, {:+.1}%]",
+                    (m.median_ratio - 1.0) * 100.0,
+                    (m.ci_low_ratio - 1.0) * 100.0,
+                    (m.ci_high_ratio - 1.0) * 100.0
+                )
+            })
+        };
+        table.add_row(vec![
+            g.workload.clone(),
+            g.base.as_ref().map_or("-".into(), |b| link(commit_url, b)),
+            link(commit_url, &g.head),
+            cmp.map_or("-".into(), |c| c.pairs().to_string()),
+            ratio(cmp.map(|c| &c.throughput)),
+            ratio(cmp.map(|c| &c.p99)),
+            if g.limits.iter().all(|l| l.passed) {
+                "pass".into()
+            } else {
+                "**FAIL**".into()
+            },
+            format!("**{:?}**", g.verdict),
+        ]);
+    }
+    let _ = writeln!(md, "{table}\n");
+    for g in gate {
+        if let Some(c) = &g.comparison {
+            let _ = writeln!(
+                md,
+                "<details><summary>{}: comparison details</summary>\n\n{}\n\n{}\n</details>\n",
+                g.workload,
+                comparison_table(c),
+                limits_table(&g.limits)
+            );
+        }
+        if let Some(note) = &g.note {
+            let _ = writeln!(md, "> {}: {}\n", g.workload, escape(note));
+        }
+        if let Some(f) = &g.failure {
+            let _ = writeln!(
+                md,
+                "> {}: {:?} side could not be measured ({:?}): {}\n",
+                g.workload,
+                f.side,
+                f.status,
+                escape(f.detail.lines().next().unwrap_or(""))
+            );
+        }
+    }
+}
+
+fn write_workload(
+    md: &mut String,
+    input: &ReportInput<'_>,
+    workload: &Workload,
+    fingerprint: &str,
+) -> Result<(), HarnessError> {
+    let all = input.store.load_workload(&workload.name);
+    let hash = workload.hash();
+    let records: Vec<TrialRecord> = all
+        .iter()
+        .filter(|r| r.workload_hash == hash)
+        .cloned()
+        .collect();
+    let _ = writeln!(
+        md,
+        "## Workload `{}`\n\n{}\n",
+        workload.name, workload.description
+    );
+    if all.len() != records.len() {
+        let _ = writeln!(
+            md,
+            "{} trial(s) recorded with an older definition of this workload are left out.\n",
+            all.len() - records.len()
+        );
+    }
+    if records.is_empty() {
+        let _ = writeln!(md, "No trials recorded yet.\n");
+        return Ok(());
+    }
+    let commits = by_commit(&records);
+    let baseline = load_baseline(input.baselines_dir, &workload.name)?;
+    let mut table = Table::new();
+    table.load_preset(ASCII_MARKDOWN).set_header(vec![
+        "commit",
+        "summary",
+        "valid trials",
+        "other",
+        "median msg/s",
+        "vs baseline",
+        "median p99 ms",
+        "p99.9 ms (merged)",
+    ]);
+    for c in &commits {
+        let ok = c.ok().len();
+        let mut others: BTreeMap<String, usize> = BTreeMap::new();
+        for r in c.records.iter().filter(|r| r.status != TrialStatus::Ok) {
+            *others
+                .entry(format!("{:?}", r.status).to_lowercase())
+                .or_default() += 1;
+        }
+        let tput = c.median_of(throughput);
+        table.add_row(vec![
+            link(&input.commit_url, &c.commit),
+            escape(&c.commit.summary.chars().take(60).collect::<String>()),
+            ok.to_string(),
+            others
+                .iter()
+                .map(|(k, v)| format!("{v} {k}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            fmt_opt(tput, 0),
+            match (tput, &baseline) {
+                (Some(t), Some(b)) => format!("{:+.1}%", (t / b.median_throughput - 1.0) * 100.0),
+                _ => "-".into(),
+            },
+            fmt_opt(c.median_of(p99), 2),
+            fmt_opt(
+                c.merged_histogram()
+                    .map(|h| h.value_at_quantile(0.999) as f64 / 1000.0),
+                2,
+            ),
+        ]);
+    }
+    let _ = writeln!(md, "{table}\n");
+    if let Some(b) = &baseline {
+        let _ = writeln!(
+            md,
+            "Baseline: {} recorded {} ({} trials, median {:.0} msg/s, p99 {:.2} ms).\n",
+            link(&input.commit_url, &b.commit),
+            b.recorded_at,
+            b.trials.len(),
+            b.median_throughput,
+            b.median_p99_ms
+        );
+    }
+    let trials_total: usize = commits.iter().map(|c| c.ok().len()).sum();
+    let caption = |n: usize| {
+        format!(
+            "machine: {fingerprint} | workload: {} ({hash}) | {n} valid trials",
+            workload.name
+        )
+    };
+    let labels: Vec<String> = commits
+        .iter()
+        .map(|c| c.commit.short()[..7].to_owned())
+        .collect();
+    let mut figures = Vec::new();
+    let tputs: Vec<Option<f64>> = commits.iter().map(|c| c.median_of(throughput)).collect();
+    let mut lines = Vec::new();
+    if let Some(b) = &baseline {
+        lines.push((
+            format!("baseline {}", &b.commit.short()[..7]),
+            b.median_throughput,
+        ));
+    }
+    if let Some(min) = workload.limits.throughput_min_msgs_per_s {
+        lines.push(("limit (min)".to_owned(), min));
+    }
+    let name = format!("{}-throughput.svg", workload.name);
+    plots::per_commit(
+        &input.out_dir.join(&name),
+        &format!("{}: median throughput per commit", workload.name),
+        &caption(trials_total),
+        &CommitSeries {
+            labels: &labels,
+            values: &tputs,
+            y_label: "msg/s",
+            lines: &lines,
+        },
+    )?;
+    figures.push(name);
+    let p99s: Vec<Option<f64>> = commits.iter().map(|c| c.median_of(p99)).collect();
+    let mut lines = Vec::new();
+    if let Some(b) = &baseline {
+        lines.push((
+            format!("baseline {}", &b.commit.short()[..7]),
+            b.median_p99_ms,
+        ));
+    }
+    if let Some(max) = workload.limits.p99_max_ms {
+        lines.push(("limit (max)".to_owned(), max));
+    }
+    let name = format!("{}-p99.svg", workload.name);
+    plots::per_commit(
+        &input.out_dir.join(&name),
+        &format!("{}: median p99 per commit", workload.name),
+        &caption(trials_total),
+        &CommitSeries {
+            labels: &labels,
+            values: &p99s,
+            y_label: "p99 (ms)",
+            lines: &lines,
+        },
+    )?;
+    figures.push(name);
+    // Base vs head: explicit, else the baseline commit (or the first commit) vs the last one.
+    let head = input
+        .head
+        .clone()
+        .unwrap_or_else(|| commits.last().expect("non-empty").commit.clone());
+    let base = input
+        .base
+        .clone()
+        .or_else(|| baseline.as_ref().map(|b| b.commit.clone()))
+        .unwrap_or_else(|| commits[0].commit.clone());
+    let pick = |c: &CommitInfo| commits.iter().find(|t| t.commit.sha == c.sha);
+    let mut curves = Vec::new();
+    let mut n = 0;
+    for (role, commit) in [("base", &base), ("head", &head)] {
+        if let Some(t) = pick(commit) {
+            if let Some(h) = t.merged_histogram() {
+                if curves.iter().all(|(name, _): &(String, Histogram<u64>)| {
+                    !name.contains(&commit.short()[..7])
+                }) {
+                    n += t.ok().len();
+                    curves.push((
+                        format!("{role} {} ({} trials)", &commit.short()[..7], t.ok().len()),
+                        h,
+                    ));
+                }
+            }
+        }
+    }
+    if !curves.is_empty() {
+        let name = format!("{}-percentiles.svg", workload.name);
+        plots::percentile_curves(
+            &input.out_dir.join(&name),
+            &format!(
+                "{}: latency by percentile (merged histograms)",
+                workload.name
+            ),
+            &caption(n),
+            &curves,
+        )?;
+        figures.push(name);
+    }
+    if let Some(t) = pick(&head) {
+        let runs: Vec<(String, Vec<u64>)> = t
+            .ok()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                r.summary
+                    .as_ref()
+                    .map(|s| (format!("trial {}", i + 1), s.per_second.clone()))
+            })
+            .collect();
+        let name = format!("{}-per-second.svg", workload.name);
+        plots::per_second(
+            &input.out_dir.join(&name),
+            &format!(
+                "{}: rate through each run of {}",
+                workload.name,
+                &head.short()[..7]
+            ),
+            &caption(runs.len()),
+            &runs,
+        )?;
+        figures.push(name);
+    }
+    for f in figures {
+        let _ = writeln!(md, "![{f}]({f})\n");
+    }
+    Ok(())
+}
