@@ -2,7 +2,10 @@
 //! N tokio tasks, each awaiting one FutureProducer send at a time, for a fixed window. Used to
 //! cross-check chronik-bench's throughput figure on the same broker (they must agree within 5%).
 //!
-//! usage: minimal_producer BOOTSTRAP TOPIC CONCURRENCY SECONDS [MESSAGE_SIZE]
+//! With RATE, each task instead sends at RATE/CONCURRENCY messages per second (open loop), so
+//! both tools can be checked against the same offered load.
+//!
+//! usage: minimal_producer BOOTSTRAP TOPIC CONCURRENCY SECONDS [MESSAGE_SIZE [RATE]]
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,13 +21,16 @@ const WARMUP: Duration = Duration::from_secs(3);
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 5 {
-        eprintln!("usage: minimal_producer BOOTSTRAP TOPIC CONCURRENCY SECONDS [MESSAGE_SIZE]");
+        eprintln!(
+            "usage: minimal_producer BOOTSTRAP TOPIC CONCURRENCY SECONDS [MESSAGE_SIZE [RATE]]"
+        );
         std::process::exit(2);
     }
     let (bootstrap, topic) = (args[1].clone(), args[2].clone());
     let concurrency: usize = args[3].parse().expect("concurrency");
     let window = Duration::from_secs(args[4].parse().expect("seconds"));
     let size: usize = args.get(5).map_or(256, |s| s.parse().expect("size"));
+    let rate: Option<f64> = args.get(6).map(|s| s.parse().expect("rate"));
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
         .set("acks", "1")
@@ -48,8 +54,16 @@ async fn main() {
             counting.clone(),
             stop.clone(),
         );
+        let mut pace = rate.map(|r| {
+            let mut i = tokio::time::interval(Duration::from_secs_f64(concurrency as f64 / r));
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            i
+        });
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
+                if let Some(pace) = pace.as_mut() {
+                    pace.tick().await;
+                }
                 let record: FutureRecord<'_, (), [u8]> =
                     FutureRecord::to(&topic).payload(&payload[..]);
                 let ok = producer.send(record, Duration::from_secs(30)).await.is_ok();

@@ -3,10 +3,11 @@
 //! The broker never decompresses or re-encodes client records: it checks the framing and the
 //! CRC-32C, reads the few header fields it needs (record count, producer id and sequence), and
 //! patches the base offset in place. The base offset and partition leader epoch are outside the
-//! CRC, so patching them keeps the client's bytes valid. Request and response bodies are decoded
+//! CRC, so patching them keeps the client's bytes valid (the WAL framing in `wal::record` writes
+//! the base offset while it copies the batch, once). Request and response bodies are decoded
 //! by the `kafka-protocol` crate; this module only reads fixed header offsets of the batch.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use thiserror::Error;
 
 /// Bytes before the records: everything up to and including the record count.
@@ -74,13 +75,6 @@ impl BatchView {
     /// Offsets this batch occupies once a base offset is assigned.
     pub fn offset_count(&self) -> i64 {
         i64::from(self.header.record_count)
-    }
-
-    /// Copies the batch with `base_offset` written into its header.
-    pub fn with_base_offset(&self, base_offset: i64) -> Bytes {
-        let mut owned = BytesMut::from(&self.bytes[..]);
-        owned[0..8].copy_from_slice(&base_offset.to_be_bytes());
-        owned.freeze()
     }
 }
 
@@ -235,7 +229,7 @@ pub(crate) mod tests {
         let views = parse_produce_records(&batch, 1 << 20).unwrap();
         assert_eq!(views.len(), 1);
         assert_eq!(views[0].header.record_count, 3);
-        let patched = views[0].with_base_offset(42);
+        let (_, patched) = crate::wal::record::encode(1, 0, &views[0].bytes, 42);
         check_stored(&patched).unwrap();
         assert_eq!(base_offset(&patched), 42);
         assert_eq!(last_offset(&patched), 44);

@@ -337,18 +337,7 @@ impl GroupCoordinator {
                     .then_some(ResponseError::UnknownMemberId)
             })
             .collect();
-        if state.members.is_empty() {
-            state.phase = Phase::Empty;
-            state.leader = None;
-        } else if state.phase != Phase::PreparingRebalance {
-            let wait = state
-                .members
-                .values()
-                .map(|m| m.rebalance_timeout)
-                .max()
-                .unwrap_or_default();
-            begin_rebalance(&mut state, wait, None);
-        }
+        after_members_left(&mut state);
         drop(state);
         group.changed.notify_waiters();
         results
@@ -410,6 +399,22 @@ fn begin_rebalance(state: &mut GroupState, wait: Duration, joining: Option<&str>
     }
 }
 
+/// After members left (or expired): an empty group goes idle, the rest must rejoin.
+fn after_members_left(state: &mut GroupState) {
+    if state.members.is_empty() {
+        state.phase = Phase::Empty;
+        state.leader = None;
+    } else if state.phase != Phase::PreparingRebalance {
+        let wait = state
+            .members
+            .values()
+            .map(|m| m.rebalance_timeout)
+            .max()
+            .unwrap_or_default();
+        begin_rebalance(state, wait, None);
+    }
+}
+
 fn complete_join(state: &mut GroupState) {
     state.members.retain(|_, m| m.rejoined);
     if state.members.is_empty() {
@@ -451,18 +456,7 @@ fn expire_members(state: &mut GroupState) {
         now.duration_since(m.last_seen) <= m.session_timeout.max(m.rebalance_timeout)
     });
     if state.members.len() != before {
-        if state.members.is_empty() {
-            state.phase = Phase::Empty;
-            state.leader = None;
-        } else if state.phase != Phase::PreparingRebalance {
-            let wait = state
-                .members
-                .values()
-                .map(|m| m.rebalance_timeout)
-                .max()
-                .unwrap_or_default();
-            begin_rebalance(state, wait, None);
-        }
+        after_members_left(state);
     }
 }
 

@@ -216,8 +216,8 @@ impl Partition {
                     SequenceCheck::Fresh => {}
                 }
             }
-            let stored = view.with_base_offset(next);
-            frames.push(record::encode(self.topic_id, self.index, &stored));
+            let (frame, stored) = record::encode(self.topic_id, self.index, &view.bytes, next);
+            frames.push(frame);
             first_base.get_or_insert(next);
             next += view.offset_count();
             stored_batches.push(stored);

@@ -38,6 +38,8 @@ pub struct TrialOutcome {
     pub status: TrialStatus,
     pub detail: Option<String>,
     pub report: Option<BenchReport>,
+    /// The broker's peak resident memory (VmHWM) at the end of the run.
+    pub broker_peak_rss_kib: Option<u64>,
 }
 
 impl TrialOutcome {
@@ -46,6 +48,7 @@ impl TrialOutcome {
             status,
             detail: Some(detail.into()),
             report: None,
+            broker_peak_rss_kib: None,
         }
     }
 }
@@ -162,6 +165,7 @@ impl TrialRunner {
             );
         }
         let broker_died = broker.try_wait();
+        let broker_peak_rss_kib = peak_rss_kib(broker.pgid);
         let broker_status = broker.stop();
         if let Some(status) = broker_died {
             return TrialOutcome::failed(
@@ -196,14 +200,26 @@ impl TrialRunner {
                 status: TrialStatus::Invalid,
                 detail: Some(report.invalid_reasons.join("; ")),
                 report: Some(report),
+                broker_peak_rss_kib,
             };
         }
         TrialOutcome {
             status: TrialStatus::Ok,
             detail: None,
             report: Some(report),
+            broker_peak_rss_kib,
         }
     }
+}
+
+/// Peak resident set size of a process (the start command `exec`s the broker, so the group
+/// leader's pid is the broker's).
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
 /// The chronik-bench next to this executable (both are built from the harness's tree).

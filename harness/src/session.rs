@@ -112,13 +112,18 @@ impl Session {
         role: &str,
     ) -> Result<TrialRecord, HarnessError> {
         let id = self.next_id(&built.commit, role);
-        let (status, detail, report) = match &built.outcome {
+        let (status, detail, report, broker_peak_rss_kib) = match &built.outcome {
             BuildOutcome::Failed { log_tail } => {
-                (TrialStatus::BuildFailed, Some(log_tail.clone()), None)
+                (TrialStatus::BuildFailed, Some(log_tail.clone()), None, None)
             }
             BuildOutcome::Built { binary, .. } => {
                 let outcome = self.runner.run(binary, workload, &id);
-                (outcome.status, outcome.detail, outcome.report)
+                (
+                    outcome.status,
+                    outcome.detail,
+                    outcome.report,
+                    outcome.broker_peak_rss_kib,
+                )
             }
         };
         let summary = report
@@ -141,6 +146,7 @@ impl Session {
             status,
             detail,
             summary,
+            broker_peak_rss_kib,
             report,
         };
         self.store.save(&record)?;

@@ -29,6 +29,9 @@ pub struct TrialRecord {
     pub status: TrialStatus,
     pub detail: Option<String>,
     pub summary: Option<TrialSummary>,
+    /// The broker's peak resident memory during the trial (reported, not gated).
+    #[serde(default)]
+    pub broker_peak_rss_kib: Option<u64>,
     pub report: Option<BenchReport>,
 }
 

@@ -155,25 +155,25 @@ impl Fixture {
         self.dir.path()
     }
 
-    fn harness(&self, args: &[&str]) -> Output {
+    /// The harness binary and the options that point it at this fixture.
+    fn harness_argv(&self) -> Vec<String> {
         let root = self.root();
-        let output = Command::new(bin_dir().join("chronik-harness"))
-            .arg(format!("--repo={}", root.join("repo").display()))
-            .arg(format!(
-                "--workload-dir={}",
-                root.join("workloads").display()
-            ))
-            .arg(format!("--work-dir={}", root.join("work").display()))
-            .arg(format!("--results-dir={}", root.join("results").display()))
-            .arg(format!(
-                "--baselines-dir={}",
-                root.join("baselines").display()
-            ))
-            .arg(format!(
-                "--bench-bin={}",
-                bin_dir().join("chronik-bench").display()
-            ))
-            .arg("--quiet")
+        vec![
+            bin_dir().join("chronik-harness").display().to_string(),
+            format!("--repo={}", root.join("repo").display()),
+            format!("--workload-dir={}", root.join("workloads").display()),
+            format!("--work-dir={}", root.join("work").display()),
+            format!("--results-dir={}", root.join("results").display()),
+            format!("--baselines-dir={}", root.join("baselines").display()),
+            format!("--bench-bin={}", bin_dir().join("chronik-bench").display()),
+            "--quiet".to_owned(),
+        ]
+    }
+
+    fn harness(&self, args: &[&str]) -> Output {
+        let argv = self.harness_argv();
+        let output = Command::new(&argv[0])
+            .args(&argv[1..])
             .args(args)
             .env("CHRONIK_E2E_BROKER", bin_dir().join("chronik-broker"))
             .output()
@@ -348,6 +348,39 @@ fn compare_gate_build_failures_and_crashes_on_a_scripted_history() {
     let unknown = f.harness(&["run", "--rev", "no-such-branch", "--workload=e2e"]);
     assert_eq!(unknown.status.code(), Some(EXIT_INFRA));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown revision"));
+
+    // `git bisect run` with the predicate finds the slow commit (same -> exit 0, slow -> exit 1).
+    let repo = f.root().join("repo");
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .current_dir(&repo)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(git(&["bisect", "start", f.sha("slow"), f.sha("base")])
+        .status
+        .success());
+    let mut predicate = f.harness_argv();
+    predicate.extend(["bisect-run", "--good", f.sha("base"), "--workload=e2e"].map(str::to_owned));
+    predicate.extend(FEW_PAIRS.iter().map(|s| s.to_string()));
+    let run = Command::new("git")
+        .current_dir(&repo)
+        .args(["bisect", "run"])
+        .args(&predicate)
+        .env("CHRONIK_E2E_BROKER", bin_dir().join("chronik-broker"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&run.stdout);
+    eprintln!(
+        "git bisect run:\n{said}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        said.contains(&format!("{} is the first bad commit", f.sha("slow"))),
+        "{said}"
+    );
+    git(&["bisect", "reset"]);
 
     // Each commit was built once, whatever the number of trials.
     let bins = fs::read_dir(f.root().join("work/bin")).unwrap().count();

@@ -164,13 +164,24 @@ pub fn delete_topics(ctx: &ApiContext, req: DeleteTopicsRequest) -> DeleteTopics
     response
 }
 
-pub fn find_coordinator(ctx: &ApiContext, req: FindCoordinatorRequest) -> FindCoordinatorResponse {
+/// FindCoordinator v4 introduced batched keys.
+const FIND_COORDINATOR_BATCHED_VERSION: i16 = 4;
+
+pub fn find_coordinator(
+    ctx: &ApiContext,
+    req: FindCoordinatorRequest,
+    version: i16,
+) -> FindCoordinatorResponse {
     let mut response = FindCoordinatorResponse::default();
     let node = BrokerId(ctx.config.node_id);
-    // v0-3 ask for one key, v4+ for a list; this broker coordinates everything.
-    response.node_id = node;
-    response.host = str_bytes(&ctx.advertised_host);
-    response.port = ctx.advertised_port;
+    // This broker coordinates everything. v0-3 carry one key and top-level fields; v4+ a list
+    // of keys and only the list (the encoder rejects top-level values in v4+).
+    if version < FIND_COORDINATOR_BATCHED_VERSION {
+        response.node_id = node;
+        response.host = str_bytes(&ctx.advertised_host);
+        response.port = ctx.advertised_port;
+        return response;
+    }
     response.coordinators = req
         .coordinator_keys
         .into_iter()

@@ -168,7 +168,7 @@ impl ApiContext {
                 admin::describe_configs(self, req),
             )),
             RequestKind::FindCoordinator(req) => Some(ResponseKind::FindCoordinator(
-                admin::find_coordinator(self, req),
+                admin::find_coordinator(self, req, version),
             )),
             RequestKind::JoinGroup(req) => Some(ResponseKind::JoinGroup(
                 groups::join(self, req, client_id).await,

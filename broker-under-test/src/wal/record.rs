@@ -21,18 +21,24 @@ pub struct WalRecord {
     pub batch: Bytes,
 }
 
-/// Frames one batch for the WAL.
-pub fn encode(topic_id: u128, partition: i32, batch: &[u8]) -> Bytes {
-    let payload_len = TOPIC_ID_BYTES + 4 + batch.len();
+/// Frames one client batch for the WAL with `base_offset` written into the batch header (outside
+/// the batch's own CRC). Returns the frame and, as a view into the same bytes, the stored batch:
+/// the client's bytes are copied once on the produce path.
+pub fn encode(topic_id: u128, partition: i32, batch: &[u8], base_offset: i64) -> (Bytes, Bytes) {
+    let payload_len = PAYLOAD_PREFIX_BYTES + batch.len();
+    let batch_start = FRAME_HEADER_BYTES + PAYLOAD_PREFIX_BYTES;
     let mut buf = BytesMut::with_capacity(FRAME_HEADER_BYTES + payload_len);
     buf.put_u32(payload_len as u32);
     buf.put_u32(0);
     buf.put_u128(topic_id);
     buf.put_i32(partition);
     buf.put_slice(batch);
+    buf[batch_start..batch_start + 8].copy_from_slice(&base_offset.to_be_bytes());
     let crc = crc32c::crc32c(&buf[FRAME_HEADER_BYTES..]);
     buf[4..8].copy_from_slice(&crc.to_be_bytes());
-    buf.freeze()
+    let frame = buf.freeze();
+    let stored = frame.slice(batch_start..);
+    (frame, stored)
 }
 
 /// Result of decoding the frame at the start of a buffer.
@@ -87,13 +93,14 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let frame = encode(7, 3, b"batch-bytes");
+        let (frame, stored) = encode(7, 3, b"offset__+batch", 0x0102);
+        assert_eq!(&stored[..], b"\0\0\0\0\0\0\x01\x02+batch");
         match decode(&frame) {
             Decoded::Record(rec, used) => {
                 assert_eq!(used, frame.len());
                 assert_eq!(rec.topic_id, 7);
                 assert_eq!(rec.partition, 3);
-                assert_eq!(&rec.batch[..], b"batch-bytes");
+                assert_eq!(rec.batch, stored);
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -101,7 +108,7 @@ mod tests {
 
     #[test]
     fn every_truncation_is_incomplete_and_every_bit_flip_is_invalid() {
-        let frame = encode(1, 0, b"0123456789");
+        let (frame, _) = encode(1, 0, b"0123456789", 0);
         for cut in 0..frame.len() {
             assert_eq!(
                 decode(&frame.slice(..cut)),

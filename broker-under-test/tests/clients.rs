@@ -1,5 +1,6 @@
-//! kcat (librdkafka's CLI, from Debian) lists metadata, produces and consumes. `.ci/run`
-//! installs kcat; outside CI the test is skipped with a note when kcat is missing.
+//! Other real clients: kcat (librdkafka's CLI, from Debian) lists metadata, produces and
+//! consumes; kafka-python produces and consumes with a group. `.ci/run`
+//! installs both; outside CI a test is skipped with a note when its client is missing.
 
 mod common;
 
@@ -76,4 +77,45 @@ fn kcat_lists_produces_and_consumes() {
         "{listing}"
     );
     assert!(listing.contains("1 brokers"), "{listing}");
+}
+
+/// kafka-python (from PyPI; `.ci/run` installs it) produces with acks=all and consumes with a
+/// consumer group. Skipped with a note outside CI when the package is missing.
+#[test]
+fn kafka_python_produces_and_consumes() {
+    let available = Command::new("python3")
+        .args(["-c", "import kafka"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !available {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "kafka-python must be installed in CI (see .ci/run)"
+        );
+        eprintln!("skipping: kafka-python is not installed (pip install kafka-python)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/kafka_python_roundtrip.py"
+    );
+    let out = Command::new("timeout")
+        .args([
+            "120",
+            "python3",
+            script,
+            &broker.bootstrap(),
+            "py-topic",
+            "200",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
