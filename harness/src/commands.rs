@@ -233,7 +233,14 @@ pub fn run(
     let mut summaries = Vec::new();
     let mut table = Table::new();
     table.load_preset(ASCII_MARKDOWN).set_header(vec![
-        "trial", "status", "msg/s", "p50 ms", "p99 ms", "p99.9 ms", "detail",
+        "trial",
+        "status",
+        "msg/s",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "broker peak RSS MiB",
+        "detail",
     ]);
     let mut code = EXIT_PASS;
     for _ in 0..trials {
@@ -246,6 +253,9 @@ pub fn run(
             r.map_or("-".into(), |r| format!("{:.2}", r.latency_ms.p50)),
             r.map_or("-".into(), |r| format!("{:.2}", r.latency_ms.p99)),
             r.map_or("-".into(), |r| format!("{:.2}", r.latency_ms.p999)),
+            record
+                .broker_peak_rss_kib
+                .map_or("-".into(), |k| format!("{:.0}", k as f64 / 1024.0)),
             record
                 .detail
                 .clone()

@@ -250,6 +250,7 @@ fn write_workload(
         "vs baseline",
         "median p99 ms",
         "p99.9 ms (merged)",
+        "broker peak RSS MiB",
     ]);
     for c in &commits {
         let ok = c.ok().len();
@@ -279,6 +280,10 @@ fn write_workload(
                 c.merged_histogram()
                     .map(|h| h.value_at_quantile(0.999) as f64 / 1000.0),
                 2,
+            ),
+            fmt_opt(
+                c.median_of(|r| r.broker_peak_rss_kib.map(|k| k as f64 / 1024.0)),
+                0,
             ),
         ]);
     }
