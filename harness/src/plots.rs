@@ -175,6 +175,7 @@ pub fn percentile_curves(
     };
     let mut chart = ChartBuilder::on(&chart_area)
         .margin(10)
+        .margin_right(40)
         .x_label_area_size(40)
         .y_label_area_size(70)
         .build_cartesian_2d(
@@ -189,7 +190,7 @@ pub fn percentile_curves(
             let q = 100.0 * (1.0 - 1.0 / x);
             format!(
                 "p{}",
-                format!("{q:.2}")
+                format!("{q:.3}")
                     .trim_end_matches('0')
                     .trim_end_matches('.')
             )
