@@ -1,10 +1,13 @@
-//! The regression fixtures bisect to the commit that introduced the fault. Real cargo builds of
-//! this repository's broker (one per commit, cached), real trials, the smoke workload. Only the
-//! broker-wide-lock fixture is asserted here: its effect (about -92%) is far outside this
-//! machine's noise; the smaller fixtures need longer runs (see BENCHMARKS.md).
+//! Tests that build real commits of this repository with cargo through the harness: a plain
+//! run of HEAD, and a regression fixture bisected to the commit that introduced the fault (one
+//! cargo build per commit, cached; real trials of the smoke workload). Only the broker-wide-lock
+//! fixture is asserted: its effect (about -92%) is far outside this machine's noise; the smaller
+//! fixtures need longer runs (see BENCHMARKS.md).
 
 use std::path::PathBuf;
 use std::process::Command;
+
+const EXIT_PASS: i32 = 0;
 
 fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -14,6 +17,16 @@ fn bin_dir() -> PathBuf {
 /// Shared with the other slow test so dependencies compile once per CI run.
 fn work_dir() -> PathBuf {
     bin_dir().parent().unwrap().join("chronik-harness-tests")
+}
+
+/// These tests build with cargo and measure: run them one at a time, or one's build would be
+/// noise in the other's measurements.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn harness(
@@ -43,6 +56,7 @@ fn harness(
 
 #[test]
 fn the_produce_lock_fixture_bisects_to_its_commit() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let this_repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -91,4 +105,39 @@ fn the_produce_lock_fixture_bisects_to_its_commit() {
             "{name}: confirmed slowdown vs the parent ({effect})"
         );
     }
+}
+
+/// The slower test: builds a real commit of this repository with cargo through the harness.
+#[test]
+fn builds_and_runs_a_real_commit_of_this_repository() {
+    let _serial = serial();
+    let work = tempfile::tempdir().unwrap();
+    let repo_root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let output = Command::new(bin_dir().join("chronik-harness"))
+        .arg(format!("--repo={}", repo_root.display()))
+        .arg(format!("--work-dir={}", work_dir().display()))
+        .arg(format!(
+            "--results-dir={}",
+            work.path().join("results").display()
+        ))
+        .arg(format!(
+            "--bench-bin={}",
+            bin_dir().join("chronik-bench").display()
+        ))
+        .args([
+            "--quiet",
+            "run",
+            "--rev=HEAD",
+            "--workload=smoke-c32-s256-3s",
+            "--trials=1",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    eprintln!("{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(output.status.code(), Some(EXIT_PASS));
+    assert!(stdout.contains("| ok "), "one valid trial: {stdout}");
 }
