@@ -2,13 +2,19 @@
 //! validate -> assign offsets + append to the WAL + push onto `pending_batches` -> wait until
 //! durable (acks != 0) -> `flush_partition_if_needed` -> respond.
 //!
+//! The path has two halves. `append` assigns offsets and queues the WAL write; a connection
+//! runs it for its requests one at a time, in arrival order, so batches pipelined on one
+//! connection get offsets in the order they were sent (Kafka's per-connection ordering).
+//! `respond` waits for durability and may overlap with later requests, so pipelined requests
+//! share group commits.
+//!
 //! Dependencies are fixed at construction; nothing here takes a broker-wide lock.
 
 use std::sync::Arc;
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 use tokio::sync::Semaphore;
 
 use crate::batch::{self, BatchError};
@@ -30,6 +36,13 @@ pub struct ProduceHandler {
 enum Slot {
     Done(PartitionProduceResponse),
     Waiting(Arc<Partition>, Appended),
+}
+
+/// A produce request whose batches are appended (offsets assigned, WAL write queued) and
+/// whose response still waits for durability.
+pub struct AppendedProduce {
+    acks: i16,
+    topics: Vec<(TopicName, Vec<Slot>)>,
 }
 
 fn partition_error(index: i32, error: ResponseError) -> PartitionProduceResponse {
@@ -68,12 +81,11 @@ impl ProduceHandler {
         }
     }
 
-    /// Handles one Produce request; `None` for acks=0 (Kafka sends no response then).
-    pub async fn handle(&self, request: ProduceRequest) -> Option<ProduceResponse> {
+    /// First half of a Produce request: validates and appends every partition. Nothing waits
+    /// for durability here, so all partitions of the request share one group commit.
+    pub async fn append(&self, request: ProduceRequest) -> AppendedProduce {
         let acks = request.acks;
         let mut topics = Vec::with_capacity(request.topic_data.len());
-        // Phase 1: validate and append every partition; nothing waits yet, so all partitions
-        // of the request share one group commit.
         for topic_data in request.topic_data {
             let mut slots = Vec::with_capacity(topic_data.partition_data.len());
             for data in topic_data.partition_data {
@@ -90,7 +102,13 @@ impl ProduceHandler {
             }
             topics.push((topic_data.name, slots));
         }
-        // Phase 2: wait for durability, then flush; the response reports each partition.
+        AppendedProduce { acks, topics }
+    }
+
+    /// Second half: waits for durability, then flushes; the response reports each partition.
+    /// `None` for acks=0 (Kafka sends no response then).
+    pub async fn respond(&self, appended: AppendedProduce) -> Option<ProduceResponse> {
+        let AppendedProduce { acks, topics } = appended;
         let mut response = ProduceResponse::default();
         for (name, slots) in topics {
             let mut topic_response = TopicProduceResponse::default();
@@ -99,7 +117,7 @@ impl ProduceHandler {
                 let partition_response = match slot {
                     Slot::Done(done) => done,
                     Slot::Waiting(partition, appended) => {
-                        self.complete(&partition, appended, acks).await
+                        self.complete_partition(&partition, appended, acks).await
                     }
                 };
                 topic_response.partition_responses.push(partition_response);
@@ -143,7 +161,7 @@ impl ProduceHandler {
         }
     }
 
-    async fn complete(
+    async fn complete_partition(
         &self,
         partition: &Arc<Partition>,
         appended: Appended,

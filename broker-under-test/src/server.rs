@@ -1,6 +1,8 @@
-//! Listener and connection tasks. A connection reads length-prefixed frames, handles each in
-//! its own task (so pipelined requests share group commits) and writes responses back in
-//! request order. Anything wrong with a frame costs that connection only.
+//! Listener and connection tasks. A connection reads length-prefixed frames and starts each
+//! request in arrival order (a produce request gets its offsets before the next frame is
+//! read), then finishes each in its own task (so pipelined requests share group commits) and
+//! writes responses back in request order. Anything wrong with a frame costs that connection
+//! only.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,9 +73,12 @@ pub async fn serve_connection(stream: TcpStream, ctx: Arc<ApiContext>) {
             Ok(Ok(_)) => {}
             _ => break,
         }
+        let started = ctx.start(body.freeze()).await;
+        let failed = started.is_err();
         let ctx = ctx.clone();
-        let handle = tokio::spawn(async move { ctx.dispatch(body.freeze()).await });
-        if tx.send(handle).await.is_err() {
+        let handle = tokio::spawn(async move { started?.finish(&ctx).await });
+        // After a bad frame the writer sends the earlier responses, then closes.
+        if tx.send(handle).await.is_err() || failed {
             break; // the writer stopped: a bad request or a dead socket
         }
     }

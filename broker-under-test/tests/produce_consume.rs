@@ -52,6 +52,29 @@ fn every_acks_setting_stores_every_message_in_order() {
     }
 }
 
+/// librdkafka pipelines many produce requests on one connection; the broker must give them
+/// offsets in the order they were sent, as Kafka does. Tiny batches make many requests.
+#[test]
+fn pipelined_requests_on_one_connection_keep_send_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    for acks in ["0", "1"] {
+        let topic = format!("pipelined-{acks}");
+        create_topic(&broker.bootstrap(), &topic, 1);
+        let p = producer(
+            &broker.bootstrap(),
+            &[("acks", acks), ("batch.num.messages", "3")],
+        );
+        let sent = values(&topic, 3000);
+        produce_all(&p, &topic, Some(0), &sent);
+        let got: Vec<String> = consume_partition(&broker.bootstrap(), &topic, 0, sent.len())
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
+        assert!(got == sent, "acks={acks}: messages out of send order");
+    }
+}
+
 #[test]
 fn compressed_batches_round_trip() {
     let dir = tempfile::tempdir().unwrap();

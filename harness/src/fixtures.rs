@@ -24,17 +24,37 @@ pub struct Fixture {
     patches: &'static [Patch],
 }
 
-const HANDLE_START: &str = "    pub async fn handle(&self, request: ProduceRequest) -> Option<ProduceResponse> {\n        let acks = request.acks;\n";
+const APPEND_START: &str =
+    "    pub async fn append(&self, request: ProduceRequest) -> AppendedProduce {\n        let acks = request.acks;\n";
 
 pub const FIXTURES: &[Fixture] = &[
     Fixture {
         name: "produce-lock",
         message: "perf(produce): guard produce with a broker-wide lock (fixture: the seed's RwLock)",
-        patches: &[Patch {
-            file: "broker-under-test/src/produce.rs",
-            find: HANDLE_START,
-            replace: "    pub async fn handle(&self, request: ProduceRequest) -> Option<ProduceResponse> {\n        static PRODUCE_LOCK: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());\n        let _serialized = PRODUCE_LOCK.write().await;\n        let acks = request.acks;\n",
-        }],
+        // The write guard is taken before the append and released after the response, so
+        // every produce request in the broker waits for the previous one's fsync.
+        patches: &[
+            Patch {
+                file: "broker-under-test/src/produce.rs",
+                find: "pub struct AppendedProduce {\n    acks: i16,",
+                replace: "pub struct AppendedProduce {\n    _serialized: tokio::sync::OwnedRwLockWriteGuard<()>,\n    acks: i16,",
+            },
+            Patch {
+                file: "broker-under-test/src/produce.rs",
+                find: APPEND_START,
+                replace: "    pub async fn append(&self, request: ProduceRequest) -> AppendedProduce {\n        static PRODUCE_LOCK: std::sync::LazyLock<Arc<tokio::sync::RwLock<()>>> =\n            std::sync::LazyLock::new(|| Arc::new(tokio::sync::RwLock::new(())));\n        let _serialized = PRODUCE_LOCK.clone().write_owned().await;\n        let acks = request.acks;\n",
+            },
+            Patch {
+                file: "broker-under-test/src/produce.rs",
+                find: "        AppendedProduce { acks, topics }\n",
+                replace: "        AppendedProduce { _serialized, acks, topics }\n",
+            },
+            Patch {
+                file: "broker-under-test/src/produce.rs",
+                find: "        let AppendedProduce { acks, topics } = appended;\n",
+                replace: "        let AppendedProduce { _serialized, acks, topics } = appended;\n",
+            },
+        ],
     },
     Fixture {
         name: "early-return",
@@ -73,8 +93,8 @@ pub const FIXTURES: &[Fixture] = &[
         message: "chore(produce): extra validation pass (fixture: a fixed 150 us per produce request)",
         patches: &[Patch {
             file: "broker-under-test/src/produce.rs",
-            find: HANDLE_START,
-            replace: "    pub async fn handle(&self, request: ProduceRequest) -> Option<ProduceResponse> {\n        std::thread::sleep(std::time::Duration::from_micros(150));\n        let acks = request.acks;\n",
+            find: APPEND_START,
+            replace: "    pub async fn append(&self, request: ProduceRequest) -> AppendedProduce {\n        std::thread::sleep(std::time::Duration::from_micros(150));\n        let acks = request.acks;\n",
         }],
     },
 ];

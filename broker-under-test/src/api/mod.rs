@@ -1,8 +1,8 @@
 //! Request dispatch. `SUPPORTED_APIS` is the handler table: the ApiVersions answer is derived
 //! from it, and a request for an API or version outside it never reaches a handler.
 //!
-//! Sans-I/O: `dispatch` takes one request frame (without the length prefix) and returns the
-//! response frame, so it can be tested and fuzzed from bytes.
+//! Sans-I/O: `start` takes one request frame (without the length prefix) and `finish` returns
+//! the response frame, so both can be tested and fuzzed from bytes.
 
 mod admin;
 mod fetch;
@@ -15,14 +15,15 @@ use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsResponse, RequestHeader, RequestKind, ResponseHeader, ResponseKind,
+    ApiKey, ApiVersionsResponse, FetchRequest, JoinGroupRequest, RequestHeader, RequestKind,
+    ResponseHeader, ResponseKind, SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use thiserror::Error;
 
 use crate::config::BrokerConfig;
 use crate::groups::GroupCoordinator;
-use crate::produce::ProduceHandler;
+use crate::produce::{AppendedProduce, ProduceHandler};
 use crate::topics::TopicRegistry;
 
 /// Every API this broker answers and the versions its handler supports. Upper bounds stop
@@ -113,8 +114,10 @@ impl ApiContext {
         self.next_producer_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Handles one request frame; `Ok(None)` means no response is sent (Produce with acks=0).
-    pub async fn dispatch(&self, mut frame: Bytes) -> Result<Option<Bytes>, RequestError> {
+    /// Decodes one request frame and runs the part of it that must happen in arrival order
+    /// (for Produce: offset assignment and the WAL append). A connection calls this for one
+    /// frame at a time; what may wait runs later in [`Started::finish`].
+    pub async fn start(&self, mut frame: Bytes) -> Result<Started, RequestError> {
         if frame.len() < 8 {
             return Err(RequestError::Short(frame.len()));
         }
@@ -125,13 +128,18 @@ impl ApiContext {
         let Some((min, max)) = supported(api) else {
             return Err(RequestError::UnknownApi(key));
         };
+        let ready = |version, body| Started {
+            api,
+            version,
+            correlation_id,
+            work: Work::Ready(Some(body)),
+        };
         if api == ApiKey::ApiVersions && version > max {
             // KIP-511: answer a too-new ApiVersions in v0 with our ranges, so the client can
             // retry with a version we speak.
             let mut response = api_versions();
             response.error_code = ResponseError::UnsupportedVersion.code();
-            return encode_response(api, 0, correlation_id, ResponseKind::ApiVersions(response))
-                .map(Some);
+            return Ok(ready(0, ResponseKind::ApiVersions(response)));
         }
         if version < min || version > max {
             return Err(RequestError::UnsupportedVersion { api, version });
@@ -144,54 +152,97 @@ impl ApiContext {
         let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
             .map_err(malformed)?;
         let request = RequestKind::decode(api, &mut frame, version).map_err(malformed)?;
-        let client_id = header.client_id.as_deref().unwrap_or("").to_owned();
-        let response = match request {
-            RequestKind::ApiVersions(_) => Some(ResponseKind::ApiVersions(api_versions())),
-            RequestKind::Produce(req) => self.produce.handle(req).await.map(ResponseKind::Produce),
-            RequestKind::Fetch(req) => Some(ResponseKind::Fetch(fetch::fetch(self, req).await)),
-            RequestKind::ListOffsets(req) => {
-                Some(ResponseKind::ListOffsets(fetch::list_offsets(self, req)))
+        let body = match request {
+            RequestKind::Produce(req) => Work::Produce(self.produce.append(req).await),
+            RequestKind::Fetch(req) => Work::Fetch(req),
+            RequestKind::JoinGroup(req) => {
+                let client_id = header.client_id.as_deref().unwrap_or("").to_owned();
+                Work::JoinGroup(req, client_id)
             }
-            RequestKind::Metadata(req) => {
-                Some(ResponseKind::Metadata(admin::metadata(self, req, version)))
+            RequestKind::SyncGroup(req) => Work::SyncGroup(req),
+            RequestKind::ApiVersions(_) => {
+                Work::Ready(Some(ResponseKind::ApiVersions(api_versions())))
             }
-            RequestKind::CreateTopics(req) => {
-                Some(ResponseKind::CreateTopics(admin::create_topics(self, req)))
-            }
-            RequestKind::DeleteTopics(req) => {
-                Some(ResponseKind::DeleteTopics(admin::delete_topics(self, req)))
-            }
-            RequestKind::InitProducerId(req) => Some(ResponseKind::InitProducerId(
+            RequestKind::ListOffsets(req) => Work::Ready(Some(ResponseKind::ListOffsets(
+                fetch::list_offsets(self, req),
+            ))),
+            RequestKind::Metadata(req) => Work::Ready(Some(ResponseKind::Metadata(
+                admin::metadata(self, req, version),
+            ))),
+            RequestKind::CreateTopics(req) => Work::Ready(Some(ResponseKind::CreateTopics(
+                admin::create_topics(self, req),
+            ))),
+            RequestKind::DeleteTopics(req) => Work::Ready(Some(ResponseKind::DeleteTopics(
+                admin::delete_topics(self, req),
+            ))),
+            RequestKind::InitProducerId(req) => Work::Ready(Some(ResponseKind::InitProducerId(
                 admin::init_producer_id(self, req),
-            )),
-            RequestKind::DescribeConfigs(req) => Some(ResponseKind::DescribeConfigs(
+            ))),
+            RequestKind::DescribeConfigs(req) => Work::Ready(Some(ResponseKind::DescribeConfigs(
                 admin::describe_configs(self, req),
-            )),
-            RequestKind::FindCoordinator(req) => Some(ResponseKind::FindCoordinator(
+            ))),
+            RequestKind::FindCoordinator(req) => Work::Ready(Some(ResponseKind::FindCoordinator(
                 admin::find_coordinator(self, req, version),
-            )),
-            RequestKind::JoinGroup(req) => Some(ResponseKind::JoinGroup(
-                groups::join(self, req, client_id).await,
-            )),
-            RequestKind::SyncGroup(req) => {
-                Some(ResponseKind::SyncGroup(groups::sync(self, req).await))
-            }
+            ))),
             RequestKind::Heartbeat(req) => {
-                Some(ResponseKind::Heartbeat(groups::heartbeat(self, req)))
+                Work::Ready(Some(ResponseKind::Heartbeat(groups::heartbeat(self, req))))
             }
             RequestKind::LeaveGroup(req) => {
-                Some(ResponseKind::LeaveGroup(groups::leave(self, req)))
+                Work::Ready(Some(ResponseKind::LeaveGroup(groups::leave(self, req))))
             }
-            RequestKind::OffsetCommit(req) => {
-                Some(ResponseKind::OffsetCommit(groups::offset_commit(self, req)))
-            }
-            RequestKind::OffsetFetch(req) => {
-                Some(ResponseKind::OffsetFetch(groups::offset_fetch(self, req)))
-            }
+            RequestKind::OffsetCommit(req) => Work::Ready(Some(ResponseKind::OffsetCommit(
+                groups::offset_commit(self, req),
+            ))),
+            RequestKind::OffsetFetch(req) => Work::Ready(Some(ResponseKind::OffsetFetch(
+                groups::offset_fetch(self, req),
+            ))),
             _ => return Err(RequestError::UnknownApi(key)),
         };
+        Ok(Started {
+            api,
+            version,
+            correlation_id,
+            work: body,
+        })
+    }
+}
+
+/// A request whose ordered part has run. `finish` does what may wait (durability, a fetch's
+/// long poll, a group rendezvous), concurrently with the connection's later requests.
+pub struct Started {
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    work: Work,
+}
+
+enum Work {
+    /// Answered already; `None` means no response is sent (Produce with acks=0).
+    Ready(Option<ResponseKind>),
+    Produce(AppendedProduce),
+    Fetch(FetchRequest),
+    JoinGroup(JoinGroupRequest, String),
+    SyncGroup(SyncGroupRequest),
+}
+
+impl Started {
+    /// The response frame, or `None` when the request gets no response.
+    pub async fn finish(self, ctx: &ApiContext) -> Result<Option<Bytes>, RequestError> {
+        let response = match self.work {
+            Work::Ready(response) => response,
+            Work::Produce(appended) => ctx
+                .produce
+                .respond(appended)
+                .await
+                .map(ResponseKind::Produce),
+            Work::Fetch(req) => Some(ResponseKind::Fetch(fetch::fetch(ctx, req).await)),
+            Work::JoinGroup(req, client_id) => Some(ResponseKind::JoinGroup(
+                groups::join(ctx, req, client_id).await,
+            )),
+            Work::SyncGroup(req) => Some(ResponseKind::SyncGroup(groups::sync(ctx, req).await)),
+        };
         response
-            .map(|body| encode_response(api, version, correlation_id, body))
+            .map(|body| encode_response(self.api, self.version, self.correlation_id, body))
             .transpose()
     }
 }
