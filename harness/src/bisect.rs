@@ -15,7 +15,7 @@ use crate::compare::{run_compare, CompareSettings, Comparison};
 use crate::error::HarnessError;
 use crate::git::CommitInfo;
 use crate::session::{PairSource, Session};
-use crate::stats::Verdict;
+use crate::stats::{MetricComparison, Verdict};
 use crate::workload::Workload;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +35,11 @@ pub struct BisectStep {
     pub pairs: usize,
     pub throughput_ratio: Option<f64>,
     pub ci: Option<(f64, f64)>,
+    /// Candidate / good for p99 and for the broker's peak RSS.
+    #[serde(default)]
+    pub p99_ratio: Option<f64>,
+    #[serde(default)]
+    pub peak_rss_ratio: Option<f64>,
     pub detail: Option<String>,
 }
 
@@ -51,6 +56,9 @@ pub struct BisectLog {
     pub candidates: Vec<CommitInfo>,
     /// Culprit vs its parent, with more pairs: the effect size and its interval.
     pub confirmation: Option<Comparison>,
+    /// The metrics that classified the steps (those the endpoints regressed on).
+    #[serde(default)]
+    pub deciding: Vec<String>,
     pub builds: usize,
     pub wall_s: f64,
     pub notes: Vec<String>,
@@ -70,13 +78,19 @@ pub fn step_settings(base: &CompareSettings) -> CompareSettings {
 /// than the configured margins). A benign commit then reads "good" even on a noisy machine,
 /// where a strict "within 5%" would stay inconclusive.
 pub fn midpoint_settings(step: &CompareSettings, endpoints: &Comparison) -> CompareSettings {
+    let rise = |ratio: f64, margin: f64| (ratio.sqrt() - 1.0).max(margin);
     let throughput_drop =
         (1.0 - endpoints.throughput.median_ratio.sqrt()).max(step.margins.throughput_drop);
-    let p99_rise = (endpoints.p99.median_ratio.sqrt() - 1.0).max(step.margins.p99_rise);
     CompareSettings {
         margins: crate::stats::Margins {
             throughput_drop,
-            p99_rise,
+            p99_rise: rise(endpoints.p99.median_ratio, step.margins.p99_rise),
+            peak_rss_rise: endpoints
+                .peak_rss
+                .as_ref()
+                .map_or(step.margins.peak_rss_rise, |m| {
+                    rise(m.median_ratio, step.margins.peak_rss_rise)
+                }),
         },
         ..*step
     }
@@ -88,30 +102,55 @@ pub fn midpoint_settings(step: &CompareSettings, endpoints: &Comparison) -> Comp
 struct Deciding {
     throughput: bool,
     p99: bool,
+    peak_rss: bool,
 }
 
-const BOTH: Deciding = Deciding {
+const ALL_METRICS: Deciding = Deciding {
     throughput: true,
     p99: true,
+    peak_rss: true,
 };
 
 impl Deciding {
     fn from_endpoints(c: &Comparison) -> Self {
-        let throughput = c.throughput.verdict == Verdict::Regression;
-        let p99 = c.p99.verdict == Verdict::Regression;
-        if throughput || p99 {
-            Self { throughput, p99 }
+        let regressed =
+            |m: Option<&MetricComparison>| m.is_some_and(|m| m.verdict == Verdict::Regression);
+        let picked = Self {
+            throughput: regressed(Some(&c.throughput)),
+            p99: regressed(Some(&c.p99)),
+            peak_rss: regressed(c.peak_rss.as_ref()),
+        };
+        if picked.names().is_empty() {
+            ALL_METRICS
         } else {
-            BOTH
+            picked
         }
+    }
+
+    fn names(self) -> Vec<&'static str> {
+        [
+            (self.throughput, "throughput"),
+            (self.p99, "p99"),
+            (self.peak_rss, "peak RSS"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| *name)
+        .collect()
     }
 
     fn verdict(self, c: &Comparison) -> Verdict {
         let picked = [
-            (self.throughput, c.throughput.verdict),
-            (self.p99, c.p99.verdict),
+            (self.throughput, Some(&c.throughput)),
+            (self.p99, Some(&c.p99)),
+            (self.peak_rss, c.peak_rss.as_ref()),
         ];
-        Verdict::worst(picked.iter().filter(|(on, _)| *on).map(|(_, v)| *v))
+        Verdict::worst(
+            picked
+                .iter()
+                .filter_map(|(on, m)| m.filter(|_| *on))
+                .map(|m| m.verdict),
+        )
     }
 }
 
@@ -244,6 +283,7 @@ pub fn bisect(
         culprit: None,
         candidates: Vec::new(),
         confirmation: None,
+        deciding: Vec::new(),
         builds: 0,
         wall_s: 0.0,
         notes: Vec::new(),
@@ -262,10 +302,13 @@ pub fn bisect(
         &bad,
         workload,
         settings,
-        BOTH,
+        ALL_METRICS,
         &mut log.builds,
     )?;
-    let deciding = comparison.as_ref().map_or(BOTH, Deciding::from_endpoints);
+    let deciding = comparison
+        .as_ref()
+        .map_or(ALL_METRICS, Deciding::from_endpoints);
+    log.deciding = deciding.names().iter().map(|n| n.to_string()).collect();
     push_step(&mut log, last, &bad, verdict, comparison.as_ref(), detail);
     match verdict {
         StepVerdict::Bad => {
@@ -275,14 +318,11 @@ pub fn bisect(
                 .expect("a verdict comes from a comparison");
             step = midpoint_settings(&step, endpoints);
             log.notes.push(format!(
-                "steps are classified by {} at the midpoint of the endpoint effect: throughput -{:.1}%, p99 +{:.1}%",
-                match (deciding.throughput, deciding.p99) {
-                    (true, true) => "throughput and p99",
-                    (true, false) => "throughput",
-                    _ => "p99",
-                },
+                "steps are classified by {} at the midpoint of the endpoint effect: throughput -{:.1}%, p99 +{:.1}%, peak RSS +{:.1}%",
+                deciding.names().join(" and "),
                 step.margins.throughput_drop * 100.0,
-                step.margins.p99_rise * 100.0
+                step.margins.p99_rise * 100.0,
+                step.margins.peak_rss_rise * 100.0
             ));
         }
         StepVerdict::Good => {
@@ -425,6 +465,8 @@ fn push_step(
         pairs: comparison.map_or(0, |c| c.pairs()),
         throughput_ratio: comparison.map(|c| c.throughput.median_ratio),
         ci: comparison.map(|c| (c.throughput.ci_low_ratio, c.throughput.ci_high_ratio)),
+        p99_ratio: comparison.map(|c| c.p99.median_ratio),
+        peak_rss_ratio: comparison.and_then(|c| c.peak_rss.as_ref().map(|m| m.median_ratio)),
         detail,
     });
 }
@@ -436,16 +478,15 @@ pub fn print(log: &BisectLog) {
     }
     match (&log.culprit, &log.confirmation) {
         (Some(c), Some(conf)) => println!(
-            "\nfirst bad commit: {} {}\neffect vs its parent: throughput {:+.1}% [95% CI {:+.1}%, {:+.1}%], p99 {:+.1}% ({} pairs)",
+            "\nfirst bad commit: {} {}\neffect vs its parent: {}",
             c.sha,
             c.summary,
-            (conf.throughput.median_ratio - 1.0) * 100.0,
-            (conf.throughput.ci_low_ratio - 1.0) * 100.0,
-            (conf.throughput.ci_high_ratio - 1.0) * 100.0,
-            (conf.p99.median_ratio - 1.0) * 100.0,
-            conf.pairs()
+            effect(conf)
         ),
-        (Some(c), None) => println!("\nfirst bad commit: {} {} (not confirmed)", c.sha, c.summary),
+        (Some(c), None) => println!(
+            "\nfirst bad commit: {} {} (not confirmed)",
+            c.sha, c.summary
+        ),
         (None, _) if log.candidates.len() > 1 => {
             println!("\nfirst bad commit is one of:");
             for c in &log.candidates {
@@ -462,6 +503,28 @@ pub fn print(log: &BisectLog) {
     );
 }
 
+/// Every metric of a comparison as "name +x% [95% CI lo, hi]", then the pair count.
+fn effect(c: &Comparison) -> String {
+    let pct = |r: f64| (r - 1.0) * 100.0;
+    let metrics: Vec<String> = c
+        .metrics()
+        .map(|m| {
+            format!(
+                "{} {:+.1}% [95% CI {:+.1}%, {:+.1}%]",
+                m.metric,
+                pct(m.median_ratio),
+                pct(m.ci_low_ratio),
+                pct(m.ci_high_ratio)
+            )
+        })
+        .collect();
+    format!("{} ({} pairs)", metrics.join(", "), c.pairs())
+}
+
+fn percent(ratio: Option<f64>) -> String {
+    ratio.map_or("-".into(), |r| format!("{:+.1}%", (r - 1.0) * 100.0))
+}
+
 fn steps_table(log: &BisectLog, url: &str) -> Table {
     let mut table = Table::new();
     table.load_preset(ASCII_MARKDOWN).set_header(vec![
@@ -470,6 +533,8 @@ fn steps_table(log: &BisectLog, url: &str) -> Table {
         "position",
         "vs good (throughput)",
         "95% CI",
+        "p99",
+        "peak RSS",
         "pairs",
         "verdict",
         "detail",
@@ -488,11 +553,12 @@ fn steps_table(log: &BisectLog, url: &str) -> Table {
             n.to_string(),
             commit,
             format!("{}/{}", s.index + 1, log.range.len()),
-            s.throughput_ratio
-                .map_or("-".into(), |r| format!("{:+.1}%", (r - 1.0) * 100.0)),
+            percent(s.throughput_ratio),
             s.ci.map_or("-".into(), |(lo, hi)| {
                 format!("[{:+.1}%, {:+.1}%]", (lo - 1.0) * 100.0, (hi - 1.0) * 100.0)
             }),
+            percent(s.p99_ratio),
+            percent(s.peak_rss_ratio),
             s.pairs.to_string(),
             format!("{:?}", s.verdict).to_lowercase(),
             s.detail.clone().unwrap_or_default(),
@@ -526,14 +592,7 @@ pub fn write_report_section(
             c.summary.replace('|', "\\|")
         );
         if let Some(conf) = &log.confirmation {
-            let _ = write!(
-                md,
-                ": throughput {:+.1}% [95% CI {:+.1}%, {:+.1}%] vs its parent ({} pairs)",
-                (conf.throughput.median_ratio - 1.0) * 100.0,
-                (conf.throughput.ci_low_ratio - 1.0) * 100.0,
-                (conf.throughput.ci_high_ratio - 1.0) * 100.0,
-                conf.pairs()
-            );
+            let _ = write!(md, ": vs its parent, {}", effect(conf));
         }
         let _ = writeln!(md, "\n");
     }
@@ -552,15 +611,23 @@ pub fn write_report_section(
         .iter()
         .map(|c| c.short()[..7].to_owned())
         .collect();
+    // Draw the metric that decided the steps (throughput unless only memory or p99 moved).
+    let (metric, ratio): (&str, fn(&BisectStep) -> Option<f64>) =
+        match log.deciding.first().map(String::as_str) {
+            Some("p99") => ("p99", |s| s.p99_ratio),
+            Some("peak RSS") => ("peak RSS", |s| s.peak_rss_ratio),
+            _ => ("throughput", |s| s.throughput_ratio),
+        };
     let mut values = vec![None; log.range.len()];
     for s in &log.steps {
-        values[s.index] = s.throughput_ratio;
+        values[s.index] = ratio(s);
     }
     let name = format!("bisect-{}.svg", log.workload);
     let pairs: usize = log.steps.iter().map(|s| s.pairs).sum();
+    let y_label = format!("{metric} / good");
     crate::plots::per_commit(
         &out_dir.join(&name),
-        "bisect steps: throughput relative to the good commit",
+        &format!("bisect steps: {metric} relative to the good commit"),
         &format!(
             "machine: {fingerprint} | workload: {} | {} steps, {} pairs",
             log.workload,
@@ -570,7 +637,7 @@ pub fn write_report_section(
         &crate::plots::CommitSeries {
             labels: &labels,
             values: &values,
-            y_label: "throughput / good",
+            y_label: &y_label,
             lines: &[("good".into(), 1.0)],
         },
     )?;

@@ -41,20 +41,31 @@ pub fn comparison_table(c: &Comparison) -> Table {
     let med = |v: &[TrialSummary], f: fn(&TrialSummary) -> f64| {
         median(&v.iter().map(f).collect::<Vec<_>>())
     };
-    for (m, base, head, unit) in [
+    let rss = |v: &[TrialSummary]| {
+        let known: Vec<f64> = v.iter().filter_map(|t| t.peak_rss_mib).collect();
+        if known.is_empty() {
+            f64::NAN
+        } else {
+            median(&known)
+        }
+    };
+    let rows = [
         (
-            &c.throughput,
+            Some(&c.throughput),
             med(&c.base, |t| t.throughput),
             med(&c.head, |t| t.throughput),
             "msg/s",
         ),
         (
-            &c.p99,
+            Some(&c.p99),
             med(&c.base, |t| t.p99_ms),
             med(&c.head, |t| t.p99_ms),
             "ms",
         ),
-    ] {
+        (c.peak_rss.as_ref(), rss(&c.base), rss(&c.head), "MiB"),
+    ];
+    for (m, base, head, unit) in rows {
+        let Some(m) = m else { continue };
         table.add_row(vec![
             m.metric.clone(),
             format!("{base:.1} {unit}"),

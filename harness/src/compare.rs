@@ -23,6 +23,9 @@ pub struct TrialSummary {
     pub throughput: f64,
     pub p99_ms: f64,
     pub per_second: Vec<u64>,
+    /// The broker's peak resident set, when the platform reports it.
+    #[serde(default)]
+    pub peak_rss_mib: Option<f64>,
 }
 
 /// Why a side could not produce a valid trial (no numbers; the comparison stops).
@@ -72,6 +75,9 @@ pub struct Comparison {
     pub head: Vec<TrialSummary>,
     pub throughput: MetricComparison,
     pub p99: MetricComparison,
+    /// The broker's peak RSS; `None` when a trial has no RSS figure.
+    #[serde(default)]
+    pub peak_rss: Option<MetricComparison>,
     pub degradation: Option<Degradation>,
     pub verdict: Verdict,
 }
@@ -79,6 +85,13 @@ pub struct Comparison {
 impl Comparison {
     pub fn pairs(&self) -> usize {
         self.base.len()
+    }
+
+    /// Every metric compared, throughput first.
+    pub fn metrics(&self) -> impl Iterator<Item = &MetricComparison> {
+        [&self.throughput, &self.p99]
+            .into_iter()
+            .chain(self.peak_rss.as_ref())
     }
 }
 
@@ -105,6 +118,17 @@ fn evaluate(
         false,
         settings.seed ^ 1,
     );
+    let rss = |v: &[TrialSummary]| v.iter().map(|t| t.peak_rss_mib).collect::<Option<Vec<_>>>();
+    let peak_rss = rss(base).zip(rss(head)).map(|(base_rss, head_rss)| {
+        compare_metric(
+            "peak RSS",
+            &base_rss,
+            &head_rss,
+            settings.margins.peak_rss_rise,
+            false,
+            settings.seed ^ 2,
+        )
+    });
     let ratios: Vec<f64> = head
         .iter()
         .filter_map(|t| last_vs_first_third(&t.per_second))
@@ -116,15 +140,17 @@ fn evaluate(
             finding: median_ratio < 1.0 - settings.margins.throughput_drop,
         }
     });
-    let verdict = Verdict::worst([throughput.verdict, p99.verdict]);
-    Comparison {
+    let mut comparison = Comparison {
         base: base.to_vec(),
         head: head.to_vec(),
         throughput,
         p99,
+        peak_rss,
         degradation,
-        verdict,
-    }
+        verdict: Verdict::Inconclusive,
+    };
+    comparison.verdict = Verdict::worst(comparison.metrics().map(|m| m.verdict));
+    comparison
 }
 
 /// Runs interleaved pairs until the verdict is decided or `max_pairs` is reached.
@@ -171,7 +197,12 @@ mod tests {
         spread: f64,
         calls: Vec<Side>,
         fail_head_at: Option<usize>,
+        /// Head's peak RSS relative to base's.
+        head_rss_factor: f64,
     }
+
+    /// Peak RSS of the mock's base side.
+    const MOCK_RSS_MIB: f64 = 14.0;
 
     impl Mock {
         fn new(base_mean: f64, head_mean: f64, spread: f64) -> Self {
@@ -182,6 +213,7 @@ mod tests {
                 spread,
                 calls: Vec::new(),
                 fail_head_at: None,
+                head_rss_factor: 1.0,
             }
         }
     }
@@ -197,16 +229,18 @@ mod tests {
                     detail: "mock crash".into(),
                 });
             }
-            let mean = if side == Side::Base {
-                self.base_mean
+            let (mean, rss) = if side == Side::Base {
+                (self.base_mean, MOCK_RSS_MIB)
             } else {
-                self.head_mean
+                (self.head_mean, MOCK_RSS_MIB * self.head_rss_factor)
             };
             let x = mean * (1.0 + self.rng.random_range(-self.spread..self.spread));
+            let rss_noise = 1.0 + self.rng.random_range(-0.12..0.12);
             Ok(TrialSummary {
                 throughput: x,
                 p99_ms: 200_000.0 / x,
                 per_second: vec![x as u64; 30],
+                peak_rss_mib: Some(rss * rss_noise),
             })
         }
     }
@@ -217,6 +251,23 @@ mod tests {
         let c = run_compare(&mut mock, &CompareSettings::default()).unwrap();
         assert_eq!(c.verdict, Verdict::Regression);
         assert_eq!(c.pairs(), 5);
+    }
+
+    #[test]
+    fn memory_growth_alone_is_a_regression() {
+        let mut mock = Mock::new(100_000.0, 100_000.0, 0.01);
+        mock.head_rss_factor = 30.0;
+        let c = run_compare(&mut mock, &CompareSettings::default()).unwrap();
+        assert_eq!(c.throughput.verdict, Verdict::Pass);
+        assert_eq!(c.peak_rss.unwrap().verdict, Verdict::Regression);
+        assert_eq!(c.verdict, Verdict::Regression);
+    }
+
+    #[test]
+    fn rss_noise_of_one_commit_passes() {
+        let mut mock = Mock::new(100_000.0, 100_000.0, 0.01);
+        let c = run_compare(&mut mock, &CompareSettings::default()).unwrap();
+        assert_eq!(c.peak_rss.unwrap().verdict, Verdict::Pass);
     }
 
     #[test]
@@ -264,6 +315,7 @@ mod tests {
                 throughput: 1.0,
                 p99_ms: 1.0,
                 per_second: vec![100; 30],
+                peak_rss_mib: None,
             })
             .collect();
         let head: Vec<TrialSummary> = (0..5)
@@ -271,6 +323,7 @@ mod tests {
                 throughput: 1.0,
                 p99_ms: 1.0,
                 per_second: (0..30).map(|i| 100 - 2 * i).collect(),
+                peak_rss_mib: None,
             })
             .collect();
         let c = evaluate(&base, &head, &CompareSettings::default());

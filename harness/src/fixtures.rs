@@ -90,11 +90,11 @@ pub const FIXTURES: &[Fixture] = &[
     },
     Fixture {
         name: "fixed-slowdown",
-        message: "chore(produce): extra validation pass (fixture: a fixed 150 us per produce request)",
+        message: "chore(produce): extra validation pass (fixture: a fixed {SLOWDOWN_US} us per produce request)",
         patches: &[Patch {
             file: "broker-under-test/src/produce.rs",
             find: APPEND_START,
-            replace: "    pub async fn append(&self, request: ProduceRequest) -> AppendedProduce {\n        std::thread::sleep(std::time::Duration::from_micros(150));\n        let acks = request.acks;\n",
+            replace: "    pub async fn append(&self, request: ProduceRequest) -> AppendedProduce {\n        std::thread::sleep(std::time::Duration::from_micros({SLOWDOWN_US}));\n        let acks = request.acks;\n",
         }],
     },
 ];
@@ -137,14 +137,36 @@ fn commit_all(repo: &Repository, message: &str) -> Result<String, HarnessError> 
         .to_string())
 }
 
-fn apply(root: &Path, patches: &[Patch], reverse: bool) -> Result<(), HarnessError> {
+/// Placeholder in fixture text for `FixtureOptions::slowdown_us`.
+const SLOWDOWN_US: &str = "{SLOWDOWN_US}";
+
+/// Knobs of the generated history.
+#[derive(Debug, Clone, Copy)]
+pub struct FixtureOptions {
+    /// The fixed-slowdown fixture's sleep per produce request, in microseconds.
+    pub slowdown_us: u64,
+}
+
+impl FixtureOptions {
+    fn fill(&self, text: &str) -> String {
+        text.replace(SLOWDOWN_US, &self.slowdown_us.to_string())
+    }
+}
+
+fn apply(
+    root: &Path,
+    patches: &[Patch],
+    reverse: bool,
+    options: &FixtureOptions,
+) -> Result<(), HarnessError> {
     for p in patches {
         let path = root.join(p.file);
         let text = std::fs::read_to_string(&path).map_err(|e| HarnessError::io(&path, e))?;
+        let (patched, original) = (options.fill(p.replace), p.find.to_owned());
         let (find, replace) = if reverse {
-            (p.replace, p.find)
+            (patched.as_str(), original.as_str())
         } else {
-            (p.find, p.replace)
+            (original.as_str(), patched.as_str())
         };
         if find.is_empty() || text.matches(find).count() != 1 {
             return Err(HarnessError::Config(format!(
@@ -173,6 +195,7 @@ pub fn generate(
     from: &CommitInfo,
     out: &Path,
     only: &[String],
+    options: &FixtureOptions,
 ) -> Result<FixtureHistory, HarnessError> {
     if out.exists() {
         return Err(HarnessError::Usage(format!(
@@ -201,11 +224,11 @@ pub fn generate(
         commit_all(&repo, &format!("docs: notes before {}", f.name))?;
         touch(out, &format!("- {}: more notes", f.name))?;
         commit_all(&repo, &format!("docs: more notes before {}", f.name))?;
-        apply(out, f.patches, false)?;
-        let culprit = commit_all(&repo, f.message)?;
+        apply(out, f.patches, false, options)?;
+        let culprit = commit_all(&repo, &options.fill(f.message))?;
         touch(out, &format!("- {}: after", f.name))?;
         let bad = commit_all(&repo, &format!("docs: notes after {}", f.name))?;
-        apply(out, f.patches, true)?;
+        apply(out, f.patches, true, options)?;
         commit_all(&repo, &format!("revert: {} (fixture {i})", f.name))?;
         fixtures.push(FixtureCommits {
             name: f.name.to_owned(),

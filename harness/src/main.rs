@@ -71,6 +71,9 @@ struct Statistics {
     /// p99 rise that counts as a regression (fraction).
     #[arg(long, default_value_t = 0.10)]
     p99_margin: f64,
+    /// Rise of the broker's peak resident memory that counts as a regression (fraction).
+    #[arg(long, default_value_t = chronik_harness::stats::PEAK_RSS_RISE_DEFAULT)]
+    peak_rss_margin: f64,
     #[arg(long, default_value_t = 0x00c0_ffee)]
     seed: u64,
 }
@@ -88,6 +91,7 @@ impl Statistics {
             margins: Margins {
                 throughput_drop: self.throughput_margin,
                 p99_rise: self.p99_margin,
+                peak_rss_rise: self.peak_rss_margin,
             },
             seed: self.seed,
         })
@@ -212,6 +216,9 @@ enum Cmd {
         /// Only these fixtures (default: all).
         #[arg(long)]
         only: Vec<String>,
+        /// Sleep per produce request in the fixed-slowdown fixture, in microseconds.
+        #[arg(long, default_value_t = 150)]
+        slowdown_us: u64,
     },
     /// List the workload files.
     Workloads,
@@ -428,10 +435,18 @@ fn run(cli: Cli) -> Result<u8, HarnessError> {
             println!("report written to {}", path.display());
             Ok(0)
         }
-        Cmd::Fixtures { out, from, only } => {
+        Cmd::Fixtures {
+            out,
+            from,
+            only,
+            slowdown_us,
+        } => {
             let repo = TargetRepo::open(&c.repo)?;
             let from = repo.resolve(from)?;
-            let history = chronik_harness::fixtures::generate(&repo, &from, out, only)?;
+            let options = chronik_harness::fixtures::FixtureOptions {
+                slowdown_us: *slowdown_us,
+            };
+            let history = chronik_harness::fixtures::generate(&repo, &from, out, only, &options)?;
             println!(
                 "{}",
                 serde_json::to_string_pretty(&history)

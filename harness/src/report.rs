@@ -152,6 +152,7 @@ fn write_gate(md: &mut String, gate: &[GateResult], commit_url: &str) {
         "pairs",
         "throughput head/base [95% CI]",
         "p99 head/base [95% CI]",
+        "peak RSS head/base [95% CI]",
         "limits",
         "verdict",
     ]);
@@ -174,6 +175,7 @@ fn write_gate(md: &mut String, gate: &[GateResult], commit_url: &str) {
             cmp.map_or("-".into(), |c| c.pairs().to_string()),
             ratio(cmp.map(|c| &c.throughput)),
             ratio(cmp.map(|c| &c.p99)),
+            ratio(cmp.and_then(|c| c.peak_rss.as_ref())),
             if g.limits.iter().all(|l| l.passed) {
                 "pass".into()
             } else {

@@ -133,6 +133,7 @@ impl Session {
                 throughput: r.results.rate_msgs_per_s,
                 p99_ms: r.results.latency_ms.p99,
                 per_second: r.results.per_second.clone(),
+                peak_rss_mib: broker_peak_rss_kib.map(|kib| kib as f64 / 1024.0),
             });
         let record = TrialRecord {
             schema: TRIAL_SCHEMA.into(),
