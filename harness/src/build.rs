@@ -1,6 +1,8 @@
 //! Builds a commit at most once: the checkout is exported with git2, the build command runs
-//! with a shared `CARGO_TARGET_DIR`, and the resulting binary is copied into a per-commit cache.
-//! A failing build is recorded (with its log tail) and never retried for the same commit.
+//! with a shared `CARGO_TARGET_DIR`, and the resulting binary is copied into a cache keyed by
+//! the commit's build inputs (`TargetConfig::build_inputs`), so commits that do not touch them
+//! reuse it. A failing build is recorded (with its log tail) and never retried for the same
+//! inputs.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -25,13 +27,14 @@ pub enum BuildOutcome {
 pub struct Builder<'a> {
     pub repo: &'a TargetRepo,
     pub target: &'a TargetConfig,
-    /// `<work dir>`: holds `checkouts/`, `bin/<sha>/` and the shared `target/`.
+    /// `<work dir>`: holds `checkouts/`, `bin/<build key>/` and the shared `target/`.
     pub work_dir: PathBuf,
 }
 
 impl Builder<'_> {
-    fn cache_dir(&self, commit: &CommitInfo) -> PathBuf {
-        self.work_dir.join("bin").join(&commit.sha)
+    fn cache_dir(&self, commit: &CommitInfo) -> Result<PathBuf, HarnessError> {
+        let key = self.repo.build_key(commit, &self.target.build_inputs)?;
+        Ok(self.work_dir.join("bin").join(key))
     }
 
     pub fn shared_target_dir(&self) -> PathBuf {
@@ -40,7 +43,7 @@ impl Builder<'_> {
 
     /// Returns the commit's broker binary, building it if it is not cached.
     pub fn build(&self, commit: &CommitInfo) -> Result<BuildOutcome, HarnessError> {
-        let cache = self.cache_dir(commit);
+        let cache = self.cache_dir(commit)?;
         let cached = cache.join(BUILT_BINARY);
         if cached.exists() {
             return Ok(BuildOutcome::Built {

@@ -90,11 +90,11 @@ pub const FIXTURES: &[Fixture] = &[
     },
     Fixture {
         name: "fixed-slowdown",
-        message: "chore(produce): extra validation pass (fixture: a fixed {SLOWDOWN_US} us per produce request)",
+        message: "chore(produce): extra validation pass (fixture: {SLOWDOWN_US} us of CPU per produce request)",
         patches: &[Patch {
             file: "broker-under-test/src/produce.rs",
             find: APPEND_START,
-            replace: "    pub async fn append(&self, request: ProduceRequest) -> AppendedProduce {\n        std::thread::sleep(std::time::Duration::from_micros({SLOWDOWN_US}));\n        let acks = request.acks;\n",
+            replace: "    pub async fn append(&self, request: ProduceRequest) -> AppendedProduce {\n        let busy_until = std::time::Instant::now() + std::time::Duration::from_micros({SLOWDOWN_US});\n        while std::time::Instant::now() < busy_until {\n            std::hint::spin_loop();\n        }\n        let acks = request.acks;\n",
         }],
     },
 ];
@@ -143,7 +143,8 @@ const SLOWDOWN_US: &str = "{SLOWDOWN_US}";
 /// Knobs of the generated history.
 #[derive(Debug, Clone, Copy)]
 pub struct FixtureOptions {
-    /// The fixed-slowdown fixture's sleep per produce request, in microseconds.
+    /// CPU time the fixed-slowdown fixture spends per produce request, in microseconds (a
+    /// busy loop: a sleep that short would last the timer slack, about 50 us, instead).
     pub slowdown_us: u64,
 }
 

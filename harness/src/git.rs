@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use git2::{build::CheckoutBuilder, Oid, Repository};
+use sha2::{Digest, Sha256};
 
 use crate::error::HarnessError;
 
@@ -76,6 +77,46 @@ impl TargetRepo {
             .map_err(git_err)
     }
 
+    /// A name for what a build of `commit` depends on: the commit itself when `inputs` is
+    /// empty, else a digest of the git object ids of those paths (absent paths count too), so
+    /// commits that agree on every input share one build.
+    pub fn build_key(
+        &self,
+        commit: &CommitInfo,
+        inputs: &[String],
+    ) -> Result<String, HarnessError> {
+        if inputs.is_empty() {
+            return Ok(commit.sha.clone());
+        }
+        let git_err = |e: git2::Error| {
+            HarnessError::Git(format!(
+                "reading the tree of {}: {}",
+                commit.short(),
+                e.message()
+            ))
+        };
+        let oid = Oid::from_str(&commit.sha).map_err(git_err)?;
+        let tree = self
+            .repo
+            .find_commit(oid)
+            .map_err(git_err)?
+            .tree()
+            .map_err(git_err)?;
+        let mut digest = Sha256::new();
+        for input in inputs {
+            let id = tree
+                .get_path(Path::new(input))
+                .map_or_else(|_| "absent".to_owned(), |entry| entry.id().to_string());
+            digest.update(format!("{input}\0{id}\n"));
+        }
+        let hex: String = digest
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok(format!("inputs-{}", &hex[..40]))
+    }
+
     /// Whether `ancestor` is an ancestor of (or equal to) `descendant`.
     pub fn is_ancestor(
         &self,
@@ -123,5 +164,49 @@ impl TargetRepo {
             good.short(),
             bad.short()
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commit_file(repo: &Repository, root: &Path, file: &str, text: &str) -> CommitInfo {
+        let path = root.join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        let mut index = repo.index().unwrap();
+        index.add_path(Path::new(file)).unwrap();
+        index.write().unwrap();
+        let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+        let sig = git2::Signature::now("t", "t@example.invalid").unwrap();
+        let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
+        let parents: Vec<&git2::Commit> = parent.iter().collect();
+        let oid = repo
+            .commit(Some("HEAD"), &sig, &sig, file, &tree, &parents)
+            .unwrap();
+        CommitInfo {
+            sha: oid.to_string(),
+            summary: file.into(),
+        }
+    }
+
+    #[test]
+    fn commits_that_leave_the_build_inputs_alone_share_a_build_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = Repository::init(dir.path()).unwrap();
+        let first = commit_file(&raw, dir.path(), "broker/src/lib.rs", "fn a() {}");
+        let docs = commit_file(&raw, dir.path(), "NOTES.md", "notes");
+        let code = commit_file(&raw, dir.path(), "broker/src/lib.rs", "fn b() {}");
+        let repo = TargetRepo::open(dir.path()).unwrap();
+        let inputs = ["broker".to_owned(), "Cargo.lock".to_owned()];
+        let key = |c: &CommitInfo| repo.build_key(c, &inputs).unwrap();
+        assert_eq!(key(&first), key(&docs));
+        assert_ne!(key(&docs), key(&code));
+        assert_eq!(
+            repo.build_key(&docs, &[]).unwrap(),
+            docs.sha,
+            "no inputs: per commit"
+        );
     }
 }

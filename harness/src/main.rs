@@ -216,7 +216,7 @@ enum Cmd {
         /// Only these fixtures (default: all).
         #[arg(long)]
         only: Vec<String>,
-        /// Sleep per produce request in the fixed-slowdown fixture, in microseconds.
+        /// CPU time per produce request in the fixed-slowdown fixture, in microseconds.
         #[arg(long, default_value_t = 150)]
         slowdown_us: u64,
     },

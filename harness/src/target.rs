@@ -26,6 +26,11 @@ pub struct TargetConfig {
     pub ready_timeout_s: u64,
     #[serde(default = "default_build_timeout_s")]
     pub build_timeout_s: u64,
+    /// Paths (from the repository root) that decide the built binary. Commits that agree on
+    /// all of them share one build, so a bisect over commits that only touch docs or other
+    /// crates builds once. Empty: every commit is built.
+    #[serde(default)]
+    pub build_inputs: Vec<String>,
 }
 
 fn default_ready_timeout_s() -> u64 {
@@ -44,6 +49,20 @@ impl Default for TargetConfig {
                 .into(),
             ready_timeout_s: default_ready_timeout_s(),
             build_timeout_s: default_build_timeout_s(),
+            // What `cargo build -p chronik-broker` reads: the broker crate, the workspace
+            // manifest and lock file, and cargo/toolchain settings. The other members'
+            // manifests are read too (workspace resolution) but cannot change this binary
+            // without changing Cargo.lock.
+            build_inputs: [
+                "broker-under-test",
+                "Cargo.toml",
+                "Cargo.lock",
+                ".cargo",
+                "rust-toolchain",
+                "rust-toolchain.toml",
+            ]
+            .map(String::from)
+            .to_vec(),
         }
     }
 }

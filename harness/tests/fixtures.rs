@@ -1,8 +1,6 @@
 //! Tests that build real commits of this repository with cargo through the harness: a plain
-//! run of HEAD, and a regression fixture bisected to the commit that introduced the fault (one
-//! cargo build per commit, cached; real trials of the smoke workload). Only the broker-wide-lock
-//! fixture is asserted: its effect (about -92%) is far outside this machine's noise; the smaller
-//! fixtures need longer runs (see BENCHMARKS.md).
+//! run of HEAD, and every regression fixture bisected to the commit that introduced its fault
+//! (one cargo build per distinct broker source, cached; real trials of the smoke workload).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -54,8 +52,21 @@ fn harness(
     output
 }
 
+/// The metric each fixture's fault moves on this broker, and how far at least (head/base).
+fn expected_effect(fixture: &str) -> (&'static str, fn(f64) -> bool) {
+    match fixture {
+        // Nothing slows down, but pending_batches is never drained: memory grows.
+        "no-flush" => ("peak_rss", |ratio| ratio > 1.5),
+        _ => ("throughput", |ratio| ratio < 0.95),
+    }
+}
+
+/// Sleep per request in the fixed-slowdown fixture here: a size that is found every time on
+/// this 2-core machine with 3-second trials (BENCHMARKS.md has the sweep down to smaller ones).
+const TEST_SLOWDOWN_US: &str = "500";
+
 #[test]
-fn the_produce_lock_fixture_bisects_to_its_commit() {
+fn every_fixture_bisects_to_its_commit() {
     let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let this_repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -69,12 +80,15 @@ fn the_produce_lock_fixture_bisects_to_its_commit() {
         &[
             "fixtures",
             &format!("--out={}", fixtures.display()),
-            "--only=produce-lock",
+            &format!("--slowdown-us={TEST_SLOWDOWN_US}"),
         ],
     );
     assert!(generated.status.success());
     let history: serde_json::Value = serde_json::from_slice(&generated.stdout).unwrap();
-    for fixture in history["fixtures"].as_array().unwrap() {
+    let all = history["fixtures"].as_array().unwrap();
+    assert_eq!(all.len(), 4, "one fixture per root cause plus the slowdown");
+    let mut wrong = Vec::new();
+    for fixture in all {
         let name = fixture["name"].as_str().unwrap();
         let log_path = tmp.path().join(format!("{name}.json"));
         let out = harness(
@@ -90,21 +104,33 @@ fn the_produce_lock_fixture_bisects_to_its_commit() {
                 &format!("--json-output={}", log_path.display()),
             ],
         );
-        assert_eq!(out.status.code(), Some(0), "{name}: bisect found a culprit");
+        if out.status.code() != Some(0) {
+            wrong.push(format!(
+                "{name}: bisect exited with {:?}",
+                out.status.code()
+            ));
+            continue;
+        }
         let log: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&log_path).unwrap()).unwrap();
-        assert_eq!(
-            log["culprit"]["sha"], fixture["culprit"],
-            "{name}: the right commit"
-        );
-        let effect = log["confirmation"]["throughput"]["median_ratio"]
+        if log["culprit"]["sha"] != fixture["culprit"] {
+            wrong.push(format!(
+                "{name}: named {} instead of {}",
+                log["culprit"]["sha"], fixture["culprit"]
+            ));
+            continue;
+        }
+        let (metric, moved) = expected_effect(name);
+        let ratio = log["confirmation"][metric]["median_ratio"]
             .as_f64()
-            .unwrap();
-        assert!(
-            effect < 0.95,
-            "{name}: confirmed slowdown vs the parent ({effect})"
-        );
+            .unwrap_or(f64::NAN);
+        if !moved(ratio) {
+            wrong.push(format!(
+                "{name}: confirmed {metric} ratio vs the parent is {ratio}"
+            ));
+        }
     }
+    assert!(wrong.is_empty(), "{wrong:#?}");
 }
 
 /// The slower test: builds a real commit of this repository with cargo through the harness.
