@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
 
 /// Latencies are recorded in microseconds, from 1 µs up to this bound (larger are clamped).
 pub const LATENCY_US_MAX: u64 = 3_600_000_000;
@@ -25,12 +26,41 @@ pub enum Phase {
 }
 
 /// Counts for one phase.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PhaseCounts {
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
     pub acked: u64,
     pub failed: u64,
     pub timed_out: u64,
     pub bytes: u64,
+}
+
+/// Counts per phase of a run; `window` is the measured part.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Phases {
+    pub window: Counts,
+    pub warmup: Counts,
+    pub drain: Counts,
+}
+
+impl Phases {
+    fn get_mut(&mut self, phase: Phase) -> &mut Counts {
+        match phase {
+            Phase::Warmup => &mut self.warmup,
+            Phase::Window => &mut self.window,
+            Phase::Drain => &mut self.drain,
+        }
+    }
+
+    pub fn total_acked(&self) -> u64 {
+        self.warmup.acked + self.window.acked + self.drain.acked
+    }
+
+    pub fn total_failed(&self) -> u64 {
+        [self.warmup, self.window, self.drain]
+            .iter()
+            .map(|c| c.failed + c.timed_out)
+            .sum()
+    }
 }
 
 pub struct Recorder {
@@ -42,9 +72,7 @@ pub struct Recorder {
     pub interval_acked: u64,
     /// Acks per whole second of the window (the last entry may cover a partial second).
     pub per_second: Vec<u64>,
-    pub warmup: PhaseCounts,
-    pub window: PhaseCounts,
-    pub drain: PhaseCounts,
+    pub phases: Phases,
     pub first_error: Option<String>,
 }
 
@@ -60,9 +88,7 @@ impl Recorder {
             interval_latency_us: new_histogram(),
             interval_acked: 0,
             per_second: vec![0; seconds],
-            warmup: PhaseCounts::default(),
-            window: PhaseCounts::default(),
-            drain: PhaseCounts::default(),
+            phases: Phases::default(),
             first_error: None,
         }
     }
@@ -77,19 +103,11 @@ impl Recorder {
         }
     }
 
-    fn counts(&mut self, phase: Phase) -> &mut PhaseCounts {
-        match phase {
-            Phase::Warmup => &mut self.warmup,
-            Phase::Window => &mut self.window,
-            Phase::Drain => &mut self.drain,
-        }
-    }
-
     /// A successful outcome: `intended_ns` is when the message was (meant to be) sent,
     /// `acked_ns` when its ack arrived, both since the run started.
     pub fn record_ack(&mut self, intended_ns: u64, acked_ns: u64, bytes: usize) {
         let phase = self.phase(acked_ns);
-        let counts = self.counts(phase);
+        let counts = self.phases.get_mut(phase);
         counts.acked += 1;
         counts.bytes += bytes as u64;
         if phase == Phase::Window {
@@ -112,7 +130,7 @@ impl Recorder {
     /// An arrival without a meaningful latency (consuming data produced earlier).
     pub fn record_arrival(&mut self, at_ns: u64, bytes: usize) {
         let phase = self.phase(at_ns);
-        let counts = self.counts(phase);
+        let counts = self.phases.get_mut(phase);
         counts.acked += 1;
         counts.bytes += bytes as u64;
         if phase == Phase::Window {
@@ -126,24 +144,14 @@ impl Recorder {
 
     /// A failed outcome (error or delivery timeout) arriving at `at_ns`.
     pub fn record_failure(&mut self, at_ns: u64, timed_out: bool, error: &str) {
-        let counts = self.counts(self.phase(at_ns));
+        let phase = self.phase(at_ns);
+        let counts = self.phases.get_mut(phase);
         if timed_out {
             counts.timed_out += 1;
         } else {
             counts.failed += 1;
         }
         self.first_error.get_or_insert_with(|| error.to_owned());
-    }
-
-    pub fn total_acked(&self) -> u64 {
-        self.warmup.acked + self.window.acked + self.drain.acked
-    }
-
-    pub fn total_failed(&self) -> u64 {
-        [self.warmup, self.window, self.drain]
-            .iter()
-            .map(|c| c.failed + c.timed_out)
-            .sum()
     }
 }
 
@@ -161,14 +169,14 @@ mod tests {
         r.record_ack(S, 2 * S + 5, 10); // window, second 1
         r.record_ack(2 * S, 3 * S, 10); // exactly at the window end: drain
         r.record_failure(3 * S + 1, true, "timed out");
-        assert_eq!(r.warmup.acked, 1);
-        assert_eq!(r.window.acked, 2);
-        assert_eq!(r.drain.acked, 1);
-        assert_eq!(r.drain.timed_out, 1);
+        assert_eq!(r.phases.warmup.acked, 1);
+        assert_eq!(r.phases.window.acked, 2);
+        assert_eq!(r.phases.drain.acked, 1);
+        assert_eq!(r.phases.drain.timed_out, 1);
         assert_eq!(r.per_second, vec![1, 1]);
-        assert_eq!(r.window_latency_us.len(), r.window.acked);
-        assert_eq!(r.total_acked(), 4);
-        assert_eq!(r.total_failed(), 1);
+        assert_eq!(r.window_latency_us.len(), r.phases.window.acked);
+        assert_eq!(r.phases.total_acked(), 4);
+        assert_eq!(r.phases.total_failed(), 1);
     }
 
     #[test]

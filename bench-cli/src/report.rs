@@ -10,29 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::BenchConfig;
 use crate::provenance::{CpuUsage, Provenance};
-use crate::recorder::{PhaseCounts, Recorder};
+use crate::recorder::{Phases, Recorder};
 
 /// Version of the JSON layout; bump on any incompatible change.
 pub const SCHEMA: &str = "chronik-bench/v1";
-
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
-pub struct Counts {
-    pub acked: u64,
-    pub failed: u64,
-    pub timed_out: u64,
-    pub bytes: u64,
-}
-
-impl From<PhaseCounts> for Counts {
-    fn from(c: PhaseCounts) -> Self {
-        Self {
-            acked: c.acked,
-            failed: c.failed,
-            timed_out: c.timed_out,
-            bytes: c.bytes,
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
 pub struct Percentiles {
@@ -70,10 +51,9 @@ impl Percentiles {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PhaseResults {
     pub window_s: f64,
-    /// Outcomes inside the measured window.
-    pub window: Counts,
-    pub warmup: Counts,
-    pub drain: Counts,
+    /// Outcomes per phase (`window`, `warmup`, `drain` in the JSON).
+    #[serde(flatten)]
+    pub phases: Phases,
     pub rate_msgs_per_s: f64,
     pub bandwidth_mb_per_s: f64,
     pub latency_ms: Percentiles,
@@ -88,11 +68,9 @@ impl PhaseResults {
     pub fn from_recorder(r: &Recorder, window_s: f64) -> Self {
         Self {
             window_s,
-            window: r.window.into(),
-            warmup: r.warmup.into(),
-            drain: r.drain.into(),
-            rate_msgs_per_s: r.window.acked as f64 / window_s,
-            bandwidth_mb_per_s: r.window.bytes as f64 / window_s / 1_000_000.0,
+            phases: r.phases,
+            rate_msgs_per_s: r.phases.window.acked as f64 / window_s,
+            bandwidth_mb_per_s: r.phases.window.bytes as f64 / window_s / 1_000_000.0,
             latency_ms: Percentiles::from_histogram_us(&r.window_latency_us),
             per_second: r.per_second.clone(),
             histogram_us_b64: encode_histogram(&r.window_latency_us),
@@ -102,17 +80,6 @@ impl PhaseResults {
 
     pub fn histogram(&self) -> Result<Histogram<u64>, String> {
         decode_histogram(&self.histogram_us_b64)
-    }
-
-    pub fn total_acked(&self) -> u64 {
-        self.warmup.acked + self.window.acked + self.drain.acked
-    }
-
-    pub fn total_failed(&self) -> u64 {
-        [self.warmup, self.window, self.drain]
-            .iter()
-            .map(|c| c.failed + c.timed_out)
-            .sum()
     }
 }
 
@@ -168,9 +135,9 @@ impl BenchReport {
             out,
             "{:?},{},{},{},{:.1},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{}",
             self.config.mode,
-            r.window.acked,
-            r.window.failed,
-            r.window.timed_out,
+            r.phases.window.acked,
+            r.phases.window.failed,
+            r.phases.window.timed_out,
             r.rate_msgs_per_s,
             r.bandwidth_mb_per_s,
             l.p50,
@@ -200,11 +167,11 @@ impl BenchReport {
         let _ = writeln!(
             out,
             "║ Messages:        {:>14} total",
-            group_digits(r.window.acked)
+            group_digits(r.phases.window.acked)
         );
-        let failed = r.window.failed + r.window.timed_out;
-        let pct = if r.window.acked + failed > 0 {
-            100.0 * failed as f64 / (r.window.acked + failed) as f64
+        let failed = r.phases.window.failed + r.phases.window.timed_out;
+        let pct = if r.phases.window.acked + failed > 0 {
+            100.0 * failed as f64 / (r.phases.window.acked + failed) as f64
         } else {
             0.0
         };
@@ -245,7 +212,7 @@ impl BenchReport {
         let _ = writeln!(
             out,
             "║ Warm-up acked: {}  drain acked: {}  generator CPU: {:.2} cores",
-            r.warmup.acked, r.drain.acked, self.cpu.cores_used
+            r.phases.warmup.acked, r.phases.drain.acked, self.cpu.cores_used
         );
         if !self.invalid_reasons.is_empty() {
             let _ = writeln!(out, "║ INVALID RUN: {}", self.invalid_reasons.join("; "));

@@ -171,7 +171,7 @@ fn progress_loop(
             start.elapsed().as_secs_f64(),
             phase,
             rate,
-            r.total_failed()
+            r.phases.total_failed()
         );
         r.interval_acked = 0;
         r.interval_latency_us.reset();
@@ -249,20 +249,20 @@ fn window_seconds(config: &BenchConfig, start: Instant, sending_done: Instant) -
 }
 
 fn common_checks(results: &PhaseResults, reasons: &mut Vec<String>, what: &str) {
-    let failed = results.total_failed();
+    let failed = results.phases.total_failed();
     if failed > 0 {
         reasons.push(format!(
             "{failed} {what} failed or timed out (first error: {})",
             results.first_error.as_deref().unwrap_or("unknown")
         ));
     }
-    if results.latency_ms.count != 0 && results.latency_ms.count != results.window.acked {
+    if results.latency_ms.count != 0 && results.latency_ms.count != results.phases.window.acked {
         reasons.push(format!(
             "histogram holds {} samples but {} {what} were counted in the window",
-            results.latency_ms.count, results.window.acked
+            results.latency_ms.count, results.phases.window.acked
         ));
     }
-    if results.window.acked == 0 {
+    if results.phases.window.acked == 0 {
         reasons.push(format!("no {what} completed inside the measured window"));
     }
 }
@@ -325,7 +325,7 @@ fn run_produce(
             let _ = w.join();
         }
         let consumed = consumer_thread.map(|t| {
-            let produced: u64 = recorder.lock().expect("poisoned").total_acked();
+            let produced: u64 = recorder.lock().expect("poisoned").phases.total_acked();
             wait_for_arrivals(
                 &arrivals,
                 produced,
@@ -342,7 +342,7 @@ fn run_produce(
     let sent: u64 = stats.iter().map(|s| s.sent).sum();
     let mut reasons = Vec::new();
     common_checks(&producer_results, &mut reasons, "messages");
-    let answered = producer_results.total_acked() + producer_results.total_failed();
+    let answered = producer_results.phases.total_acked() + producer_results.phases.total_failed();
     let still_in_flight: i32 = shares.iter().map(produce::in_flight).sum();
     if answered != sent || still_in_flight != 0 {
         reasons.push(format!(
@@ -469,7 +469,9 @@ fn consume_arrivals(
 
 fn wait_for_arrivals(arrivals: &Mutex<Recorder>, expected: u64, timeout: Duration) {
     let deadline = Instant::now() + timeout;
-    while arrivals.lock().expect("poisoned").total_acked() < expected && Instant::now() < deadline {
+    while arrivals.lock().expect("poisoned").phases.total_acked() < expected
+        && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -525,7 +527,7 @@ fn run_consume(
         &recorder.lock().expect("poisoned"),
         window_seconds(config, start, done),
     );
-    if results.window.acked == 0 {
+    if results.phases.window.acked == 0 {
         reasons.push("no messages consumed inside the measured window".into());
     }
     Ok(ModeOutcome {

@@ -84,15 +84,15 @@ fn end_offset_grows_by_exactly_the_acked_count_and_every_delivery_is_recorded() 
     assert!(report.is_valid(), "{:?}", report.invalid_reasons);
     let r = &report.results;
     // Every ack (warm-up and drain included) is a record at the broker, and nothing else is.
-    assert_eq!(broker.end_offset("exact") as u64, r.total_acked());
+    assert_eq!(broker.end_offset("exact") as u64, r.phases.total_acked());
     // No sample dropped: the histogram holds exactly the window's acks; so does the series.
-    assert_eq!(r.latency_ms.count, r.window.acked);
-    assert_eq!(r.histogram().unwrap().len(), r.window.acked);
-    assert_eq!(r.per_second.iter().sum::<u64>(), r.window.acked);
+    assert_eq!(r.latency_ms.count, r.phases.window.acked);
+    assert_eq!(r.histogram().unwrap().len(), r.phases.window.acked);
+    assert_eq!(r.per_second.iter().sum::<u64>(), r.phases.window.acked);
     // Throughput is the window's acks over the window's length, nothing else.
     assert_eq!(r.window_s, 2.0);
-    assert!((r.rate_msgs_per_s - r.window.acked as f64 / 2.0).abs() < 1e-6);
-    assert!(r.warmup.acked > 0, "warm-up is reported separately");
+    assert!((r.rate_msgs_per_s - r.phases.window.acked as f64 / 2.0).abs() < 1e-6);
+    assert!(r.phases.warmup.acked > 0, "warm-up is reported separately");
     assert_eq!(
         report.config.producer_properties["linger.ms"], "0",
         "client settings are recorded"
@@ -138,8 +138,8 @@ fn failed_messages_are_counted_and_make_the_run_invalid() {
     ]);
     let report = run(&cfg, false).unwrap();
     assert!(!report.is_valid());
-    assert!(report.results.total_failed() > 0);
-    assert_eq!(report.results.total_acked(), 0);
+    assert!(report.results.phases.total_failed() > 0);
+    assert_eq!(report.results.phases.total_acked(), 0);
     assert!(
         report
             .invalid_reasons
@@ -171,7 +171,7 @@ fn open_loop_offers_the_requested_rate_and_measures_from_intended_send_times() {
     assert!(report.results.rate_msgs_per_s >= 0.99 * offered);
     assert_eq!(
         broker.end_offset("paced") as u64,
-        report.results.total_acked()
+        report.results.phases.total_acked()
     );
 }
 
@@ -194,10 +194,10 @@ fn round_trip_counts_every_produced_message_at_the_consumer() {
     let report = run(&cfg, false).unwrap();
     assert!(report.is_valid(), "{:?}", report.invalid_reasons);
     let produced = report.producer.as_ref().unwrap();
-    assert!(report.results.window.acked > 0);
+    assert!(report.results.phases.window.acked > 0);
     assert_eq!(
-        report.results.total_acked(),
-        produced.total_acked(),
+        report.results.phases.total_acked(),
+        produced.phases.total_acked(),
         "every produced message arrived once"
     );
 }

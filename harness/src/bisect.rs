@@ -64,6 +64,10 @@ pub struct BisectLog {
     pub notes: Vec<String>,
 }
 
+/// Step details of commits decided without trials.
+const SAME_AS_GOOD: &str = "same build inputs as good: identical broker, not measured";
+const SAME_AS_BAD: &str = "same build inputs as bad: identical broker, not measured";
+
 /// Settings per step: fewer pairs than `compare`, more only while inconclusive.
 pub fn step_settings(base: &CompareSettings) -> CompareSettings {
     CompareSettings {
@@ -290,6 +294,19 @@ pub fn bisect(
     };
     let mut tested: Vec<Option<StepVerdict>> = vec![None; range.len()];
     let last = range.len() - 1;
+    // A commit that builds the same broker as an endpoint (it only touched files outside the
+    // build inputs) performs like it: trials could tell them apart only by noise.
+    let good_key = session.build_key(&good)?;
+    let bad_key = session.build_key(&bad)?;
+    if good_key == bad_key {
+        log.notes.push(format!(
+            "{} and {} build the same broker (no change to the build inputs between them): nothing to bisect",
+            good.short(),
+            bad.short()
+        ));
+        log.wall_s = started.elapsed().as_secs_f64();
+        return Ok(log);
+    }
     session.say(&format!(
         "bisect: {} commits after {} up to {}; checking the endpoints",
         range.len(),
@@ -345,15 +362,22 @@ pub fn bisect(
     }
     let (mut lo, mut hi): (isize, usize) = (-1, last);
     while let Some(i) = next_candidate(lo, hi, &tested) {
-        let (verdict, comparison, detail) = measure(
-            session,
-            &good,
-            &range[i],
-            workload,
-            &step,
-            deciding,
-            &mut log.builds,
-        )?;
+        let key = session.build_key(&range[i])?;
+        let (verdict, comparison, detail) = if key == good_key {
+            (StepVerdict::Good, None, Some(SAME_AS_GOOD.to_owned()))
+        } else if key == bad_key {
+            (StepVerdict::Bad, None, Some(SAME_AS_BAD.to_owned()))
+        } else {
+            measure(
+                session,
+                &good,
+                &range[i],
+                workload,
+                &step,
+                deciding,
+                &mut log.builds,
+            )?
+        };
         session.say(&format!(
             "  step {}: {} -> {verdict:?}",
             log.steps.len(),
@@ -400,14 +424,16 @@ pub fn bisect(
             }
         }
         log.confirmation = comparison;
-        // More than one regression in the range? Check both sides of the culprit with the
-        // configured margins: before it (vs good) and after it (bad vs culprit). A few pairs
-        // suffice: only a clear "regression" adds a note.
+        // More than one regression in the range? Check both sides of the culprit: before it
+        // (parent vs good) and after it (bad vs culprit), with the step margins (half the
+        // endpoint effect: the configured 5% would read this machine's noise as a second
+        // regression). A few pairs suffice: only a clear "regression" adds a note; a side that
+        // builds the same broker needs no trials.
         let extra = CompareSettings {
-            max_pairs: step_settings(settings).min_pairs + 2,
-            ..step_settings(settings)
+            max_pairs: step.min_pairs + 2,
+            ..step
         };
-        if hi > 0 {
+        if hi > 0 && session.build_key(&parent)? != good_key {
             let (before, _, _) = measure(
                 session,
                 &good,
@@ -419,13 +445,13 @@ pub fn bisect(
             )?;
             if before == StepVerdict::Bad {
                 log.notes.push(format!(
-                    "the range holds more than one regression: {} (the culprit's parent) is already slower than good beyond the margin; bisect good..{} to find the earlier one",
+                    "the range holds more than one regression: {} (the culprit's parent) is already slower than good by more than half the endpoint effect; bisect good..{} to find the earlier one",
                     parent.short(),
                     parent.short()
                 ));
             }
         }
-        if hi != last {
+        if hi != last && session.build_key(&culprit)? != bad_key {
             let (after, _, _) = measure(
                 session,
                 &culprit,

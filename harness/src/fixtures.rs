@@ -181,6 +181,17 @@ fn apply(
     Ok(())
 }
 
+/// Appends a comment to the broker's source: a different build, the same behaviour.
+fn touch_broker(root: &Path, note: &str) -> Result<(), HarnessError> {
+    let path = root.join(BENIGN_BROKER_FILE);
+    let mut text = std::fs::read_to_string(&path).map_err(|e| HarnessError::io(&path, e))?;
+    text.push_str(&format!("// fixture note: {note}\n"));
+    std::fs::write(&path, text).map_err(|e| HarnessError::io(&path, e))
+}
+
+/// The broker file the benign fixture commits add comments to.
+const BENIGN_BROKER_FILE: &str = "broker-under-test/src/lib.rs";
+
 fn touch(root: &Path, note: &str) -> Result<(), HarnessError> {
     let path = root.join("FIXTURE-NOTES.md");
     let mut text = std::fs::read_to_string(&path).unwrap_or_default();
@@ -191,6 +202,7 @@ fn touch(root: &Path, note: &str) -> Result<(), HarnessError> {
 
 /// Builds the fixture repository in `out` from `from` (a commit of `source`).
 /// History per fixture: benign, benign, FAULT, benign, revert; good..bad spans 4 commits.
+/// The first two benign commits change the broker's source, the one after the fault does not.
 pub fn generate(
     source: &TargetRepo,
     from: &CommitInfo,
@@ -221,10 +233,15 @@ pub fn generate(
             .map_err(|e| HarnessError::Git(e.message().to_owned()))?
             .id()
             .to_string();
-        touch(out, &format!("- {}: preparing", f.name))?;
-        commit_all(&repo, &format!("docs: notes before {}", f.name))?;
-        touch(out, &format!("- {}: more notes", f.name))?;
-        commit_all(&repo, &format!("docs: more notes before {}", f.name))?;
+        // Benign commits before the fault change the broker's source (a comment), so bisect
+        // must measure them; the one after it touches docs only (same broker as the culprit).
+        touch_broker(out, &format!("{}: preparing", f.name))?;
+        commit_all(&repo, &format!("refactor: comment before {}", f.name))?;
+        touch_broker(out, &format!("{}: more notes", f.name))?;
+        commit_all(
+            &repo,
+            &format!("refactor: another comment before {}", f.name),
+        )?;
         apply(out, f.patches, false, options)?;
         let culprit = commit_all(&repo, &options.fill(f.message))?;
         touch(out, &format!("- {}: after", f.name))?;

@@ -59,13 +59,7 @@ impl TargetRepo {
             std::fs::remove_dir_all(dir).map_err(|e| HarnessError::io(dir, e))?;
         }
         std::fs::create_dir_all(dir).map_err(|e| HarnessError::io(dir, e))?;
-        let oid = Oid::from_str(&commit.sha).map_err(git_err)?;
-        let tree = self
-            .repo
-            .find_commit(oid)
-            .map_err(git_err)?
-            .tree()
-            .map_err(git_err)?;
+        let tree = self.tree(commit).map_err(git_err)?;
         let mut checkout = CheckoutBuilder::new();
         checkout
             .target_dir(dir)
@@ -75,6 +69,10 @@ impl TargetRepo {
         self.repo
             .checkout_tree(tree.as_object(), Some(&mut checkout))
             .map_err(git_err)
+    }
+
+    fn tree(&self, commit: &CommitInfo) -> Result<git2::Tree<'_>, git2::Error> {
+        self.repo.find_commit(Oid::from_str(&commit.sha)?)?.tree()
     }
 
     /// A name for what a build of `commit` depends on: the commit itself when `inputs` is
@@ -95,13 +93,7 @@ impl TargetRepo {
                 e.message()
             ))
         };
-        let oid = Oid::from_str(&commit.sha).map_err(git_err)?;
-        let tree = self
-            .repo
-            .find_commit(oid)
-            .map_err(git_err)?
-            .tree()
-            .map_err(git_err)?;
+        let tree = self.tree(commit).map_err(git_err)?;
         let mut digest = Sha256::new();
         for input in inputs {
             let id = tree

@@ -104,7 +104,7 @@ enum Cmd {
     Run {
         #[arg(long, default_value = "HEAD")]
         rev: String,
-        #[arg(long, default_value = "produce-c128-s256-30s")]
+        #[arg(long, default_value = workload::SEED_WORKLOAD)]
         workload: String,
         #[arg(long, default_value_t = 3)]
         trials: usize,
@@ -113,7 +113,7 @@ enum Cmd {
     Compare {
         base: String,
         head: String,
-        #[arg(long, default_value = "produce-c128-s256-30s")]
+        #[arg(long, default_value = workload::SEED_WORKLOAD)]
         workload: String,
         #[command(flatten)]
         stats: Statistics,
@@ -129,7 +129,7 @@ enum Cmd {
         #[arg(long)]
         base: Option<String>,
         /// Workloads to gate (repeatable).
-        #[arg(long, default_values_t = vec!["produce-c128-s256-30s".to_string()])]
+        #[arg(long, default_values_t = vec![workload::SEED_WORKLOAD.to_string()])]
         workload: Vec<String>,
         #[command(flatten)]
         stats: Statistics,
@@ -140,7 +140,7 @@ enum Cmd {
     Baseline {
         #[arg(long, default_value = "HEAD")]
         rev: String,
-        #[arg(long, default_value = "produce-c128-s256-30s")]
+        #[arg(long, default_value = workload::SEED_WORKLOAD)]
         workload: String,
         #[arg(long, default_value_t = 5)]
         trials: usize,
@@ -149,7 +149,7 @@ enum Cmd {
     Calibrate {
         #[arg(long, default_value = "HEAD")]
         rev: String,
-        #[arg(long, default_value = "produce-c128-s256-30s")]
+        #[arg(long, default_value = workload::SEED_WORKLOAD)]
         workload: String,
         #[arg(long, default_value_t = 10)]
         comparisons: usize,
@@ -164,7 +164,7 @@ enum Cmd {
         good: String,
         #[arg(long)]
         bad: String,
-        #[arg(long, default_value = "produce-c128-s256-30s")]
+        #[arg(long, default_value = workload::SEED_WORKLOAD)]
         workload: String,
         #[command(flatten)]
         stats: Statistics,
@@ -178,7 +178,7 @@ enum Cmd {
     BisectRun {
         #[arg(long)]
         good: String,
-        #[arg(long, default_value = "produce-c128-s256-30s")]
+        #[arg(long, default_value = workload::SEED_WORKLOAD)]
         workload: String,
         #[command(flatten)]
         stats: Statistics,
@@ -190,7 +190,7 @@ enum Cmd {
         out: PathBuf,
         #[arg(long, default_value = "Broker performance report")]
         title: String,
-        #[arg(long, default_values_t = vec!["produce-c128-s256-30s".to_string()])]
+        #[arg(long, default_values_t = vec![workload::SEED_WORKLOAD.to_string()])]
         workload: Vec<String>,
         #[arg(long)]
         base: Option<String>,
@@ -367,6 +367,14 @@ fn run(cli: Cli) -> Result<u8, HarnessError> {
                 let s = session(c)?;
                 let good = s.repo.resolve(good)?;
                 let head = s.repo.resolve("HEAD")?;
+                if s.build_key(&good)? == s.build_key(&head)? {
+                    println!(
+                        "{} builds the same broker as {}: good without measuring",
+                        head.short(),
+                        good.short()
+                    );
+                    return Ok(0);
+                }
                 let result =
                     commands::compare(&s, &good, &head, &load(workload)?, &settings, "bisect-run");
                 Ok(match result {

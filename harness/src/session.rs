@@ -81,6 +81,13 @@ impl Session {
         }
     }
 
+    /// What decides the commit's binary (see `TargetConfig::build_inputs`): commits with the
+    /// same key run the same broker.
+    pub fn build_key(&self, commit: &CommitInfo) -> Result<String, HarnessError> {
+        self.repo
+            .build_key(commit, &self.runner.target.build_inputs)
+    }
+
     pub fn build(&self, commit: &CommitInfo) -> Result<BuiltCommit, HarnessError> {
         self.say(&format!("building {} {}", commit.short(), commit.summary));
         let builder = Builder {

@@ -129,6 +129,9 @@ impl Workload {
     }
 }
 
+/// The seed's workload (128 in flight, 256 B, 30 s): the default of every subcommand.
+pub const SEED_WORKLOAD: &str = "produce-c128-s256-30s";
+
 /// The directory of workload files shipped with the harness.
 pub fn default_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("workloads")
