@@ -109,6 +109,20 @@ impl TargetRepo {
         Ok(format!("inputs-{}", &hex[..40]))
     }
 
+    /// Every commit reachable from HEAD with its position, oldest first (topological).
+    pub fn history_positions(
+        &self,
+    ) -> Result<std::collections::HashMap<String, usize>, HarnessError> {
+        let git_err = |e: git2::Error| HarnessError::Git(e.message().to_owned());
+        let mut walk = self.repo.revwalk().map_err(git_err)?;
+        walk.set_sorting(git2::Sort::TOPOLOGICAL | git2::Sort::REVERSE)
+            .map_err(git_err)?;
+        walk.push_head().map_err(git_err)?;
+        walk.enumerate()
+            .map(|(i, oid)| Ok((oid.map_err(git_err)?.to_string(), i)))
+            .collect()
+    }
+
     /// Whether `ancestor` is an ancestor of (or equal to) `descendant`.
     pub fn is_ancestor(
         &self,

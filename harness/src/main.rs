@@ -436,6 +436,7 @@ fn run(cli: Cli) -> Result<u8, HarnessError> {
                 head: resolve(head)?,
                 gate,
                 bisect,
+                history: repo.history_positions()?,
                 commit_url: commit_url.clone(),
                 out_dir: out.clone(),
             };

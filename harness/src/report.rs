@@ -1,7 +1,7 @@
 //! `chronik-harness report`: a GitHub-flavoured markdown file plus SVG figures, from the
 //! results history, the stored baselines and (optionally) a gate or bisect result.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -27,6 +27,9 @@ pub struct ReportInput<'a> {
     pub head: Option<CommitInfo>,
     pub gate: Option<Vec<GateResult>>,
     pub bisect: Option<BisectLog>,
+    /// Position of each commit in the repository's history (oldest first): tables and plots
+    /// follow it. Commits not in it keep the order of their first trial, after the others.
+    pub history: HashMap<String, usize>,
     /// Link template for a commit; `{sha}` is replaced.
     pub commit_url: String,
     pub out_dir: PathBuf,
@@ -77,8 +80,11 @@ fn p99(r: &TrialRecord) -> Option<f64> {
     r.summary.as_ref().map(|s| s.p99_ms)
 }
 
-/// Trials grouped by commit, in the order commits first appear in the history.
-fn by_commit(records: &[TrialRecord]) -> Vec<CommitTrials<'_>> {
+/// Trials grouped by commit, in history order (see `ReportInput::history`).
+fn by_commit<'a>(
+    records: &'a [TrialRecord],
+    history: &HashMap<String, usize>,
+) -> Vec<CommitTrials<'a>> {
     let mut order: Vec<CommitTrials> = Vec::new();
     for r in records {
         match order.iter_mut().find(|c| c.commit.sha == r.commit.sha) {
@@ -89,6 +95,8 @@ fn by_commit(records: &[TrialRecord]) -> Vec<CommitTrials<'_>> {
             }),
         }
     }
+    // A stable sort: commits outside the history stay in first-trial order, last.
+    order.sort_by_key(|c| history.get(&c.commit.sha).copied().unwrap_or(usize::MAX));
     order
 }
 
@@ -240,7 +248,7 @@ fn write_workload(
         let _ = writeln!(md, "No trials recorded yet.\n");
         return Ok(());
     }
-    let commits = by_commit(&records);
+    let commits = by_commit(&records, &input.history);
     let baseline = load_baseline(input.baselines_dir, &workload.name)?;
     let mut table = Table::new();
     table.load_preset(ASCII_MARKDOWN).set_header(vec![
