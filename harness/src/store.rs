@@ -29,7 +29,7 @@ pub struct TrialRecord {
     pub status: TrialStatus,
     pub detail: Option<String>,
     pub summary: Option<TrialSummary>,
-    /// The broker's peak resident memory during the trial (reported, not gated).
+    /// The broker's peak resident memory during the trial (compared like p99, margin +50%).
     #[serde(default)]
     pub broker_peak_rss_kib: Option<u64>,
     pub report: Option<BenchReport>,
