@@ -27,6 +27,14 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The root of this repository (the workspace).
+fn this_repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
 fn harness(
     repo: &std::path::Path,
     results: &std::path::Path,
@@ -61,7 +69,7 @@ fn expected_effect(fixture: &str) -> (&'static str, fn(f64) -> bool) {
     }
 }
 
-/// Sleep per request in the fixed-slowdown fixture here: a size that is found every time on
+/// CPU per request in the fixed-slowdown fixture here: a size that is found every time on
 /// this 2-core machine with 3-second trials (BENCHMARKS.md has the sweep down to smaller ones).
 const TEST_SLOWDOWN_US: &str = "500";
 
@@ -69,13 +77,9 @@ const TEST_SLOWDOWN_US: &str = "500";
 fn every_fixture_bisects_to_its_commit() {
     let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
-    let this_repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
     let fixtures = tmp.path().join("fixtures");
     let generated = harness(
-        &this_repo,
+        &this_repo(),
         tmp.path(),
         &[
             "fixtures",
@@ -138,32 +142,17 @@ fn every_fixture_bisects_to_its_commit() {
 fn builds_and_runs_a_real_commit_of_this_repository() {
     let _serial = serial();
     let work = tempfile::tempdir().unwrap();
-    let repo_root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let output = Command::new(bin_dir().join("chronik-harness"))
-        .arg(format!("--repo={}", repo_root.display()))
-        .arg(format!("--work-dir={}", work_dir().display()))
-        .arg(format!(
-            "--results-dir={}",
-            work.path().join("results").display()
-        ))
-        .arg(format!(
-            "--bench-bin={}",
-            bin_dir().join("chronik-bench").display()
-        ))
-        .args([
-            "--quiet",
+    let output = harness(
+        &this_repo(),
+        &work.path().join("results"),
+        &[
             "run",
             "--rev=HEAD",
             "--workload=smoke-c32-s256-3s",
             "--trials=1",
-        ])
-        .output()
-        .unwrap();
+        ],
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
-    eprintln!("{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(output.status.code(), Some(EXIT_PASS));
     assert!(stdout.contains("| ok "), "one valid trial: {stdout}");
 }
