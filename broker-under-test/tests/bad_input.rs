@@ -4,88 +4,25 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::io::Write;
+use std::net::SocketAddr;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
+use common::wire::{assert_healthy, closed, connect, frame, read_frame};
 use common::Broker;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreateTopicsRequest, ProduceRequest,
-    ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+    ProduceResponse, ResponseHeader, TopicName,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use kafka_protocol::protocol::{Decodable, StrBytes};
 use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
 const CORRUPT_MESSAGE: i16 = 2;
 const MESSAGE_TOO_LARGE: i16 = 10;
 const UNSUPPORTED_VERSION: i16 = 35;
-
-fn connect(addr: SocketAddr) -> TcpStream {
-    let s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-    s
-}
-
-fn frame<R: Encodable + HeaderVersion>(
-    api: ApiKey,
-    version: i16,
-    correlation_id: i32,
-    body: &R,
-) -> Vec<u8> {
-    let mut header = RequestHeader::default();
-    header.request_api_key = api as i16;
-    header.request_api_version = version;
-    header.correlation_id = correlation_id;
-    header.client_id = Some(StrBytes::from_static_str("bad-input-test"));
-    let mut buf = BytesMut::new();
-    buf.put_i32(0);
-    header.encode(&mut buf, R::header_version(version)).unwrap();
-    body.encode(&mut buf, version).unwrap();
-    let len = (buf.len() - 4) as i32;
-    buf[..4].copy_from_slice(&len.to_be_bytes());
-    buf.to_vec()
-}
-
-/// Reads one response frame; `None` if the broker closed the connection.
-fn read_frame(s: &mut TcpStream) -> Option<Bytes> {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).ok()?;
-    let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
-    s.read_exact(&mut body).ok()?;
-    Some(Bytes::from(body))
-}
-
-fn closed(s: &mut TcpStream) -> bool {
-    let mut byte = [0u8; 1];
-    matches!(s.read(&mut byte), Ok(0) | Err(_))
-}
-
-/// A healthy ApiVersions v3 round trip on a fresh connection.
-fn assert_healthy(addr: SocketAddr) {
-    let mut s = connect(addr);
-    s.write_all(&frame(
-        ApiKey::ApiVersions,
-        3,
-        7,
-        &ApiVersionsRequest::default(),
-    ))
-    .unwrap();
-    let mut body = read_frame(&mut s).expect("response");
-    let header = ResponseHeader::decode(&mut body, 0).unwrap();
-    assert_eq!(header.correlation_id, 7);
-    let response = ApiVersionsResponse::decode(&mut body, 3).unwrap();
-    assert_eq!(response.error_code, 0);
-    assert!(response
-        .api_keys
-        .iter()
-        .any(|k| k.api_key == ApiKey::Produce as i16));
-}
 
 fn record_batch(values: usize, value_bytes: usize) -> Bytes {
     let records: Vec<Record> = (0..values)
@@ -230,42 +167,4 @@ fn bad_crc_and_oversize_batches_are_rejected_and_never_stored() {
     // Only the valid batch is visible, at offset 0.
     let got = common::consume_partition(&broker.bootstrap(), "strict", 0, 3);
     assert_eq!(got.iter().map(|(o, _)| *o).collect::<Vec<_>>(), vec![0, 1]);
-}
-
-#[test]
-fn random_frames_never_take_the_broker_down() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path(), &[]);
-    // A seeded xorshift keeps the cases reproducible.
-    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut next = || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
-    let valid = frame(
-        ApiKey::Metadata,
-        9,
-        1,
-        &kafka_protocol::messages::MetadataRequest::default(),
-    );
-    for case in 0..300 {
-        let mut raw = valid.clone();
-        // Mutate a few bytes after the length prefix, keeping the key in range sometimes.
-        for _ in 0..(1 + next() % 4) {
-            let at = 4 + (next() as usize % (raw.len() - 4));
-            raw[at] = next() as u8;
-        }
-        if case % 3 == 0 {
-            raw[4..6].copy_from_slice(&((next() % 70) as i16).to_be_bytes());
-        }
-        let mut s = connect(broker.addr);
-        // Some mutations are valid requests that get no answer (acks=0): do not wait long.
-        s.set_read_timeout(Some(Duration::from_millis(300)))
-            .unwrap();
-        let _ = s.write_all(&raw);
-        let _ = read_frame(&mut s);
-    }
-    assert_healthy(broker.addr);
 }

@@ -100,14 +100,18 @@ pub fn midpoint_settings(step: &CompareSettings, endpoints: &Comparison) -> Comp
     }
 }
 
-/// Which metrics decide a step: those on which the endpoints showed the regression (a metric
-/// the fault does not move would only add noise and turn clear steps into skips).
+/// Which metrics decide a step: those on which the endpoints showed the regression clearly (a
+/// metric the fault does not move would only add noise and turn clear steps into skips).
 #[derive(Debug, Clone, Copy)]
 struct Deciding {
     throughput: bool,
     p99: bool,
     peak_rss: bool,
 }
+
+/// A regressed metric's effect (in margins) must reach this share of the strongest regressed
+/// metric's for it to classify steps too.
+const DECIDING_STRENGTH_SHARE: f64 = 0.5;
 
 const ALL_METRICS: Deciding = Deciding {
     throughput: true,
@@ -116,13 +120,28 @@ const ALL_METRICS: Deciding = Deciding {
 };
 
 impl Deciding {
+    /// A metric decides when the endpoints regressed on it and its effect, counted in margins,
+    /// is at least `DECIDING_STRENGTH_SHARE` of the strongest one's. A fault that multiplies
+    /// peak RSS by 5 must not be bisected on a -7% throughput blip that noise put at the
+    /// endpoints (that blip would then turn every benign step into a skip).
     fn from_endpoints(c: &Comparison) -> Self {
-        let regressed =
-            |m: Option<&MetricComparison>| m.is_some_and(|m| m.verdict == Verdict::Regression);
+        let strength = |m: Option<&MetricComparison>| {
+            m.filter(|m| m.verdict == Verdict::Regression)
+                .map_or(0.0, |m| {
+                    m.median_ratio.ln().abs() / m.limit_ratio.ln().abs()
+                })
+        };
+        let strengths = [
+            strength(Some(&c.throughput)),
+            strength(Some(&c.p99)),
+            strength(c.peak_rss.as_ref()),
+        ];
+        let strongest = strengths.iter().copied().fold(0.0, f64::max);
+        let decides = |s: f64| s > 0.0 && s >= strongest * DECIDING_STRENGTH_SHARE;
         let picked = Self {
-            throughput: regressed(Some(&c.throughput)),
-            p99: regressed(Some(&c.p99)),
-            peak_rss: regressed(c.peak_rss.as_ref()),
+            throughput: decides(strengths[0]),
+            p99: decides(strengths[1]),
+            peak_rss: decides(strengths[2]),
         };
         if picked.names().is_empty() {
             ALL_METRICS
@@ -669,4 +688,80 @@ pub fn write_report_section(
     )?;
     let _ = writeln!(md, "![{name}]({name})\n");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metric(
+        name: &str,
+        median_ratio: f64,
+        limit_ratio: f64,
+        verdict: Verdict,
+    ) -> MetricComparison {
+        MetricComparison {
+            metric: name.to_owned(),
+            pairs: 3,
+            median_ratio,
+            ci_low_ratio: median_ratio,
+            ci_high_ratio: median_ratio,
+            limit_ratio,
+            verdict,
+        }
+    }
+
+    fn endpoints(throughput: f64, p99: f64, peak_rss: f64) -> Comparison {
+        let verdict = |ratio: f64, limit: f64, higher_is_better: bool| {
+            let worse = if higher_is_better {
+                ratio < limit
+            } else {
+                ratio > limit
+            };
+            if worse {
+                Verdict::Regression
+            } else {
+                Verdict::Pass
+            }
+        };
+        Comparison {
+            base: Vec::new(),
+            head: Vec::new(),
+            throughput: metric(
+                "throughput",
+                throughput,
+                0.95,
+                verdict(throughput, 0.95, true),
+            ),
+            p99: metric("p99", p99, 1.10, verdict(p99, 1.10, false)),
+            peak_rss: Some(metric(
+                "peak RSS",
+                peak_rss,
+                1.5,
+                verdict(peak_rss, 1.5, false),
+            )),
+            degradation: None,
+            verdict: Verdict::Regression,
+        }
+    }
+
+    #[test]
+    fn a_noise_blip_beside_a_large_effect_does_not_decide_steps() {
+        // The no-flush fixture as CI once measured it: peak RSS x5.8, throughput -7.5%.
+        let d = Deciding::from_endpoints(&endpoints(0.925, 1.0, 5.8));
+        assert_eq!(d.names(), vec!["peak RSS"]);
+    }
+
+    #[test]
+    fn effects_of_similar_strength_all_decide() {
+        // A lock on the produce path: throughput -92%, p99 x20.
+        let d = Deciding::from_endpoints(&endpoints(0.08, 20.0, 1.0));
+        assert_eq!(d.names(), vec!["throughput", "p99"]);
+    }
+
+    #[test]
+    fn without_a_regressed_metric_every_metric_decides() {
+        let d = Deciding::from_endpoints(&endpoints(1.0, 1.0, 1.0));
+        assert_eq!(d.names(), vec!["throughput", "p99", "peak RSS"]);
+    }
 }

@@ -192,17 +192,9 @@ fn touch_broker(root: &Path, note: &str) -> Result<(), HarnessError> {
 /// The broker file the benign fixture commits add comments to.
 const BENIGN_BROKER_FILE: &str = "broker-under-test/src/lib.rs";
 
-fn touch(root: &Path, note: &str) -> Result<(), HarnessError> {
-    let path = root.join("FIXTURE-NOTES.md");
-    let mut text = std::fs::read_to_string(&path).unwrap_or_default();
-    text.push_str(note);
-    text.push('\n');
-    std::fs::write(&path, text).map_err(|e| HarnessError::io(&path, e))
-}
-
 /// Builds the fixture repository in `out` from `from` (a commit of `source`).
 /// History per fixture: benign, benign, FAULT, benign, revert; good..bad spans 4 commits.
-/// The first two benign commits change the broker's source, the one after the fault does not.
+/// Every benign commit changes the broker's source (a comment), so each builds a new broker.
 pub fn generate(
     source: &TargetRepo,
     from: &CommitInfo,
@@ -233,8 +225,9 @@ pub fn generate(
             .map_err(|e| HarnessError::Git(e.message().to_owned()))?
             .id()
             .to_string();
-        // Benign commits before the fault change the broker's source (a comment), so bisect
-        // must measure them; the one after it touches docs only (same broker as the culprit).
+        // Benign commits around the fault change the broker's source (a comment), so bisect
+        // must measure every one of them, the culprit included: none shares a build with an
+        // endpoint.
         touch_broker(out, &format!("{}: preparing", f.name))?;
         commit_all(&repo, &format!("refactor: comment before {}", f.name))?;
         touch_broker(out, &format!("{}: more notes", f.name))?;
@@ -244,8 +237,8 @@ pub fn generate(
         )?;
         apply(out, f.patches, false, options)?;
         let culprit = commit_all(&repo, &options.fill(f.message))?;
-        touch(out, &format!("- {}: after", f.name))?;
-        let bad = commit_all(&repo, &format!("docs: notes after {}", f.name))?;
+        touch_broker(out, &format!("{}: after", f.name))?;
+        let bad = commit_all(&repo, &format!("refactor: comment after {}", f.name))?;
         apply(out, f.patches, true, options)?;
         commit_all(&repo, &format!("revert: {} (fixture {i})", f.name))?;
         fixtures.push(FixtureCommits {

@@ -1,6 +1,7 @@
 //! Tests that build real commits of this repository with cargo through the harness: a plain
-//! run of HEAD, and every regression fixture bisected to the commit that introduced its fault
-//! (one cargo build per distinct broker source, cached; real trials of the smoke workload).
+//! run of HEAD, and the regression fixtures whose faults are far beyond the noise bisected to
+//! the commit that introduced them (one cargo build per distinct broker source, cached; real
+//! trials of the smoke workload).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -60,37 +61,33 @@ fn harness(
     output
 }
 
-/// The metric each fixture's fault moves on this broker, and how far at least (head/base).
-fn expected_effect(fixture: &str) -> (&'static str, fn(f64) -> bool) {
-    match fixture {
-        // Nothing slows down, but pending_batches is never drained: memory grows.
-        "no-flush" => ("peak_rss", |ratio| ratio > 1.5),
-        _ => ("throughput", |ratio| ratio < 0.95),
-    }
-}
-
-/// CPU per request in the fixed-slowdown fixture here: a size that is found every time on
-/// this 2-core machine with 3-second trials (BENCHMARKS.md has the sweep down to smaller ones).
-const TEST_SLOWDOWN_US: &str = "500";
+/// The fixtures this test bisects, the metric each fault moves on this broker, and how far at
+/// least (head/base). Only effects far beyond this machine's noise (identical binaries measure
+/// up to +-25% apart in 3-second trials) belong in a test that must pass on every run: a lock
+/// on the produce path (about -90% throughput) and a buffer that is never drained (peak RSS
+/// about x5). The graded fixtures (early return, CPU per request) are measured by
+/// `ci/fixture-bisects.sh`, a benchmark whose tally is in BENCHMARKS.md.
+const BISECTED: &[(&str, &str, f64)] = &[
+    ("produce-lock", "throughput", 0.5),
+    ("no-flush", "peak_rss", 2.0),
+];
 
 #[test]
-fn every_fixture_bisects_to_its_commit() {
+fn faults_far_beyond_the_noise_bisect_to_their_commit() {
     let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let fixtures = tmp.path().join("fixtures");
-    let generated = harness(
-        &this_repo(),
-        tmp.path(),
-        &[
-            "fixtures",
-            &format!("--out={}", fixtures.display()),
-            &format!("--slowdown-us={TEST_SLOWDOWN_US}"),
-        ],
-    );
+    let mut args = vec![
+        "fixtures".to_owned(),
+        format!("--out={}", fixtures.display()),
+    ];
+    args.extend(BISECTED.iter().map(|(name, _, _)| format!("--only={name}")));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let generated = harness(&this_repo(), tmp.path(), &args);
     assert!(generated.status.success());
     let history: serde_json::Value = serde_json::from_slice(&generated.stdout).unwrap();
     let all = history["fixtures"].as_array().unwrap();
-    assert_eq!(all.len(), 4, "one fixture per root cause plus the slowdown");
+    assert_eq!(all.len(), BISECTED.len());
     let mut wrong = Vec::new();
     for fixture in all {
         let name = fixture["name"].as_str().unwrap();
@@ -124,11 +121,16 @@ fn every_fixture_bisects_to_its_commit() {
             ));
             continue;
         }
-        let (metric, moved) = expected_effect(name);
+        let &(_, metric, factor) = BISECTED.iter().find(|(n, _, _)| *n == name).unwrap();
         let ratio = log["confirmation"][metric]["median_ratio"]
             .as_f64()
             .unwrap_or(f64::NAN);
-        if !moved(ratio) {
+        let moved = if factor < 1.0 {
+            ratio < factor
+        } else {
+            ratio > factor
+        };
+        if !moved {
             wrong.push(format!(
                 "{name}: confirmed {metric} ratio vs the parent is {ratio}"
             ));

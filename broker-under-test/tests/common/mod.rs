@@ -2,6 +2,8 @@
 //! process group, always stopped (by pid) when the handle drops.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod wire;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
@@ -107,6 +109,13 @@ impl Broker {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
+    }
+
+    /// The exit status if the broker has died (it is reaped, so a crash is never missed).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().expect("wait"))
     }
 
     /// SIGKILL, like a crash: nothing is flushed.

@@ -1,0 +1,114 @@
+//! Raw Kafka frames over plain sockets, for tests that must send what no client library would:
+//! requests are encoded with the `kafka-protocol` crate, then damaged on purpose.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    s
+}
+
+/// The request header for `api` at `version`, encoded the way that version expects.
+pub fn header_bytes(api: ApiKey, version: i16, correlation_id: i32) -> BytesMut {
+    let mut header = RequestHeader::default();
+    header.request_api_key = api as i16;
+    header.request_api_version = version;
+    header.correlation_id = correlation_id;
+    header.client_id = Some(StrBytes::from_static_str("wire-test"));
+    let mut buf = BytesMut::new();
+    header
+        .encode(&mut buf, api.request_header_version(version))
+        .unwrap();
+    buf
+}
+
+/// Length prefix + header + `body` (any bytes, valid or not).
+pub fn raw_frame(api: ApiKey, version: i16, correlation_id: i32, body: &[u8]) -> Vec<u8> {
+    let header = header_bytes(api, version, correlation_id);
+    let mut buf = BytesMut::with_capacity(4 + header.len() + body.len());
+    buf.put_i32((header.len() + body.len()) as i32);
+    buf.put_slice(&header);
+    buf.put_slice(body);
+    buf.to_vec()
+}
+
+pub fn frame<R: Encodable + HeaderVersion>(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &R,
+) -> Vec<u8> {
+    let mut encoded = BytesMut::new();
+    body.encode(&mut encoded, version).unwrap();
+    assert_eq!(
+        R::header_version(version),
+        api.request_header_version(version)
+    );
+    raw_frame(api, version, correlation_id, &encoded)
+}
+
+/// Reads one response frame; `None` if the broker closed the connection (or it timed out).
+pub fn read_frame(s: &mut TcpStream) -> Option<Bytes> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).ok()?;
+    let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).ok()?;
+    Some(Bytes::from(body))
+}
+
+pub fn closed(s: &mut TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(s.read(&mut byte), Ok(0) | Err(_))
+}
+
+/// ApiVersions v3 on a fresh connection: the broker's answer.
+pub fn api_versions(addr: SocketAddr, correlation_id: i32) -> ApiVersionsResponse {
+    let mut s = connect(addr);
+    s.write_all(&frame(
+        ApiKey::ApiVersions,
+        3,
+        correlation_id,
+        &ApiVersionsRequest::default(),
+    ))
+    .unwrap();
+    let mut body = read_frame(&mut s).expect("ApiVersions response");
+    let header = ResponseHeader::decode(&mut body, 0).unwrap();
+    assert_eq!(header.correlation_id, correlation_id);
+    ApiVersionsResponse::decode(&mut body, 3).unwrap()
+}
+
+/// A healthy ApiVersions v3 round trip on a fresh connection.
+pub fn assert_healthy(addr: SocketAddr) {
+    let response = api_versions(addr, 7);
+    assert_eq!(response.error_code, 0);
+    assert!(response
+        .api_keys
+        .iter()
+        .any(|k| k.api_key == ApiKey::Produce as i16));
+}
+
+/// The broker's resident set now and at its peak (VmRSS, VmHWM), in KiB.
+pub fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("field in /proc status")
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
