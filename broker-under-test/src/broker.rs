@@ -2,8 +2,9 @@
 
 use std::fs::File;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -12,12 +13,14 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::api::ApiContext;
 use crate::config::BrokerConfig;
+use crate::fail_stop::FailStop;
 use crate::groups::GroupCoordinator;
 use crate::log::LogError;
 use crate::produce::ProduceHandler;
+use crate::server::RequestBudget;
 use crate::topics::TopicRegistry;
 use crate::wal::group_commit::{GroupCommitWal, WalWriterConfig};
-use crate::wal::storage::FileWalStorage;
+use crate::wal::storage::{FileWalStorage, WalStorage};
 use crate::wal::{self, WalRecoveryError};
 
 /// Exit code when stored data is damaged beyond a torn tail (the broker refuses to start).
@@ -26,6 +29,8 @@ pub const EXIT_DATA_CORRUPT: u8 = 65;
 pub const EXIT_STORAGE_FAILED: u8 = 74;
 /// Exit code when the listen address cannot be bound or the data dir is in use.
 pub const EXIT_UNAVAILABLE: u8 = 69;
+/// How long the listener rests after a failed accept (EMFILE) before it tries again.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Error)]
 pub enum StartError {
@@ -93,7 +98,25 @@ impl RunningBroker {
     }
 }
 
+/// Opens the WAL's storage once recovery knows the next segment number: the WAL directory and
+/// that number. `start` uses the file storage; tests wrap it to inject faults.
+pub type OpenWalStorage =
+    Box<dyn FnOnce(&Path, u64) -> std::io::Result<Box<dyn WalStorage>> + Send>;
+
+/// Starts the broker on the file storage under `config.data_dir`.
 pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
+    start_with_storage(
+        config,
+        Box::new(|dir, seq| Ok(Box::new(FileWalStorage::create(dir, seq)?))),
+    )
+    .await
+}
+
+/// Starts the broker with the WAL on the storage `open_wal` returns.
+pub async fn start_with_storage(
+    config: BrokerConfig,
+    open_wal: OpenWalStorage,
+) -> Result<RunningBroker, StartError> {
     let storage_err = |path: &std::path::Path| {
         let path = path.to_path_buf();
         move |source| StartError::Storage { path, source }
@@ -116,14 +139,11 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         recovered.report.torn_bytes_cut,
         started.elapsed()
     );
-    let storage =
-        FileWalStorage::create(&wal_dir, recovered.next_seq).map_err(storage_err(&wal_dir))?;
-    let (fatal_tx, fatal_rx) = watch::channel(None);
-    let fatal_tx = Arc::new(fatal_tx);
-    let wal_fatal = fatal_tx.clone();
+    let storage = open_wal(&wal_dir, recovered.next_seq).map_err(storage_err(&wal_dir))?;
+    let (fail_stop, fatal_rx) = FailStop::new();
     let wal = Arc::new(
         GroupCommitWal::start(
-            Box::new(storage),
+            storage,
             WalWriterConfig {
                 fsync: config.fsync,
                 group_commit_linger: config.profile.group_commit_linger,
@@ -131,10 +151,7 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
                 segment_bytes_max: config.wal_segment_bytes,
             },
             recovered.closed,
-            Box::new(move |reason| {
-                tracing::error!("{reason}; failing every in-flight and later produce");
-                let _ = wal_fatal.send(Some(reason));
-            }),
+            fail_stop.clone(),
         )
         .map_err(storage_err(&wal_dir))?,
     );
@@ -145,9 +162,12 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         config.wal_queued_bytes_max,
         config.batch_bytes_max,
         config.retention_bytes,
+        fail_stop.clone(),
     );
-    let groups = GroupCoordinator::open(&config.data_dir, config.group_initial_rebalance_delay)
-        .map_err(storage_err(&config.data_dir))?;
+    let groups = Arc::new(
+        GroupCoordinator::open(&config.data_dir, config.group_initial_rebalance_delay)
+            .map_err(storage_err(&config.data_dir))?,
+    );
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -175,6 +195,7 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         produce,
         groups,
     ));
+    let budget = RequestBudget::new(config.request_bytes_in_flight_max);
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
     let task = tokio::spawn(async move {
         let _lock = lock_file;
@@ -184,8 +205,18 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => { connections.spawn(crate::server::serve_connection(stream, ctx.clone())); }
-                    Err(err) => tracing::warn!("accept failed: {err}"),
+                    Ok((stream, peer)) if connections.len() >= config.connections_max => {
+                        tracing::debug!("refusing {peer}: {} connections open", connections.len());
+                        drop(stream);
+                    }
+                    Ok((stream, _)) => {
+                        connections.spawn(crate::server::serve_connection(stream, ctx.clone(), budget.clone()));
+                    }
+                    Err(err) => {
+                        // Out of file descriptors, typically: accepting again at once would spin.
+                        tracing::warn!("accept failed: {err}; pausing {ACCEPT_ERROR_PAUSE:?}");
+                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    }
                 },
                 _ = ticker.tick() => {
                     let (topics, wal, config) = (topics.clone(), wal.clone(), config.clone());
@@ -193,11 +224,15 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
                     let result = tokio::task::spawn_blocking(move || {
                         wal::checkpoint(&dir, wal.shared(), &topics, &config.profile, config.retention_bytes)
                     }).await;
-                    if let Ok(Err(err)) = result {
-                        // Fail-stop, as for the WAL: a failed fsync is never retried.
-                        let reason = format!("WAL checkpoint failed: {err}");
-                        tracing::error!("{reason}");
-                        let _ = fatal_tx.send(Some(reason));
+                    // Fail-stop, as for the WAL: a failed fsync is never retried, and a
+                    // checkpoint that panicked left its partition in an unknown state.
+                    let failed = match result {
+                        Ok(Ok(_)) => None,
+                        Ok(Err(err)) => Some(format!("WAL checkpoint failed: {err}")),
+                        Err(panicked) => Some(format!("WAL checkpoint panicked: {panicked}")),
+                    };
+                    if let Some(reason) = failed {
+                        fail_stop.stop(reason);
                         break;
                     }
                 },
@@ -206,7 +241,8 @@ pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
             }
         }
         connections.shutdown().await;
-        if !wal.has_failed() {
+        // After a fail-stop nothing more is written: recovery starts from what is durable.
+        if !fail_stop.stopped() {
             let topics = topics.clone();
             let retention = config.retention_bytes;
             let profile = config.profile;

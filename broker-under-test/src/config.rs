@@ -16,6 +16,14 @@ const BATCH_BYTES_MAX_DEFAULT: usize = 1_048_588;
 const FRAME_BYTES_MAX_DEFAULT: usize = 16 << 20;
 /// Requests one connection may have in flight (pipelined) before the reader stops reading.
 const CONNECTION_REQUESTS_IN_FLIGHT_MAX: usize = 32;
+/// Request bytes held in memory across all connections (Kafka's `queued.max.request.bytes`):
+/// a frame's body is read only as budget frees up, so clients cannot make the broker hold
+/// more than this however many frames they declare. At least one largest frame.
+const REQUEST_BYTES_IN_FLIGHT_MAX_DEFAULT: usize = 128 << 20;
+/// Open client connections (Kafka's `max.connections`); a connection past it is closed at once.
+const CONNECTIONS_MAX_DEFAULT: usize = 4096;
+/// A connection that sends nothing for this long is closed (Kafka's `connections.max.idle.ms`).
+const CONNECTION_IDLE_MS_DEFAULT: u64 = 600_000;
 const SEGMENT_BYTES_DEFAULT: u64 = 128 << 20;
 const WAL_SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
 /// Upper bound on bytes one group commit writes before syncing.
@@ -77,6 +85,15 @@ pub struct BrokerArgs {
         default_value_t = 0
     )]
     pub group_initial_rebalance_delay_ms: u64,
+    /// Request bytes held in memory across all connections; reading waits beyond it.
+    #[arg(long, env = "CHRONIK_QUEUED_MAX_REQUEST_BYTES", default_value_t = REQUEST_BYTES_IN_FLIGHT_MAX_DEFAULT)]
+    pub queued_max_request_bytes: usize,
+    /// Open client connections; a connection past the limit is closed when accepted.
+    #[arg(long, env = "CHRONIK_MAX_CONNECTIONS", default_value_t = CONNECTIONS_MAX_DEFAULT)]
+    pub max_connections: usize,
+    /// Close a connection that sends nothing for this long (milliseconds).
+    #[arg(long, env = "CHRONIK_CONNECTIONS_MAX_IDLE_MS", default_value_t = CONNECTION_IDLE_MS_DEFAULT)]
+    pub connections_max_idle_ms: u64,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `chronik_broker=debug`.
     #[arg(long, env = "CHRONIK_LOG", default_value = "info")]
     pub log_level: String,
@@ -97,6 +114,9 @@ pub struct BrokerConfig {
     pub batch_bytes_max: usize,
     pub frame_bytes_max: usize,
     pub connection_requests_in_flight_max: usize,
+    pub request_bytes_in_flight_max: usize,
+    pub connections_max: usize,
+    pub connection_idle: Duration,
     pub group_commit_bytes_max: usize,
     pub wal_queued_bytes_max: usize,
     pub checkpoint_interval: Duration,
@@ -130,6 +150,14 @@ impl BrokerConfig {
                 FRAME_BYTES_MAX_DEFAULT - 1
             ));
         }
+        if args.queued_max_request_bytes < FRAME_BYTES_MAX_DEFAULT {
+            return Err(format!(
+                "--queued-max-request-bytes must be at least the largest frame, {FRAME_BYTES_MAX_DEFAULT}"
+            ));
+        }
+        if args.max_connections == 0 || args.connections_max_idle_ms == 0 {
+            return Err("--max-connections and --connections-max-idle-ms must be positive".into());
+        }
         if !(1..=crate::topics::PARTITIONS_PER_TOPIC_MAX).contains(&args.default_partitions) {
             return Err("--default-partitions must be between 1 and 1024".into());
         }
@@ -146,6 +174,9 @@ impl BrokerConfig {
             batch_bytes_max: args.batch_bytes_max,
             frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
             connection_requests_in_flight_max: CONNECTION_REQUESTS_IN_FLIGHT_MAX,
+            request_bytes_in_flight_max: args.queued_max_request_bytes,
+            connections_max: args.max_connections,
+            connection_idle: Duration::from_millis(args.connections_max_idle_ms),
             group_commit_bytes_max: GROUP_COMMIT_BYTES_MAX,
             wal_queued_bytes_max: WAL_QUEUED_BYTES_MAX,
             checkpoint_interval: Duration::from_millis(CHECKPOINT_INTERVAL_MS),

@@ -84,7 +84,11 @@ struct OffsetFile {
 
 pub struct GroupCoordinator {
     groups: Mutex<HashMap<String, Arc<Group>>>,
+    /// Committed offsets as readers see them: only what is durable.
     offsets: Mutex<OffsetFile>,
+    /// Held by the one commit writing the file, so commits reach the disk in order while
+    /// readers never wait for an fsync.
+    offsets_writer: Mutex<()>,
     offsets_path: PathBuf,
     initial_rebalance_delay: Duration,
     next_member: AtomicU64,
@@ -104,6 +108,7 @@ impl GroupCoordinator {
         Ok(Self {
             groups: Mutex::new(HashMap::new()),
             offsets: Mutex::new(offsets),
+            offsets_writer: Mutex::new(()),
             offsets_path,
             initial_rebalance_delay,
             next_member: AtomicU64::new(1),
@@ -174,7 +179,7 @@ impl GroupCoordinator {
                 let wait = if was_empty {
                     self.initial_rebalance_delay
                 } else {
-                    req.rebalance_timeout
+                    longest_rebalance_timeout(&state)
                 };
                 begin_rebalance(&mut state, wait, Some(&member_id));
             }
@@ -185,6 +190,14 @@ impl GroupCoordinator {
             let notified = group.changed.notified();
             {
                 let mut state = lock(&group.state);
+                if let Some(me) = state.members.get_mut(&member_id) {
+                    me.last_seen = Instant::now();
+                }
+                let members_before = state.members.len();
+                expire_members(&mut state);
+                if state.members.len() != members_before {
+                    group.changed.notify_waiters();
+                }
                 if state.phase == Phase::PreparingRebalance {
                     let all_in = state.members.values().all(|m| m.rejoined);
                     // A new group waits out the initial delay for company; a known group
@@ -261,7 +274,15 @@ impl GroupCoordinator {
         loop {
             let notified = group.changed.notified();
             {
-                let state = lock(&group.state);
+                let mut state = lock(&group.state);
+                if let Some(me) = state.members.get_mut(member_id) {
+                    me.last_seen = Instant::now();
+                }
+                let members_before = state.members.len();
+                expire_members(&mut state);
+                if state.members.len() != members_before {
+                    group.changed.notify_waiters();
+                }
                 if state.generation != generation || state.phase == Phase::PreparingRebalance {
                     return (
                         Some(ResponseError::RebalanceInProgress),
@@ -343,17 +364,50 @@ impl GroupCoordinator {
         results
     }
 
+    /// Whether `member_id` of generation `generation` may commit offsets for the group now
+    /// (Kafka's rules): a negative generation is a standalone consumer, allowed while the group
+    /// has no members; otherwise the member must belong to the group's current generation and
+    /// the group must not be waiting for its assignment.
+    pub fn check_commit(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        generation: i32,
+    ) -> Option<ResponseError> {
+        let Some(group) = self.existing(group_id) else {
+            return (generation >= 0).then_some(ResponseError::UnknownMemberId);
+        };
+        let mut state = lock(&group.state);
+        expire_members(&mut state);
+        if generation < 0 && state.members.is_empty() {
+            return None;
+        }
+        if state.phase == Phase::CompletingRebalance {
+            return Some(ResponseError::RebalanceInProgress);
+        }
+        let Some(member) = state.members.get_mut(member_id) else {
+            return Some(ResponseError::UnknownMemberId);
+        };
+        member.last_seen = Instant::now();
+        (generation != state.generation).then_some(ResponseError::IllegalGeneration)
+    }
+
+    /// Stores committed offsets; readers see them only once they are durable. Blocking (file
+    /// write and fsyncs): call it off the async runtime's threads.
     pub fn commit_offsets(
         &self,
         group_id: &str,
         offsets: &[(String, i32, i64, Option<String>)],
     ) -> std::io::Result<()> {
-        let mut file = lock(&self.offsets);
-        let entry = file.groups.entry(group_id.to_owned()).or_default();
+        let _writing = lock(&self.offsets_writer);
+        let mut next = OffsetFile {
+            groups: lock(&self.offsets).groups.clone(),
+        };
+        let entry = next.groups.entry(group_id.to_owned()).or_default();
         for (topic, partition, offset, metadata) in offsets {
             entry.insert(format!("{topic}/{partition}"), (*offset, metadata.clone()));
         }
-        let raw = serde_json::to_vec(&*file).map_err(std::io::Error::other)?;
+        let raw = serde_json::to_vec(&next).map_err(std::io::Error::other)?;
         let tmp = self.offsets_path.with_extension("json.tmp");
         fs::write(&tmp, raw)?;
         fs::File::open(&tmp)?.sync_all()?;
@@ -361,6 +415,7 @@ impl GroupCoordinator {
         if let Some(dir) = self.offsets_path.parent() {
             crate::wal::storage::sync_dir(dir)?;
         }
+        *lock(&self.offsets) = next;
         Ok(())
     }
 
@@ -405,14 +460,19 @@ fn after_members_left(state: &mut GroupState) {
         state.phase = Phase::Empty;
         state.leader = None;
     } else if state.phase != Phase::PreparingRebalance {
-        let wait = state
-            .members
-            .values()
-            .map(|m| m.rebalance_timeout)
-            .max()
-            .unwrap_or_default();
+        let wait = longest_rebalance_timeout(state);
         begin_rebalance(state, wait, None);
     }
+}
+
+/// How long a rebalance waits for members to rejoin (Kafka: the longest rebalance timeout).
+fn longest_rebalance_timeout(state: &GroupState) -> Duration {
+    state
+        .members
+        .values()
+        .map(|m| m.rebalance_timeout)
+        .max()
+        .unwrap_or_default()
 }
 
 fn complete_join(state: &mut GroupState) {
@@ -449,12 +509,16 @@ fn complete_join(state: &mut GroupState) {
     state.phase = Phase::CompletingRebalance;
 }
 
+/// Removes members whose session ran out (Kafka's heartbeat expiry): no heartbeat, join or
+/// sync for `session_timeout`. A member waiting inside a join or sync call is alive (its call
+/// refreshes `last_seen`), so only members that went away expire, in any phase, and a
+/// rebalance no longer waits for a dead member until its rebalance timeout.
 fn expire_members(state: &mut GroupState) {
     let now = Instant::now();
     let before = state.members.len();
-    state.members.retain(|_, m| {
-        now.duration_since(m.last_seen) <= m.session_timeout.max(m.rebalance_timeout)
-    });
+    state
+        .members
+        .retain(|_, m| now.duration_since(m.last_seen) <= m.session_timeout);
     if state.members.len() != before {
         after_members_left(state);
     }

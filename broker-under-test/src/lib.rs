@@ -11,12 +11,14 @@
 //! - `profile`: `ProduceFlushProfile` and its named constants.
 //! - `topics`: lock-free topic registry (`ArcSwap` snapshots).
 //! - `groups`: consumer-group coordinator and committed offsets.
+//! - `fail_stop`: the one switch every layer uses to stop the broker after a storage failure.
 //! - `config`, `broker`: validated configuration; assembly, start-up and shutdown.
 
 pub mod api;
 pub mod batch;
 pub mod broker;
 pub mod config;
+pub mod fail_stop;
 pub mod groups;
 pub mod log;
 pub mod partition;
@@ -26,5 +28,5 @@ pub mod server;
 pub mod topics;
 pub mod wal;
 
-pub use broker::{start, RunningBroker, StartError};
+pub use broker::{start, start_with_storage, OpenWalStorage, RunningBroker, StartError};
 pub use config::{BrokerArgs, BrokerConfig};

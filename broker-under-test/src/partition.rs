@@ -22,6 +22,10 @@ use crate::wal::record;
 
 /// Batches remembered per producer for duplicate detection (Kafka keeps the last five).
 const PRODUCER_RECENT_BATCHES_MAX: usize = 5;
+/// Idempotent producers one partition remembers; past it the least recently active one is
+/// forgotten (Kafka expires producer state by age; a client inventing producer ids must not
+/// grow this map without bound).
+const PRODUCERS_PER_PARTITION_MAX: usize = 10_000;
 
 /// End offset of the data that is durable (and so visible to consumers).
 #[derive(Default)]
@@ -56,6 +60,7 @@ impl HighWatermark {
     }
 }
 
+#[derive(Clone)]
 struct RecentBatch {
     first_seq: i32,
     last_seq: i32,
@@ -63,6 +68,7 @@ struct RecentBatch {
     end_offset: i64,
 }
 
+#[derive(Clone)]
 struct ProducerState {
     epoch: i16,
     last_seq: i32,
@@ -157,6 +163,7 @@ impl Partition {
     pub fn remember_stored(&self, stored: &[u8]) {
         let mut state = lock(&self.state);
         remember_producer_batch(&mut state.producers, stored);
+        forget_idle_producers(&mut state.producers);
     }
 
     /// Appends a batch found in the WAL on start (already durable there).
@@ -174,6 +181,7 @@ impl Partition {
             ));
         }
         remember_producer_batch(&mut state.producers, &stored);
+        forget_idle_producers(&mut state.producers);
         state
             .log
             .append(std::slice::from_ref(&stored))
@@ -196,9 +204,19 @@ impl Partition {
         let mut stored_batches = Vec::with_capacity(batches.len());
         let mut first_base = None;
         let mut next = state.next_offset;
+        // Producers this request's batches advanced: a later batch of the same request is
+        // checked against what the earlier ones leave (batch A twice is a duplicate, not two
+        // fresh batches), and the table changes only once the request is queued on the WAL.
+        let mut staged: HashMap<i64, ProducerState> = HashMap::new();
         for view in batches {
-            if view.header.producer_id >= 0 {
-                match check_sequence(&state.producers, &view.header).map_err(AppendError::Kafka)? {
+            let producer_id = view.header.producer_id;
+            if producer_id >= 0 {
+                let table = if staged.contains_key(&producer_id) {
+                    &staged
+                } else {
+                    &state.producers
+                };
+                match check_sequence(table, &view.header).map_err(AppendError::Kafka)? {
                     SequenceCheck::Duplicate {
                         base_offset,
                         end_offset,
@@ -217,6 +235,12 @@ impl Partition {
                 }
             }
             let (frame, stored) = record::encode(self.topic_id, self.index, &view.bytes, next);
+            if producer_id >= 0 {
+                if let Some(known) = state.producers.get(&producer_id) {
+                    staged.entry(producer_id).or_insert_with(|| known.clone());
+                }
+                remember_producer_batch(&mut staged, &stored);
+            }
             frames.push(frame);
             first_base.get_or_insert(next);
             next += view.offset_count();
@@ -233,8 +257,11 @@ impl Partition {
         .map_err(AppendError::Wal)?;
         // Queued on the WAL: from here the offsets are taken, whatever happens next.
         state.next_offset = next;
+        if !staged.is_empty() {
+            state.producers.extend(staged);
+            forget_idle_producers(&mut state.producers);
+        }
         for stored in stored_batches {
-            remember_producer_batch(&mut state.producers, &stored);
             state.pending_bytes += stored.len();
             state.pending_batches.push_back(stored);
         }
@@ -272,14 +299,17 @@ impl Partition {
         if durable == 0 {
             return Ok(());
         }
-        let moving: Vec<Bytes> = state.pending_batches.drain(..durable).collect();
+        // Appended first, drained after: a failed write leaves the batches pending (and
+        // readable), never lost from both places.
+        let moving: Vec<Bytes> = state.pending_batches.range(..durable).cloned().collect();
+        state.log.append(&moving)?;
+        state.pending_batches.drain(..durable);
         state.pending_bytes -= moving.iter().map(Bytes::len).sum::<usize>();
         state.oldest_pending = if state.pending_batches.is_empty() {
             None
         } else {
             Some(Instant::now())
         };
-        state.log.append(&moving)?;
         let start = state.log.enforce_retention(retention_bytes)?;
         self.log_start.store(start, Ordering::Release);
         Ok(())
@@ -376,6 +406,19 @@ fn check_sequence(
         return Err(ResponseError::OutOfOrderSequenceNumber);
     }
     Ok(SequenceCheck::Fresh)
+}
+
+/// Drops the least recently active producers (their latest batch is the oldest) while the
+/// table is over `PRODUCERS_PER_PARTITION_MAX`.
+fn forget_idle_producers(producers: &mut HashMap<i64, ProducerState>) {
+    while producers.len() > PRODUCERS_PER_PARTITION_MAX {
+        let idle = producers
+            .iter()
+            .min_by_key(|(_, p)| p.recent.back().map_or(i64::MIN, |r| r.end_offset))
+            .map(|(&id, _)| id)
+            .expect("not empty");
+        producers.remove(&idle);
+    }
 }
 
 fn remember_producer_batch(producers: &mut HashMap<i64, ProducerState>, stored: &[u8]) {

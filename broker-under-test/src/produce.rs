@@ -18,6 +18,7 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 use tokio::sync::Semaphore;
 
 use crate::batch::{self, BatchError};
+use crate::fail_stop::FailStop;
 use crate::partition::{AppendError, Appended, Partition};
 use crate::profile::ProduceFlushProfile;
 use crate::topics::TopicRegistry;
@@ -31,6 +32,7 @@ pub struct ProduceHandler {
     wal_budget: Arc<Semaphore>,
     batch_bytes_max: usize,
     retention_bytes: Option<u64>,
+    fail_stop: FailStop,
 }
 
 enum Slot {
@@ -70,6 +72,7 @@ impl ProduceHandler {
         wal_queued_bytes_max: usize,
         batch_bytes_max: usize,
         retention_bytes: Option<u64>,
+        fail_stop: FailStop,
     ) -> Self {
         Self {
             topics,
@@ -78,6 +81,7 @@ impl ProduceHandler {
             wal_budget: Arc::new(Semaphore::new(wal_queued_bytes_max)),
             batch_bytes_max,
             retention_bytes,
+            fail_stop,
         }
     }
 
@@ -205,15 +209,15 @@ impl ProduceHandler {
         response
     }
 
-    /// Moves pending batches to the segment log when the flush profile says so.
+    /// Moves pending batches to the segment log when the flush profile says so. A failed
+    /// write is fail-stop like the WAL's: the batches stay pending (and in the WAL, which no
+    /// checkpoint deletes before the segment is synced), and recovery rebuilds the segment.
     fn flush_partition_if_needed(&self, partition: &Partition) {
         if let Err(err) = partition.flush_if_needed(&self.profile, false, self.retention_bytes) {
-            // Segment files are a copy of durable WAL data; the next checkpoint retries.
-            tracing::error!(
+            self.fail_stop.stop(format!(
                 "{}-{}: flush to segments failed: {err}",
-                partition.topic,
-                partition.index
-            );
+                partition.topic, partition.index
+            ));
         }
     }
 }

@@ -3,27 +3,83 @@
 //! read), then finishes each in its own task (so pipelined requests share group commits) and
 //! writes responses back in request order. Anything wrong with a frame costs that connection
 //! only.
+//!
+//! Memory a client can make the broker hold is bounded by what it really sends, not by what it
+//! declares: a frame's body is read in chunks, each taken from the broker-wide request budget
+//! before it is read, and the budget returns when the request has finished.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::api::{ApiContext, RequestError};
 
 /// A client that started a frame must finish it within this time.
 const FRAME_BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Body bytes granted (and reserved) at a time: a client that declares a large frame and then
+/// sends a few bytes holds at most this much of the budget and of memory.
+const BODY_READ_CHUNK_BYTES: usize = 16 << 10;
 /// A response that cannot be written within this time closes the connection.
 const RESPONSE_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 type Pending = JoinHandle<Result<Option<Bytes>, RequestError>>;
 
-/// Serves one client connection until it closes or misbehaves.
-pub async fn serve_connection(stream: TcpStream, ctx: Arc<ApiContext>) {
+/// Request bytes held in memory across every connection (Kafka's `queued.max.request.bytes`).
+#[derive(Clone)]
+pub struct RequestBudget(Arc<Semaphore>);
+
+impl RequestBudget {
+    pub fn new(bytes: usize) -> Self {
+        Self(Arc::new(Semaphore::new(bytes)))
+    }
+
+    async fn take(&self, bytes: usize) -> OwnedSemaphorePermit {
+        let bytes = u32::try_from(bytes).expect("a chunk fits in u32");
+        self.0
+            .clone()
+            .acquire_many_owned(bytes)
+            .await
+            .expect("the budget is never closed")
+    }
+}
+
+/// Reads a frame body of `len` bytes, taking budget for each chunk before reading it. The
+/// permit covers the whole body and is released when dropped.
+async fn read_body(
+    reader: &mut OwnedReadHalf,
+    len: usize,
+    budget: &RequestBudget,
+) -> std::io::Result<(Bytes, OwnedSemaphorePermit)> {
+    let mut body = BytesMut::new();
+    let mut held: Option<OwnedSemaphorePermit> = None;
+    let mut granted = 0;
+    while body.len() < len {
+        if body.len() == granted {
+            let chunk = (len - granted).min(BODY_READ_CHUNK_BYTES);
+            let permit = budget.take(chunk).await;
+            match held.as_mut() {
+                Some(h) => h.merge(permit),
+                None => held = Some(permit),
+            }
+            granted += chunk;
+            body.reserve(chunk);
+        }
+        let room = (granted - body.len()) as u64;
+        if (&mut *reader).take(room).read_buf(&mut body).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok((body.freeze(), held.expect("a frame has at least one byte")))
+}
+
+/// Serves one client connection until it closes, misbehaves or stays idle too long.
+pub async fn serve_connection(stream: TcpStream, ctx: Arc<ApiContext>, budget: RequestBudget) {
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
     let frame_bytes_max = ctx.config.frame_bytes_max;
@@ -57,8 +113,12 @@ pub async fn serve_connection(stream: TcpStream, ctx: Arc<ApiContext>) {
     });
     loop {
         let mut len_buf = [0u8; 4];
-        if reader.read_exact(&mut len_buf).await.is_err() {
-            break;
+        let idle = ctx.config.connection_idle;
+        if !matches!(
+            tokio::time::timeout(idle, reader.read_exact(&mut len_buf)).await,
+            Ok(Ok(_))
+        ) {
+            break; // closed, failed, or idle for longer than the limit
         }
         let len = i32::from_be_bytes(len_buf);
         let Some(len) = usize::try_from(len)
@@ -68,15 +128,20 @@ pub async fn serve_connection(stream: TcpStream, ctx: Arc<ApiContext>) {
             tracing::debug!("closing connection from {peer:?}: frame length {len} outside 1..={frame_bytes_max}");
             break;
         };
-        let mut body = BytesMut::zeroed(len);
-        match tokio::time::timeout(FRAME_BODY_READ_TIMEOUT, reader.read_exact(&mut body)).await {
-            Ok(Ok(_)) => {}
-            _ => break,
-        }
-        let started = ctx.start(body.freeze()).await;
+        let read = tokio::time::timeout(
+            FRAME_BODY_READ_TIMEOUT,
+            read_body(&mut reader, len, &budget),
+        );
+        let Ok(Ok((body, held))) = read.await else {
+            break;
+        };
+        let started = ctx.start(body).await;
         let failed = started.is_err();
         let ctx = ctx.clone();
-        let handle = tokio::spawn(async move { started?.finish(&ctx).await });
+        let handle = tokio::spawn(async move {
+            let _held = held; // the request's bytes count until it has finished
+            started?.finish(&ctx).await
+        });
         // After a bad frame the writer sends the earlier responses, then closes.
         if tx.send(handle).await.is_err() || failed {
             break; // the writer stopped: a bad request or a dead socket

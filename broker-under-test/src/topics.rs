@@ -24,6 +24,10 @@ use crate::wal::group_commit::lock;
 const TOPIC_NAME_CHARS_MAX: usize = 249;
 /// Partitions one CreateTopics request may ask for per topic.
 pub const PARTITIONS_PER_TOPIC_MAX: i32 = 1024;
+/// Partitions the whole broker holds. Each keeps an open segment file and an in-memory index,
+/// so clients that create topics (or auto-create them by naming them) must not be able to make
+/// that unbounded; a create beyond it is refused with POLICY_VIOLATION.
+pub const PARTITIONS_PER_BROKER_MAX: usize = 4096;
 const TOPIC_ID_FILE: &str = "topic.id";
 
 pub struct Topic {
@@ -148,8 +152,14 @@ impl TopicRegistry {
             return Err(ResponseError::InvalidPartitions);
         }
         let _admin = lock(&self.admin);
-        if self.topics.load().contains_key(name) {
+        let existing = self.topics.load();
+        if existing.contains_key(name) {
             return Ok(None);
+        }
+        let held: usize = existing.values().map(|t| t.partitions.len()).sum();
+        if held + partitions as usize > PARTITIONS_PER_BROKER_MAX {
+            tracing::debug!("refusing topic {name}: {held} partitions held already");
+            return Err(ResponseError::PolicyViolation);
         }
         let dir = self.root.join(name);
         let id = new_topic_id();
@@ -205,8 +215,9 @@ impl TopicRegistry {
         self.topics.store(Arc::new(next));
         // The id file goes first so a crash mid-delete leaves a half topic that start-up removes.
         let dir = self.root.join(name);
-        let removed =
-            fs::remove_file(dir.join(TOPIC_ID_FILE)).and_then(|()| fs::remove_dir_all(&dir));
+        let removed = fs::remove_file(dir.join(TOPIC_ID_FILE))
+            .and_then(|()| fs::remove_dir_all(&dir))
+            .and_then(|()| crate::wal::storage::sync_dir(&self.root));
         if let Err(err) = removed {
             tracing::error!("deleting topic {name} files failed: {err}");
             return Err(ResponseError::KafkaStorageError);

@@ -5,89 +5,20 @@
 mod common;
 
 use std::io::Write;
-use std::net::SocketAddr;
 
-use bytes::{Bytes, BytesMut};
-use common::wire::{assert_healthy, closed, connect, frame, read_frame};
+use bytes::Bytes;
+use common::wire::{
+    assert_healthy, closed, connect, create_topic, frame, produce, read_frame, record_batch,
+};
 use common::Broker;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreateTopicsRequest, ProduceRequest,
-    ProduceResponse, ResponseHeader, TopicName,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, ProduceRequest, ResponseHeader,
 };
-use kafka_protocol::protocol::{Decodable, StrBytes};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::protocol::Decodable;
 
 const CORRUPT_MESSAGE: i16 = 2;
 const MESSAGE_TOO_LARGE: i16 = 10;
 const UNSUPPORTED_VERSION: i16 = 35;
-
-fn record_batch(values: usize, value_bytes: usize) -> Bytes {
-    let records: Vec<Record> = (0..values)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: -1,
-            timestamp: 0,
-            key: None,
-            value: Some(Bytes::from(vec![b'x'; value_bytes])),
-            headers: Default::default(),
-            delete_horizon: false,
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .unwrap();
-    buf.freeze()
-}
-
-fn produce(addr: SocketAddr, topic: &str, records: Bytes) -> i16 {
-    let mut partition = PartitionProduceData::default();
-    partition.index = 0;
-    partition.records = Some(records);
-    let mut topic_data = TopicProduceData::default();
-    topic_data.name = TopicName(StrBytes::from_string(topic.to_owned()));
-    topic_data.partition_data = vec![partition];
-    let mut request = ProduceRequest::default();
-    request.acks = 1;
-    request.timeout_ms = 5000;
-    request.topic_data = vec![topic_data];
-    let mut s = connect(addr);
-    s.write_all(&frame(ApiKey::Produce, 9, 1, &request))
-        .unwrap();
-    let mut body = read_frame(&mut s).expect("produce response");
-    ResponseHeader::decode(&mut body, 1).unwrap();
-    let response = ProduceResponse::decode(&mut body, 9).unwrap();
-    response.responses[0].partition_responses[0].error_code
-}
-
-fn create(addr: SocketAddr, topic: &str) {
-    let mut t = kafka_protocol::messages::create_topics_request::CreatableTopic::default();
-    t.name = TopicName(StrBytes::from_string(topic.to_owned()));
-    t.num_partitions = 1;
-    t.replication_factor = 1;
-    let mut request = CreateTopicsRequest::default();
-    request.topics = vec![t];
-    request.timeout_ms = 5000;
-    let mut s = connect(addr);
-    s.write_all(&frame(ApiKey::CreateTopics, 5, 1, &request))
-        .unwrap();
-    read_frame(&mut s).expect("create response");
-}
 
 #[test]
 fn bad_length_prefixes_close_only_their_connection() {
@@ -153,7 +84,7 @@ fn unknown_apis_and_versions_are_refused_without_harm() {
 fn bad_crc_and_oversize_batches_are_rejected_and_never_stored() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path(), &["--batch-bytes-max=4096"]);
-    create(broker.addr, "strict");
+    create_topic(broker.addr, "strict", 1);
     let mut corrupt = record_batch(3, 10).to_vec();
     let last = corrupt.len() - 1;
     corrupt[last] ^= 0xff;

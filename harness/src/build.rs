@@ -1,4 +1,5 @@
-//! Builds a commit at most once: the checkout is exported with git2, the build command runs
+//! Builds a commit at most once: the commit's tree is synced into one checkout directory with
+//! git2 (only changed files are rewritten, so cargo rebuilds only what changed), the build runs
 //! with a shared `CARGO_TARGET_DIR`, and the resulting binary is copied into a cache keyed by
 //! the commit's build inputs (`TargetConfig::build_inputs`), so commits that do not touch them
 //! reuse it. A failing build is recorded (with its log tail) and never retried for the same
@@ -17,6 +18,9 @@ use crate::target::TargetConfig;
 const BUILD_LOG_TAIL_LINES: usize = 40;
 const BUILT_BINARY: &str = "broker";
 const FAILED_MARKER: &str = "BUILD_FAILED";
+/// Under `<work dir>/checkouts/`: the one source directory builds run in, and its lock.
+const CHECKOUT_DIR: &str = "src";
+const CHECKOUT_LOCK: &str = "src.lock";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BuildOutcome {
@@ -27,7 +31,7 @@ pub enum BuildOutcome {
 pub struct Builder<'a> {
     pub repo: &'a TargetRepo,
     pub target: &'a TargetConfig,
-    /// `<work dir>`: holds `checkouts/`, `bin/<build key>/` and the shared `target/`.
+    /// `<work dir>`: holds `checkouts/src`, `bin/<build key>/` and the shared `target/`.
     pub work_dir: PathBuf,
 }
 
@@ -55,8 +59,18 @@ impl Builder<'_> {
             return Ok(BuildOutcome::Failed { log_tail });
         }
         fs::create_dir_all(&cache).map_err(|e| HarnessError::io(&cache, e))?;
-        let checkout = self.work_dir.join("checkouts").join(&commit.sha);
-        self.repo.export(commit, &checkout)?;
+        // One checkout directory, synced file by file, so cargo sees the same path for every
+        // commit and rebuilds only what changed (per-commit directories made every path
+        // dependency a new package, compiled from scratch). The lock keeps two harness runs
+        // on one work dir from building in it at once.
+        let checkouts = self.work_dir.join("checkouts");
+        fs::create_dir_all(&checkouts).map_err(|e| HarnessError::io(&checkouts, e))?;
+        let lock_path = checkouts.join(CHECKOUT_LOCK);
+        let lock = fs::File::create(&lock_path).map_err(|e| HarnessError::io(&lock_path, e))?;
+        lock.lock().map_err(|e| HarnessError::io(&lock_path, e))?;
+        let checkout = checkouts.join(CHECKOUT_DIR);
+        fs::create_dir_all(&checkout).map_err(|e| HarnessError::io(&checkout, e))?;
+        self.repo.sync_tree(commit, &checkout)?;
         let log_path = cache.join("build.log");
         let log = fs::File::create(&log_path).map_err(|e| HarnessError::io(&log_path, e))?;
         let log_err = log
@@ -99,13 +113,11 @@ impl Builder<'_> {
             let log_tail = format!("{reason}\n{}", tail(&log_path, BUILD_LOG_TAIL_LINES));
             fs::write(cache.join(FAILED_MARKER), &log_tail)
                 .map_err(|e| HarnessError::io(&cache, e))?;
-            let _ = fs::remove_dir_all(&checkout);
             return Ok(BuildOutcome::Failed { log_tail });
         }
         let staging = cache.join("broker.partial");
         fs::copy(&binary, &staging).map_err(|e| HarnessError::io(&binary, e))?;
         fs::rename(&staging, &cached).map_err(|e| HarnessError::io(&cached, e))?;
-        let _ = fs::remove_dir_all(&checkout);
         Ok(BuildOutcome::Built {
             binary: cached,
             cached: false,

@@ -1,5 +1,6 @@
-//! The target repository through git2: resolve revisions, export a commit's tree into its own
-//! directory (the user's working tree and index are never touched), walk first-parent history.
+//! The target repository through git2: resolve revisions, write a commit's tree into a
+//! directory of the harness's (the user's working tree and index are never touched), walk
+//! first-parent history.
 
 use std::path::{Path, PathBuf};
 
@@ -69,6 +70,47 @@ impl TargetRepo {
         self.repo
             .checkout_tree(tree.as_object(), Some(&mut checkout))
             .map_err(git_err)
+    }
+
+    /// Makes `dir` hold exactly the commit's tree. A file whose content is already right is
+    /// left alone, modification time included: cargo decides whether a path dependency (such
+    /// as the vendored kafka-protocol) is fresh by comparing mtimes, so a build in the same
+    /// directory recompiles only what this commit changed.
+    pub fn sync_tree(&self, commit: &CommitInfo, dir: &Path) -> Result<(), HarnessError> {
+        let git_err = |e: git2::Error| {
+            HarnessError::Git(format!("checking out {}: {}", commit.short(), e.message()))
+        };
+        let tree = self.tree(commit).map_err(git_err)?;
+        let mut wanted = std::collections::HashSet::new();
+        let mut failed: Option<HarnessError> = None;
+        tree.walk(git2::TreeWalkMode::PreOrder, |root, entry| {
+            if entry.kind() != Some(git2::ObjectType::Blob) {
+                return git2::TreeWalkResult::Ok;
+            }
+            let rel = Path::new(root).join(String::from_utf8_lossy(entry.name_bytes()).as_ref());
+            let written = entry
+                .to_object(&self.repo)
+                .and_then(|o| o.peel_to_blob())
+                .map_err(git_err)
+                .and_then(|blob| {
+                    write_if_changed(&dir.join(&rel), blob.content(), entry.filemode())
+                });
+            match written {
+                Ok(()) => {
+                    wanted.insert(dir.join(rel));
+                    git2::TreeWalkResult::Ok
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    git2::TreeWalkResult::Abort
+                }
+            }
+        })
+        .map_err(git_err)?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        remove_others(dir, &wanted)
     }
 
     fn tree(&self, commit: &CommitInfo) -> Result<git2::Tree<'_>, git2::Error> {
@@ -173,6 +215,62 @@ impl TargetRepo {
     }
 }
 
+/// git's mode of an executable file and of a symbolic link.
+const FILEMODE_EXECUTABLE: i32 = 0o100755;
+const FILEMODE_LINK: i32 = 0o120000;
+
+fn write_if_changed(path: &Path, content: &[u8], filemode: i32) -> Result<(), HarnessError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |e| HarnessError::io(path, e);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    if filemode == FILEMODE_LINK {
+        let target = Path::new(std::str::from_utf8(content).unwrap_or_default());
+        if std::fs::read_link(path).ok().as_deref() != Some(target) {
+            let _ = std::fs::remove_file(path);
+            std::os::unix::fs::symlink(target, path).map_err(io)?;
+        }
+        return Ok(());
+    }
+    let same = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file())
+        && std::fs::read(path).is_ok_and(|old| old == content);
+    if !same {
+        let _ = std::fs::remove_file(path);
+        std::fs::write(path, content).map_err(io)?;
+    }
+    let mode = if filemode == FILEMODE_EXECUTABLE {
+        0o755
+    } else {
+        0o644
+    };
+    if std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777 != mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// Removes every file under `dir` that is not in `wanted` (and the folders left empty).
+fn remove_others(
+    dir: &Path,
+    wanted: &std::collections::HashSet<PathBuf>,
+) -> Result<(), HarnessError> {
+    let io = |e| HarnessError::io(dir, e);
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        let kind = std::fs::symlink_metadata(&path).map_err(io)?.file_type();
+        if kind.is_dir() {
+            remove_others(&path, wanted)?;
+            if std::fs::read_dir(&path).map_err(io)?.next().is_none() {
+                std::fs::remove_dir(&path).map_err(io)?;
+            }
+        } else if !wanted.contains(&path) {
+            std::fs::remove_file(&path).map_err(io)?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +311,35 @@ mod tests {
             repo.build_key(&docs, &[]).unwrap(),
             docs.sha,
             "no inputs: per commit"
+        );
+    }
+
+    #[test]
+    fn syncing_a_checkout_rewrites_only_what_the_commit_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = Repository::init(dir.path()).unwrap();
+        let first = commit_file(&raw, dir.path(), "vendor/big.rs", "fn kept() {}");
+        let second = commit_file(&raw, dir.path(), "src/main.rs", "fn main() {}");
+        let repo = TargetRepo::open(dir.path()).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        repo.sync_tree(&second, out.path()).unwrap();
+        let kept = out.path().join("vendor/big.rs");
+        let mtime = || std::fs::metadata(&kept).unwrap().modified().unwrap();
+        let before = mtime();
+        std::fs::write(out.path().join("stray.txt"), "left by a build").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        repo.sync_tree(&first, out.path()).unwrap();
+        assert_eq!(mtime(), before, "an unchanged file keeps its mtime");
+        assert!(
+            !out.path().join("src/main.rs").exists(),
+            "a file the commit lacks is removed"
+        );
+        assert!(!out.path().join("src").exists(), "and its empty folder");
+        assert!(!out.path().join("stray.txt").exists());
+        repo.sync_tree(&second, out.path()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(out.path().join("src/main.rs")).unwrap(),
+            "fn main() {}"
         );
     }
 }

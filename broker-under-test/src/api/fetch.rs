@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::list_offsets_response::{
@@ -12,6 +14,7 @@ use kafka_protocol::messages::{
 };
 
 use super::ApiContext;
+use crate::partition::FetchRead;
 
 /// Upper bound on a fetch's long poll, whatever the client asks.
 const FETCH_WAIT_MAX: Duration = Duration::from_secs(30);
@@ -59,8 +62,23 @@ fn fetch_once(ctx: &ApiContext, req: &FetchRequest) -> (FetchResponse, usize, Op
                 None => data.error_code = ResponseError::UnknownTopicOrPartition.code(),
                 Some(partition) => {
                     let max = (wanted.partition_max_bytes.max(0) as usize).min(budget.max(1));
-                    match partition.read(wanted.fetch_offset, max) {
-                        Ok(read) => {
+                    // KIP-74: only the first non-empty partition may exceed the request's byte
+                    // limit (by its first batch); later partitions get only what still fits.
+                    let spent = total > 0 && budget == 0;
+                    let read = if spent {
+                        Ok(FetchRead {
+                            records: Bytes::new(),
+                            high_watermark: partition.high_watermark().get(),
+                            log_start: partition.log_start(),
+                        })
+                    } else {
+                        partition.read(wanted.fetch_offset, max)
+                    };
+                    match read {
+                        Ok(mut read) => {
+                            if total > 0 && read.records.len() > budget {
+                                read.records = Bytes::new();
+                            }
                             data.high_watermark = read.high_watermark;
                             data.last_stable_offset = read.high_watermark;
                             data.log_start_offset = read.log_start;

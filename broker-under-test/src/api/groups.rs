@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::leave_group_response::MemberResponse;
@@ -42,10 +44,12 @@ pub async fn join(ctx: &ApiContext, req: JoinGroupRequest, client_id: String) ->
             member_id: req.member_id.to_string(),
             client_id,
             protocol_type: req.protocol_type.to_string(),
+            // Copied: the decoded metadata is a slice of the whole request frame, which the
+            // group would otherwise keep alive for as long as the member stays.
             protocols: req
                 .protocols
                 .into_iter()
-                .map(|p| (p.name.to_string(), p.metadata))
+                .map(|p| (p.name.to_string(), Bytes::copy_from_slice(&p.metadata)))
                 .collect(),
             session_timeout: millis(req.session_timeout_ms),
             rebalance_timeout: millis(rebalance),
@@ -75,7 +79,12 @@ pub async fn sync(ctx: &ApiContext, req: SyncGroupRequest) -> SyncGroupResponse 
     let assignments = req
         .assignments
         .into_iter()
-        .map(|a| (a.member_id.to_string(), a.assignment))
+        .map(|a| {
+            (
+                a.member_id.to_string(),
+                Bytes::copy_from_slice(&a.assignment),
+            )
+        })
         .collect();
     let (error, protocol_type, protocol_name, assignment) = ctx
         .groups
@@ -133,7 +142,9 @@ pub fn leave(ctx: &ApiContext, req: LeaveGroupRequest) -> LeaveGroupResponse {
     response
 }
 
-pub fn offset_commit(ctx: &ApiContext, req: OffsetCommitRequest) -> OffsetCommitResponse {
+/// Runs on the connection's reader, in arrival order (a later OffsetFetch sees this commit);
+/// the file write and its fsyncs run on a blocking thread, not a runtime worker.
+pub async fn offset_commit(ctx: &ApiContext, req: OffsetCommitRequest) -> OffsetCommitResponse {
     let mut offsets = Vec::new();
     for topic in &req.topics {
         for p in &topic.partitions {
@@ -145,16 +156,33 @@ pub fn offset_commit(ctx: &ApiContext, req: OffsetCommitRequest) -> OffsetCommit
             ));
         }
     }
-    let error = match ctx.groups.commit_offsets(&req.group_id, &offsets) {
-        Ok(()) => None,
-        Err(err) => {
-            tracing::error!(
-                "committing offsets of group {} failed: {err}",
-                &*req.group_id
-            );
-            Some(ResponseError::KafkaStorageError)
-        }
-    };
+    let group_id = req.group_id.to_string();
+    let error =
+        match ctx
+            .groups
+            .check_commit(&group_id, &req.member_id, req.generation_id_or_member_epoch)
+        {
+            Some(refused) => Some(refused),
+            None => {
+                let groups = ctx.groups.clone();
+                let written =
+                    tokio::task::spawn_blocking(move || groups.commit_offsets(&group_id, &offsets))
+                        .await
+                        .unwrap_or_else(|panicked| {
+                            Err(std::io::Error::other(panicked.to_string()))
+                        });
+                match written {
+                    Ok(()) => None,
+                    Err(err) => {
+                        tracing::error!(
+                            "committing offsets of group {} failed: {err}",
+                            &*req.group_id
+                        );
+                        Some(ResponseError::KafkaStorageError)
+                    }
+                }
+            }
+        };
     let mut response = OffsetCommitResponse::default();
     response.topics = req
         .topics

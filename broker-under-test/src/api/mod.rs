@@ -73,7 +73,7 @@ pub struct ApiContext {
     pub advertised_port: i32,
     pub topics: Arc<TopicRegistry>,
     pub produce: ProduceHandler,
-    pub groups: GroupCoordinator,
+    pub groups: Arc<GroupCoordinator>,
     pub next_producer_id: AtomicI64,
 }
 
@@ -91,7 +91,7 @@ impl ApiContext {
         advertised_port: i32,
         topics: Arc<TopicRegistry>,
         produce: ProduceHandler,
-        groups: GroupCoordinator,
+        groups: Arc<GroupCoordinator>,
     ) -> Self {
         // Producer ids must never repeat across restarts (the log remembers old ones), so they
         // start from the clock.
@@ -191,7 +191,7 @@ impl ApiContext {
                 Work::Ready(Some(ResponseKind::LeaveGroup(groups::leave(self, req))))
             }
             RequestKind::OffsetCommit(req) => Work::Ready(Some(ResponseKind::OffsetCommit(
-                groups::offset_commit(self, req),
+                groups::offset_commit(self, req).await,
             ))),
             RequestKind::OffsetFetch(req) => Work::Ready(Some(ResponseKind::OffsetFetch(
                 groups::offset_fetch(self, req),

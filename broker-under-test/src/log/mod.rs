@@ -84,6 +84,17 @@ impl PartitionLog {
         }
         if segments.is_empty() {
             segments.push(Segment::create(dir, 0).map_err(io_err)?);
+            // The new file's directory entry must survive a power cut like its contents.
+            crate::wal::storage::sync_dir(dir).map_err(io_err)?;
+        } else {
+            // After an unclean exit the active segment's tail may exist only in the page
+            // cache. The partition counts its whole log as synced (so checkpoints may delete
+            // the WAL that covers it): make that true before anyone relies on it.
+            segments
+                .last_mut()
+                .expect("not empty")
+                .sync()
+                .map_err(io_err)?;
         }
         Ok((
             Self {

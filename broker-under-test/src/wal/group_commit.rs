@@ -14,6 +14,7 @@ use thiserror::Error;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::storage::WalStorage;
+use crate::fail_stop::FailStop;
 use crate::partition::Partition;
 
 /// When the WAL calls fdatasync.
@@ -76,12 +77,12 @@ pub struct GroupCommitWal {
 
 impl GroupCommitWal {
     /// Starts the writer thread over `storage`. `closed` lists segments left by recovery.
-    /// `on_fatal` is called once, from the writer thread, when a write or fsync fails.
+    /// `fail_stop` is stopped, from the writer thread, when a write, fsync or roll fails.
     pub fn start(
         storage: Box<dyn WalStorage>,
         config: WalWriterConfig,
         closed: Vec<ClosedSegment>,
-        on_fatal: Box<dyn Fn(String) + Send>,
+        fail_stop: FailStop,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(WalShared {
@@ -97,7 +98,7 @@ impl GroupCommitWal {
         };
         std::thread::Builder::new()
             .name("wal-writer".into())
-            .spawn(move || writer.run(rx, on_fatal))?;
+            .spawn(move || writer.run(rx, fail_stop))?;
         Ok(Self { tx, shared })
     }
 
@@ -114,10 +115,6 @@ impl GroupCommitWal {
     pub fn shared(&self) -> &Arc<WalShared> {
         &self.shared
     }
-
-    pub fn has_failed(&self) -> bool {
-        self.shared.failed.load(Ordering::Acquire)
-    }
 }
 
 struct Writer {
@@ -130,7 +127,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: Receiver<WalAppend>, on_fatal: Box<dyn Fn(String) + Send>) {
+    fn run(mut self, rx: Receiver<WalAppend>, fail_stop: FailStop) {
         let mut group: Vec<WalAppend> = Vec::new();
         while let Ok(first) = rx.recv() {
             let mut group_bytes = frames_len(&first);
@@ -147,34 +144,46 @@ impl Writer {
                 group_bytes += frames_len(&append);
                 group.push(append);
             }
-            if let Err(err) = self.commit(&group) {
-                let reason: Arc<str> = format!("WAL write/fsync failed: {err}").into();
+            let committed = self.commit(&group);
+            if committed.is_ok() {
+                self.acknowledge(&mut group);
+            }
+            // A failed roll is fail-stop too: the closed segment's coverage would be lost, and
+            // a checkpoint could delete a segment whose partitions are not yet synced.
+            let outcome = committed
+                .map_err(|err| format!("WAL write/fsync failed: {err}"))
+                .and_then(|()| {
+                    self.maintain_segments()
+                        .map_err(|err| format!("WAL segment roll failed: {err}"))
+                });
+            if let Err(reason) = outcome {
+                let reason: Arc<str> = reason.into();
                 self.shared.failed.store(true, Ordering::Release);
                 for append in group.drain(..) {
                     fail(append, &reason);
                 }
-                on_fatal(reason.to_string());
+                fail_stop.stop(reason.to_string());
                 // Fail-stop: answer every later append with the error, never write again.
                 while let Ok(append) = rx.recv() {
                     fail(append, &reason);
                 }
                 return;
             }
-            for mut append in group.drain(..) {
-                let key = Arc::as_ptr(&append.partition) as usize;
-                let entry = self
-                    .coverage
-                    .entry(key)
-                    .or_insert_with(|| (Arc::downgrade(&append.partition), append.end_offset));
-                entry.1 = entry.1.max(append.end_offset);
-                append.partition.high_watermark().advance(append.end_offset);
-                if let Some(done) = append.done.take() {
-                    let _ = done.send(Ok(()));
-                }
-            }
-            if let Err(err) = self.maintain_segments() {
-                // A failed roll leaves the data durable in the active segment; logged, not fatal.
-                tracing::error!("WAL segment maintenance failed: {err}");
+        }
+    }
+
+    /// Durable: advances each partition's high watermark and answers the waiting requests.
+    fn acknowledge(&mut self, group: &mut Vec<WalAppend>) {
+        for mut append in group.drain(..) {
+            let key = Arc::as_ptr(&append.partition) as usize;
+            let entry = self
+                .coverage
+                .entry(key)
+                .or_insert_with(|| (Arc::downgrade(&append.partition), append.end_offset));
+            entry.1 = entry.1.max(append.end_offset);
+            append.partition.high_watermark().advance(append.end_offset);
+            if let Some(done) = append.done.take() {
+                let _ = done.send(Ok(()));
             }
         }
     }
@@ -207,8 +216,8 @@ impl Writer {
     fn maintain_segments(&mut self) -> std::io::Result<()> {
         if self.storage.active_len() >= self.config.segment_bytes_max {
             let seq = self.storage.active_seq();
-            let coverage = self.coverage.drain().map(|(_, v)| v).collect();
             self.storage.roll()?;
+            let coverage = self.coverage.drain().map(|(_, v)| v).collect();
             lock(&self.shared.closed).push(ClosedSegment { seq, coverage });
         }
         Ok(())

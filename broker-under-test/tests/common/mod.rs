@@ -12,9 +12,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 /// How long the broker may take to print its listening line.
@@ -207,6 +208,47 @@ pub fn produce_all(
     producer
         .flush(CLIENT_TIMEOUT)
         .expect("all messages delivered");
+}
+
+/// Keeps the outcome of every delivery: the offset, or `None` when it failed.
+#[derive(Default)]
+struct DeliveryLog(std::sync::Mutex<Vec<Option<i64>>>);
+
+impl ClientContext for DeliveryLog {}
+
+impl ProducerContext for DeliveryLog {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        let offset = result.as_ref().ok().map(|m| m.offset());
+        self.0.lock().unwrap().push(offset);
+    }
+}
+
+/// Produces `values` to partition 0 one request at a time (acks=1, no retries, each waited
+/// for); the acked offset of each, or `None` where the broker did not ack it.
+pub fn produce_acked(bootstrap: &str, topic: &str, values: &[String]) -> Vec<Option<i64>> {
+    let producer: BaseProducer<DeliveryLog> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "0")
+        .set("retries", "0")
+        .set("message.timeout.ms", "5000")
+        .create_with_context(DeliveryLog::default())
+        .expect("create producer");
+    for value in values {
+        producer
+            .send(
+                BaseRecord::<str, str>::to(topic)
+                    .partition(0)
+                    .payload(value),
+            )
+            .map_err(|(err, _)| err)
+            .expect("queued");
+        // A failed delivery is an outcome here, not an error.
+        let _ = producer.flush(CLIENT_TIMEOUT);
+    }
+    let log = producer.context().0.lock().unwrap().clone();
+    assert_eq!(log.len(), values.len(), "one delivery report per message");
+    log
 }
 
 /// Reads partition `partition` from offset 0 until `count` messages arrived (or times out).

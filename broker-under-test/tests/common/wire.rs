@@ -112,3 +112,106 @@ pub fn rss_kib(pid: u32) -> (u64, u64) {
     };
     (field("VmRSS:"), field("VmHWM:"))
 }
+
+/// Who wrote a batch: an idempotent producer's id, epoch and first sequence, or nobody (-1).
+#[derive(Clone, Copy)]
+pub struct Writer {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub first_sequence: i32,
+}
+
+pub const PLAIN: Writer = Writer {
+    producer_id: -1,
+    epoch: -1,
+    first_sequence: -1,
+};
+
+/// One v2 record batch of `values` records of `value_bytes` each.
+pub fn record_batch(values: usize, value_bytes: usize) -> Bytes {
+    record_batch_by(PLAIN, values, value_bytes)
+}
+
+pub fn record_batch_by(writer: Writer, values: usize, value_bytes: usize) -> Bytes {
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    let records: Vec<Record> = (0..values)
+        .map(|i| Record {
+            transactional: false,
+            control: false,
+            partition_leader_epoch: 0,
+            producer_id: writer.producer_id,
+            producer_epoch: writer.epoch,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: if writer.producer_id < 0 {
+                -1
+            } else {
+                writer.first_sequence + i as i32
+            },
+            timestamp: 0,
+            key: None,
+            value: Some(Bytes::from(vec![b'x'; value_bytes])),
+            headers: Default::default(),
+            delete_horizon: false,
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .unwrap();
+    buf.freeze()
+}
+
+/// Produce v9 (acks=1) of `records` to partition 0; the partition's error code and base offset.
+pub fn produce_at(addr: SocketAddr, topic: &str, records: Bytes) -> (i16, i64) {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
+    let mut partition = PartitionProduceData::default();
+    partition.index = 0;
+    partition.records = Some(records);
+    let mut topic_data = TopicProduceData::default();
+    topic_data.name = TopicName(StrBytes::from_string(topic.to_owned()));
+    topic_data.partition_data = vec![partition];
+    let mut request = ProduceRequest::default();
+    request.acks = 1;
+    request.timeout_ms = 5000;
+    request.topic_data = vec![topic_data];
+    let mut s = connect(addr);
+    s.write_all(&frame(ApiKey::Produce, 9, 1, &request))
+        .unwrap();
+    let mut body = read_frame(&mut s).expect("produce response");
+    ResponseHeader::decode(&mut body, 1).unwrap();
+    let response = ProduceResponse::decode(&mut body, 9).unwrap();
+    let p = &response.responses[0].partition_responses[0];
+    (p.error_code, p.base_offset)
+}
+
+/// The partition's error code of a Produce v9 (acks=1) of `records` to partition 0.
+pub fn produce(addr: SocketAddr, topic: &str, records: Bytes) -> i16 {
+    produce_at(addr, topic, records).0
+}
+
+/// CreateTopics v5 for one topic; waits for the answer.
+pub fn create_topic(addr: SocketAddr, topic: &str, partitions: i32) {
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    use kafka_protocol::messages::{CreateTopicsRequest, TopicName};
+    let mut t = CreatableTopic::default();
+    t.name = TopicName(StrBytes::from_string(topic.to_owned()));
+    t.num_partitions = partitions;
+    t.replication_factor = 1;
+    let mut request = CreateTopicsRequest::default();
+    request.topics = vec![t];
+    request.timeout_ms = 5000;
+    let mut s = connect(addr);
+    s.write_all(&frame(ApiKey::CreateTopics, 5, 1, &request))
+        .unwrap();
+    read_frame(&mut s).expect("create response");
+}

@@ -1,0 +1,60 @@
+//! The idempotent producer's promise, exercised with the retries a client library hides: the
+//! same batch sent again (a retry after a lost response) is answered with its first offset and
+//! stored once, and a request that carries one batch twice stores nothing twice.
+
+mod common;
+
+use common::wire::{create_topic, produce_at, record_batch_by, Writer};
+use common::Broker;
+
+const DUPLICATE_SEQUENCE_NUMBER: i16 = 46;
+const RECORDS_PER_BATCH: usize = 3;
+
+fn writer(first_sequence: i32) -> Writer {
+    Writer {
+        producer_id: 4242,
+        epoch: 0,
+        first_sequence,
+    }
+}
+
+#[test]
+fn a_retried_batch_is_answered_with_its_first_offset_and_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    create_topic(broker.addr, "retried", 1);
+    let batch = record_batch_by(writer(0), RECORDS_PER_BATCH, 8);
+    assert_eq!(produce_at(broker.addr, "retried", batch.clone()), (0, 0));
+    // The retry: same producer, epoch and sequences.
+    assert_eq!(produce_at(broker.addr, "retried", batch), (0, 0));
+    let next = record_batch_by(writer(RECORDS_PER_BATCH as i32), RECORDS_PER_BATCH, 8);
+    assert_eq!(
+        produce_at(broker.addr, "retried", next),
+        (0, RECORDS_PER_BATCH as i64),
+        "the next batch follows the first one directly"
+    );
+    // The offsets above prove the retry took none; the log holds exactly the two batches.
+    let got = common::consume_partition(&broker.bootstrap(), "retried", 0, 2 * RECORDS_PER_BATCH);
+    let offsets: Vec<i64> = got.iter().map(|(o, _)| *o).collect();
+    assert_eq!(
+        offsets,
+        (0..2 * RECORDS_PER_BATCH as i64).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn one_request_carrying_a_batch_twice_stores_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    create_topic(broker.addr, "doubled", 1);
+    let batch = record_batch_by(writer(0), RECORDS_PER_BATCH, 8);
+    let twice = [batch.clone(), batch].concat();
+    let (error, _) = produce_at(broker.addr, "doubled", twice.into());
+    assert_eq!(error, DUPLICATE_SEQUENCE_NUMBER);
+    // Nothing of the refused request is stored; the producer starts again at sequence 0.
+    let first = record_batch_by(writer(0), RECORDS_PER_BATCH, 8);
+    assert_eq!(produce_at(broker.addr, "doubled", first), (0, 0));
+    let got = common::consume_partition(&broker.bootstrap(), "doubled", 0, RECORDS_PER_BATCH);
+    let offsets: Vec<i64> = got.iter().map(|(o, _)| *o).collect();
+    assert_eq!(offsets, (0..RECORDS_PER_BATCH as i64).collect::<Vec<_>>());
+}
