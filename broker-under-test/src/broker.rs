@@ -17,6 +17,7 @@ use crate::fail_stop::FailStop;
 use crate::groups::GroupCoordinator;
 use crate::log::LogError;
 use crate::produce::ProduceHandler;
+use crate::producer_ids::ProducerIds;
 use crate::server::RequestBudget;
 use crate::topics::TopicRegistry;
 use crate::wal::group_commit::{GroupCommitWal, WalWriterConfig};
@@ -168,6 +169,8 @@ pub async fn start_with_storage(
         GroupCoordinator::open(&config.data_dir, config.group_initial_rebalance_delay)
             .map_err(storage_err(&config.data_dir))?,
     );
+    let producer_ids =
+        ProducerIds::open(&config.data_dir).map_err(storage_err(&config.data_dir))?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -194,6 +197,7 @@ pub async fn start_with_storage(
         topics.clone(),
         produce,
         groups,
+        producer_ids,
     ));
     let budget = RequestBudget::new(config.request_bytes_in_flight_max);
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);

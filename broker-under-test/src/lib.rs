@@ -11,6 +11,7 @@
 //! - `profile`: `ProduceFlushProfile` and its named constants.
 //! - `topics`: lock-free topic registry (`ArcSwap` snapshots).
 //! - `groups`: consumer-group coordinator and committed offsets.
+//! - `producer_ids`: idempotent-producer ids from durably reserved blocks.
 //! - `fail_stop`: the one switch every layer uses to stop the broker after a storage failure.
 //! - `config`, `broker`: validated configuration; assembly, start-up and shutdown.
 
@@ -23,6 +24,7 @@ pub mod groups;
 pub mod log;
 pub mod partition;
 pub mod produce;
+pub mod producer_ids;
 pub mod profile;
 pub mod server;
 pub mod topics;

@@ -8,6 +8,7 @@
 //! declares: a frame's body is read in chunks, each taken from the broker-wide request budget
 //! before it is read, and the budget returns when the request has finished.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::api::{ApiContext, RequestError};
 
@@ -89,6 +90,7 @@ pub async fn serve_connection(stream: TcpStream, ctx: Arc<ApiContext>, budget: R
         while let Some(pending) = rx.recv().await {
             let outcome = match pending.await {
                 Ok(outcome) => outcome,
+                Err(join_err) if join_err.is_cancelled() => return, // the client went away
                 Err(join_err) => {
                     tracing::error!("request handler panicked: {join_err}");
                     return;
@@ -111,6 +113,10 @@ pub async fn serve_connection(stream: TcpStream, ctx: Arc<ApiContext>, budget: R
             }
         }
     });
+    // Requests still running, so that they can be stopped when the client goes away: a
+    // long-poll fetch or a group join would otherwise run on for its full timeout.
+    let mut in_flight: VecDeque<AbortHandle> = VecDeque::new();
+    let mut client_gone = false;
     loop {
         let mut len_buf = [0u8; 4];
         let idle = ctx.config.connection_idle;
@@ -118,7 +124,8 @@ pub async fn serve_connection(stream: TcpStream, ctx: Arc<ApiContext>, budget: R
             tokio::time::timeout(idle, reader.read_exact(&mut len_buf)).await,
             Ok(Ok(_))
         ) {
-            break; // closed, failed, or idle for longer than the limit
+            client_gone = true; // closed, failed, or idle for longer than the limit
+            break;
         }
         let len = i32::from_be_bytes(len_buf);
         let Some(len) = usize::try_from(len)
@@ -133,6 +140,7 @@ pub async fn serve_connection(stream: TcpStream, ctx: Arc<ApiContext>, budget: R
             read_body(&mut reader, len, &budget),
         );
         let Ok(Ok((body, held))) = read.await else {
+            client_gone = true;
             break;
         };
         let started = ctx.start(body).await;
@@ -142,10 +150,18 @@ pub async fn serve_connection(stream: TcpStream, ctx: Arc<ApiContext>, budget: R
             let _held = held; // the request's bytes count until it has finished
             started?.finish(&ctx).await
         });
+        in_flight.retain(|h| !h.is_finished());
+        in_flight.push_back(handle.abort_handle());
         // After a bad frame the writer sends the earlier responses, then closes.
         if tx.send(handle).await.is_err() || failed {
             break; // the writer stopped: a bad request or a dead socket
         }
+    }
+    if client_gone {
+        // Nobody will read the answers. A produce request is already appended (its durability
+        // wait and flush are all that is stopped; checkpoints flush), a fetch or group wait
+        // just ends, and the request's memory budget returns with it.
+        in_flight.iter().for_each(AbortHandle::abort);
     }
     drop(tx);
     let _ = write_loop.await;

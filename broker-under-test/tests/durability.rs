@@ -101,25 +101,56 @@ fn torn_wal_tail_is_cut_and_everything_before_it_is_kept() {
     assert_eq!(got, sent);
 }
 
+/// Records in the test's WAL: one message each, so a cut between two record boundaries must
+/// recover exactly the records wholly before it.
+const TRUNCATION_RECORDS: usize = 25;
+/// Cut points tried besides every byte of the last record and both sides of every boundary.
+const TRUNCATION_RANDOM_CUTS: usize = 120;
+
 #[test]
-fn every_truncation_of_the_last_wal_record_recovers_a_prefix() {
+fn every_truncation_of_the_wal_recovers_exactly_the_whole_records_before_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = Broker::start(dir.path(), &[]);
-    let sent = values("cut", 3);
+    let sent = values("cut", TRUNCATION_RECORDS);
     let p = producer(&broker.bootstrap(), &[]);
     for v in &sent {
-        // One record per WAL frame, so truncation points fall inside the last one.
+        // One record per WAL frame, so truncation points fall inside single records.
         produce_all(&p, "cut", Some(0), std::slice::from_ref(v));
     }
     drop(p);
     broker.kill9();
     drop_segment_files(dir.path(), "cut");
     let wal = newest_nonempty_wal(dir.path());
-    let full = fs::read(&wal).unwrap();
+    let full = bytes::Bytes::from(fs::read(&wal).unwrap());
+    // Where each record ends, read with the broker's own decoder.
+    let mut ends = Vec::new();
+    let mut pos = 0;
+    while pos < full.len() {
+        match chronik_broker::wal::record::decode(&full.slice(pos..)) {
+            chronik_broker::wal::record::Decoded::Record(_, used) => {
+                pos += used;
+                ends.push(pos);
+            }
+            other => panic!("the test's own WAL does not decode at {pos}: {other:?}"),
+        }
+    }
+    assert_eq!(ends.len(), TRUNCATION_RECORDS);
+    let last_start = ends[ends.len() - 2];
+    let mut cuts: Vec<usize> = (last_start..full.len()).collect();
+    cuts.extend(ends.iter().flat_map(|&e| [e - 1, e, e + 1]));
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..TRUNCATION_RANDOM_CUTS {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        cuts.push(state as usize % full.len());
+    }
+    cuts.retain(|&c| c <= full.len());
+    cuts.sort_unstable();
+    cuts.dedup();
     let snapshot = tempfile::tempdir().unwrap();
     copy_dir(dir.path(), snapshot.path());
-    // Cut points: just inside the last record, its middle, and one byte short of the end.
-    for cut in [full.len() - 1, full.len() - 40, full.len() - 70] {
+    for &cut in &cuts {
         let work = tempfile::tempdir().unwrap();
         copy_dir(snapshot.path(), work.path());
         let wal_copy = work.path().join(wal.strip_prefix(dir.path()).unwrap());
@@ -130,12 +161,37 @@ fn every_truncation_of_the_last_wal_record_recovers_a_prefix() {
             .set_len(cut as u64)
             .unwrap();
         let b = Broker::start(work.path(), &[]);
-        let got: Vec<String> = consume_partition(&b.bootstrap(), "cut", 0, 2)
-            .into_iter()
-            .map(|(_, v)| v)
-            .collect();
-        assert_eq!(got, sent[..2], "cut at byte {cut}");
+        let whole = ends.iter().filter(|&&e| e <= cut).count() as i64;
+        assert_eq!(
+            common::wire::latest_offset(b.addr, "cut", 0),
+            whole,
+            "cut at byte {cut} of {}",
+            full.len()
+        );
     }
+    // Content, not only the count, at a cut in the middle of the log.
+    let cut = ends[TRUNCATION_RECORDS / 2] + 3;
+    let work = tempfile::tempdir().unwrap();
+    copy_dir(snapshot.path(), work.path());
+    let wal_copy = work.path().join(wal.strip_prefix(dir.path()).unwrap());
+    OpenOptions::new()
+        .write(true)
+        .open(&wal_copy)
+        .unwrap()
+        .set_len(cut as u64)
+        .unwrap();
+    let b = Broker::start(work.path(), &[]);
+    let keep = TRUNCATION_RECORDS / 2 + 1;
+    let got: Vec<String> = consume_partition(&b.bootstrap(), "cut", 0, keep)
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(got, sent[..keep]);
+    eprintln!(
+        "{} cut points over a {}-byte WAL: each recovered exactly its whole records",
+        cuts.len(),
+        full.len()
+    );
 }
 
 #[test]

@@ -157,3 +157,52 @@ fn a_fetch_naming_one_partition_many_times_stays_within_its_byte_limit() {
         response.len()
     );
 }
+
+/// Sockets on `port` (the broker's side) in CLOSE_WAIT: the client closed, the broker has not.
+fn close_wait_sockets(port: u16) -> usize {
+    const TCP_CLOSE_WAIT: &str = "08";
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.len() > 3
+                && fields[1].ends_with(&format!(":{port:04X}"))
+                && fields[3] == TCP_CLOSE_WAIT
+        })
+        .count()
+}
+
+#[test]
+fn a_long_poll_whose_client_left_stops_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    common::wire::create_topic(broker.addr, "quiet", 1);
+    let mut partition = FetchPartition::default();
+    partition.partition = 0;
+    partition.fetch_offset = 0;
+    partition.partition_max_bytes = 1 << 20;
+    let mut topic = FetchTopic::default();
+    topic.topic = TopicName(StrBytes::from_static_str("quiet"));
+    topic.partitions = vec![partition];
+    let mut request = FetchRequest::default();
+    request.replica_id = (-1).into();
+    request.max_wait_ms = 30_000;
+    request.min_bytes = 1;
+    request.max_bytes = 1 << 20;
+    request.topics = vec![topic];
+    let mut s = connect(broker.addr);
+    s.write_all(&frame(ApiKey::Fetch, 11, 9, &request)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    drop(s);
+    // The empty partition would hold the fetch for 30 s; the broker lets it go at once.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while close_wait_sockets(broker.addr.port()) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the broker still holds the connection of a client that left"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -206,8 +206,18 @@ pub fn init_producer_id(ctx: &ApiContext, req: InitProducerIdRequest) -> InitPro
         response.producer_epoch = -1;
         return response;
     }
-    response.producer_id = ProducerId(ctx.allocate_producer_id());
-    response.producer_epoch = 0;
+    match ctx.producer_ids.allocate() {
+        Ok(id) => {
+            response.producer_id = ProducerId(id);
+            response.producer_epoch = 0;
+        }
+        Err(err) => {
+            tracing::error!("reserving producer ids failed: {err}");
+            response.error_code = ResponseError::KafkaStorageError.code();
+            response.producer_id = ProducerId(-1);
+            response.producer_epoch = -1;
+        }
+    }
     response
 }
 

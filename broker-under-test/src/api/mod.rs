@@ -8,7 +8,6 @@ mod admin;
 mod fetch;
 mod groups;
 
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -24,6 +23,7 @@ use thiserror::Error;
 use crate::config::BrokerConfig;
 use crate::groups::GroupCoordinator;
 use crate::produce::{AppendedProduce, ProduceHandler};
+use crate::producer_ids::ProducerIds;
 use crate::topics::TopicRegistry;
 
 /// Every API this broker answers and the versions its handler supports. Upper bounds stop
@@ -74,7 +74,7 @@ pub struct ApiContext {
     pub topics: Arc<TopicRegistry>,
     pub produce: ProduceHandler,
     pub groups: Arc<GroupCoordinator>,
-    pub next_producer_id: AtomicI64,
+    pub producer_ids: ProducerIds,
 }
 
 fn supported(api: ApiKey) -> Option<(i16, i16)> {
@@ -92,13 +92,8 @@ impl ApiContext {
         topics: Arc<TopicRegistry>,
         produce: ProduceHandler,
         groups: Arc<GroupCoordinator>,
+        producer_ids: ProducerIds,
     ) -> Self {
-        // Producer ids must never repeat across restarts (the log remembers old ones), so they
-        // start from the clock.
-        let start = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_millis() as i64)
-            << 10;
         Self {
             config,
             advertised_host,
@@ -106,12 +101,8 @@ impl ApiContext {
             topics,
             produce,
             groups,
-            next_producer_id: AtomicI64::new(start),
+            producer_ids,
         }
-    }
-
-    fn allocate_producer_id(&self) -> i64 {
-        self.next_producer_id.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Decodes one request frame and runs the part of it that must happen in arrival order

@@ -215,3 +215,27 @@ pub fn create_topic(addr: SocketAddr, topic: &str, partitions: i32) {
         .unwrap();
     read_frame(&mut s).expect("create response");
 }
+
+/// The partition's latest offset (ListOffsets v1, timestamp -1): its end, the high watermark.
+pub fn latest_offset(addr: SocketAddr, topic: &str, partition: i32) -> i64 {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse, TopicName};
+    let mut p = ListOffsetsPartition::default();
+    p.partition_index = partition;
+    p.timestamp = -1;
+    let mut t = ListOffsetsTopic::default();
+    t.name = TopicName(StrBytes::from_string(topic.to_owned()));
+    t.partitions = vec![p];
+    let mut request = ListOffsetsRequest::default();
+    request.replica_id = (-1).into();
+    request.topics = vec![t];
+    let mut s = connect(addr);
+    s.write_all(&frame(ApiKey::ListOffsets, 1, 1, &request))
+        .unwrap();
+    let mut body = read_frame(&mut s).expect("ListOffsets response");
+    ResponseHeader::decode(&mut body, 0).unwrap();
+    let response = ListOffsetsResponse::decode(&mut body, 1).unwrap();
+    let p = &response.topics[0].partitions[0];
+    assert_eq!(p.error_code, 0, "ListOffsets {topic}-{partition}");
+    p.offset
+}
