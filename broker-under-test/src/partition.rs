@@ -318,12 +318,14 @@ impl Partition {
     /// fsyncs the segment log; afterwards the WAL is no longer needed below `synced_end`.
     pub fn sync_log(&self) -> io::Result<()> {
         let unsynced = lock(&self.state).log.take_unsynced();
-        if let Some((file, end)) = unsynced {
+        if let Some(unsynced) = unsynced {
             // Outside the lock: producers keep appending while the segment is fsynced. A roll
             // in between fsyncs the old segment itself, so `end` is covered either way.
             // A failure is returned, never retried: the caller fail-stops the broker.
-            file.sync_data()?;
-            self.synced_end.fetch_max(end, Ordering::AcqRel);
+            unsynced.file.sync_data()?;
+            // Durable before the WAL covering these offsets may go (it goes by `synced_end`).
+            unsynced.record_recovery_point()?;
+            self.synced_end.fetch_max(unsynced.end, Ordering::AcqRel);
         }
         Ok(())
     }

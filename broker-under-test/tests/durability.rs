@@ -215,6 +215,59 @@ fn corrupt_record_with_valid_records_after_it_refuses_to_start() {
     assert_eq!(fs::read(&wal).unwrap(), raw);
 }
 
+/// Whether any WAL segment still holds a record of the topic whose id is in `topic_dir`.
+fn wal_holds_topic(data_dir: &Path, topic: &str) -> bool {
+    let id_hex = fs::read_to_string(data_dir.join("topics").join(topic).join("topic.id")).unwrap();
+    let id = u128::from_str_radix(id_hex.trim(), 16).unwrap();
+    wal_segments(data_dir).into_iter().any(|path| {
+        let data = bytes::Bytes::from(fs::read(path).unwrap_or_default());
+        let mut pos = 0;
+        while pos < data.len() {
+            match chronik_broker::wal::record::decode(&data.slice(pos..)) {
+                chronik_broker::wal::record::Decoded::Record(rec, used) => {
+                    if rec.topic_id == id {
+                        return true;
+                    }
+                    pos += used;
+                }
+                _ => break,
+            }
+        }
+        false
+    })
+}
+
+#[test]
+fn damage_in_the_durable_part_of_the_active_segment_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    // Small WAL segments: other traffic rolls them, and checkpoints delete the closed ones once
+    // the logs they cover are synced. Then only the segment file holds this partition's data.
+    let mut broker = Broker::start(dir.path(), &["--wal-segment-bytes=4096"]);
+    let p = producer(&broker.bootstrap(), &[]);
+    produce_all(&p, "rot", Some(0), &values("rot", 50));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut round = 0;
+    while wal_holds_topic(dir.path(), "rot") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the WAL never let go of the topic"
+        );
+        produce_all(&p, "filler", Some(0), &values(&format!("fill{round}"), 100));
+        round += 1;
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    drop(p);
+    assert!(broker.terminate().success());
+    // Bit rot inside the first batch of the partition's only (active) segment.
+    let segment = dir.path().join("topics/rot/0/00000000000000000000.log");
+    let mut data = fs::read(&segment).unwrap();
+    data[30] ^= 0xff;
+    fs::write(&segment, data).unwrap();
+    // Cutting it would restart the partition at offset 0 and hand its offsets out again.
+    let status = Broker::start_expecting_failure(dir.path());
+    assert_eq!(status.code(), Some(EXIT_DATA_CORRUPT), "{status}");
+}
+
 #[test]
 fn sigterm_flushes_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();

@@ -25,7 +25,7 @@ pub enum LogError {
         #[source]
         source: io::Error,
     },
-    #[error("partition log {path} is corrupt at byte {position}: {reason} (valid data follows, refusing to cut it)")]
+    #[error("partition log {path} is corrupt at byte {position}: {reason} (the damage is in data already durable, which the WAL no longer holds: cutting it would lose acked records and hand their offsets out again; restore the data directory)")]
     Corrupt {
         path: PathBuf,
         position: u64,
@@ -40,6 +40,47 @@ pub struct PartitionLog {
     segment_bytes_max: u64,
     /// Bytes appended since the last `sync`.
     dirty: bool,
+}
+
+/// `<partition dir>/recovery-point`: the offset below which the log is known durable (Kafka's
+/// recovery-point checkpoint). Written after each fsync of the log, before any WAL segment that
+/// covers those offsets may be deleted, so on start damage below it is corruption (the WAL no
+/// longer holds that data) and damage above it is a torn tail the WAL replays.
+const RECOVERY_POINT_FILE: &str = "recovery-point";
+
+/// The active segment's file to fsync, the log end it covers, and where to record it after.
+pub struct Unsynced {
+    pub file: Arc<File>,
+    pub end: i64,
+    dir: PathBuf,
+}
+
+impl Unsynced {
+    /// Records `end` as the recovery point, durably (call it after the file's fsync).
+    pub fn record_recovery_point(&self) -> io::Result<()> {
+        write_recovery_point(&self.dir, self.end)
+    }
+}
+
+fn read_recovery_point(dir: &Path) -> Result<i64, LogError> {
+    let path = dir.join(RECOVERY_POINT_FILE);
+    match fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse().map_err(|e| LogError::Corrupt {
+            path,
+            position: 0,
+            reason: format!("recovery point {text:?}: {e}"),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(source) => Err(LogError::Io { path, source }),
+    }
+}
+
+fn write_recovery_point(dir: &Path, offset: i64) -> io::Result<()> {
+    let tmp = dir.join(format!("{RECOVERY_POINT_FILE}.tmp"));
+    fs::write(&tmp, offset.to_string())?;
+    File::open(&tmp)?.sync_all()?;
+    fs::rename(&tmp, dir.join(RECOVERY_POINT_FILE))?;
+    crate::wal::storage::sync_dir(dir)
 }
 
 /// What opening an existing log found.
@@ -73,12 +114,14 @@ impl PartitionLog {
             }
         }
         bases.sort_unstable();
+        let recovery_point = read_recovery_point(dir)?;
         let mut recovery = LogRecovery::default();
         let mut segments = Vec::with_capacity(bases.len().max(1));
         let count = bases.len();
         for (i, base) in bases.into_iter().enumerate() {
             let is_last = i + 1 == count;
-            let (segment, cut) = Segment::recover(dir, base, is_last, &mut on_batch)?;
+            let (segment, cut) =
+                Segment::recover(dir, base, is_last, recovery_point, &mut on_batch)?;
             recovery.torn_bytes_cut += cut;
             segments.push(segment);
         }
@@ -95,6 +138,13 @@ impl PartitionLog {
                 .expect("not empty")
                 .sync()
                 .map_err(io_err)?;
+        }
+        let end = segments
+            .last()
+            .expect("a log has an active segment")
+            .next_offset;
+        if end != recovery_point {
+            write_recovery_point(dir, end).map_err(io_err)?;
         }
         Ok((
             Self {
@@ -176,12 +226,16 @@ impl PartitionLog {
 
     /// The active segment's file and end offset if anything was appended since the last call;
     /// the caller fsyncs it outside the partition lock (an fsync can take many milliseconds).
-    pub fn take_unsynced(&mut self) -> Option<(Arc<File>, i64)> {
+    pub fn take_unsynced(&mut self) -> Option<Unsynced> {
         if !self.dirty {
             return None;
         }
         self.dirty = false;
-        Some((self.active().file(), self.end_offset()))
+        Some(Unsynced {
+            file: self.active().file(),
+            end: self.end_offset(),
+            dir: self.dir.clone(),
+        })
     }
 
     /// Removes the whole log directory (topic deletion).

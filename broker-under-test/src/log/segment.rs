@@ -56,12 +56,14 @@ impl Segment {
         })
     }
 
-    /// Scans an existing segment, rebuilding the index. In the last segment a damaged tail with
-    /// nothing valid after it is cut; anywhere else damage refuses the start.
+    /// Scans an existing segment, rebuilding the index. Damage in the last segment at or past
+    /// `recovery_point` is a torn tail (never fsynced; the WAL still holds it) and is cut;
+    /// damage below it, or in any earlier segment, refuses the start.
     pub fn recover(
         dir: &Path,
         base_offset: i64,
         is_last: bool,
+        recovery_point: i64,
         on_batch: &mut impl FnMut(&[u8]),
     ) -> Result<(Self, u64), LogError> {
         let path = segment_path(dir, base_offset);
@@ -95,7 +97,7 @@ impl Segment {
         }
         let cut = (data.len() - pos) as u64;
         if let Some(reason) = reason {
-            if !is_last {
+            if !is_last || segment.next_offset < recovery_point {
                 return Err(LogError::Corrupt {
                     path,
                     position: pos as u64,
