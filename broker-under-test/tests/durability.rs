@@ -101,6 +101,19 @@ fn torn_wal_tail_is_cut_and_everything_before_it_is_kept() {
     assert_eq!(got, sent);
 }
 
+/// A copy of the data directory `snapshot` whose WAL segment `wal` (relative) is cut at `cut`.
+fn truncated_copy(snapshot: &Path, wal: &Path, cut: usize) -> tempfile::TempDir {
+    let work = tempfile::tempdir().unwrap();
+    copy_dir(snapshot, work.path());
+    OpenOptions::new()
+        .write(true)
+        .open(work.path().join(wal))
+        .unwrap()
+        .set_len(cut as u64)
+        .unwrap();
+    work
+}
+
 /// Records in the test's WAL: one message each, so a cut between two record boundaries must
 /// recover exactly the records wholly before it.
 const TRUNCATION_RECORDS: usize = 25;
@@ -150,16 +163,9 @@ fn every_truncation_of_the_wal_recovers_exactly_the_whole_records_before_it() {
     cuts.dedup();
     let snapshot = tempfile::tempdir().unwrap();
     copy_dir(dir.path(), snapshot.path());
+    let wal_in_dir = wal.strip_prefix(dir.path()).unwrap();
     for &cut in &cuts {
-        let work = tempfile::tempdir().unwrap();
-        copy_dir(snapshot.path(), work.path());
-        let wal_copy = work.path().join(wal.strip_prefix(dir.path()).unwrap());
-        OpenOptions::new()
-            .write(true)
-            .open(&wal_copy)
-            .unwrap()
-            .set_len(cut as u64)
-            .unwrap();
+        let work = truncated_copy(snapshot.path(), wal_in_dir, cut);
         let b = Broker::start(work.path(), &[]);
         let whole = ends.iter().filter(|&&e| e <= cut).count() as i64;
         assert_eq!(
@@ -170,16 +176,11 @@ fn every_truncation_of_the_wal_recovers_exactly_the_whole_records_before_it() {
         );
     }
     // Content, not only the count, at a cut in the middle of the log.
-    let cut = ends[TRUNCATION_RECORDS / 2] + 3;
-    let work = tempfile::tempdir().unwrap();
-    copy_dir(snapshot.path(), work.path());
-    let wal_copy = work.path().join(wal.strip_prefix(dir.path()).unwrap());
-    OpenOptions::new()
-        .write(true)
-        .open(&wal_copy)
-        .unwrap()
-        .set_len(cut as u64)
-        .unwrap();
+    let work = truncated_copy(
+        snapshot.path(),
+        wal_in_dir,
+        ends[TRUNCATION_RECORDS / 2] + 3,
+    );
     let b = Broker::start(work.path(), &[]);
     let keep = TRUNCATION_RECORDS / 2 + 1;
     let got: Vec<String> = consume_partition(&b.bootstrap(), "cut", 0, keep)

@@ -46,6 +46,11 @@ fn subscription(topic: &str) -> Bytes {
 /// A member that joins and syncs over a raw connection, then goes silent (its socket stays
 /// open, as a killed process's may until the kernel notices). Blocks until its sync completes.
 fn join_then_go_silent(addr: SocketAddr, group: &str, topic: &str) -> TcpStream {
+    join_and_sync(addr, group, topic).0
+}
+
+/// Joins and syncs over a raw connection: the connection, the member id and the generation.
+fn join_and_sync(addr: SocketAddr, group: &str, topic: &str) -> (TcpStream, String, i32) {
     let mut s = connect(addr);
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut protocol = JoinGroupRequestProtocol::default();
@@ -79,7 +84,7 @@ fn join_then_go_silent(addr: SocketAddr, group: &str, topic: &str) -> TcpStream 
     ResponseHeader::decode(&mut body, 0).unwrap();
     let synced = SyncGroupResponse::decode(&mut body, SYNC_GROUP_VERSION).unwrap();
     assert_eq!(synced.error_code, 0, "sync");
-    s
+    (s, joined.member_id.to_string(), joined.generation_id)
 }
 
 fn consumer(bootstrap: &str, group: &str) -> BaseConsumer {
@@ -177,4 +182,63 @@ fn a_new_member_joins_a_group_whose_only_member_was_killed() {
     let took = wait_for_partitions(&newcomer, PARTITIONS as usize, TAKEOVER_BOUND);
     eprintln!("the new member owned every partition after {took:?}");
     assert_eq!(committed(&newcomer, topic, 1), Offset::Offset(3));
+}
+
+/// OffsetCommit v2 of one offset; the partition's error code.
+fn raw_commit(addr: SocketAddr, group: &str, member: &str, generation: i32, offset: i64) -> i16 {
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse, TopicName};
+    const VERSION: i16 = 2;
+    let mut partition = OffsetCommitRequestPartition::default();
+    partition.partition_index = 0;
+    partition.committed_offset = offset;
+    let mut topic = OffsetCommitRequestTopic::default();
+    topic.name = TopicName(StrBytes::from_static_str("liveness"));
+    topic.partitions = vec![partition];
+    let mut request = OffsetCommitRequest::default();
+    request.group_id = GroupId(StrBytes::from_string(group.to_owned()));
+    request.member_id = StrBytes::from_string(member.to_owned());
+    request.generation_id_or_member_epoch = generation;
+    request.retention_time_ms = -1;
+    request.topics = vec![topic];
+    let mut s = connect(addr);
+    s.write_all(&frame(ApiKey::OffsetCommit, VERSION, 3, &request))
+        .unwrap();
+    let mut body = read_frame(&mut s).expect("commit answered");
+    ResponseHeader::decode(&mut body, 0).unwrap();
+    let response = OffsetCommitResponse::decode(&mut body, VERSION).unwrap();
+    response.topics[0].partitions[0].error_code
+}
+
+#[test]
+fn offset_commits_from_outside_the_current_generation_are_refused() {
+    const ILLEGAL_GENERATION: i16 = 22;
+    const UNKNOWN_MEMBER_ID: i16 = 25;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    let (topic, group) = ("liveness", "strict");
+    create_topic(&broker, topic);
+    let (_member, id, generation) = join_and_sync(broker.addr, group, topic);
+    assert_eq!(
+        raw_commit(broker.addr, group, &id, generation + 1, 5),
+        ILLEGAL_GENERATION
+    );
+    assert_eq!(
+        raw_commit(broker.addr, group, "nobody", generation, 5),
+        UNKNOWN_MEMBER_ID
+    );
+    assert_eq!(
+        raw_commit(broker.addr, group, "", -1, 5),
+        UNKNOWN_MEMBER_ID,
+        "a standalone commit while the group has members"
+    );
+    assert_eq!(raw_commit(broker.addr, group, &id, generation, 9), 0);
+    let reader = consumer(&broker.bootstrap(), group);
+    assert_eq!(
+        committed(&reader, topic, 0),
+        Offset::Offset(9),
+        "only the member's commit stored"
+    );
 }

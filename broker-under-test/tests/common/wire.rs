@@ -133,11 +133,21 @@ pub fn record_batch(values: usize, value_bytes: usize) -> Bytes {
 }
 
 pub fn record_batch_by(writer: Writer, values: usize, value_bytes: usize) -> Bytes {
+    let values: Vec<Bytes> = (0..values)
+        .map(|_| Bytes::from(vec![b'x'; value_bytes]))
+        .collect();
+    record_batch_of(writer, &values)
+}
+
+/// One v2 record batch holding `values`, in order.
+pub fn record_batch_of(writer: Writer, values: &[Bytes]) -> Bytes {
     use kafka_protocol::records::{
         Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
     };
-    let records: Vec<Record> = (0..values)
-        .map(|i| Record {
+    let records: Vec<Record> = values
+        .iter()
+        .enumerate()
+        .map(|(i, value)| Record {
             transactional: false,
             control: false,
             partition_leader_epoch: 0,
@@ -152,7 +162,7 @@ pub fn record_batch_by(writer: Writer, values: usize, value_bytes: usize) -> Byt
             },
             timestamp: 0,
             key: None,
-            value: Some(Bytes::from(vec![b'x'; value_bytes])),
+            value: Some(value.clone()),
             headers: Default::default(),
             delete_horizon: false,
         })
@@ -172,14 +182,19 @@ pub fn record_batch_by(writer: Writer, values: usize, value_bytes: usize) -> Byt
 
 /// Produce v9 (acks=1) of `records` to partition 0; the partition's error code and base offset.
 pub fn produce_at(addr: SocketAddr, topic: &str, records: Bytes) -> (i16, i64) {
+    produce_to(addr, topic, 0, records)
+}
+
+/// Produce v9 (acks=1) of `records` to `partition`; its error code and base offset.
+pub fn produce_to(addr: SocketAddr, topic: &str, partition: i32, records: Bytes) -> (i16, i64) {
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
-    let mut partition = PartitionProduceData::default();
-    partition.index = 0;
-    partition.records = Some(records);
+    let mut data = PartitionProduceData::default();
+    data.index = partition;
+    data.records = Some(records);
     let mut topic_data = TopicProduceData::default();
     topic_data.name = TopicName(StrBytes::from_string(topic.to_owned()));
-    topic_data.partition_data = vec![partition];
+    topic_data.partition_data = vec![data];
     let mut request = ProduceRequest::default();
     request.acks = 1;
     request.timeout_ms = 5000;
@@ -238,4 +253,51 @@ pub fn latest_offset(addr: SocketAddr, topic: &str, partition: i32) -> i64 {
     let p = &response.topics[0].partitions[0];
     assert_eq!(p.error_code, 0, "ListOffsets {topic}-{partition}");
     p.offset
+}
+
+/// Every record of `partition` from offset 0 to its end, with raw Fetch v11 requests: (offset,
+/// value) in log order.
+pub fn fetch_all(addr: SocketAddr, topic: &str, partition: i32) -> Vec<(i64, Bytes)> {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
+    use kafka_protocol::records::RecordBatchDecoder;
+    let end = latest_offset(addr, topic, partition);
+    let mut out: Vec<(i64, Bytes)> = Vec::new();
+    let mut s = connect(addr);
+    let mut next = 0;
+    while next < end {
+        let mut p = FetchPartition::default();
+        p.partition = partition;
+        p.fetch_offset = next;
+        p.partition_max_bytes = 1 << 20;
+        let mut t = FetchTopic::default();
+        t.topic = TopicName(StrBytes::from_string(topic.to_owned()));
+        t.partitions = vec![p];
+        let mut request = FetchRequest::default();
+        request.replica_id = (-1).into();
+        request.max_bytes = 1 << 20;
+        request.topics = vec![t];
+        s.write_all(&frame(ApiKey::Fetch, 11, 1, &request)).unwrap();
+        let mut body = read_frame(&mut s).expect("fetch response");
+        ResponseHeader::decode(&mut body, ApiKey::Fetch.response_header_version(11)).unwrap();
+        let response = FetchResponse::decode(&mut body, 11).unwrap();
+        let data = &response.responses[0].partitions[0];
+        assert_eq!(data.error_code, 0, "fetch {topic}-{partition} at {next}");
+        let mut records = data.records.clone().unwrap_or_default();
+        let before = next;
+        while !records.is_empty() {
+            let set = RecordBatchDecoder::decode(&mut records).expect("a valid batch");
+            for r in set.records {
+                if r.offset >= next {
+                    out.push((r.offset, r.value.unwrap_or_default()));
+                    next = r.offset + 1;
+                }
+            }
+        }
+        assert!(
+            next > before,
+            "fetch at {before} made no progress (end {end})"
+        );
+    }
+    out
 }
