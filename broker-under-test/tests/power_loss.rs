@@ -1,8 +1,9 @@
 //! Simulated power loss, many seeded cases in-process. The broker runs on a WAL storage that
 //! remembers how much of each segment was fsynced and, at a seeded write or fsync, loses power:
-//! that call and everything after it fail. The test then does what the power cut does to the disk:
-//! each WAL segment keeps what was fsynced plus a seeded prefix of what was not (a torn tail),
-//! and each partition's active segment keeps what lies below its recovery point plus a seeded
+//! that call and everything after it fail. The test then does what the power cut does to the
+//! disk: each WAL segment keeps what was fsynced plus a seeded prefix of what was not (a torn
+//! tail), or all of it but one lost page (pages of an unsynced write persist in any order), and
+//! each partition's active segment keeps what lies below its recovery point plus a seeded
 //! part of the rest. After a restart every acked record must be at its acked offset, and no
 //! offset may hold two values. A third of the cases end the first life with a process crash
 //! (page cache kept) and cut the power only after the recovery; of the rest, half cut it a
@@ -23,7 +24,7 @@ use bytes::Bytes;
 use chronik_broker::profile::{FlushProfileName, ProduceFlushProfile};
 use chronik_broker::wal::storage::{segment_path, FileWalStorage, WalStorage};
 use chronik_broker::BrokerConfig;
-use common::wire::{create_topic, fetch_all, produce_to, record_batch_of, PLAIN};
+use common::wire::{create_topic, fetch_all, record_batch_of, PLAIN};
 
 const DEFAULT_CASES: u64 = 150;
 const DEFAULT_SEED: u64 = 0x0b1a_c0ff;
@@ -33,6 +34,8 @@ const PARTITIONS: i32 = 2;
 const WAL_SEGMENT_BYTES: u64 = 4096;
 /// Frequent checkpoints, so segment flushes, syncs and recovery points happen within a case.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(15);
+/// The unit in which a power cut loses unsynced data out of order (a disk sector).
+const LOST_PAGE_BYTES: u64 = 512;
 /// After a recovery, time for a few checkpoints before the next writes.
 const RECOVERED_CHECKPOINTS_WAIT: Duration = Duration::from_millis(60);
 /// How long a restart may wait for the previous broker's data-dir lock to be released.
@@ -185,8 +188,22 @@ fn cut_power(dir: &Path, synced: &Synced, rng: &mut Rng) {
         let Ok(len) = std::fs::metadata(&path).map(|m| m.len()) else {
             continue; // deleted by a checkpoint (after the logs it covered were synced)
         };
-        let keep = durable + rng.below(len.saturating_sub(durable) + 1);
-        truncate(&path, keep.min(len));
+        if durable < len && rng.below(4) == 0 {
+            // Pages of an unsynced write reach the disk in any order: one in the middle of
+            // the unsynced part is lost while the pages after it persist.
+            let page = durable / LOST_PAGE_BYTES * LOST_PAGE_BYTES
+                + rng.below((len - durable) / LOST_PAGE_BYTES + 1) * LOST_PAGE_BYTES;
+            let start = page.max(durable);
+            let end = (page + LOST_PAGE_BYTES).min(len);
+            if start < end {
+                let mut data = std::fs::read(&path).unwrap();
+                data[start as usize..end as usize].fill(0);
+                std::fs::write(&path, data).unwrap();
+            }
+        } else {
+            let keep = durable + rng.below(len.saturating_sub(durable) + 1);
+            truncate(&path, keep.min(len));
+        }
     }
     for p in 0..PARTITIONS {
         let part = dir.join("topics").join(TOPIC).join(p.to_string());
@@ -238,17 +255,77 @@ fn produce_some(
     acked: &mut BTreeMap<(i32, i64), Bytes>,
 ) {
     for r in 0..requests {
-        let partition = rng.below(PARTITIONS as u64) as i32;
-        let values: Vec<Bytes> = (0..1 + rng.below(3))
-            .map(|i| Bytes::from(format!("{label}-{r}-{i}")))
+        // Some requests write both partitions: one group commit of several WAL records, long
+        // enough for a power cut to lose a sector in its middle.
+        let partitions: Vec<i32> = if rng.below(3) == 0 {
+            (0..PARTITIONS).collect()
+        } else {
+            vec![rng.below(PARTITIONS as u64) as i32]
+        };
+        let batches: Vec<(i32, Vec<Bytes>)> = partitions
+            .into_iter()
+            .map(|p| {
+                let values = (0..1 + rng.below(3))
+                    .map(|i| {
+                        let pad = "v".repeat(rng.below(400) as usize);
+                        Bytes::from(format!("{label}-{r}-{p}-{i}-{pad}"))
+                    })
+                    .collect();
+                (p, values)
+            })
             .collect();
-        let (error, base) = produce_to(addr, TOPIC, partition, record_batch_of(PLAIN, &values));
-        if error == 0 {
-            for (i, v) in values.into_iter().enumerate() {
-                acked.insert((partition, base + i as i64), v);
+        let answers = produce_many(addr, &batches);
+        for ((partition, values), (error, base)) in batches.into_iter().zip(answers) {
+            if error == 0 {
+                for (i, v) in values.into_iter().enumerate() {
+                    acked.insert((partition, base + i as i64), v);
+                }
             }
         }
     }
+}
+
+/// One Produce v9 request (acks=1) with a batch per listed partition; each one's error code and
+/// base offset, in the same order.
+fn produce_many(addr: std::net::SocketAddr, batches: &[(i32, Vec<Bytes>)]) -> Vec<(i16, i64)> {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{
+        ApiKey, ProduceRequest, ProduceResponse, ResponseHeader, TopicName,
+    };
+    use kafka_protocol::protocol::{Decodable, StrBytes};
+    use std::io::Write;
+    let mut topic = TopicProduceData::default();
+    topic.name = TopicName(StrBytes::from_static_str(TOPIC));
+    topic.partition_data = batches
+        .iter()
+        .map(|(p, values)| {
+            let mut data = PartitionProduceData::default();
+            data.index = *p;
+            data.records = Some(record_batch_of(PLAIN, values));
+            data
+        })
+        .collect();
+    let mut request = ProduceRequest::default();
+    request.acks = 1;
+    request.timeout_ms = 5000;
+    request.topic_data = vec![topic];
+    let mut s = common::wire::connect(addr);
+    s.write_all(&common::wire::frame(ApiKey::Produce, 9, 1, &request))
+        .unwrap();
+    let mut body = common::wire::read_frame(&mut s).expect("produce response");
+    ResponseHeader::decode(&mut body, 1).unwrap();
+    let response = ProduceResponse::decode(&mut body, 9).unwrap();
+    batches
+        .iter()
+        .map(|(p, _)| {
+            let answer = response.responses[0]
+                .partition_responses
+                .iter()
+                .find(|r| r.index == *p)
+                .expect("an answer per partition");
+            (answer.error_code, answer.base_offset)
+        })
+        .collect()
 }
 
 /// Every acked record is stored at its acked offset; offsets are dense and each holds one value.

@@ -67,6 +67,11 @@ pub struct WalShared {
     failed: AtomicBool,
     /// Closed segments, oldest first; the checkpointer removes entries (and their files).
     pub closed: Mutex<Vec<ClosedSegment>>,
+    /// The active segment and how many of its bytes are fsynced (the checkpointer records it
+    /// as the WAL's durable mark; see `wal::DurableMark`).
+    pub synced: Mutex<(u64, u64)>,
+    /// The durable mark last written to disk by the checkpointer.
+    pub recorded: Mutex<(u64, u64)>,
 }
 
 /// Handle to the WAL writer thread.
@@ -193,16 +198,22 @@ impl Writer {
             FsyncPolicy::PerAppend => {
                 for append in group {
                     self.write(std::slice::from_ref(append))?;
-                    self.storage.sync()?;
+                    self.sync()?;
                 }
                 Ok(())
             }
             FsyncPolicy::Group => {
                 self.write(group)?;
-                self.storage.sync()
+                self.sync()
             }
             FsyncPolicy::Never => self.write(group),
         }
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.storage.sync()?;
+        *lock(&self.shared.synced) = (self.storage.active_seq(), self.storage.active_len());
+        Ok(())
     }
 
     fn write(&mut self, group: &[WalAppend]) -> std::io::Result<()> {
@@ -216,7 +227,8 @@ impl Writer {
     fn maintain_segments(&mut self) -> std::io::Result<()> {
         if self.storage.active_len() >= self.config.segment_bytes_max {
             let seq = self.storage.active_seq();
-            self.storage.roll()?;
+            let next = self.storage.roll()?;
+            *lock(&self.shared.synced) = (next, 0);
             let coverage = self.coverage.drain().map(|(_, v)| v).collect();
             lock(&self.shared.closed).push(ClosedSegment { seq, coverage });
         }

@@ -27,7 +27,7 @@ pub enum WalRecoveryError {
         #[source]
         source: std::io::Error,
     },
-    #[error("WAL segment {path} is corrupt at byte {position} and valid records follow: refusing to start (restore the data directory or remove the segment by hand knowing acked data may be lost)")]
+    #[error("WAL segment {path} is corrupt at byte {position}, inside data already fsynced (acked records may be damaged): refusing to start; restore the data directory from a backup")]
     Corrupt { path: PathBuf, position: u64 },
     #[error("WAL replay failed: {0}")]
     Replay(String),
@@ -48,13 +48,43 @@ pub struct RecoveredWal {
     pub report: WalRecoveryReport,
 }
 
-/// Whether a valid record starts anywhere in `data` at or after `from`.
-fn valid_record_after(data: &Bytes, from: usize) -> bool {
-    (from..data.len()).any(|at| matches!(record::decode(&data.slice(at..)), Decoded::Record(..)))
+/// `<wal dir>/durable`: "SEQ LEN", a segment and how many of its bytes were fsynced when a
+/// checkpoint last looked. Recovery needs it to tell a torn tail from damaged durable data
+/// without reading what follows the damage (those are bytes a client chose, and after a power
+/// cut a page in the middle of the last unsynced write may be lost while later ones persist).
+const DURABLE_MARK_FILE: &str = "durable";
+
+/// A position in the WAL: (segment sequence number, byte in that segment).
+pub type DurableMark = (u64, u64);
+
+fn read_durable_mark(dir: &Path) -> Result<DurableMark, WalRecoveryError> {
+    let path = dir.join(DURABLE_MARK_FILE);
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
+        Err(source) => return Err(WalRecoveryError::Io { path, source }),
+    };
+    let mut fields = text.split_whitespace().map(str::parse::<u64>);
+    match (fields.next(), fields.next()) {
+        (Some(Ok(seq)), Some(Ok(len))) => Ok((seq, len)),
+        _ => Err(WalRecoveryError::Replay(format!(
+            "{}: unreadable durable mark {text:?}",
+            path.display()
+        ))),
+    }
 }
 
-/// Replays every WAL segment into the partitions of `topics`. A torn tail of the last segment
-/// (nothing valid after the damage) is cut; damage with valid records after it is an error.
+fn write_durable_mark(dir: &Path, mark: DurableMark) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{DURABLE_MARK_FILE}.tmp"));
+    fs::write(&tmp, format!("{} {}", mark.0, mark.1))?;
+    fs::File::open(&tmp)?.sync_all()?;
+    fs::rename(&tmp, dir.join(DURABLE_MARK_FILE))?;
+    storage::sync_dir(dir)
+}
+
+/// Replays every WAL segment into the partitions of `topics`. Damage past the durable mark in
+/// the last segment is a torn tail (never acked) and is cut; damage in fsynced data (any
+/// earlier segment, or before the mark) refuses the start.
 pub fn recover(dir: &Path, topics: &TopicRegistry) -> Result<RecoveredWal, WalRecoveryError> {
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
@@ -62,6 +92,7 @@ pub fn recover(dir: &Path, topics: &TopicRegistry) -> Result<RecoveredWal, WalRe
     };
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let seqs = storage::list_segments(dir).map_err(io_err(dir))?;
+    let mark = read_durable_mark(dir)?;
     let mut report = WalRecoveryReport {
         segments: seqs.len(),
         ..WalRecoveryReport::default()
@@ -90,7 +121,8 @@ pub fn recover(dir: &Path, topics: &TopicRegistry) -> Result<RecoveredWal, WalRe
                 }
                 Decoded::Incomplete | Decoded::Invalid => {
                     let is_last = i + 1 == seqs.len();
-                    if !is_last || valid_record_after(&data, pos + 1) {
+                    // Earlier segments were fsynced whole before the next one was created.
+                    if !is_last || (seq, pos as u64) < mark {
                         return Err(WalRecoveryError::Corrupt {
                             path,
                             position: pos as u64,
@@ -124,8 +156,9 @@ pub fn recover(dir: &Path, topics: &TopicRegistry) -> Result<RecoveredWal, WalRe
     })
 }
 
-/// Periodic housekeeping: flushes aged `pending_batches` to the segment logs; when closed WAL
-/// segments exist, flushes and fsyncs every log and deletes the segments they fully cover.
+/// Periodic housekeeping: records the WAL's durable mark; flushes aged `pending_batches` to the
+/// segment logs; when closed WAL segments exist, flushes and fsyncs every log and deletes the
+/// segments they fully cover.
 pub fn checkpoint(
     dir: &Path,
     shared: &WalShared,
@@ -133,6 +166,13 @@ pub fn checkpoint(
     profile: &ProduceFlushProfile,
     retention_bytes: Option<u64>,
 ) -> std::io::Result<usize> {
+    let synced = *lock(&shared.synced);
+    let mut recorded = lock(&shared.recorded);
+    if synced > *recorded {
+        write_durable_mark(dir, synced)?;
+        *recorded = synced;
+    }
+    drop(recorded);
     let partitions = topics.all_partitions();
     let have_closed = !lock(&shared.closed).is_empty();
     for partition in &partitions {
