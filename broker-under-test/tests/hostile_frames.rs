@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use common::wire::{api_versions, assert_healthy, raw_frame, read_frame, rss_kib};
-use common::Broker;
+use common::{env_u64, Broker, Rng};
 use kafka_protocol::messages::*;
 
 /// Frames tried in the CI run (spread over every advertised API version).
@@ -32,28 +32,6 @@ const ANSWER_WAIT: Duration = Duration::from_millis(250);
 const PEAK_RSS_BOUND_KIB: u64 = 256 * 1024;
 /// The healthy client's pause between round trips.
 const HEALTHY_INTERVAL: Duration = Duration::from_millis(20);
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// xorshift64*: small, seeded, and the same on every machine.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 /// A valid (default) request of `api`, the starting point for mutations.
 fn default_request(api: ApiKey) -> Option<RequestKind> {
@@ -162,12 +140,12 @@ fn varint(mut v: u64) -> Vec<u8> {
 /// One hostile body derived from `valid` (or pure noise when there is none).
 fn mutate(valid: Option<&[u8]>, rng: &mut Rng) -> Vec<u8> {
     let Some(valid) = valid.filter(|v| !v.is_empty()) else {
-        return (0..rng.below(300)).map(|_| rng.next() as u8).collect();
+        return (0..rng.index(300)).map(|_| rng.next() as u8).collect();
     };
     let mut body = valid.to_vec();
-    let at = rng.below(body.len());
+    let at = rng.index(body.len());
     let remaining = (body.len() - at) as i64;
-    match rng.below(6) {
+    match rng.index(6) {
         // A 32-bit length or count overwritten with a value no honest peer sends.
         0 => {
             let hostile = [
@@ -177,27 +155,27 @@ fn mutate(valid: Option<&[u8]>, rng: &mut Rng) -> Vec<u8> {
                 -1,
                 remaining + 1,
                 remaining * 1000,
-            ][rng.below(6)] as i32;
+            ][rng.index(6)] as i32;
             let end = (at + 4).min(body.len());
             body.splice(at..end, hostile.to_be_bytes());
         }
         // A varint length or count (flexible versions) that claims far more than is there.
         1 => {
             let hostile =
-                [u32::MAX as u64, 0x7fff_fff0, remaining as u64 + 2, 1 << 28][rng.below(4)];
+                [u32::MAX as u64, 0x7fff_fff0, remaining as u64 + 2, 1 << 28][rng.index(4)];
             let end = (at + 1).min(body.len());
             body.splice(at..end, varint(hostile));
         }
         // A 16-bit string length.
         2 => {
-            let hostile = [i16::MAX, -2, remaining as i16 + 1][rng.below(3)];
+            let hostile = [i16::MAX, -2, remaining as i16 + 1][rng.index(3)];
             let end = (at + 2).min(body.len());
             body.splice(at..end, hostile.to_be_bytes());
         }
         // A few random bytes.
         3 => {
-            for _ in 0..1 + rng.below(4) {
-                let i = rng.below(body.len());
+            for _ in 0..1 + rng.index(4) {
+                let i = rng.index(body.len());
                 body[i] = rng.next() as u8;
             }
         }
@@ -256,7 +234,7 @@ fn hostile_frames_for_every_advertised_api_never_take_the_broker_down() {
     let (mut answered, mut refused) = (0u64, 0u64);
     for case in 0..frames {
         let (api, version) = advertised[case as usize % advertised.len()];
-        let valid = match rng.below(2) {
+        let valid = match rng.index(2) {
             0 => default_request(api),
             _ => populated_request(api),
         }

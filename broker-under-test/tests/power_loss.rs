@@ -25,6 +25,7 @@ use chronik_broker::profile::{FlushProfileName, ProduceFlushProfile};
 use chronik_broker::wal::storage::{segment_path, FileWalStorage, WalStorage};
 use chronik_broker::BrokerConfig;
 use common::wire::{create_topic, fetch_all, record_batch_of, PLAIN};
+use common::{env_u64, Rng};
 
 const DEFAULT_CASES: u64 = 150;
 const DEFAULT_SEED: u64 = 0x0b1a_c0ff;
@@ -40,27 +41,6 @@ const LOST_PAGE_BYTES: u64 = 512;
 const RECOVERED_CHECKPOINTS_WAIT: Duration = Duration::from_millis(60);
 /// How long a restart may wait for the previous broker's data-dir lock to be released.
 const START_RETRY: Duration = Duration::from_secs(5);
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 /// Bytes of each WAL segment (by sequence number) known to be on disk.
 type Synced = Arc<Mutex<HashMap<u64, u64>>>;
