@@ -9,7 +9,8 @@
 #   CHRONIK_BASE       baseline revision (default: the commit stored in baselines/<workload>.json)
 #   CHRONIK_WORKLOADS  space-separated workload names (default: the seed workload)
 #   CHRONIK_OUT        report directory (default reports/nightly-<UTC date>)
-# Exit code: the gate's (0 pass, 1 regression, 2 inconclusive, 3 invalid/infrastructure).
+# Exit code: the gate's (0 pass, 1 regression, 2 inconclusive, 3 invalid/infrastructure,
+# 4 no baseline for a workload).
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 

@@ -129,7 +129,11 @@ pub async fn start_with_storage(
         return Err(StartError::DataDirLocked(config.data_dir.clone()));
     }
     let started = std::time::Instant::now();
-    let topics = Arc::new(TopicRegistry::open(&config.data_dir, config.segment_bytes)?);
+    let topics = Arc::new(TopicRegistry::open(
+        &config.data_dir,
+        config.segment_bytes,
+        config.partitions_max,
+    )?);
     let wal_dir = config.data_dir.join("wal");
     let recovered = wal::recover(&wal_dir, &topics)?;
     tracing::info!(

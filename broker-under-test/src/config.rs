@@ -22,6 +22,10 @@ const CONNECTION_REQUESTS_IN_FLIGHT_MAX: usize = 32;
 const REQUEST_BYTES_IN_FLIGHT_MAX_DEFAULT: usize = 128 << 20;
 /// Open client connections (Kafka's `max.connections`); a connection past it is closed at once.
 const CONNECTIONS_MAX_DEFAULT: usize = 4096;
+/// Partitions the whole broker holds. Each keeps an open segment file and an in-memory index,
+/// so clients that create topics (or auto-create them by naming them) must not be able to make
+/// that unbounded; a create beyond it is refused with POLICY_VIOLATION.
+const PARTITIONS_MAX_DEFAULT: usize = 4096;
 /// A connection that sends nothing for this long is closed (Kafka's `connections.max.idle.ms`).
 const CONNECTION_IDLE_MS_DEFAULT: u64 = 600_000;
 const SEGMENT_BYTES_DEFAULT: u64 = 128 << 20;
@@ -91,6 +95,9 @@ pub struct BrokerArgs {
     /// Open client connections; a connection past the limit is closed when accepted.
     #[arg(long, env = "CHRONIK_MAX_CONNECTIONS", default_value_t = CONNECTIONS_MAX_DEFAULT)]
     pub max_connections: usize,
+    /// Partitions the broker may hold in all; creating more is refused (POLICY_VIOLATION).
+    #[arg(long, env = "CHRONIK_MAX_PARTITIONS", default_value_t = PARTITIONS_MAX_DEFAULT)]
+    pub max_partitions: usize,
     /// Close a connection that sends nothing for this long (milliseconds).
     #[arg(long, env = "CHRONIK_CONNECTIONS_MAX_IDLE_MS", default_value_t = CONNECTION_IDLE_MS_DEFAULT)]
     pub connections_max_idle_ms: u64,
@@ -117,6 +124,7 @@ pub struct BrokerConfig {
     pub request_bytes_in_flight_max: usize,
     pub connections_max: usize,
     pub connection_idle: Duration,
+    pub partitions_max: usize,
     pub group_commit_bytes_max: usize,
     pub wal_queued_bytes_max: usize,
     pub checkpoint_interval: Duration,
@@ -177,6 +185,7 @@ impl BrokerConfig {
             request_bytes_in_flight_max: args.queued_max_request_bytes,
             connections_max: args.max_connections,
             connection_idle: Duration::from_millis(args.connections_max_idle_ms),
+            partitions_max: args.max_partitions,
             group_commit_bytes_max: GROUP_COMMIT_BYTES_MAX,
             wal_queued_bytes_max: WAL_QUEUED_BYTES_MAX,
             checkpoint_interval: Duration::from_millis(CHECKPOINT_INTERVAL_MS),

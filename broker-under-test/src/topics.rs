@@ -24,10 +24,6 @@ use crate::wal::group_commit::lock;
 const TOPIC_NAME_CHARS_MAX: usize = 249;
 /// Partitions one CreateTopics request may ask for per topic.
 pub const PARTITIONS_PER_TOPIC_MAX: i32 = 1024;
-/// Partitions the whole broker holds. Each keeps an open segment file and an in-memory index,
-/// so clients that create topics (or auto-create them by naming them) must not be able to make
-/// that unbounded; a create beyond it is refused with POLICY_VIOLATION.
-pub const PARTITIONS_PER_BROKER_MAX: usize = 4096;
 const TOPIC_ID_FILE: &str = "topic.id";
 
 pub struct Topic {
@@ -43,6 +39,8 @@ pub struct TopicRegistry {
     admin: Mutex<()>,
     root: PathBuf,
     segment_bytes_max: u64,
+    /// Partitions the whole broker may hold (`--max-partitions`).
+    partitions_max: usize,
 }
 
 /// Kafka's legal topic names: `[a-zA-Z0-9._-]{1,249}`, not `.` or `..`.
@@ -66,8 +64,13 @@ fn new_topic_id() -> u128 {
 }
 
 impl TopicRegistry {
-    /// Opens every topic under `<data_dir>/topics`.
-    pub fn open(data_dir: &Path, segment_bytes_max: u64) -> Result<Self, LogError> {
+    /// Opens every topic under `<data_dir>/topics`. Creating topics stops at `partitions_max`
+    /// partitions in all (topics already on disk are opened whatever their number).
+    pub fn open(
+        data_dir: &Path,
+        segment_bytes_max: u64,
+        partitions_max: usize,
+    ) -> Result<Self, LogError> {
         let root = data_dir.join("topics");
         let io_err = |source| LogError::Io {
             path: root.clone(),
@@ -124,6 +127,7 @@ impl TopicRegistry {
             admin: Mutex::new(()),
             root,
             segment_bytes_max,
+            partitions_max,
         })
     }
 
@@ -157,7 +161,7 @@ impl TopicRegistry {
             return Ok(None);
         }
         let held: usize = existing.values().map(|t| t.partitions.len()).sum();
-        if held + partitions as usize > PARTITIONS_PER_BROKER_MAX {
+        if held + partitions as usize > self.partitions_max {
             tracing::debug!("refusing topic {name}: {held} partitions held already");
             return Err(ResponseError::PolicyViolation);
         }

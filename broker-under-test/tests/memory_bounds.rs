@@ -206,3 +206,17 @@ fn a_long_poll_whose_client_left_stops_waiting() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn topics_stop_at_the_partition_limit() {
+    const POLICY_VIOLATION: i16 = 44;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &["--max-partitions=3"]);
+    assert_eq!(common::wire::create_topic(broker.addr, "first", 2), 0);
+    assert_eq!(
+        common::wire::create_topic(broker.addr, "second", 2),
+        POLICY_VIOLATION,
+        "four partitions in all would pass the limit of three"
+    );
+    assert_eq!(common::wire::create_topic(broker.addr, "third", 1), 0);
+}

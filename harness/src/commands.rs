@@ -7,7 +7,9 @@ use comfy_table::{presets::ASCII_MARKDOWN, Table};
 use serde::{Deserialize, Serialize};
 
 use crate::compare::{run_compare, CompareSettings, Comparison, TrialFailure, TrialSummary};
-use crate::error::{HarnessError, EXIT_INCONCLUSIVE, EXIT_INFRA, EXIT_PASS, EXIT_REGRESSION};
+use crate::error::{
+    HarnessError, EXIT_INCONCLUSIVE, EXIT_INFRA, EXIT_NO_BASELINE, EXIT_PASS, EXIT_REGRESSION,
+};
 use crate::git::CommitInfo;
 use crate::session::{BuiltCommit, PairSource, Session};
 use crate::stats::{bootstrap_median_ci, median, Verdict};
@@ -466,7 +468,13 @@ pub fn gate_exit_code(results: &[GateResult]) -> u8 {
     if results.iter().any(|r| r.failure.is_some()) {
         return EXIT_INFRA;
     }
-    verdict_exit_code(Verdict::worst(results.iter().map(|r| r.verdict)))
+    let verdict = Verdict::worst(results.iter().map(|r| r.verdict));
+    // A regression (an absolute limit) or an inconclusive comparison says more than the
+    // missing baseline; a pass without one is not a pass.
+    if verdict == Verdict::Pass && results.iter().any(|r| r.base.is_none()) {
+        return EXIT_NO_BASELINE;
+    }
+    verdict_exit_code(verdict)
 }
 
 #[derive(Debug, Serialize)]

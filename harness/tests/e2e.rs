@@ -10,6 +10,7 @@ use git2::{Repository, Signature};
 
 const EXIT_REGRESSION: i32 = 1;
 const EXIT_INFRA: i32 = 3;
+const EXIT_NO_BASELINE: i32 = 4;
 
 /// `target/release`, where cargo put this workspace's binaries.
 fn bin_dir() -> PathBuf {
@@ -301,6 +302,39 @@ fn compare_gate_build_failures_and_crashes_on_a_scripted_history() {
         gate_limit.status.code(),
         Some(EXIT_REGRESSION),
         "an absolute limit fails the gate"
+    );
+
+    // No --base and no stored baseline: the limits pass, but that is not a pass.
+    let unguarded = f.harness(
+        &[
+            &["gate", "--head", f.sha("same"), "--workload=e2e"],
+            FEW_PAIRS,
+        ]
+        .concat(),
+    );
+    assert_eq!(unguarded.status.code(), Some(EXIT_NO_BASELINE));
+    assert!(String::from_utf8_lossy(&unguarded.stdout).contains("no baseline"));
+
+    // A stored baseline stands in for --base: the slow commit is caught against it.
+    let recorded = f.harness(&[
+        "baseline",
+        "--rev",
+        f.sha("base"),
+        "--workload=e2e",
+        "--trials=3",
+    ]);
+    assert!(recorded.status.success());
+    let gated = f.harness(
+        &[
+            &["gate", "--head", f.sha("slow"), "--workload=e2e"],
+            FEW_PAIRS,
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        gated.status.code(),
+        Some(EXIT_REGRESSION),
+        "gate against the stored baseline"
     );
 
     let broken = f.harness(&[

@@ -214,10 +214,10 @@ pub fn produce(addr: SocketAddr, topic: &str, records: Bytes) -> i16 {
     produce_at(addr, topic, records).0
 }
 
-/// CreateTopics v5 for one topic; waits for the answer.
-pub fn create_topic(addr: SocketAddr, topic: &str, partitions: i32) {
+/// CreateTopics v5 for one topic; the topic's error code.
+pub fn create_topic(addr: SocketAddr, topic: &str, partitions: i32) -> i16 {
     use kafka_protocol::messages::create_topics_request::CreatableTopic;
-    use kafka_protocol::messages::{CreateTopicsRequest, TopicName};
+    use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse, TopicName};
     let mut t = CreatableTopic::default();
     t.name = TopicName(StrBytes::from_string(topic.to_owned()));
     t.num_partitions = partitions;
@@ -228,7 +228,9 @@ pub fn create_topic(addr: SocketAddr, topic: &str, partitions: i32) {
     let mut s = connect(addr);
     s.write_all(&frame(ApiKey::CreateTopics, 5, 1, &request))
         .unwrap();
-    read_frame(&mut s).expect("create response");
+    let mut body = read_frame(&mut s).expect("create response");
+    ResponseHeader::decode(&mut body, 1).unwrap();
+    CreateTopicsResponse::decode(&mut body, 5).unwrap().topics[0].error_code
 }
 
 /// The partition's latest offset (ListOffsets v1, timestamp -1): its end, the high watermark.
