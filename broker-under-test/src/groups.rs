@@ -408,13 +408,7 @@ impl GroupCoordinator {
             entry.insert(format!("{topic}/{partition}"), (*offset, metadata.clone()));
         }
         let raw = serde_json::to_vec(&next).map_err(std::io::Error::other)?;
-        let tmp = self.offsets_path.with_extension("json.tmp");
-        fs::write(&tmp, raw)?;
-        fs::File::open(&tmp)?.sync_all()?;
-        fs::rename(&tmp, &self.offsets_path)?;
-        if let Some(dir) = self.offsets_path.parent() {
-            crate::wal::storage::sync_dir(dir)?;
-        }
+        crate::wal::storage::replace_file_durably(&self.offsets_path, &raw)?;
         *lock(&self.offsets) = next;
         Ok(())
     }

@@ -51,13 +51,7 @@ impl ProducerIds {
         let mut range = lock(&self.range);
         if range.0 >= range.1 {
             let end = range.0 + PRODUCER_ID_BLOCK;
-            let tmp = self.path.with_extension("tmp");
-            fs::write(&tmp, end.to_string())?;
-            fs::File::open(&tmp)?.sync_all()?;
-            fs::rename(&tmp, &self.path)?;
-            if let Some(dir) = self.path.parent() {
-                crate::wal::storage::sync_dir(dir)?;
-            }
+            crate::wal::storage::replace_file_durably(&self.path, end.to_string().as_bytes())?;
             range.1 = end;
         }
         let id = range.0;

@@ -180,13 +180,11 @@ impl TopicRegistry {
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             // The id file is written last: its presence marks a complete topic.
-            let tmp = dir.join("topic.id.tmp");
-            fs::write(&tmp, format!("{id:032x}")).map_err(io_err)?;
-            fs::File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(io_err)?;
-            fs::rename(&tmp, dir.join(TOPIC_ID_FILE)).map_err(io_err)?;
-            crate::wal::storage::sync_dir(&dir).map_err(io_err)?;
+            crate::wal::storage::replace_file_durably(
+                &dir.join(TOPIC_ID_FILE),
+                format!("{id:032x}").as_bytes(),
+            )
+            .map_err(io_err)?;
             crate::wal::storage::sync_dir(&self.root).map_err(io_err)?;
             Ok(Topic {
                 name,

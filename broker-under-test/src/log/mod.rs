@@ -76,11 +76,10 @@ fn read_recovery_point(dir: &Path) -> Result<i64, LogError> {
 }
 
 fn write_recovery_point(dir: &Path, offset: i64) -> io::Result<()> {
-    let tmp = dir.join(format!("{RECOVERY_POINT_FILE}.tmp"));
-    fs::write(&tmp, offset.to_string())?;
-    File::open(&tmp)?.sync_all()?;
-    fs::rename(&tmp, dir.join(RECOVERY_POINT_FILE))?;
-    crate::wal::storage::sync_dir(dir)
+    crate::wal::storage::replace_file_durably(
+        &dir.join(RECOVERY_POINT_FILE),
+        offset.to_string().as_bytes(),
+    )
 }
 
 /// What opening an existing log found.

@@ -75,11 +75,10 @@ fn read_durable_mark(dir: &Path) -> Result<DurableMark, WalRecoveryError> {
 }
 
 fn write_durable_mark(dir: &Path, mark: DurableMark) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{DURABLE_MARK_FILE}.tmp"));
-    fs::write(&tmp, format!("{} {}", mark.0, mark.1))?;
-    fs::File::open(&tmp)?.sync_all()?;
-    fs::rename(&tmp, dir.join(DURABLE_MARK_FILE))?;
-    storage::sync_dir(dir)
+    storage::replace_file_durably(
+        &dir.join(DURABLE_MARK_FILE),
+        format!("{} {}", mark.0, mark.1).as_bytes(),
+    )
 }
 
 /// Replays every WAL segment into the partitions of `topics`. Damage past the durable mark in

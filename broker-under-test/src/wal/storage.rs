@@ -53,6 +53,19 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Replaces the file at `path` with `contents` so that after a power cut it holds either the
+/// old or the new contents, durably: write a sibling `.tmp`, fsync it, rename it over `path`,
+/// fsync the directory.
+pub fn replace_file_durably(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    fs::write(&tmp, contents)?;
+    File::open(&tmp)?.sync_all()?;
+    fs::rename(&tmp, path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
 impl FileWalStorage {
     /// Opens a fresh active segment numbered `seq` in `dir`.
     pub fn create(dir: &Path, seq: u64) -> io::Result<Self> {
