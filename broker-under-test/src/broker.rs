@@ -32,6 +32,37 @@ pub const EXIT_STORAGE_FAILED: u8 = 74;
 pub const EXIT_UNAVAILABLE: u8 = 69;
 /// How long the listener rests after a failed accept (EMFILE) before it tries again.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// Connections may hold at most this fraction (1/N) of the process's open files limit; the
+/// rest stays for segment and WAL files, so a flood of connections cannot starve storage.
+const OPEN_FILES_PER_CONNECTION_SLOT: usize = 2;
+
+/// `--max-connections`, lowered to a share of the open files limit when that is smaller.
+fn connections_max(configured: usize) -> usize {
+    let Some(open_files) = open_files_soft_limit() else {
+        return configured;
+    };
+    let share = usize::try_from(open_files / OPEN_FILES_PER_CONNECTION_SLOT as u64)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    if share < configured {
+        tracing::warn!(
+            "at most {share} connections (half the open files limit of {open_files}; \
+             --max-connections is {configured}): raise the limit (ulimit -n) for more"
+        );
+    }
+    configured.min(share)
+}
+
+/// The soft limit on open files (RLIMIT_NOFILE) from /proc/self/limits, if it is finite.
+fn open_files_soft_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
 
 #[derive(Debug, Error)]
 pub enum StartError {
@@ -170,8 +201,12 @@ pub async fn start_with_storage(
         fail_stop.clone(),
     );
     let groups = Arc::new(
-        GroupCoordinator::open(&config.data_dir, config.group_initial_rebalance_delay)
-            .map_err(storage_err(&config.data_dir))?,
+        GroupCoordinator::open(
+            &config.data_dir,
+            config.group_initial_rebalance_delay,
+            fail_stop.clone(),
+        )
+        .map_err(storage_err(&config.data_dir))?,
     );
     let producer_ids =
         ProducerIds::open(&config.data_dir).map_err(storage_err(&config.data_dir))?;
@@ -204,25 +239,37 @@ pub async fn start_with_storage(
         producer_ids,
     ));
     let budget = RequestBudget::new(config.request_bytes_in_flight_max);
+    let connections_max = connections_max(config.connections_max);
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
     let task = tokio::spawn(async move {
         let _lock = lock_file;
         let mut connections = JoinSet::new();
+        let mut accept_failing = false;
         let mut ticker = tokio::time::interval(config.checkpoint_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) if connections.len() >= config.connections_max => {
+                    Ok((stream, peer)) if connections.len() >= connections_max => {
                         tracing::debug!("refusing {peer}: {} connections open", connections.len());
                         drop(stream);
                     }
                     Ok((stream, _)) => {
+                        if accept_failing {
+                            accept_failing = false;
+                            tracing::info!("accepting connections again");
+                        }
                         connections.spawn(crate::server::serve_connection(stream, ctx.clone(), budget.clone()));
                     }
                     Err(err) => {
                         // Out of file descriptors, typically: accepting again at once would spin.
-                        tracing::warn!("accept failed: {err}; pausing {ACCEPT_ERROR_PAUSE:?}");
+                        // Warned once per episode, not ten times a second.
+                        if accept_failing {
+                            tracing::debug!("accept failed: {err}");
+                        } else {
+                            accept_failing = true;
+                            tracing::warn!("accept failed: {err}; retrying every {ACCEPT_ERROR_PAUSE:?}");
+                        }
                         tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                     }
                 },
@@ -233,9 +280,14 @@ pub async fn start_with_storage(
                         wal::checkpoint(&dir, wal.shared(), &topics, &config.profile, config.retention_bytes)
                     }).await;
                     // Fail-stop, as for the WAL: a failed fsync is never retried, and a
-                    // checkpoint that panicked left its partition in an unknown state.
+                    // checkpoint that panicked left its partition in an unknown state. Out of
+                    // file descriptors nothing was written: the next tick tries again.
                     let failed = match result {
                         Ok(Ok(_)) => None,
+                        Ok(Err(err)) if crate::fail_stop::out_of_descriptors(&err) => {
+                            tracing::warn!("WAL checkpoint postponed: {err}");
+                            None
+                        }
                         Ok(Err(err)) => Some(format!("WAL checkpoint failed: {err}")),
                         Err(panicked) => Some(format!("WAL checkpoint panicked: {panicked}")),
                     };

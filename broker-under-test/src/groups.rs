@@ -1,21 +1,20 @@
 //! Consumer-group coordinator: JoinGroup / SyncGroup / Heartbeat / LeaveGroup with the classic
-//! rebalance protocol, and committed offsets persisted to `<data dir>/group-offsets.json`.
+//! rebalance protocol; committed offsets live in `offset_log`.
 //!
 //! Group state lives behind one mutex per group (never on the produce path).
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
-use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::fail_stop::FailStop;
+use crate::offset_log::{CommittedOffset, OffsetLog};
 use crate::wal::group_commit::lock;
 
 /// Upper bound on how long a JoinGroup or SyncGroup waits for the rest of the group.
@@ -76,20 +75,9 @@ pub struct JoinRequest {
     pub rebalance_timeout: Duration,
 }
 
-#[derive(Default, Serialize, Deserialize)]
-struct OffsetFile {
-    /// group -> "topic/partition" -> (offset, metadata)
-    groups: BTreeMap<String, BTreeMap<String, (i64, Option<String>)>>,
-}
-
 pub struct GroupCoordinator {
     groups: Mutex<HashMap<String, Arc<Group>>>,
-    /// Committed offsets as readers see them: only what is durable.
-    offsets: Mutex<OffsetFile>,
-    /// Held by the one commit writing the file, so commits reach the disk in order while
-    /// readers never wait for an fsync.
-    offsets_writer: Mutex<()>,
-    offsets_path: PathBuf,
+    offsets: OffsetLog,
     initial_rebalance_delay: Duration,
     next_member: AtomicU64,
 }
@@ -98,18 +86,19 @@ impl GroupCoordinator {
     pub fn open(
         data_dir: &std::path::Path,
         initial_rebalance_delay: Duration,
+        fail_stop: FailStop,
     ) -> std::io::Result<Self> {
-        let offsets_path = data_dir.join("group-offsets.json");
-        let offsets = match fs::read(&offsets_path) {
-            Ok(raw) => serde_json::from_slice(&raw).map_err(std::io::Error::other)?,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => OffsetFile::default(),
-            Err(err) => return Err(err),
-        };
+        let (offsets, recovery) = OffsetLog::open(data_dir, fail_stop)?;
+        if recovery.torn_bytes_cut > 0 {
+            tracing::warn!(
+                "offset log: {} record(s) recovered, {} unsynced byte(s) cut",
+                recovery.records,
+                recovery.torn_bytes_cut
+            );
+        }
         Ok(Self {
             groups: Mutex::new(HashMap::new()),
-            offsets: Mutex::new(offsets),
-            offsets_writer: Mutex::new(()),
-            offsets_path,
+            offsets,
             initial_rebalance_delay,
             next_member: AtomicU64::new(1),
         })
@@ -392,50 +381,24 @@ impl GroupCoordinator {
         (generation != state.generation).then_some(ResponseError::IllegalGeneration)
     }
 
-    /// Stores committed offsets; readers see them only once they are durable. Blocking (file
-    /// write and fsyncs): call it off the async runtime's threads.
+    /// Stores committed offsets; readers see them only once they are durable. Blocking (append
+    /// and `fdatasync`): call it off the async runtime's threads.
     pub fn commit_offsets(
         &self,
         group_id: &str,
-        offsets: &[(String, i32, i64, Option<String>)],
+        offsets: Vec<CommittedOffset>,
     ) -> std::io::Result<()> {
-        let _writing = lock(&self.offsets_writer);
-        let mut next = OffsetFile {
-            groups: lock(&self.offsets).groups.clone(),
-        };
-        let entry = next.groups.entry(group_id.to_owned()).or_default();
-        for (topic, partition, offset, metadata) in offsets {
-            entry.insert(format!("{topic}/{partition}"), (*offset, metadata.clone()));
-        }
-        let raw = serde_json::to_vec(&next).map_err(std::io::Error::other)?;
-        crate::wal::storage::replace_file_durably(&self.offsets_path, &raw)?;
-        *lock(&self.offsets) = next;
-        Ok(())
+        self.offsets.commit(group_id, offsets)
     }
 
     /// Committed offset and metadata, or `(-1, None)` when none was committed.
     pub fn committed(&self, group_id: &str, topic: &str, partition: i32) -> (i64, Option<String>) {
-        lock(&self.offsets)
-            .groups
-            .get(group_id)
-            .and_then(|g| g.get(&format!("{topic}/{partition}")).cloned())
-            .unwrap_or((-1, None))
+        self.offsets.committed(group_id, topic, partition)
     }
 
     /// Topics and partitions with a committed offset in the group (OffsetFetch of all topics).
     pub fn committed_partitions(&self, group_id: &str) -> Vec<(String, i32)> {
-        lock(&self.offsets)
-            .groups
-            .get(group_id)
-            .map(|g| {
-                g.keys()
-                    .filter_map(|k| {
-                        let (t, p) = k.rsplit_once('/')?;
-                        Some((t.to_owned(), p.parse().ok()?))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.offsets.committed_partitions(group_id)
     }
 }
 

@@ -10,7 +10,8 @@
 //! - `log`: per-partition segment files with a sparse offset index.
 //! - `profile`: `ProduceFlushProfile` and its named constants.
 //! - `topics`: lock-free topic registry (`ArcSwap` snapshots).
-//! - `groups`: consumer-group coordinator and committed offsets.
+//! - `groups`: consumer-group coordinator (membership, rebalances, commit rules).
+//! - `offset_log`: committed offsets, an append-only log with group commit and compaction.
 //! - `producer_ids`: idempotent-producer ids from durably reserved blocks.
 //! - `fail_stop`: the one switch every layer uses to stop the broker after a storage failure.
 //! - `config`, `broker`: validated configuration; assembly, start-up and shutdown.
@@ -22,6 +23,7 @@ pub mod config;
 pub mod fail_stop;
 pub mod groups;
 pub mod log;
+pub mod offset_log;
 pub mod partition;
 pub mod produce;
 pub mod producer_ids;

@@ -212,8 +212,17 @@ impl ProduceHandler {
     /// Moves pending batches to the segment log when the flush profile says so. A failed
     /// write is fail-stop like the WAL's: the batches stay pending (and in the WAL, which no
     /// checkpoint deletes before the segment is synced), and recovery rebuilds the segment.
+    /// Out of file descriptors, nothing was written: the batches stay pending for a later flush.
     fn flush_partition_if_needed(&self, partition: &Partition) {
         if let Err(err) = partition.flush_if_needed(&self.profile, false, self.retention_bytes) {
+            if crate::fail_stop::out_of_descriptors(&err) {
+                tracing::warn!(
+                    "{}-{}: flush to segments postponed: {err}",
+                    partition.topic,
+                    partition.index
+                );
+                return;
+            }
             self.fail_stop.stop(format!(
                 "{}-{}: flush to segments failed: {err}",
                 partition.topic, partition.index

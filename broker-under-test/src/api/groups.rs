@@ -143,7 +143,7 @@ pub fn leave(ctx: &ApiContext, req: LeaveGroupRequest) -> LeaveGroupResponse {
 }
 
 /// Runs on the connection's reader, in arrival order (a later OffsetFetch sees this commit);
-/// the file write and its fsyncs run on a blocking thread, not a runtime worker.
+/// the append and its fdatasync run on a blocking thread, not a runtime worker.
 pub async fn offset_commit(ctx: &ApiContext, req: OffsetCommitRequest) -> OffsetCommitResponse {
     let mut offsets = Vec::new();
     for topic in &req.topics {
@@ -166,7 +166,7 @@ pub async fn offset_commit(ctx: &ApiContext, req: OffsetCommitRequest) -> Offset
             None => {
                 let groups = ctx.groups.clone();
                 let written =
-                    tokio::task::spawn_blocking(move || groups.commit_offsets(&group_id, &offsets))
+                    tokio::task::spawn_blocking(move || groups.commit_offsets(&group_id, offsets))
                         .await
                         .unwrap_or_else(|panicked| {
                             Err(std::io::Error::other(panicked.to_string()))

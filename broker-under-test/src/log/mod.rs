@@ -188,8 +188,11 @@ impl PartitionLog {
             let base = self.end_offset();
             let old = self.segments.last_mut().expect("active");
             old.sync()?;
-            self.segments.push(Segment::create(&self.dir, base)?);
+            let segment = Segment::create(&self.dir, base)?;
+            // Pushed only once its directory entry is durable: when the directory fsync fails
+            // (out of descriptors, say) nothing changed and the next append rolls again.
             crate::wal::storage::sync_dir(&self.dir)?;
+            self.segments.push(segment);
         }
         self.segments.last_mut().expect("active").append(batches)?;
         self.dirty = true;

@@ -30,8 +30,24 @@ pub struct Broker {
     args: Vec<String>,
 }
 
-fn spawn(data_dir: &Path, args: &[String]) -> std::io::Result<Child> {
-    Command::new(env!("CARGO_BIN_EXE_chronik-broker"))
+/// Runs the broker under `prlimit` (util-linux) with `limits` (e.g. `--nofile=64`), through a
+/// shell that ignores SIGXFSZ first, so a write past `--fsize` fails with EFBIG, the way a full
+/// disk fails a write, instead of killing the process. Both `exec`, so the pid is the broker's.
+fn command(limits: &[&str]) -> Command {
+    let broker = env!("CARGO_BIN_EXE_chronik-broker");
+    if limits.is_empty() {
+        return Command::new(broker);
+    }
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", r#"trap '' XFSZ; exec prlimit "$@""#, "sh"])
+        .args(limits)
+        .args(["--", broker]);
+    command
+}
+
+fn spawn(data_dir: &Path, args: &[String], limits: &[&str]) -> std::io::Result<Child> {
+    command(limits)
         .arg("--listen=127.0.0.1:0")
         .arg(format!("--data-dir={}", data_dir.display()))
         .args(args)
@@ -69,8 +85,13 @@ fn wait_listening(child: &mut Child) -> Result<SocketAddr, String> {
 
 impl Broker {
     pub fn start(data_dir: &Path, args: &[&str]) -> Self {
+        Self::start_limited(data_dir, args, &[])
+    }
+
+    /// Starts the broker with resource limits (`prlimit` options); a restart drops them.
+    pub fn start_limited(data_dir: &Path, args: &[&str], limits: &[&str]) -> Self {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let mut child = spawn(data_dir, &args).expect("spawn chronik-broker");
+        let mut child = spawn(data_dir, &args, limits).expect("spawn chronik-broker");
         let addr = match wait_listening(&mut child) {
             Ok(addr) => addr,
             Err(err) => {
@@ -89,7 +110,7 @@ impl Broker {
 
     /// Starts the broker expecting it to refuse; returns its exit status.
     pub fn start_expecting_failure(data_dir: &Path) -> ExitStatus {
-        let mut child = spawn(data_dir, &[]).expect("spawn chronik-broker");
+        let mut child = spawn(data_dir, &[], &[]).expect("spawn chronik-broker");
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
@@ -110,6 +131,19 @@ impl Broker {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
+    }
+
+    /// Waits up to `timeout` for the broker to exit on its own; its status, or `None`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.exited() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// The exit status if the broker has died (it is reaped, so a crash is never missed).
