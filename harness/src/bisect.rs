@@ -11,7 +11,7 @@ use comfy_table::{presets::ASCII_MARKDOWN, Table};
 use serde::{Deserialize, Serialize};
 
 use crate::build::BuildOutcome;
-use crate::compare::{run_compare, CompareSettings, Comparison};
+use crate::compare::{run_compare, CompareSettings, Comparison, ErrorControl};
 use crate::error::HarnessError;
 use crate::git::CommitInfo;
 use crate::session::{PairSource, Session};
@@ -68,11 +68,17 @@ pub struct BisectLog {
 const SAME_AS_GOOD: &str = "same build inputs as good: identical broker, not measured";
 const SAME_AS_BAD: &str = "same build inputs as bad: identical broker, not measured";
 
+/// One-sided level of each look of a bisect step: the extreme of 3 pairs (1/8). A step only
+/// says which endpoint a commit resembles, at margins half the endpoint effect; a wrong step
+/// shows up when the culprit is confirmed against its parent with the family-wise design.
+const STEP_TAIL: f64 = 0.125;
+
 /// Settings per step: fewer pairs than `compare`, more only while inconclusive.
 pub fn step_settings(base: &CompareSettings) -> CompareSettings {
     CompareSettings {
-        min_pairs: base.min_pairs.clamp(2, 3),
+        min_pairs: base.min_pairs.clamp(3, 3),
         max_pairs: base.max_pairs.clamp(3, 9),
+        error: ErrorControl::PerLook { tail: STEP_TAIL },
         ..*base
     }
 }
@@ -95,6 +101,12 @@ pub fn midpoint_settings(step: &CompareSettings, endpoints: &Comparison) -> Comp
                 .map_or(step.margins.peak_rss_rise, |m| {
                     rise(m.median_ratio, step.margins.peak_rss_rise)
                 }),
+            cpu_per_msg_rise: endpoints
+                .cpu_per_msg
+                .as_ref()
+                .map_or(step.margins.cpu_per_msg_rise, |m| {
+                    rise(m.median_ratio, step.margins.cpu_per_msg_rise)
+                }),
         },
         ..*step
     }
@@ -107,6 +119,7 @@ struct Deciding {
     throughput: bool,
     p99: bool,
     peak_rss: bool,
+    cpu_per_msg: bool,
 }
 
 /// A regressed metric's effect (in margins) must reach this share of the strongest regressed
@@ -117,6 +130,7 @@ const ALL_METRICS: Deciding = Deciding {
     throughput: true,
     p99: true,
     peak_rss: true,
+    cpu_per_msg: true,
 };
 
 impl Deciding {
@@ -135,6 +149,7 @@ impl Deciding {
             strength(Some(&c.throughput)),
             strength(Some(&c.p99)),
             strength(c.peak_rss.as_ref()),
+            strength(c.cpu_per_msg.as_ref()),
         ];
         let strongest = strengths.iter().copied().fold(0.0, f64::max);
         let decides = |s: f64| s > 0.0 && s >= strongest * DECIDING_STRENGTH_SHARE;
@@ -142,6 +157,7 @@ impl Deciding {
             throughput: decides(strengths[0]),
             p99: decides(strengths[1]),
             peak_rss: decides(strengths[2]),
+            cpu_per_msg: decides(strengths[3]),
         };
         if picked.names().is_empty() {
             ALL_METRICS
@@ -155,6 +171,7 @@ impl Deciding {
             (self.throughput, "throughput"),
             (self.p99, "p99"),
             (self.peak_rss, "peak RSS"),
+            (self.cpu_per_msg, "broker CPU/msg"),
         ]
         .iter()
         .filter(|(on, _)| *on)
@@ -167,6 +184,7 @@ impl Deciding {
             (self.throughput, Some(&c.throughput)),
             (self.p99, Some(&c.p99)),
             (self.peak_rss, c.peak_rss.as_ref()),
+            (self.cpu_per_msg, c.cpu_per_msg.as_ref()),
         ];
         Verdict::worst(
             picked
@@ -706,6 +724,7 @@ mod tests {
             median_ratio,
             ci_low_ratio: median_ratio,
             ci_high_ratio: median_ratio,
+            ci_coverage: 0.75,
             limit_ratio,
             verdict,
         }
@@ -740,8 +759,10 @@ mod tests {
                 1.5,
                 verdict(peak_rss, 1.5, false),
             )),
+            cpu_per_msg: None,
             degradation: None,
             verdict: Verdict::Regression,
+            design: String::new(),
         }
     }
 
@@ -762,6 +783,9 @@ mod tests {
     #[test]
     fn without_a_regressed_metric_every_metric_decides() {
         let d = Deciding::from_endpoints(&endpoints(1.0, 1.0, 1.0));
-        assert_eq!(d.names(), vec!["throughput", "p99", "peak RSS"]);
+        assert_eq!(
+            d.names(),
+            vec!["throughput", "p99", "peak RSS", "broker CPU/msg"]
+        );
     }
 }

@@ -6,13 +6,16 @@ use std::path::Path;
 use comfy_table::{presets::ASCII_MARKDOWN, Table};
 use serde::{Deserialize, Serialize};
 
-use crate::compare::{run_compare, CompareSettings, Comparison, TrialFailure, TrialSummary};
+use crate::compare::{
+    metric_count, run_compare, CompareSettings, Comparison, TrialFailure, TrialSummary,
+};
 use crate::error::{
     HarnessError, EXIT_INCONCLUSIVE, EXIT_INFRA, EXIT_NO_BASELINE, EXIT_PASS, EXIT_REGRESSION,
 };
 use crate::git::CommitInfo;
+use crate::noise_bank::{NoiseBank, ReplayRow, Shifted, NOISE_BANK_TRIALS_MIN};
 use crate::session::{BuiltCommit, PairSource, Session};
-use crate::stats::{bootstrap_median_ci, median, Verdict};
+use crate::stats::{median, median_interval, Verdict, DISPLAY_COVERAGE};
 use crate::store::{load_baseline, save_baseline, Baseline, BASELINE_SCHEMA};
 use crate::workload::Workload;
 
@@ -36,7 +39,7 @@ pub fn comparison_table(c: &Comparison) -> Table {
         "base median",
         "head median",
         "head/base (median)",
-        "95% CI",
+        "interval (coverage)",
         "limit",
         "verdict",
     ]);
@@ -45,6 +48,14 @@ pub fn comparison_table(c: &Comparison) -> Table {
     };
     let rss = |v: &[TrialSummary]| {
         let known: Vec<f64> = v.iter().filter_map(|t| t.peak_rss_mib).collect();
+        if known.is_empty() {
+            f64::NAN
+        } else {
+            median(&known)
+        }
+    };
+    let cpu = |v: &[TrialSummary]| {
+        let known: Vec<f64> = v.iter().filter_map(|t| t.broker_cpu_us_per_msg).collect();
         if known.is_empty() {
             f64::NAN
         } else {
@@ -65,6 +76,7 @@ pub fn comparison_table(c: &Comparison) -> Table {
             "ms",
         ),
         (c.peak_rss.as_ref(), rss(&c.base), rss(&c.head), "MiB"),
+        (c.cpu_per_msg.as_ref(), cpu(&c.base), cpu(&c.head), "µs CPU"),
     ];
     for (m, base, head, unit) in rows {
         let Some(m) = m else { continue };
@@ -73,7 +85,12 @@ pub fn comparison_table(c: &Comparison) -> Table {
             format!("{base:.1} {unit}"),
             format!("{head:.1} {unit}"),
             pct(m.median_ratio),
-            format!("[{}, {}]", pct(m.ci_low_ratio), pct(m.ci_high_ratio)),
+            format!(
+                "[{}, {}] ({:.1}%)",
+                pct(m.ci_low_ratio),
+                pct(m.ci_high_ratio),
+                m.ci_coverage * 100.0
+            ),
             pct(m.limit_ratio),
             format!("{:?}", m.verdict).to_lowercase(),
         ]);
@@ -147,61 +164,87 @@ pub fn print_comparison(workload: &Workload, base: &CommitInfo, head: &CommitInf
         c.pairs()
     );
     println!("{}", comparison_table(c));
-    if let Some(d) = &c.degradation {
-        println!(
-            "\nin-run degradation (head, last third / first third): {}{}",
+    println!("{}", c.design);
+    if let Some(line) = degradation_line(c) {
+        println!("\n{line}");
+    }
+    println!("\nverdict: {:?}", c.verdict);
+}
+
+/// The seed's throttling pattern, one line: the head's per-second rate in the last third of
+/// its runs relative to the first third.
+pub fn degradation_line(c: &Comparison) -> Option<String> {
+    c.degradation.as_ref().map(|d| {
+        format!(
+            "in-run degradation (head, last third / first third of each run, median): {}{}",
             pct(d.median_ratio),
             if d.finding {
                 "  <- FINDING: throughput falls during the run"
             } else {
                 ""
             }
-        );
-    }
-    println!("\nverdict: {:?}", c.verdict);
+        )
+    })
 }
 
-/// Absolute limits of a workload checked on the head's trials.
+/// Absolute limits of a workload checked on the head's trials, three-state on the interval of
+/// the median (STATISTICS.md rule 6): a fail when the whole interval is beyond the limit, a pass
+/// when the whole interval is within it, inconclusive when the limit is inside the interval.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LimitCheck {
     pub metric: String,
     pub median: f64,
     pub ci_low: f64,
     pub ci_high: f64,
+    /// Exact coverage of [ci_low, ci_high].
+    pub ci_coverage: f64,
     pub limit: f64,
-    pub passed: bool,
+    pub verdict: Verdict,
 }
 
 pub fn check_limits(workload: &Workload, trials: &[TrialSummary]) -> Vec<LimitCheck> {
     let mut checks = Vec::new();
     let series = |f: fn(&TrialSummary) -> f64| trials.iter().map(f).collect::<Vec<_>>();
+    let check = |metric: &str, xs: Vec<f64>, limit: f64, at_least: bool| {
+        let interval = median_interval(&xs, DISPLAY_COVERAGE);
+        let (within, beyond) = if at_least {
+            (interval.low >= limit, interval.high < limit)
+        } else {
+            (interval.high <= limit, interval.low > limit)
+        };
+        LimitCheck {
+            metric: metric.to_owned(),
+            median: median(&xs),
+            ci_low: interval.low,
+            ci_high: interval.high,
+            ci_coverage: interval.coverage,
+            limit,
+            verdict: if beyond {
+                Verdict::Regression
+            } else if within {
+                Verdict::Pass
+            } else {
+                Verdict::Inconclusive
+            },
+        }
+    };
     if let Some(min) = workload.limits.throughput_min_msgs_per_s {
-        let xs = series(|t| t.throughput);
-        let (lo, hi) = bootstrap_median_ci(&xs, 3);
-        let m = median(&xs);
-        checks.push(LimitCheck {
-            metric: "throughput msg/s (>=)".into(),
-            median: m,
-            ci_low: lo,
-            ci_high: hi,
-            limit: min,
-            passed: m >= min,
-        });
+        checks.push(check(
+            "throughput msg/s (>=)",
+            series(|t| t.throughput),
+            min,
+            true,
+        ));
     }
     if let Some(max) = workload.limits.p99_max_ms {
-        let xs = series(|t| t.p99_ms);
-        let (lo, hi) = bootstrap_median_ci(&xs, 4);
-        let m = median(&xs);
-        checks.push(LimitCheck {
-            metric: "p99 ms (<=)".into(),
-            median: m,
-            ci_low: lo,
-            ci_high: hi,
-            limit: max,
-            passed: m <= max,
-        });
+        checks.push(check("p99 ms (<=)", series(|t| t.p99_ms), max, false));
     }
     checks
+}
+
+/// The worst of the limit checks (pass when there are none).
+pub fn limits_verdict(checks: &[LimitCheck]) -> Verdict {
+    Verdict::worst(checks.iter().map(|c| c.verdict))
 }
 
 pub fn limits_table(checks: &[LimitCheck]) -> Table {
@@ -209,7 +252,7 @@ pub fn limits_table(checks: &[LimitCheck]) -> Table {
     table.load_preset(ASCII_MARKDOWN).set_header(vec![
         "absolute limit",
         "median",
-        "95% CI",
+        "interval of the median (coverage)",
         "limit",
         "result",
     ]);
@@ -217,12 +260,17 @@ pub fn limits_table(checks: &[LimitCheck]) -> Table {
         table.add_row(vec![
             c.metric.clone(),
             format!("{:.2}", c.median),
-            format!("[{:.2}, {:.2}]", c.ci_low, c.ci_high),
+            format!(
+                "[{:.2}, {:.2}] ({:.1}%)",
+                c.ci_low,
+                c.ci_high,
+                c.ci_coverage * 100.0
+            ),
             format!("{:.2}", c.limit),
-            if c.passed {
-                "pass".into()
-            } else {
-                "FAIL".into()
+            match c.verdict {
+                Verdict::Pass => "pass".into(),
+                Verdict::Regression => "FAIL".into(),
+                Verdict::Inconclusive => "inconclusive (limit inside the interval)".into(),
             },
         ]);
     }
@@ -295,8 +343,8 @@ pub fn run(
         let checks = check_limits(workload, &summaries);
         if !checks.is_empty() {
             println!("\n{}", limits_table(&checks));
-            if checks.iter().any(|c| !c.passed) && code == EXIT_PASS {
-                code = EXIT_REGRESSION;
+            if code == EXIT_PASS {
+                code = verdict_exit_code(limits_verdict(&checks));
             }
         }
     }
@@ -413,13 +461,8 @@ pub fn gate_one(
     let verdict = if failure.is_some() {
         Verdict::Inconclusive
     } else {
-        let limit_verdict = if limits.iter().all(|l| l.passed) {
-            Verdict::Pass
-        } else {
-            Verdict::Regression
-        };
         Verdict::worst([
-            limit_verdict,
+            limits_verdict(&limits),
             comparison.as_ref().map_or(Verdict::Pass, |c| c.verdict),
         ])
     };
@@ -457,6 +500,10 @@ pub fn print_gate(result: &GateResult) {
             c.pairs(),
             comparison_table(c)
         );
+        println!("{}", c.design);
+        if let Some(line) = degradation_line(c) {
+            println!("{line}");
+        }
     }
     if !result.limits.is_empty() {
         println!("\n{}", limits_table(&result.limits));
@@ -490,14 +537,23 @@ pub struct Calibration {
     /// Smallest drop the defaults flag reliably: the margin plus the typical half-width.
     pub smallest_reliable_drop: f64,
     pub results: Vec<(Verdict, f64, f64, f64)>,
+    /// Valid trials of this commit, workload and host in the store: the noise bank.
+    pub bank_trials: usize,
+    /// The shipped rule replayed on the noise bank (empty when the bank is too small).
+    pub replay: Vec<ReplayRow>,
+    /// The design the verdicts were reached with.
+    pub design: String,
 }
 
-/// `calibrate`: A/A comparisons of one commit against itself.
+/// `calibrate`: `comparisons` real A/A comparisons of one commit against itself, then the
+/// shipped rule replayed `replays` times per shift on the noise bank (every valid trial of the
+/// commit on this host, the ones just run included).
 pub fn calibrate(
     session: &Session,
     commit: &CommitInfo,
     workload: &Workload,
     comparisons: usize,
+    replays: usize,
     settings: &CompareSettings,
 ) -> Result<(u8, Calibration), HarnessError> {
     let mut results = Vec::new();
@@ -549,9 +605,81 @@ pub fn calibrate(
         median_ci_half_width,
         smallest_reliable_drop: settings.margins.throughput_drop + median_ci_half_width,
         results,
+        bank_trials: 0,
+        replay: Vec::new(),
+        design: String::new(),
     };
+    let mut calibration = calibration;
+    if comparisons > 0 {
+        print_real_calibration(workload, commit, &calibration);
+    }
+    let bank = NoiseBank::from_records(
+        &session.store.load_workload(&workload.name),
+        &commit.sha,
+        &workload.hash(),
+        &session.host.fingerprint(),
+    );
+    calibration.bank_trials = bank.trials.len();
+    calibration.design = settings.describe(metric_count(true, bank.has_cpu()));
+    if bank.trials.len() < NOISE_BANK_TRIALS_MIN {
+        println!(
+            "\nnoise bank: {} valid trial(s) of {} on this host (< {NOISE_BANK_TRIALS_MIN}): no replay; run calibrate with --comparisons to fill it",
+            bank.trials.len(),
+            commit.short()
+        );
+    } else if replays > 0 {
+        calibration.replay = bank.replay(settings, replays, settings.seed);
+        println!(
+            "\nshipped rule replayed {replays} times per row on a noise bank of {} trials of {} on this host ({}):\n{}\n{}",
+            bank.trials.len(),
+            commit.short(),
+            session.host.fingerprint(),
+            replay_table(&calibration.replay),
+            calibration.design
+        );
+    }
+    Ok((EXIT_PASS, calibration))
+}
+
+/// The replayed rates, one row per shift.
+pub fn replay_table(rows: &[ReplayRow]) -> Table {
+    let mut table = Table::new();
+    table.load_preset(ASCII_MARKDOWN).set_header(vec![
+        "head made worse",
+        "replays",
+        "regression",
+        "pass",
+        "inconclusive",
+        "mean pairs",
+    ]);
+    for r in rows {
+        let what = match r.shifted {
+            Shifted::Nothing => "nothing (A/A)".to_owned(),
+            Shifted::Throughput => format!("throughput -{:.0}%", r.shift * 100.0),
+            Shifted::CpuPerMsg => format!("broker CPU/msg +{:.0}%", r.shift * 100.0),
+        };
+        let rate = |n: usize| format!("{:.1}%", r.rate(n) * 100.0);
+        table.add_row(vec![
+            what,
+            r.replays.to_string(),
+            rate(r.regression),
+            rate(r.pass),
+            rate(r.inconclusive),
+            format!("{:.1}", r.mean_pairs),
+        ]);
+    }
+    table
+}
+
+fn print_real_calibration(workload: &Workload, commit: &CommitInfo, calibration: &Calibration) {
+    let (comparisons, false_alarms, inconclusive, median_ci_half_width) = (
+        calibration.comparisons,
+        calibration.false_alarms,
+        calibration.inconclusive,
+        calibration.median_ci_half_width,
+    );
     println!(
-        "\nA/A calibration of {} on {}: {} comparisons, {} false alarms ({:.0}%), {} inconclusive; median 95% CI half-width {:.2}%; smallest throughput drop flagged reliably ~{:.1}%",
+        "\nA/A calibration of {} on {}: {} comparisons, {} false alarms ({:.0}%), {} inconclusive; median half-width of the throughput interval {:.2}%; smallest throughput drop flagged reliably ~{:.1}%",
         workload.name,
         commit.short(),
         comparisons,
@@ -561,7 +689,6 @@ pub fn calibrate(
         median_ci_half_width * 100.0,
         calibration.smallest_reliable_drop * 100.0
     );
-    Ok((EXIT_PASS, calibration))
 }
 
 fn empty_calibration(workload: &Workload, commit: &CommitInfo) -> Calibration {
@@ -575,6 +702,9 @@ fn empty_calibration(workload: &Workload, commit: &CommitInfo) -> Calibration {
         median_ci_half_width: 0.0,
         smallest_reliable_drop: 0.0,
         results: Vec::new(),
+        bank_trials: 0,
+        replay: Vec::new(),
+        design: String::new(),
     }
 }
 

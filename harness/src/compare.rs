@@ -1,13 +1,16 @@
-//! Interleaved A/B comparison: pairs of trials in randomised order (A B or B A), the paired
-//! statistic after `min_pairs`, more pairs while inconclusive, up to `max_pairs`. The trial
-//! source is a trait so the scheduling and statistics are tested with a mock.
+//! Interleaved A/B comparison: pairs of trials in randomised order (A B or B A), looked at after
+//! `min_pairs`, at the midpoint and at `max_pairs` (a group-sequential design), stopping at the
+//! first look that decides. The error is spent over looks and metrics (Bonferroni): a false
+//! "regression" anywhere, or a false "pass" of any one metric, each has probability at most
+//! `alpha` when the true change sits exactly at the margin (and far less when it is smaller).
+//! The trial source is a trait so the scheduling and statistics are tested with a mock.
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::stats::{
-    compare_metric, last_vs_first_third, median, Margins, MetricComparison, Verdict,
+    compare_metric, last_vs_first_third, median, Levels, Margins, MetricComparison, Verdict,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +29,11 @@ pub struct TrialSummary {
     /// The broker's peak resident set, when the platform reports it.
     #[serde(default)]
     pub peak_rss_mib: Option<f64>,
+    /// The broker's CPU time (user + system) while the load ran, per message of the run
+    /// (warm-up included), in microseconds. Far less sensitive to fsync and neighbour noise
+    /// than wall-clock throughput.
+    #[serde(default)]
+    pub broker_cpu_us_per_msg: Option<f64>,
 }
 
 /// Why a side could not produce a valid trial (no numbers; the comparison stops).
@@ -43,21 +51,88 @@ pub trait TrialSource {
     fn pair_done(&mut self, _pairs: usize, _max_pairs: usize) {}
 }
 
+/// How a comparison's error is bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum ErrorControl {
+    /// Over all looks and metrics: P(false regression) <= alpha, and per metric
+    /// P(false pass) <= alpha, at a true change exactly at the margin.
+    FamilyWise { alpha: f64 },
+    /// Every look and metric at this one-sided level, nothing spent across them: for bisect
+    /// steps, whose errors the culprit's family-wise confirmation catches.
+    PerLook { tail: f64 },
+}
+
+/// Default family-wise error of `compare`, `gate` and bisect's endpoints and confirmation.
+pub const ALPHA_DEFAULT: f64 = 0.05;
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct CompareSettings {
     pub min_pairs: usize,
     pub max_pairs: usize,
     pub margins: Margins,
     pub seed: u64,
+    pub error: ErrorControl,
 }
 
 impl Default for CompareSettings {
     fn default() -> Self {
         Self {
-            min_pairs: 5,
+            min_pairs: 6,
             max_pairs: 15,
             margins: Margins::default(),
             seed: 0x00c0_ffee,
+            error: ErrorControl::FamilyWise {
+                alpha: ALPHA_DEFAULT,
+            },
+        }
+    }
+}
+
+impl CompareSettings {
+    /// Pair counts at which the rule looks: the first, the midpoint and the last.
+    pub fn looks(&self) -> Vec<usize> {
+        let mut looks = vec![
+            self.min_pairs,
+            (self.min_pairs + self.max_pairs).div_ceil(2),
+            self.max_pairs,
+        ];
+        looks.dedup();
+        looks
+    }
+
+    /// The one-sided levels of each look for `metrics` metrics.
+    pub fn levels(&self, metrics: usize) -> Levels {
+        match self.error {
+            ErrorControl::FamilyWise { alpha } => {
+                let looks = self.looks().len() as f64;
+                Levels {
+                    regression_tail: alpha / (looks * metrics as f64),
+                    pass_tail: alpha / looks,
+                }
+            }
+            ErrorControl::PerLook { tail } => Levels {
+                regression_tail: tail,
+                pass_tail: tail,
+            },
+        }
+    }
+
+    /// The design and its error rates, one line, for output next to a verdict.
+    pub fn describe(&self, metrics: usize) -> String {
+        let looks: Vec<String> = self.looks().iter().map(usize::to_string).collect();
+        match self.error {
+            ErrorControl::FamilyWise { alpha } => format!(
+                "design: looks at {} pairs x {metrics} metrics; a change exactly at the margin is called a regression (anywhere) with probability <= {:.1}% and a pass (per metric) <= {:.1}%; sign-test bounds, Bonferroni over looks and metrics",
+                looks.join(", "),
+                alpha * 100.0,
+                alpha * 100.0
+            ),
+            ErrorControl::PerLook { tail } => format!(
+                "design: looks at {} pairs, each metric and look at a one-sided {:.1}% (a bisect step; the culprit's confirmation is family-wise)",
+                looks.join(", "),
+                tail * 100.0
+            ),
         }
     }
 }
@@ -78,8 +153,14 @@ pub struct Comparison {
     /// The broker's peak RSS; `None` when a trial has no RSS figure.
     #[serde(default)]
     pub peak_rss: Option<MetricComparison>,
+    /// The broker's CPU time per message; `None` when a trial has no CPU figure.
+    #[serde(default)]
+    pub cpu_per_msg: Option<MetricComparison>,
     pub degradation: Option<Degradation>,
     pub verdict: Verdict,
+    /// The sequential design and its error rates (`CompareSettings::describe`).
+    #[serde(default)]
+    pub design: String,
 }
 
 impl Comparison {
@@ -92,7 +173,14 @@ impl Comparison {
         [&self.throughput, &self.p99]
             .into_iter()
             .chain(self.peak_rss.as_ref())
+            .chain(self.cpu_per_msg.as_ref())
     }
+}
+
+/// Metrics a comparison decides on: throughput, p99 and, when measured, peak RSS and CPU time
+/// per message.
+pub fn metric_count(with_rss: bool, with_cpu: bool) -> usize {
+    2 + usize::from(with_rss) + usize::from(with_cpu)
 }
 
 fn evaluate(
@@ -102,13 +190,23 @@ fn evaluate(
 ) -> Comparison {
     let pick =
         |v: &[TrialSummary], f: fn(&TrialSummary) -> f64| v.iter().map(f).collect::<Vec<_>>();
+    let rss = |v: &[TrialSummary]| v.iter().map(|t| t.peak_rss_mib).collect::<Option<Vec<_>>>();
+    let rss_pairs = rss(base).zip(rss(head));
+    let cpu = |v: &[TrialSummary]| {
+        v.iter()
+            .map(|t| t.broker_cpu_us_per_msg)
+            .collect::<Option<Vec<_>>>()
+    };
+    let cpu_pairs = cpu(base).zip(cpu(head));
+    let metrics = metric_count(rss_pairs.is_some(), cpu_pairs.is_some());
+    let levels = settings.levels(metrics);
     let throughput = compare_metric(
         "throughput",
         &pick(base, |t| t.throughput),
         &pick(head, |t| t.throughput),
         settings.margins.throughput_drop,
         true,
-        settings.seed,
+        levels,
     );
     let p99 = compare_metric(
         "p99",
@@ -116,17 +214,26 @@ fn evaluate(
         &pick(head, |t| t.p99_ms),
         settings.margins.p99_rise,
         false,
-        settings.seed ^ 1,
+        levels,
     );
-    let rss = |v: &[TrialSummary]| v.iter().map(|t| t.peak_rss_mib).collect::<Option<Vec<_>>>();
-    let peak_rss = rss(base).zip(rss(head)).map(|(base_rss, head_rss)| {
+    let peak_rss = rss_pairs.map(|(base_rss, head_rss)| {
         compare_metric(
             "peak RSS",
             &base_rss,
             &head_rss,
             settings.margins.peak_rss_rise,
             false,
-            settings.seed ^ 2,
+            levels,
+        )
+    });
+    let cpu_per_msg = cpu_pairs.map(|(base_cpu, head_cpu)| {
+        compare_metric(
+            "broker CPU/msg",
+            &base_cpu,
+            &head_cpu,
+            settings.margins.cpu_per_msg_rise,
+            false,
+            levels,
         )
     });
     let ratios: Vec<f64> = head
@@ -146,14 +253,16 @@ fn evaluate(
         throughput,
         p99,
         peak_rss,
+        cpu_per_msg,
         degradation,
         verdict: Verdict::Inconclusive,
+        design: settings.describe(metrics),
     };
     comparison.verdict = Verdict::worst(comparison.metrics().map(|m| m.verdict));
     comparison
 }
 
-/// Runs interleaved pairs until the verdict is decided or `max_pairs` is reached.
+/// Runs interleaved pairs, looking at `settings.looks()`, until a look decides or the last.
 pub fn run_compare(
     source: &mut dyn TrialSource,
     settings: &CompareSettings,
@@ -175,7 +284,7 @@ pub fn run_compare(
             }
         }
         source.pair_done(base.len(), settings.max_pairs);
-        if base.len() >= settings.min_pairs {
+        if settings.looks().contains(&base.len()) {
             let comparison = evaluate(&base, &head, settings);
             if comparison.verdict != Verdict::Inconclusive || base.len() >= settings.max_pairs {
                 return Ok(comparison);
@@ -241,16 +350,62 @@ mod tests {
                 p99_ms: 200_000.0 / x,
                 per_second: vec![x as u64; 30],
                 peak_rss_mib: Some(rss * rss_noise),
+                broker_cpu_us_per_msg: None,
             })
         }
     }
 
     #[test]
-    fn a_clear_regression_is_found_with_the_minimum_pairs() {
+    fn a_clear_regression_is_found_at_the_first_look_sure_enough_for_it() {
         let mut mock = Mock::new(100_000.0, 50_000.0, 0.02);
-        let c = run_compare(&mut mock, &CompareSettings::default()).unwrap();
+        let settings = CompareSettings::default();
+        assert_eq!(settings.looks(), vec![6, 11, 15]);
+        let c = run_compare(&mut mock, &settings).unwrap();
         assert_eq!(c.verdict, Verdict::Regression);
-        assert_eq!(c.pairs(), 5);
+        // 5% over 3 looks x 3 metrics: 0.56% per look, and the extreme of 6 pairs misses
+        // with 1/64; of 11 pairs with 1/2048.
+        assert_eq!(c.pairs(), 11);
+        assert!(c.design.contains("6, 11, 15"), "{}", c.design);
+    }
+
+    #[test]
+    fn a_clear_pass_is_found_at_the_first_look() {
+        let mut mock = Mock::new(100_000.0, 100_000.0, 0.01);
+        let c = run_compare(&mut mock, &CompareSettings::default()).unwrap();
+        assert_eq!(c.verdict, Verdict::Pass);
+        assert_eq!(c.pairs(), 6);
+    }
+
+    /// The stopping rule replayed thousands of times on noise as large as this machine's
+    /// (each trial +-30%, so a pair's ratio spreads by tens of percent): at a true change of
+    /// exactly the margin, false regressions and false passes stay within the design's alpha,
+    /// and with no change at all a false regression does not happen.
+    #[test]
+    fn the_stopping_rule_keeps_its_error_rates_under_heavy_noise() {
+        let settings = CompareSettings::default();
+        let runs = 2_000;
+        let rate = |head_mean: f64, wanted: Verdict| {
+            let mut hits = 0;
+            for run in 0..runs {
+                let mut mock = Mock::new(100_000.0, head_mean, 0.3);
+                mock.rng = SmallRng::seed_from_u64(1_000 + run);
+                let c = run_compare(&mut mock, &settings).unwrap();
+                if c.throughput.verdict == wanted {
+                    hits += 1;
+                }
+            }
+            hits as f64 / runs as f64
+        };
+        let at_margin = 100_000.0 * (1.0 - settings.margins.throughput_drop);
+        let false_regression = rate(at_margin * 1.0001, Verdict::Regression);
+        let false_pass = rate(at_margin * 0.9999, Verdict::Pass);
+        let aa_regression = rate(100_000.0, Verdict::Regression);
+        eprintln!(
+            "at the margin: false regression {false_regression}, false pass {false_pass}; A/A regression {aa_regression}"
+        );
+        assert!(false_regression <= ALPHA_DEFAULT, "{false_regression}");
+        assert!(false_pass <= ALPHA_DEFAULT, "{false_pass}");
+        assert_eq!(aa_regression, 0.0);
     }
 
     #[test]
@@ -316,6 +471,7 @@ mod tests {
                 p99_ms: 1.0,
                 per_second: vec![100; 30],
                 peak_rss_mib: None,
+                broker_cpu_us_per_msg: None,
             })
             .collect();
         let head: Vec<TrialSummary> = (0..5)
@@ -324,6 +480,7 @@ mod tests {
                 p99_ms: 1.0,
                 per_second: (0..30).map(|i| 100 - 2 * i).collect(),
                 peak_rss_mib: None,
+                broker_cpu_us_per_msg: None,
             })
             .collect();
         let c = evaluate(&base, &head, &CompareSettings::default());

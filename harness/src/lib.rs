@@ -7,7 +7,8 @@
 //! - `process`: process groups, SIGTERM then SIGKILL, timeouts.
 //! - `runner`: one trial = fresh broker + one chronik-bench run, classified outcome.
 //! - `store`: results history and baselines (JSON).
-//! - `stats`: paired log-ratios, bootstrap intervals, three-state verdicts.
+//! - `stats`: paired log-ratios, exact sign-test intervals of the median, three-state verdicts.
+//! - `noise_bank`: same-commit trials from the store; the shipped rule replayed on them.
 //! - `compare`: interleaved A/B scheduling over a `TrialSource` trait.
 //! - `session`: the real `TrialSource`; `commands`: run/compare/gate/baseline/calibrate.
 //! - `bisect`: first-bad-commit search with the paired statistic; `report`/`plots`: markdown + SVG.
@@ -19,6 +20,7 @@ pub mod compare;
 pub mod error;
 pub mod fixtures;
 pub mod git;
+pub mod noise_bank;
 pub mod plots;
 pub mod process;
 pub mod report;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use chronik_harness::commands;
-use chronik_harness::compare::CompareSettings;
+use chronik_harness::compare::{CompareSettings, ErrorControl};
 use chronik_harness::error::{
     HarnessError, EXIT_BISECT_ABORT, EXIT_BISECT_SKIP, EXIT_INCONCLUSIVE, EXIT_INFRA,
 };
@@ -59,12 +59,17 @@ struct Common {
 
 #[derive(Args, Clone, Copy)]
 struct Statistics {
-    /// Pairs before the first verdict.
-    #[arg(long, default_value_t = 5)]
+    /// Pairs at the first look (the rule looks again at the midpoint and at --max-pairs).
+    #[arg(long, default_value_t = 6)]
     min_pairs: usize,
     /// Pairs at most; still undecided then = inconclusive.
     #[arg(long, default_value_t = 15)]
     max_pairs: usize,
+    /// Family-wise error: the probability of calling a change that sits exactly at the margin
+    /// a regression (over all looks and metrics), or a pass (per metric). Fewer pairs can
+    /// decide with a larger alpha.
+    #[arg(long, default_value_t = chronik_harness::compare::ALPHA_DEFAULT)]
+    alpha: f64,
     /// Throughput drop that counts as a regression (fraction).
     #[arg(long, default_value_t = 0.05)]
     throughput_margin: f64,
@@ -74,6 +79,9 @@ struct Statistics {
     /// Rise of the broker's peak resident memory that counts as a regression (fraction).
     #[arg(long, default_value_t = chronik_harness::stats::PEAK_RSS_RISE_DEFAULT)]
     peak_rss_margin: f64,
+    /// Rise of the broker's CPU time per message that counts as a regression (fraction).
+    #[arg(long, default_value_t = chronik_harness::stats::CPU_PER_MSG_RISE_DEFAULT)]
+    cpu_margin: f64,
     #[arg(long, default_value_t = 0x00c0_ffee)]
     seed: u64,
 }
@@ -85,6 +93,9 @@ impl Statistics {
                 "need 2 <= --min-pairs <= --max-pairs".into(),
             ));
         }
+        if !(self.alpha > 0.0 && self.alpha < 1.0) {
+            return Err(HarnessError::Usage("need 0 < --alpha < 1".into()));
+        }
         Ok(CompareSettings {
             min_pairs: self.min_pairs,
             max_pairs: self.max_pairs,
@@ -92,8 +103,10 @@ impl Statistics {
                 throughput_drop: self.throughput_margin,
                 p99_rise: self.p99_margin,
                 peak_rss_rise: self.peak_rss_margin,
+                cpu_per_msg_rise: self.cpu_margin,
             },
             seed: self.seed,
+            error: ErrorControl::FamilyWise { alpha: self.alpha },
         })
     }
 }
@@ -145,14 +158,19 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         trials: usize,
     },
-    /// A/A runs of one commit against itself: the measured false-alarm rate.
+    /// A/A runs of one commit against itself, then the shipped rule replayed on every stored
+    /// trial of it (the noise bank): false-alarm and detection rates.
     Calibrate {
         #[arg(long, default_value = "HEAD")]
         rev: String,
         #[arg(long, default_value = workload::SEED_WORKLOAD)]
         workload: String,
+        /// Real A/A comparisons to run (0: only replay the stored noise bank).
         #[arg(long, default_value_t = 10)]
         comparisons: usize,
+        /// Replays of the shipped rule per shift on the noise bank.
+        #[arg(long, default_value_t = 2000)]
+        replays: usize,
         #[command(flatten)]
         stats: Statistics,
         #[arg(long)]
@@ -467,14 +485,21 @@ fn run(cli: Cli) -> Result<u8, HarnessError> {
             rev,
             workload,
             comparisons,
+            replays,
             stats,
             json_output,
         } => {
             let settings = stats.settings()?;
             let s = session(c)?;
             let commit = s.repo.resolve(rev)?;
-            let (code, calibration) =
-                commands::calibrate(&s, &commit, &load(workload)?, *comparisons, &settings)?;
+            let (code, calibration) = commands::calibrate(
+                &s,
+                &commit,
+                &load(workload)?,
+                *comparisons,
+                *replays,
+                &settings,
+            )?;
             write_json(json_output, &calibration)?;
             Ok(code)
         }

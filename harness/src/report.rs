@@ -15,6 +15,7 @@ use crate::git::CommitInfo;
 use crate::plots::{self, CommitSeries};
 use crate::runner::TrialStatus;
 use crate::stats::median;
+use crate::stats::Verdict;
 use crate::store::{load_baseline, ResultStore, TrialRecord};
 use crate::workload::Workload;
 
@@ -158,9 +159,9 @@ fn write_gate(md: &mut String, gate: &[GateResult], commit_url: &str) {
         "base",
         "head",
         "pairs",
-        "throughput head/base [95% CI]",
-        "p99 head/base [95% CI]",
-        "peak RSS head/base [95% CI]",
+        "throughput head/base [interval]",
+        "p99 head/base [interval]",
+        "peak RSS head/base [interval]",
         "limits",
         "verdict",
     ]);
@@ -184,10 +185,10 @@ fn write_gate(md: &mut String, gate: &[GateResult], commit_url: &str) {
             ratio(cmp.map(|c| &c.throughput)),
             ratio(cmp.map(|c| &c.p99)),
             ratio(cmp.and_then(|c| c.peak_rss.as_ref())),
-            if g.limits.iter().all(|l| l.passed) {
-                "pass".into()
-            } else {
-                "**FAIL**".into()
+            match crate::commands::limits_verdict(&g.limits) {
+                Verdict::Pass => "pass".into(),
+                Verdict::Regression => "**FAIL**".into(),
+                Verdict::Inconclusive => "inconclusive".into(),
             },
             format!("**{:?}**", g.verdict),
         ]);
@@ -197,11 +198,19 @@ fn write_gate(md: &mut String, gate: &[GateResult], commit_url: &str) {
         if let Some(c) = &g.comparison {
             let _ = writeln!(
                 md,
-                "<details><summary>{}: comparison details</summary>\n\n{}\n\n{}\n</details>\n",
+                "<details><summary>{}: comparison details</summary>\n\n{}\n\n{}\n\n{}\n</details>\n",
                 g.workload,
                 comparison_table(c),
+                escape(&c.design),
                 limits_table(&g.limits)
             );
+        }
+        if let Some(line) = g
+            .comparison
+            .as_ref()
+            .and_then(crate::commands::degradation_line)
+        {
+            let _ = writeln!(md, "{}: {}\n", g.workload, escape(&line));
         }
         if let Some(note) = &g.note {
             let _ = writeln!(md, "> {}: {}\n", g.workload, escape(note));

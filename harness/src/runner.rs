@@ -40,6 +40,8 @@ pub struct TrialOutcome {
     pub report: Option<BenchReport>,
     /// The broker's peak resident memory (VmHWM) at the end of the run.
     pub broker_peak_rss_kib: Option<u64>,
+    /// CPU time (user + system) the broker used while chronik-bench ran, in seconds.
+    pub broker_cpu_s: Option<f64>,
 }
 
 impl TrialOutcome {
@@ -49,6 +51,7 @@ impl TrialOutcome {
             detail: Some(detail.into()),
             report: None,
             broker_peak_rss_kib: None,
+            broker_cpu_s: None,
         }
     }
 }
@@ -145,6 +148,7 @@ impl TrialRunner {
             .stderr(
                 std::fs::File::create(dir.join("bench.stderr")).map_or(Stdio::null(), Stdio::from),
             );
+        let cpu_before = cpu_s(broker.pgid);
         let mut bench = match GroupChild::spawn(bench_cmd) {
             Ok(child) => child,
             Err(e) => {
@@ -166,6 +170,9 @@ impl TrialRunner {
         }
         let broker_died = broker.try_wait();
         let broker_peak_rss_kib = peak_rss_kib(broker.pgid);
+        let broker_cpu_s = cpu_before
+            .zip(cpu_s(broker.pgid))
+            .map(|(before, after)| after - before);
         let broker_status = broker.stop();
         if let Some(status) = broker_died {
             return TrialOutcome::failed(
@@ -201,6 +208,7 @@ impl TrialRunner {
                 detail: Some(report.invalid_reasons.join("; ")),
                 report: Some(report),
                 broker_peak_rss_kib,
+                broker_cpu_s,
             };
         }
         TrialOutcome {
@@ -208,6 +216,7 @@ impl TrialRunner {
             detail: None,
             report: Some(report),
             broker_peak_rss_kib,
+            broker_cpu_s,
         }
     }
 }
@@ -220,6 +229,18 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// User plus system CPU time of a process in seconds (/proc/PID/stat, in clock ticks of
+/// 1/100 s, which is what Linux reports to user space on every common configuration).
+fn cpu_s(pid: u32) -> Option<f64> {
+    const TICKS_PER_S: f64 = 100.0;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (in parentheses, may hold spaces); utime and stime are
+    // fields 14 and 15 of the line, 12 and 13 after the name.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / TICKS_PER_S)
 }
 
 /// The chronik-bench next to this executable (both are built from the harness's tree).

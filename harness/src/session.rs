@@ -119,10 +119,14 @@ impl Session {
         role: &str,
     ) -> Result<TrialRecord, HarnessError> {
         let id = self.next_id(&built.commit, role);
-        let (status, detail, report, broker_peak_rss_kib) = match &built.outcome {
-            BuildOutcome::Failed { log_tail } => {
-                (TrialStatus::BuildFailed, Some(log_tail.clone()), None, None)
-            }
+        let (status, detail, report, broker_peak_rss_kib, broker_cpu_s) = match &built.outcome {
+            BuildOutcome::Failed { log_tail } => (
+                TrialStatus::BuildFailed,
+                Some(log_tail.clone()),
+                None,
+                None,
+                None,
+            ),
             BuildOutcome::Built { binary, .. } => {
                 let outcome = self.runner.run(binary, workload, &id);
                 (
@@ -130,6 +134,7 @@ impl Session {
                     outcome.detail,
                     outcome.report,
                     outcome.broker_peak_rss_kib,
+                    outcome.broker_cpu_s,
                 )
             }
         };
@@ -141,6 +146,11 @@ impl Session {
                 p99_ms: r.results.latency_ms.p99,
                 per_second: r.results.per_second.clone(),
                 peak_rss_mib: broker_peak_rss_kib.map(|kib| kib as f64 / 1024.0),
+                broker_cpu_us_per_msg: broker_cpu_s.and_then(|cpu| {
+                    let p = &r.results.phases;
+                    let messages = p.warmup.acked + p.window.acked + p.drain.acked;
+                    (messages > 0).then(|| cpu * 1e6 / messages as f64)
+                }),
             });
         let record = TrialRecord {
             schema: TRIAL_SCHEMA.into(),
