@@ -352,6 +352,17 @@ fn run_produce(
     let offered_rate = config
         .rate
         .map(|_| stats.iter().map(|s| s.offered_in_window).sum::<u64>() as f64 / window_s);
+    // Against the configured rate, not only against what the sender managed to offer: a
+    // sender that fell behind offers less, and its achieved rate would still look complete.
+    if let Some(configured) = config.rate {
+        if producer_results.rate_msgs_per_s < OPEN_LOOP_ACHIEVED_RATIO_MIN * configured {
+            reasons.push(format!(
+                "achieved {:.0} msg/s, below {:.0}% of the configured {configured:.0} msg/s",
+                producer_results.rate_msgs_per_s,
+                OPEN_LOOP_ACHIEVED_RATIO_MIN * 100.0
+            ));
+        }
+    }
     if let Some(offered) = offered_rate {
         if producer_results.rate_msgs_per_s < OPEN_LOOP_ACHIEVED_RATIO_MIN * offered {
             reasons.push(format!(

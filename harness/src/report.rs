@@ -228,6 +228,24 @@ fn write_gate(md: &mut String, gate: &[GateResult], commit_url: &str) {
     }
 }
 
+/// When a commit's trials were recorded (the span, to the minute) and whether any came from
+/// another host than the report's.
+fn recorded_label(records: &[&TrialRecord], fingerprint: &str) -> String {
+    let minute = |r: &&TrialRecord| r.recorded_at.chars().take(16).collect::<String>();
+    let first = records.iter().map(minute).min().unwrap_or_default();
+    let last = records.iter().map(minute).max().unwrap_or_default();
+    let span = if first == last {
+        first
+    } else {
+        format!("{first} .. {last}")
+    };
+    if records.iter().any(|r| r.host_fingerprint != fingerprint) {
+        format!("{span} (some on another host)")
+    } else {
+        span
+    }
+}
+
 fn write_workload(
     md: &mut String,
     input: &ReportInput<'_>,
@@ -265,8 +283,9 @@ fn write_workload(
         "summary",
         "valid trials",
         "other",
+        "recorded (UTC)",
         "median msg/s",
-        "vs baseline",
+        "vs stored baseline",
         "median p99 ms",
         "p99.9 ms (merged)",
         "broker peak RSS MiB",
@@ -289,6 +308,7 @@ fn write_workload(
                 .map(|(k, v)| format!("{v} {k}"))
                 .collect::<Vec<_>>()
                 .join(", "),
+            recorded_label(&c.records, fingerprint),
             fmt_opt(tput, 0),
             match (tput, &baseline) {
                 (Some(t), Some(b)) => format!("{:+.1}%", (t / b.median_throughput - 1.0) * 100.0),
@@ -307,12 +327,24 @@ fn write_workload(
         ]);
     }
     let _ = writeln!(md, "{table}\n");
+    let _ = writeln!(
+        md,
+        "Each row is the median of that commit's stored trials, recorded at the time shown: rows \
+         (and the stored baseline) were not measured side by side, so differences between them \
+         include the machine's drift. Only the gate's interleaved comparison above is a verdict.\n"
+    );
     if let Some(b) = &baseline {
         let _ = writeln!(
             md,
-            "Baseline: {} recorded {} ({} trials, median {:.0} msg/s, p99 {:.2} ms).\n",
+            "Stored baseline: {} recorded {} on {}{} ({} trials, median {:.0} msg/s, p99 {:.2} ms).\n",
             link(&input.commit_url, &b.commit),
             b.recorded_at,
+            escape(&b.host_fingerprint),
+            if b.host_fingerprint == fingerprint {
+                " (this host)"
+            } else {
+                " (**another host**: not comparable)"
+            },
             b.trials.len(),
             b.median_throughput,
             b.median_p99_ms
