@@ -89,18 +89,18 @@ const USER_HZ: f64 = 100.0;
 
 /// (user, system) CPU seconds of this process so far.
 pub fn process_cpu_seconds() -> (f64, f64) {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    cpu_seconds_of("self").unwrap_or((0.0, 0.0))
+}
+
+/// (user, system) CPU seconds so far of the process `pid` (a number, or "self"), from
+/// /proc/PID/stat; `None` when it cannot be read (the process is gone, or no /proc).
+pub fn cpu_seconds_of(pid: &str) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let after = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let tick = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / USER_HZ
-    };
-    (tick(11), tick(12))
+    let tick = |i: usize| Some(fields.get(i)?.parse::<f64>().ok()? / USER_HZ);
+    Some((tick(11)?, tick(12)?))
 }
 
 impl CpuUsage {

@@ -46,22 +46,17 @@ pub fn comparison_table(c: &Comparison) -> Table {
     let med = |v: &[TrialSummary], f: fn(&TrialSummary) -> f64| {
         median(&v.iter().map(f).collect::<Vec<_>>())
     };
-    let rss = |v: &[TrialSummary]| {
-        let known: Vec<f64> = v.iter().filter_map(|t| t.peak_rss_mib).collect();
+    // Median of a figure some trials may lack (NaN when none has it).
+    let known = |v: &[TrialSummary], f: fn(&TrialSummary) -> Option<f64>| {
+        let known: Vec<f64> = v.iter().filter_map(f).collect();
         if known.is_empty() {
             f64::NAN
         } else {
             median(&known)
         }
     };
-    let cpu = |v: &[TrialSummary]| {
-        let known: Vec<f64> = v.iter().filter_map(|t| t.broker_cpu_us_per_msg).collect();
-        if known.is_empty() {
-            f64::NAN
-        } else {
-            median(&known)
-        }
-    };
+    let rss = |v: &[TrialSummary]| known(v, |t| t.peak_rss_mib);
+    let cpu = |v: &[TrialSummary]| known(v, |t| t.broker_cpu_us_per_msg);
     let rows = [
         (
             Some(&c.throughput),

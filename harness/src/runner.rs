@@ -231,16 +231,9 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
-/// User plus system CPU time of a process in seconds (/proc/PID/stat, in clock ticks of
-/// 1/100 s, which is what Linux reports to user space on every common configuration).
+/// User plus system CPU time of a process in seconds.
 fn cpu_s(pid: u32) -> Option<f64> {
-    const TICKS_PER_S: f64 = 100.0;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (in parentheses, may hold spaces); utime and stime are
-    // fields 14 and 15 of the line, 12 and 13 after the name.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / TICKS_PER_S)
+    chronik_bench::provenance::cpu_seconds_of(&pid.to_string()).map(|(user, system)| user + system)
 }
 
 /// The chronik-bench next to this executable (both are built from the harness's tree).
