@@ -5,6 +5,7 @@
 #
 #   ci/fixture-bisects.sh                      # every fixture, 3 runs, smoke workload
 #   RUNS=5 ONLY=fixed-slowdown SLOWDOWN_US=25 ci/fixture-bisects.sh
+#   ONLY="cpu-2pct cpu-5pct cpu-10pct" ci/fixture-bisects.sh   # the graded CPU fixtures
 #
 # Environment: RUNS (3), ONLY (fixture names, space separated; default all), SLOWDOWN_US (150),
 # WORKLOAD (smoke-c32-s256-3s), OUT (target/fixture-bisects/<date>).
@@ -50,9 +51,12 @@ except OSError:
 found = (log.get("culprit") or {}).get("sha")
 verdict = "RIGHT" if found == culprit else ("one of %d candidates" % len(log["candidates"]) if not found else "WRONG")
 conf = log.get("confirmation") or {}
+tier = conf.get("instructions") or {}
 effects = ", ".join(
     "%s %+.1f%%" % (m["metric"], (m["median_ratio"] - 1) * 100)
-    for m in (conf.get("throughput"), conf.get("p99"), conf.get("peak_rss")) if m)
+    for m in (conf.get("throughput"), conf.get("p99"), conf.get("peak_rss"), tier.get("metric")) if m)
+measured = [s for s in log["steps"] if s["commit"]["sha"] == culprit and s["pairs"] > 0]
+effects += "; culprit measured in a step" if measured else "; culprit decided without trials"
 print(f"{verdict}: {len(log['steps'])} steps, {log['builds']} builds, {log['wall_s']:.0f} s; {effects or 'not confirmed'}")
 EOF
 )

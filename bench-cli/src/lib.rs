@@ -6,11 +6,13 @@
 //! - `run`: reachability, topic setup, each mode, validity checks, exit codes.
 //! - `report`: the result schema (`chronik-bench/v1`), console box, JSON, CSV, histogram codec.
 //! - `provenance`: versions, host fingerprint, the generator's own CPU use.
+//! - `replay`: a fixed request stream sent one request at a time (the deterministic tier).
 
 pub mod config;
 pub mod produce;
 pub mod provenance;
 pub mod recorder;
+pub mod replay;
 pub mod report;
 pub mod run;
 

@@ -40,6 +40,9 @@ pub struct BisectStep {
     pub p99_ratio: Option<f64>,
     #[serde(default)]
     pub peak_rss_ratio: Option<f64>,
+    /// Candidate / good for the deterministic tier's instructions per request.
+    #[serde(default)]
+    pub instructions_ratio: Option<f64>,
     pub detail: Option<String>,
 }
 
@@ -107,6 +110,10 @@ pub fn midpoint_settings(step: &CompareSettings, endpoints: &Comparison) -> Comp
                 .map_or(step.margins.cpu_per_msg_rise, |m| {
                     rise(m.median_ratio, step.margins.cpu_per_msg_rise)
                 }),
+            instructions_rise: instruction_metric(endpoints)
+                .map_or(step.margins.instructions_rise, |m| {
+                    rise(m.median_ratio, step.margins.instructions_rise)
+                }),
         },
         ..*step
     }
@@ -120,6 +127,15 @@ struct Deciding {
     p99: bool,
     peak_rss: bool,
     cpu_per_msg: bool,
+    instructions: bool,
+}
+
+/// The deterministic tier's metric of a comparison, when it measured.
+fn instruction_metric(c: &Comparison) -> Option<&MetricComparison> {
+    c.instructions
+        .as_ref()
+        .and_then(|t| t.comparison())
+        .map(|t| &t.metric)
 }
 
 /// A regressed metric's effect (in margins) must reach this share of the strongest regressed
@@ -131,6 +147,7 @@ const ALL_METRICS: Deciding = Deciding {
     p99: true,
     peak_rss: true,
     cpu_per_msg: true,
+    instructions: true,
 };
 
 impl Deciding {
@@ -150,6 +167,7 @@ impl Deciding {
             strength(Some(&c.p99)),
             strength(c.peak_rss.as_ref()),
             strength(c.cpu_per_msg.as_ref()),
+            strength(instruction_metric(c)),
         ];
         let strongest = strengths.iter().copied().fold(0.0, f64::max);
         let decides = |s: f64| s > 0.0 && s >= strongest * DECIDING_STRENGTH_SHARE;
@@ -158,6 +176,7 @@ impl Deciding {
             p99: decides(strengths[1]),
             peak_rss: decides(strengths[2]),
             cpu_per_msg: decides(strengths[3]),
+            instructions: decides(strengths[4]),
         };
         if picked.names().is_empty() {
             ALL_METRICS
@@ -172,6 +191,7 @@ impl Deciding {
             (self.p99, "p99"),
             (self.peak_rss, "peak RSS"),
             (self.cpu_per_msg, "broker CPU/msg"),
+            (self.instructions, "instructions/request"),
         ]
         .iter()
         .filter(|(on, _)| *on)
@@ -186,11 +206,18 @@ impl Deciding {
             (self.peak_rss, c.peak_rss.as_ref()),
             (self.cpu_per_msg, c.cpu_per_msg.as_ref()),
         ];
+        // A deciding tier that could not measure leaves the step undecided.
+        let tier = c
+            .instructions
+            .as_ref()
+            .filter(|_| self.instructions)
+            .map(|t| t.verdict());
         Verdict::worst(
             picked
                 .iter()
                 .filter_map(|(on, m)| m.filter(|_| *on))
-                .map(|m| m.verdict),
+                .map(|m| m.verdict)
+                .chain(tier),
         )
     }
 }
@@ -242,8 +269,16 @@ fn measure(
             &format!("{} vs good", candidate.short()),
         ),
     };
-    let result = run_compare(&mut source, settings);
+    let mut result = run_compare(&mut source, settings);
     source.bar.finish_and_clear();
+    if let Ok(c) = &mut result {
+        c.attach_instructions(session.instruction_outcome(
+            &reference,
+            &built,
+            workload,
+            settings.margins.instructions_rise,
+        ));
+    }
     match result {
         Ok(c) => {
             let verdict = match deciding.verdict(&c) {
@@ -372,11 +407,13 @@ pub fn bisect(
                 .expect("a verdict comes from a comparison");
             step = midpoint_settings(&step, endpoints);
             log.notes.push(format!(
-                "steps are classified by {} at the midpoint of the endpoint effect: throughput -{:.1}%, p99 +{:.1}%, peak RSS +{:.1}%",
+                "steps are classified by {} at the midpoint of the endpoint effect: throughput -{:.1}%, p99 +{:.1}%, peak RSS +{:.1}%, CPU/msg +{:.1}%, instructions/request +{:.2}%",
                 deciding.names().join(" and "),
                 step.margins.throughput_drop * 100.0,
                 step.margins.p99_rise * 100.0,
-                step.margins.peak_rss_rise * 100.0
+                step.margins.peak_rss_rise * 100.0,
+                step.margins.cpu_per_msg_rise * 100.0,
+                step.margins.instructions_rise * 100.0
             ));
         }
         StepVerdict::Good => {
@@ -530,6 +567,9 @@ fn push_step(
         ci: comparison.map(|c| (c.throughput.ci_low_ratio, c.throughput.ci_high_ratio)),
         p99_ratio: comparison.map(|c| c.p99.median_ratio),
         peak_rss_ratio: comparison.and_then(|c| c.peak_rss.as_ref().map(|m| m.median_ratio)),
+        instructions_ratio: comparison
+            .and_then(instruction_metric)
+            .map(|m| m.median_ratio),
         detail,
     });
 }
@@ -566,14 +606,16 @@ pub fn print(log: &BisectLog) {
     );
 }
 
-/// Every metric of a comparison as "name +x% [95% CI lo, hi]", then the pair count.
+/// Every metric of a comparison as "name +x% [interval lo, hi]" (the instruction tier's
+/// range holds every run), then the pair count.
 fn effect(c: &Comparison) -> String {
     let pct = |r: f64| (r - 1.0) * 100.0;
     let metrics: Vec<String> = c
         .metrics()
+        .chain(instruction_metric(c))
         .map(|m| {
             format!(
-                "{} {:+.1}% [95% CI {:+.1}%, {:+.1}%]",
+                "{} {:+.1}% [{:+.1}%, {:+.1}%]",
                 m.metric,
                 pct(m.median_ratio),
                 pct(m.ci_low_ratio),
@@ -595,9 +637,10 @@ fn steps_table(log: &BisectLog, url: &str) -> Table {
         "commit",
         "position",
         "vs good (throughput)",
-        "95% CI",
+        "interval",
         "p99",
         "peak RSS",
+        "instructions",
         "pairs",
         "verdict",
         "detail",
@@ -622,6 +665,8 @@ fn steps_table(log: &BisectLog, url: &str) -> Table {
             }),
             percent(s.p99_ratio),
             percent(s.peak_rss_ratio),
+            s.instructions_ratio
+                .map_or("-".into(), |r| format!("{:+.2}%", (r - 1.0) * 100.0)),
             s.pairs.to_string(),
             format!("{:?}", s.verdict).to_lowercase(),
             s.detail.clone().unwrap_or_default(),
@@ -763,6 +808,7 @@ mod tests {
             degradation: None,
             verdict: Verdict::Regression,
             design: String::new(),
+            instructions: None,
         }
     }
 
@@ -785,7 +831,67 @@ mod tests {
         let d = Deciding::from_endpoints(&endpoints(1.0, 1.0, 1.0));
         assert_eq!(
             d.names(),
-            vec!["throughput", "p99", "peak RSS", "broker CPU/msg"]
+            vec![
+                "throughput",
+                "p99",
+                "peak RSS",
+                "broker CPU/msg",
+                "instructions/request"
+            ]
         );
+    }
+
+    fn with_instructions(mut c: Comparison, ratio: f64) -> Comparison {
+        let runs = |x: f64| vec![x as u64, (x * 1.001) as u64, (x * 0.999) as u64];
+        let sample = |x: f64| crate::instructions::InstructionSample {
+            runs: runs(x),
+            startup: 1_000_000,
+            heap_blocks: 110_000,
+            heap_bytes: 56_000_000,
+            requests: 2_534,
+            messages: 32_000,
+            stream_sha256: String::new(),
+            tmpfs: true,
+        };
+        let metric = crate::instructions::compare_counts(
+            &runs(235e6),
+            &runs(235e6 * ratio),
+            crate::instructions::INSTRUCTIONS_RISE_DEFAULT,
+        );
+        c.attach_instructions(Some(crate::instructions::TierOutcome::Compared(Box::new(
+            crate::instructions::InstructionComparison {
+                base: sample(235e6),
+                head: sample(235e6 * ratio),
+                metric,
+            },
+        ))));
+        c
+    }
+
+    #[test]
+    fn a_graded_cpu_fault_is_bisected_on_instructions_alone() {
+        // 5% more work per message: +5% instructions, while noise put throughput at -7%
+        // (a regression at the 5% margin, but 3.5x weaker in margins than the tier's effect).
+        let endpoints = with_instructions(endpoints(0.93, 1.0, 1.0), 1.05);
+        let d = Deciding::from_endpoints(&endpoints);
+        assert_eq!(d.names(), vec!["instructions/request"]);
+        let step = midpoint_settings(&step_settings(&CompareSettings::default()), &endpoints);
+        assert!((step.margins.instructions_rise - (1.05f64.sqrt() - 1.0)).abs() < 0.002);
+        // A benign step reads good whatever the wall clock said; the culprit reads bad.
+        let benign = with_instructions(endpoints.clone(), 1.0005);
+        assert_eq!(d.verdict(&benign), Verdict::Pass);
+        let culprit = with_instructions(endpoints.clone(), 1.05);
+        assert_eq!(d.verdict(&culprit), Verdict::Regression);
+    }
+
+    #[test]
+    fn a_tier_that_could_not_measure_leaves_a_step_undecided() {
+        let endpoints = with_instructions(endpoints(1.0, 1.0, 1.0), 1.05);
+        let d = Deciding::from_endpoints(&endpoints);
+        let mut step = endpoints.clone();
+        step.attach_instructions(Some(crate::instructions::TierOutcome::NotMeasured {
+            reason: "the broker did not stop cleanly".into(),
+        }));
+        assert_eq!(d.verdict(&step), Verdict::Inconclusive);
     }
 }

@@ -13,6 +13,7 @@ use crate::error::{
     HarnessError, EXIT_INCONCLUSIVE, EXIT_INFRA, EXIT_NO_BASELINE, EXIT_PASS, EXIT_REGRESSION,
 };
 use crate::git::CommitInfo;
+use crate::instructions::{InstructionComparison, TierOutcome};
 use crate::noise_bank::{NoiseBank, ReplayRow, Shifted, NOISE_BANK_TRIALS_MIN};
 use crate::session::{BuiltCommit, PairSource, Session};
 use crate::stats::{median, median_interval, Verdict, DISPLAY_COVERAGE};
@@ -90,7 +91,66 @@ pub fn comparison_table(c: &Comparison) -> Table {
             format!("{:?}", m.verdict).to_lowercase(),
         ]);
     }
+    match &c.instructions {
+        Some(TierOutcome::Compared(t)) => {
+            let m = &t.metric;
+            table.add_row(vec![
+                format!("{} (Valgrind)", m.metric),
+                format!("{:.0} instr", t.base.per_request()),
+                format!("{:.0} instr", t.head.per_request()),
+                pct(m.median_ratio),
+                format!(
+                    "[{}, {}] (every run)",
+                    pct(m.ci_low_ratio),
+                    pct(m.ci_high_ratio)
+                ),
+                pct(m.limit_ratio),
+                format!("{:?}", m.verdict).to_lowercase(),
+            ]);
+        }
+        Some(TierOutcome::NotMeasured { .. }) => {
+            table.add_row(vec![
+                "instructions/request (Valgrind)",
+                "-",
+                "-",
+                "-",
+                "not measured",
+                "-",
+                "inconclusive",
+            ]);
+        }
+        None => {}
+    }
     table
+}
+
+/// The deterministic tier of a comparison in one line (`tier_line`).
+pub fn instructions_line(c: &Comparison) -> Option<String> {
+    tier_line(c.instructions.as_ref()?)
+}
+
+/// The deterministic tier in one line: what was replayed and how tightly runs repeated, or why
+/// it did not measure.
+fn tier_line(tier: &TierOutcome) -> Option<String> {
+    Some(match tier {
+        TierOutcome::Compared(t) => format!(
+            "deterministic tier: {} Valgrind (DHAT) runs per commit of a fixed stream of {} requests ({} messages, sha256 {}); run spread base {:.2}%, head {:.2}%; startup and shutdown ({:.2}M instructions) removed; heap allocations/request {:.1} -> {:.1}, bytes/request {:.0} -> {:.0}",
+            t.base.runs.len(),
+            t.base.requests,
+            t.base.messages,
+            &t.base.stream_sha256[..12.min(t.base.stream_sha256.len())],
+            t.base.spread() * 100.0,
+            t.head.spread() * 100.0,
+            t.base.startup as f64 / 1e6,
+            t.base.heap_blocks as f64 / t.base.requests.max(1) as f64,
+            t.head.heap_blocks as f64 / t.head.requests.max(1) as f64,
+            t.base.heap_bytes as f64 / t.base.requests.max(1) as f64,
+            t.head.heap_bytes as f64 / t.head.requests.max(1) as f64,
+        ),
+        TierOutcome::NotMeasured { reason } => {
+            format!("deterministic tier not measured: {reason}")
+        }
+    })
 }
 
 fn failure_exit(f: &TrialFailure) -> u8 {
@@ -125,6 +185,76 @@ fn build_pair(
     Ok((b, h))
 }
 
+/// `instructions`: the deterministic tier alone, printed as its table row and line.
+pub fn instructions(
+    session: &Session,
+    base: &CommitInfo,
+    head: &CommitInfo,
+    workload: &Workload,
+    rise_margin: f64,
+) -> Result<(u8, Option<TierOutcome>), HarnessError> {
+    let (b, h) = build_pair(session, base, head)?;
+    let Some(tier) = session.instruction_outcome(&b, &h, workload, rise_margin) else {
+        return Err(HarnessError::Usage(
+            "the deterministic tier is off (--instruction-runs 0)".into(),
+        ));
+    };
+    let code = match &tier {
+        TierOutcome::Compared(t) => {
+            println!(
+                "\n{}: base {} vs head {}\n\n{}",
+                workload.name,
+                base.short(),
+                head.short(),
+                tier_table(t)
+            );
+            verdict_exit_code(t.metric.verdict)
+        }
+        TierOutcome::NotMeasured { .. } => EXIT_INFRA,
+    };
+    if let Some(line) = tier_line(&tier) {
+        println!("{line}");
+    }
+    println!("\nverdict: {:?}", tier.verdict());
+    Ok((code, Some(tier)))
+}
+
+/// The deterministic tier's row alone, per run, for `instructions`.
+fn tier_table(t: &InstructionComparison) -> Table {
+    let mut table = Table::new();
+    table.load_preset(ASCII_MARKDOWN).set_header(vec![
+        "side",
+        "instructions per run (stream only)",
+        "median/request",
+        "spread",
+    ]);
+    for (side, s) in [("base", &t.base), ("head", &t.head)] {
+        let runs: Vec<String> = s.runs.iter().map(u64::to_string).collect();
+        table.add_row(vec![
+            side.to_owned(),
+            runs.join(" "),
+            format!("{:.0}", s.per_request()),
+            format!("{:.2}%", s.spread() * 100.0),
+        ]);
+    }
+    table.add_row(vec![
+        "head/base".to_owned(),
+        format!(
+            "[{}, {}] (every run)",
+            pct(t.metric.ci_low_ratio),
+            pct(t.metric.ci_high_ratio)
+        ),
+        pct(t.metric.median_ratio),
+        format!(
+            "limit {}: {:?}",
+            pct(t.metric.limit_ratio),
+            t.metric.verdict
+        )
+        .to_lowercase(),
+    ]);
+    table
+}
+
 pub fn compare(
     session: &Session,
     base: &CommitInfo,
@@ -145,8 +275,16 @@ pub fn compare(
             &format!("{} pairs", workload.name),
         ),
     };
-    let result = run_compare(&mut source, settings);
+    let mut result = run_compare(&mut source, settings);
     source.bar.finish_and_clear();
+    if let Ok(c) = &mut result {
+        c.attach_instructions(session.instruction_outcome(
+            &b,
+            &h,
+            workload,
+            settings.margins.instructions_rise,
+        ));
+    }
     Ok(result)
 }
 
@@ -160,6 +298,9 @@ pub fn print_comparison(workload: &Workload, base: &CommitInfo, head: &CommitInf
     );
     println!("{}", comparison_table(c));
     println!("{}", c.design);
+    if let Some(line) = instructions_line(c) {
+        println!("{line}");
+    }
     if let Some(line) = degradation_line(c) {
         println!("\n{line}");
     }
@@ -496,6 +637,9 @@ pub fn print_gate(result: &GateResult) {
             comparison_table(c)
         );
         println!("{}", c.design);
+        if let Some(line) = instructions_line(c) {
+            println!("{line}");
+        }
         if let Some(line) = degradation_line(c) {
             println!("{line}");
         }

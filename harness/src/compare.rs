@@ -9,6 +9,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use crate::instructions::TierOutcome;
 use crate::stats::{
     compare_metric, last_vs_first_third, median, Levels, Margins, MetricComparison, Verdict,
 };
@@ -161,11 +162,23 @@ pub struct Comparison {
     /// The sequential design and its error rates (`CompareSettings::describe`).
     #[serde(default)]
     pub design: String,
+    /// The deterministic tier (instruction counts), when it was asked for.
+    #[serde(default)]
+    pub instructions: Option<TierOutcome>,
 }
 
 impl Comparison {
     pub fn pairs(&self) -> usize {
         self.base.len()
+    }
+
+    /// Adds the deterministic tier: a regression in either tier is a regression, and a tier
+    /// that could not measure leaves the verdict inconclusive at best.
+    pub fn attach_instructions(&mut self, tier: Option<TierOutcome>) {
+        if let Some(tier) = &tier {
+            self.verdict = Verdict::worst([self.verdict, tier.verdict()]);
+        }
+        self.instructions = tier;
     }
 
     /// Every metric compared, throughput first.
@@ -257,6 +270,7 @@ fn evaluate(
         degradation,
         verdict: Verdict::Inconclusive,
         design: settings.describe(metrics),
+        instructions: None,
     };
     comparison.verdict = Verdict::worst(comparison.metrics().map(|m| m.verdict));
     comparison

@@ -27,6 +27,35 @@ pub struct Fixture {
 const APPEND_START: &str =
     "    pub async fn append(&self, request: ProduceRequest) -> AppendedProduce {\n        let acks = request.acks;\n";
 
+/// A graded fixture: deterministic CPU work per produce request, proportional to its record
+/// bytes (so it costs the same share per message whatever the batching): `percent` times
+/// `ROUNDS_PER_KIB_PER_PERCENT` hash rounds per KiB. No clock in it, so the deterministic tier
+/// counts it exactly, unlike the busy loop of `fixed-slowdown`.
+macro_rules! cpu_fixture {
+    ($name:literal, $message:literal, $percent:literal) => {
+        Fixture {
+            name: $name,
+            message: $message,
+            patches: &[Patch {
+                file: "broker-under-test/src/produce.rs",
+                find: APPEND_START,
+                replace: concat!(
+                    "    pub async fn append(&self, request: ProduceRequest) -> AppendedProduce {\n",
+                    "        let record_bytes: u64 = request.topic_data.iter().flat_map(|t| t.partition_data.iter()).map(|p| p.records.as_ref().map_or(0, |r| r.len() as u64)).sum();\n",
+                    "        let mut hash = 0xcbf2_9ce4_8422_2325u64;\n",
+                    "        for i in 0..record_bytes * ",
+                    $percent,
+                    " * {ROUNDS_PER_KIB} / 1024 {\n",
+                    "            hash = (hash ^ i).wrapping_mul(0x100_0000_01b3);\n",
+                    "        }\n",
+                    "        std::hint::black_box(hash);\n",
+                    "        let acks = request.acks;\n"
+                ),
+            }],
+        }
+    };
+}
+
 pub const FIXTURES: &[Fixture] = &[
     Fixture {
         name: "produce-lock",
@@ -97,7 +126,26 @@ pub const FIXTURES: &[Fixture] = &[
             replace: "    pub async fn append(&self, request: ProduceRequest) -> AppendedProduce {\n        let busy_until = std::time::Instant::now() + std::time::Duration::from_micros({SLOWDOWN_US});\n        while std::time::Instant::now() < busy_until {\n            std::hint::spin_loop();\n        }\n        let acks = request.acks;\n",
         }],
     },
+    cpu_fixture!(
+        "cpu-2pct",
+        "perf(produce): checksum records once more (fixture: ~2% more CPU per message)",
+        "2"
+    ),
+    cpu_fixture!(
+        "cpu-5pct",
+        "perf(produce): checksum records with a slower hash (fixture: ~5% more CPU per message)",
+        "5"
+    ),
+    cpu_fixture!(
+        "cpu-10pct",
+        "perf(produce): validate every record twice (fixture: ~10% more CPU per message)",
+        "10"
+    ),
 ];
+
+/// Hash rounds per KiB of record data that cost about 1% of the broker's work per message
+/// (calibrated with the deterministic tier at the fixture base, BENCHMARKS.md).
+pub const ROUNDS_PER_KIB_PER_PERCENT: u64 = 70;
 
 /// The generated history: for each fixture, the commit before it, the culprit and the revert.
 #[derive(Debug, Clone, Serialize)]
@@ -137,6 +185,9 @@ fn commit_all(repo: &Repository, message: &str) -> Result<String, HarnessError> 
         .to_string())
 }
 
+/// Placeholder in the graded fixtures for `ROUNDS_PER_KIB_PER_PERCENT`.
+const ROUNDS_PER_KIB: &str = "{ROUNDS_PER_KIB}";
+
 /// Placeholder in fixture text for `FixtureOptions::slowdown_us`.
 const SLOWDOWN_US: &str = "{SLOWDOWN_US}";
 
@@ -151,6 +202,7 @@ pub struct FixtureOptions {
 impl FixtureOptions {
     fn fill(&self, text: &str) -> String {
         text.replace(SLOWDOWN_US, &self.slowdown_us.to_string())
+            .replace(ROUNDS_PER_KIB, &ROUNDS_PER_KIB_PER_PERCENT.to_string())
     }
 }
 

@@ -6,6 +6,7 @@
 //! - `workload`: workload files (data, not code) and the bench arguments they imply.
 //! - `process`: process groups, SIGTERM then SIGKILL, timeouts.
 //! - `runner`: one trial = fresh broker + one chronik-bench run, classified outcome.
+//! - `instructions`: the deterministic tier (Valgrind instruction counts of a replayed stream).
 //! - `store`: results history and baselines (JSON).
 //! - `stats`: paired log-ratios, exact sign-test intervals of the median, three-state verdicts.
 //! - `noise_bank`: same-commit trials from the store; the shipped rule replayed on them.
@@ -20,6 +21,7 @@ pub mod compare;
 pub mod error;
 pub mod fixtures;
 pub mod git;
+pub mod instructions;
 pub mod noise_bank;
 pub mod plots;
 pub mod process;

@@ -55,6 +55,13 @@ struct Common {
     /// No progress output.
     #[arg(long, short, global = true)]
     quiet: bool,
+    /// Valgrind runs with the replayed stream per commit in the deterministic tier (0 = the
+    /// tier is off; it then reports "not measured").
+    #[arg(long, global = true, default_value_t = chronik_harness::instructions::RUNS_DEFAULT)]
+    instruction_runs: usize,
+    /// The valgrind executable of the deterministic tier.
+    #[arg(long, global = true, default_value = "valgrind")]
+    valgrind: PathBuf,
 }
 
 #[derive(Args, Clone, Copy)]
@@ -82,6 +89,9 @@ struct Statistics {
     /// Rise of the broker's CPU time per message that counts as a regression (fraction).
     #[arg(long, default_value_t = chronik_harness::stats::CPU_PER_MSG_RISE_DEFAULT)]
     cpu_margin: f64,
+    /// Rise of instructions per request (the deterministic tier) that counts as a regression.
+    #[arg(long, default_value_t = chronik_harness::instructions::INSTRUCTIONS_RISE_DEFAULT)]
+    instructions_margin: f64,
     #[arg(long, default_value_t = 0x00c0_ffee)]
     seed: u64,
 }
@@ -104,6 +114,7 @@ impl Statistics {
                 p99_rise: self.p99_margin,
                 peak_rss_rise: self.peak_rss_margin,
                 cpu_per_msg_rise: self.cpu_margin,
+                instructions_rise: self.instructions_margin,
             },
             seed: self.seed,
             error: ErrorControl::FamilyWise { alpha: self.alpha },
@@ -157,6 +168,20 @@ enum Cmd {
         workload: String,
         #[arg(long, default_value_t = 5)]
         trials: usize,
+    },
+    /// Only the deterministic tier: instructions per request of a fixed stream, base vs head,
+    /// under Valgrind (no wall-clock trials; a minute instead of many).
+    Instructions {
+        base: String,
+        head: String,
+        /// Its broker arguments are used (the stream itself is fixed).
+        #[arg(long, default_value = workload::SEED_WORKLOAD)]
+        workload: String,
+        /// Rise of instructions per request that counts as a regression (fraction).
+        #[arg(long, default_value_t = chronik_harness::instructions::INSTRUCTIONS_RISE_DEFAULT)]
+        instructions_margin: f64,
+        #[arg(long)]
+        json_output: Option<PathBuf>,
     },
     /// A/A runs of one commit against itself, then the shipped rule replayed on every stored
     /// trial of it (the noise bank): false-alarm and detection rates.
@@ -267,6 +292,7 @@ fn session(common: &Common) -> Result<Session, HarnessError> {
         common.results_dir.clone(),
         common.bench_bin.clone().unwrap_or_else(default_bench_bin),
         common.quiet,
+        (&common.valgrind, common.instruction_runs),
     )
 }
 
@@ -480,6 +506,20 @@ fn run(cli: Cli) -> Result<u8, HarnessError> {
                     .map_err(|e| HarnessError::Infra(e.to_string()))?
             );
             Ok(0)
+        }
+        Cmd::Instructions {
+            base,
+            head,
+            workload,
+            instructions_margin,
+            json_output,
+        } => {
+            let s = session(c)?;
+            let (base, head) = (s.repo.resolve(base)?, s.repo.resolve(head)?);
+            let (code, tier) =
+                commands::instructions(&s, &base, &head, &load(workload)?, *instructions_margin)?;
+            write_json(json_output, &tier)?;
+            Ok(code)
         }
         Cmd::Calibrate {
             rev,

@@ -162,6 +162,7 @@ fn write_gate(md: &mut String, gate: &[GateResult], commit_url: &str) {
         "throughput head/base [interval]",
         "p99 head/base [interval]",
         "peak RSS head/base [interval]",
+        "instructions/request head/base [every run]",
         "limits",
         "verdict",
     ]);
@@ -185,6 +186,11 @@ fn write_gate(md: &mut String, gate: &[GateResult], commit_url: &str) {
             ratio(cmp.map(|c| &c.throughput)),
             ratio(cmp.map(|c| &c.p99)),
             ratio(cmp.and_then(|c| c.peak_rss.as_ref())),
+            match cmp.and_then(|c| c.instructions.as_ref()) {
+                Some(crate::instructions::TierOutcome::Compared(t)) => ratio(Some(&t.metric)),
+                Some(crate::instructions::TierOutcome::NotMeasured { .. }) => "not measured".into(),
+                None => "-".into(),
+            },
             match crate::commands::limits_verdict(&g.limits) {
                 Verdict::Pass => "pass".into(),
                 Verdict::Regression => "**FAIL**".into(),
@@ -205,11 +211,13 @@ fn write_gate(md: &mut String, gate: &[GateResult], commit_url: &str) {
                 limits_table(&g.limits)
             );
         }
-        if let Some(line) = g
-            .comparison
-            .as_ref()
-            .and_then(crate::commands::degradation_line)
-        {
+        for line in g.comparison.iter().flat_map(|c| {
+            [
+                crate::commands::instructions_line(c),
+                crate::commands::degradation_line(c),
+            ]
+        }) {
+            let Some(line) = line else { continue };
             let _ = writeln!(md, "{}: {}\n", g.workload, escape(&line));
         }
         if let Some(note) = &g.note {

@@ -1,7 +1,7 @@
 //! One harness invocation's context: the target repository, its build cache, the trial runner
 //! and the results store; plus the `TrialSource` that feeds real trials to `compare`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -12,6 +12,7 @@ use crate::build::{BuildOutcome, Builder};
 use crate::compare::{Side, TrialFailure, TrialSource, TrialSummary};
 use crate::error::HarnessError;
 use crate::git::{CommitInfo, TargetRepo};
+use crate::instructions::{compare_counts, InstructionComparison, InstructionTier, TierOutcome};
 use crate::runner::{TrialRunner, TrialStatus};
 use crate::store::{ResultStore, TrialRecord, TRIAL_SCHEMA};
 use crate::target::TargetConfig;
@@ -27,6 +28,9 @@ pub struct Session {
     pub runner: TrialRunner,
     pub host: HostInfo,
     pub quiet: bool,
+    /// The deterministic tier: `None` when turned off (`--instruction-runs 0`), an error when
+    /// asked for but it cannot run here (every comparison then says "not measured").
+    pub instructions: Option<Result<InstructionTier, String>>,
     trial_counter: AtomicU64,
 }
 
@@ -48,6 +52,7 @@ impl Session {
         results_dir: PathBuf,
         bench_bin: PathBuf,
         quiet: bool,
+        (valgrind, instruction_runs): (&Path, usize),
     ) -> Result<Self, HarnessError> {
         if !bench_bin.exists() {
             return Err(HarnessError::Config(format!(
@@ -60,6 +65,14 @@ impl Session {
         let work_dir = work_dir
             .canonicalize()
             .map_err(|e| HarnessError::io(&work_dir, e))?;
+        let instructions = (instruction_runs > 0).then(|| {
+            InstructionTier::new(
+                valgrind,
+                instruction_runs,
+                target.clone(),
+                work_dir.join("instructions"),
+            )
+        });
         Ok(Self {
             repo,
             runner: TrialRunner {
@@ -67,6 +80,7 @@ impl Session {
                 target,
                 scratch: work_dir.join("trials"),
             },
+            instructions,
             work_dir,
             store: ResultStore { dir: results_dir },
             host: HostInfo::current(),
@@ -215,6 +229,41 @@ impl Session {
                 INVALID_RERUNS_MAX + 1,
                 last.unwrap_or_default()
             ),
+        })
+    }
+
+    /// The deterministic tier for `base` vs `head`: each build's counts (measured once per
+    /// session), compared at `rise_margin`; `None` when the tier is off.
+    pub fn instruction_outcome(
+        &self,
+        base: &BuiltCommit,
+        head: &BuiltCommit,
+        workload: &Workload,
+        rise_margin: f64,
+    ) -> Option<TierOutcome> {
+        let tier = match self.instructions.as_ref()? {
+            Ok(tier) => tier,
+            Err(reason) => {
+                return Some(TierOutcome::NotMeasured {
+                    reason: reason.clone(),
+                })
+            }
+        };
+        let sample = |built: &BuiltCommit| -> Result<_, String> {
+            let BuildOutcome::Built { binary, .. } = &built.outcome else {
+                return Err(format!("{} does not build", built.commit.short()));
+            };
+            let key = self.build_key(&built.commit).map_err(|e| e.to_string())?;
+            let say = |what: &str| self.say(&format!("  {} {what}", built.commit.short()));
+            tier.sample(&key, binary, &workload.broker_args, &say)
+                .map_err(|e| format!("{}: {e}", built.commit.short()))
+        };
+        Some(match sample(base).and_then(|b| Ok((b, sample(head)?))) {
+            Ok((base, head)) => {
+                let metric = compare_counts(&base.runs, &head.runs, rise_margin);
+                TierOutcome::Compared(Box::new(InstructionComparison { base, head, metric }))
+            }
+            Err(reason) => TierOutcome::NotMeasured { reason },
         })
     }
 

@@ -27,6 +27,13 @@ pub struct Margins {
     /// The broker's CPU time per message may rise by this fraction before it is a regression.
     #[serde(default = "default_cpu_per_msg_rise")]
     pub cpu_per_msg_rise: f64,
+    /// Instructions per request of the deterministic tier may rise by this fraction.
+    #[serde(default = "default_instructions_rise")]
+    pub instructions_rise: f64,
+}
+
+fn default_instructions_rise() -> f64 {
+    crate::instructions::INSTRUCTIONS_RISE_DEFAULT
 }
 
 fn default_cpu_per_msg_rise() -> f64 {
@@ -50,6 +57,7 @@ impl Default for Margins {
             p99_rise: 0.10,
             peak_rss_rise: default_peak_rss_rise(),
             cpu_per_msg_rise: default_cpu_per_msg_rise(),
+            instructions_rise: default_instructions_rise(),
         }
     }
 }

@@ -227,14 +227,16 @@ impl Fixture {
     }
 }
 
-/// Few pairs, so a large alpha: 30% over 3 looks (5, 6, 7 pairs) x 3 metrics leaves 3.3% per
-/// look and metric, which the extreme of 5 pairs (1/32) meets.
+/// Few pairs, so a large alpha: 30% over 3 looks (5, 6, 7 pairs) x 4 metrics leaves 2.5% per
+/// look and metric, which the extreme of 6 pairs (1/64) meets. One Valgrind run per commit
+/// keeps the deterministic tier in every comparison at a fraction of its default cost.
 const FEW_PAIRS: &[&str] = &[
     "--min-pairs=5",
     "--max-pairs=7",
     "--alpha=0.3",
     "--throughput-margin=0.3",
     "--p99-margin=3.0",
+    "--instruction-runs=1",
 ];
 
 #[test]
@@ -256,7 +258,22 @@ fn compare_gate_build_failures_and_crashes_on_a_scripted_history() {
         Some(EXIT_REGRESSION),
         "identical brokers are not a regression"
     );
-    assert!(String::from_utf8_lossy(&same.stdout).contains("verdict: "));
+    let said = String::from_utf8_lossy(&same.stdout);
+    assert!(said.contains("verdict: "));
+    // The deterministic tier ran through the start script (Valgrind follows its exec), and one
+    // broker build is counted once: the same counts on both sides, a pass.
+    assert!(
+        said.contains("deterministic tier: 1 Valgrind (DHAT) runs per commit"),
+        "{said}"
+    );
+    let tier_row = said
+        .lines()
+        .find(|l| l.contains("instructions/request (Valgrind)"))
+        .unwrap_or_default();
+    assert!(
+        tier_row.contains("+0.0%") && tier_row.contains("pass"),
+        "{tier_row}"
+    );
 
     let slow = f.harness(
         &[

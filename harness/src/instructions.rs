@@ -1,0 +1,518 @@
+//! The deterministic tier: instructions the broker executes for a fixed request stream,
+//! counted by Valgrind (this VM has no hardware counters), plus the heap allocations it makes.
+//!
+//! Black-box, so it works for every commit, old ones included: the commit's own broker binary
+//! runs under Valgrind with its data directory on tmpfs, and `chronik_bench::replay` sends the
+//! stream over loopback one request at a time. What a run counts apart from the stream
+//! (startup, readiness probe, shutdown) is measured by a run without the stream and removed.
+//!
+//! Why DHAT and not cachegrind: under cachegrind the broker keeps glibc's allocator, whose work
+//! depends on the order in which threads free memory (free-list searches, whether a realloc
+//! grows in place). That order changes from run to run, and so did the count: 0.4-0.7% between
+//! runs of one commit, tunables or jemalloc included (BENCHMARKS.md). DHAT replaces the
+//! allocator with Valgrind's own, outside the count, and reports the instructions the program
+//! executed (`te`) with every allocation: 8 runs spread 0.1%. Its price: allocator work is
+//! counted as allocations (blocks and bytes, reported next to the instructions) instead of
+//! instructions, and Valgrind's replacements of memcpy and friends copy byte by byte, so
+//! copying weighs more in the count than on hardware. The count is a deterministic proxy for
+//! CPU work, not a hardware figure. One tokio worker (`TOKIO_WORKER_THREADS`, read by tokio's
+//! default runtime) keeps the scheduling part small.
+//!
+//! A verdict is three-state on the range of every head run over every base run, with a margin
+//! of 1% by default: a regression when even the smallest ratio is beyond the margin, a pass
+//! when even the largest is within it. Counts of a commit do not depend on what it is compared
+//! with, so they are measured once per broker build and session.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use chronik_bench::replay::{self, ReplaySummary, StreamShape};
+use serde::{Deserialize, Serialize};
+
+use crate::process::{tail, GroupChild};
+use crate::stats::{median, MetricComparison, Verdict};
+use crate::target::TargetConfig;
+
+/// Default rise of instructions per request that counts as a regression (1%): ten times the
+/// run-to-run spread measured here (0.1% over 8 runs, BENCHMARKS.md).
+pub const INSTRUCTIONS_RISE_DEFAULT: f64 = 0.01;
+
+/// Produce requests of the replayed stream (16 records of 256 B each). About 235M instructions
+/// at today's broker, about 5 s per run under DHAT on this machine.
+pub const STREAM_PRODUCE_REQUESTS: u32 = 2_000;
+
+/// Runs with the stream per commit (plus one without).
+pub const RUNS_DEFAULT: usize = 3;
+
+/// Valgrind starts the broker tens of times slower than natively.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+const READY_POLL: Duration = Duration::from_millis(50);
+/// Wait after the port accepts: a broker listens before it installs its SIGTERM handler (the
+/// in-tree one does), and a SIGTERM in between would kill it without its shutdown, counting
+/// fewer instructions. Idle work during the wait is the same with and without the stream.
+const SETTLE: Duration = Duration::from_secs(1);
+/// A clean shutdown under Valgrind, including writing the counts.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
+const STDERR_TAIL_LINES: usize = 15;
+
+/// Environment that makes the broker's work independent of thread timing (see the module docs).
+const DETERMINISM_ENV: &[(&str, &str)] = &[("TOKIO_WORKER_THREADS", "1")];
+
+/// The counts of one broker build: net instructions of the stream per run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstructionSample {
+    /// Instructions of each run with the stream, minus the run without it.
+    pub runs: Vec<u64>,
+    /// Instructions of the run without the stream (startup, probe, shutdown).
+    pub startup: u64,
+    /// Heap allocations (blocks) and bytes allocated for the stream (median run, startup
+    /// removed): exact, unlike instructions.
+    pub heap_blocks: u64,
+    pub heap_bytes: u64,
+    pub requests: u64,
+    pub messages: u64,
+    pub stream_sha256: String,
+    /// Whether the data directory was on tmpfs (no disk timing in the counts).
+    pub tmpfs: bool,
+}
+
+impl InstructionSample {
+    pub fn median(&self) -> f64 {
+        median(&self.runs.iter().map(|&r| r as f64).collect::<Vec<_>>())
+    }
+
+    pub fn per_request(&self) -> f64 {
+        self.median() / self.requests.max(1) as f64
+    }
+
+    /// (max - min) / median of the runs.
+    pub fn spread(&self) -> f64 {
+        let (Some(min), Some(max)) = (self.runs.iter().min(), self.runs.iter().max()) else {
+            return 0.0;
+        };
+        (max - min) as f64 / self.median()
+    }
+}
+
+/// Base and head of one comparison in this tier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstructionComparison {
+    pub base: InstructionSample,
+    pub head: InstructionSample,
+    pub metric: MetricComparison,
+}
+
+/// What the tier says next to a wall-clock comparison.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum TierOutcome {
+    Compared(Box<InstructionComparison>),
+    /// A side could not be counted (Valgrind missing, the broker failed under it, the stream
+    /// met an error): the tier is inconclusive and says why.
+    NotMeasured {
+        reason: String,
+    },
+}
+
+impl TierOutcome {
+    pub fn verdict(&self) -> Verdict {
+        match self {
+            TierOutcome::Compared(c) => c.metric.verdict,
+            TierOutcome::NotMeasured { .. } => Verdict::Inconclusive,
+        }
+    }
+
+    pub fn comparison(&self) -> Option<&InstructionComparison> {
+        match self {
+            TierOutcome::Compared(c) => Some(c),
+            TierOutcome::NotMeasured { .. } => None,
+        }
+    }
+}
+
+/// Head relative to base: three-state on the range of all cross ratios head_i / base_j.
+pub fn compare_counts(base: &[u64], head: &[u64], rise_margin: f64) -> MetricComparison {
+    assert!(!base.is_empty() && !head.is_empty(), "counts on both sides");
+    let (b_min, b_max) = min_max(base);
+    let (h_min, h_max) = min_max(head);
+    let as_f = |v: &[u64]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+    let median_ratio = median(&as_f(head)) / median(&as_f(base));
+    let low = h_min as f64 / b_max as f64;
+    let high = h_max as f64 / b_min as f64;
+    let limit_ratio = 1.0 + rise_margin;
+    let verdict = if low > limit_ratio {
+        Verdict::Regression
+    } else if high <= limit_ratio {
+        Verdict::Pass
+    } else {
+        Verdict::Inconclusive
+    };
+    MetricComparison {
+        metric: "instructions/request".into(),
+        pairs: base.len().min(head.len()),
+        median_ratio,
+        ci_low_ratio: low,
+        ci_high_ratio: high,
+        // Not a probability: the range holds every observed ratio (see `compare_counts`).
+        ci_coverage: 1.0,
+        limit_ratio,
+        verdict,
+    }
+}
+
+fn min_max(v: &[u64]) -> (u64, u64) {
+    (
+        v.iter().copied().min().unwrap_or(0),
+        v.iter().copied().max().unwrap_or(0),
+    )
+}
+
+/// Counts instructions of broker builds; set at session construction when Valgrind is there.
+pub struct InstructionTier {
+    pub valgrind: PathBuf,
+    pub runs: usize,
+    pub shape: StreamShape,
+    pub target: TargetConfig,
+    pub scratch: PathBuf,
+    /// Samples by build key and broker arguments.
+    cache: Mutex<HashMap<String, InstructionSample>>,
+}
+
+impl InstructionTier {
+    /// The tier, or why it cannot run here.
+    pub fn new(
+        valgrind: &Path,
+        runs: usize,
+        target: TargetConfig,
+        scratch: PathBuf,
+    ) -> Result<Self, String> {
+        if !target.start.contains("{binary}") {
+            return Err("the target's start command does not name {binary}, so it cannot run under Valgrind (turn the tier off with --instruction-runs 0)".into());
+        }
+        let version = Command::new(valgrind)
+            .arg("--version")
+            .output()
+            .map_err(|e| {
+                format!(
+                    "{} not runnable ({e}); install valgrind (apt install valgrind)",
+                    valgrind.display()
+                )
+            })?;
+        if !version.status.success() {
+            return Err(format!("{} --version failed", valgrind.display()));
+        }
+        Ok(Self {
+            valgrind: valgrind.to_owned(),
+            runs,
+            shape: StreamShape::seed(STREAM_PRODUCE_REQUESTS),
+            target,
+            scratch,
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The sample of one broker build, measured once per `key` and session.
+    pub fn sample(
+        &self,
+        key: &str,
+        binary: &Path,
+        broker_args: &[String],
+        on_run: &dyn Fn(&str),
+    ) -> Result<InstructionSample, String> {
+        let cache_key = format!("{key}|{}", broker_args.join(" "));
+        if let Some(sample) = self.cache.lock().expect("cache lock").get(&cache_key) {
+            return Ok(sample.clone());
+        }
+        let (startup, _) = self.count(binary, broker_args, None)?;
+        let mut runs = Vec::with_capacity(self.runs);
+        let mut heap = Vec::with_capacity(self.runs);
+        let mut summary = None;
+        for i in 0..self.runs {
+            on_run(&format!("Valgrind run {}/{}", i + 1, self.runs));
+            let (total, replayed) = self.count(binary, broker_args, Some(self.shape))?;
+            runs.push(total.instructions.saturating_sub(startup.instructions));
+            heap.push((
+                total.heap_blocks.saturating_sub(startup.heap_blocks),
+                total.heap_bytes.saturating_sub(startup.heap_bytes),
+            ));
+            summary = replayed;
+        }
+        let summary = summary.ok_or("no run replayed the stream")?;
+        heap.sort_unstable();
+        let (heap_blocks, heap_bytes) = heap[heap.len() / 2];
+        let sample = InstructionSample {
+            runs,
+            startup: startup.instructions,
+            heap_blocks,
+            heap_bytes,
+            requests: summary.requests,
+            messages: summary.messages,
+            stream_sha256: summary.stream_sha256,
+            tmpfs: tmpfs_dir().is_some(),
+        };
+        self.cache
+            .lock()
+            .expect("cache lock")
+            .insert(cache_key, sample.clone());
+        Ok(sample)
+    }
+
+    /// One run: the broker under Valgrind, the stream (if any), a clean stop; total instructions.
+    fn count(
+        &self,
+        binary: &Path,
+        broker_args: &[String],
+        stream: Option<StreamShape>,
+    ) -> Result<(DhatTotals, Option<ReplaySummary>), String> {
+        let dir = RunDir::create(tmpfs_dir().unwrap_or(&self.scratch))?;
+        let counts = dir.path().join("dhat.json");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("finding a free port: {e}"))?
+            .port();
+        let under_valgrind = format!(
+            // Children are followed so a start script that execs the broker is measured
+            // through; the count is the last program's (an exec replaces the profile).
+            "{} --tool=dhat --trace-children=yes --dhat-out-file={} {}",
+            self.valgrind.display(),
+            counts.display(),
+            binary.display()
+        );
+        let start = self
+            .target
+            .start
+            .replace("{binary}", &under_valgrind)
+            .replace("{port}", &port.to_string())
+            .replace("{data_dir}", &dir.path().join("data").display().to_string());
+        let stderr_path = dir.path().join("stderr");
+        let stderr = std::fs::File::create(&stderr_path)
+            .map_err(|e| format!("creating the broker's log: {e}"))?;
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("exec {start} {}", broker_args.join(" ")))
+            .envs(DETERMINISM_ENV.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        let mut broker =
+            GroupChild::spawn(command).map_err(|e| format!("starting Valgrind: {e}"))?;
+        let failed = |what: &str, broker: &mut GroupChild| {
+            broker.stop();
+            format!("{what}:\n{}", tail(&stderr_path, STDERR_TAIL_LINES))
+        };
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = broker.try_wait() {
+                return Err(failed(
+                    &format!("the broker exited under Valgrind before it was ready ({status})"),
+                    &mut broker,
+                ));
+            }
+            if TcpStream::connect_timeout(&addr, READY_POLL).is_ok() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(failed(
+                    &format!(
+                        "the broker under Valgrind did not listen within {} s",
+                        READY_TIMEOUT.as_secs()
+                    ),
+                    &mut broker,
+                ));
+            }
+            std::thread::sleep(READY_POLL);
+        }
+        std::thread::sleep(SETTLE);
+        let replayed = match stream {
+            Some(shape) => match replay::replay(addr, shape) {
+                Ok(summary) => Some(summary),
+                Err(e) => {
+                    return Err(failed(
+                        &format!("the replayed stream failed: {e}"),
+                        &mut broker,
+                    ))
+                }
+            },
+            None => None,
+        };
+        crate::process::signal_group(broker.pgid, "TERM");
+        let status = broker.wait_timeout(EXIT_TIMEOUT);
+        broker.stop();
+        match status {
+            Some(s) if s.success() => {}
+            other => {
+                return Err(format!(
+                    "the broker under Valgrind did not stop cleanly ({other:?}):\n{}",
+                    tail(&stderr_path, STDERR_TAIL_LINES)
+                ))
+            }
+        }
+        let text = std::fs::read_to_string(&counts)
+            .map_err(|e| format!("reading {}: {e}", counts.display()))?;
+        let totals = DhatTotals::parse(&text)
+            .map_err(|e| format!("{}: not a DHAT heap profile: {e}", counts.display()))?;
+        Ok((totals, replayed))
+    }
+}
+
+/// A run's own directory (data, counts, log), removed when the run ends however it ends.
+struct RunDir(PathBuf);
+
+impl RunDir {
+    fn create(parent: &Path) -> Result<Self, String> {
+        static RUNS: AtomicU64 = AtomicU64::new(0);
+        let path = parent.join(format!(
+            "chronik-instructions-{}-{}",
+            std::process::id(),
+            RUNS.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+        Ok(Self(path))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What one DHAT run counted: instructions to the end (`te`, in the file's time unit "instrs")
+/// and every heap block allocated, summed over allocation points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DhatTotals {
+    instructions: u64,
+    heap_blocks: u64,
+    heap_bytes: u64,
+}
+
+#[derive(Deserialize)]
+struct DhatFile {
+    mode: String,
+    tu: String,
+    te: u64,
+    pps: Vec<DhatPoint>,
+}
+
+#[derive(Deserialize)]
+struct DhatPoint {
+    tb: u64,
+    tbk: u64,
+}
+
+impl DhatTotals {
+    fn parse(text: &str) -> Result<Self, String> {
+        let file: DhatFile = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        if file.mode != "heap" || file.tu != "instrs" {
+            return Err(format!("mode {:?}, time unit {:?}", file.mode, file.tu));
+        }
+        Ok(Self {
+            instructions: file.te,
+            heap_blocks: file.pps.iter().map(|p| p.tbk).sum(),
+            heap_bytes: file.pps.iter().map(|p| p.tb).sum(),
+        })
+    }
+}
+
+/// A tmpfs directory for data directories, so no disk timing reaches the counts.
+fn tmpfs_dir() -> Option<&'static Path> {
+    let shm = Path::new("/dev/shm");
+    let writable =
+        shm.is_dir() && std::fs::metadata(shm).is_ok_and(|m| !m.permissions().readonly());
+    writable.then_some(shm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_counts_within_their_spread_pass() {
+        let m = compare_counts(
+            &[100_000, 100_300, 100_150],
+            &[100_100, 100_250, 99_950],
+            0.01,
+        );
+        assert_eq!(m.verdict, Verdict::Pass);
+        assert!((m.median_ratio - 1.0).abs() < 0.002);
+    }
+
+    #[test]
+    fn a_rise_beyond_the_margin_and_the_spread_is_a_regression() {
+        let m = compare_counts(
+            &[100_000, 100_300, 100_150],
+            &[101_700, 101_900, 101_800],
+            0.01,
+        );
+        assert_eq!(m.verdict, Verdict::Regression);
+        assert!(m.ci_low_ratio > 1.01);
+    }
+
+    /// At the edge of what the tier sees: a 1.2% rise is a regression only when the runs are
+    /// tight enough to put every ratio beyond 1%; with runs as loose as 0.5% it is undecided.
+    #[test]
+    fn a_rise_near_the_margin_is_decided_only_by_tight_runs() {
+        let tight = compare_counts(
+            &[100_000, 100_050, 100_020],
+            &[101_220, 101_260, 101_200],
+            0.01,
+        );
+        assert_eq!(tight.verdict, Verdict::Regression);
+        let loose = compare_counts(
+            &[100_000, 100_500, 100_250],
+            &[101_200, 101_700, 101_450],
+            0.01,
+        );
+        assert_eq!(loose.verdict, Verdict::Inconclusive);
+    }
+
+    #[test]
+    fn fewer_instructions_pass() {
+        let m = compare_counts(&[100_000, 100_100], &[90_000, 90_100], 0.01);
+        assert_eq!(m.verdict, Verdict::Pass);
+        assert!(m.median_ratio < 0.91);
+    }
+
+    #[test]
+    fn a_dhat_profile_is_read() {
+        let text = r#"{"dhatFileVersion":2,"mode":"heap","verb":"Allocated","bklt":true,"bkacc":true,"tu":"instrs","Mtu":"Minstr","tuth":500,"cmd":"broker","pid":1,"te":235958948,"tg":235155916,"pps":[{"tb":472,"tbk":1,"tl":1,"mb":472,"mbk":1,"gb":0,"gbk":0,"eb":0,"ebk":0,"rb":3285,"wb":1482,"fs":[1]},{"tb":100,"tbk":4,"tl":1,"mb":25,"mbk":1,"gb":0,"gbk":0,"eb":0,"ebk":0,"rb":0,"wb":0,"fs":[2]}],"ftbl":["[root]","a","b"]}"#;
+        let totals = DhatTotals::parse(text).unwrap();
+        assert_eq!(
+            totals,
+            DhatTotals {
+                instructions: 235_958_948,
+                heap_blocks: 5,
+                heap_bytes: 572
+            }
+        );
+        assert!(DhatTotals::parse(&text.replace("\"heap\"", "\"copy\"")).is_err());
+        assert!(DhatTotals::parse("==1== not json").is_err());
+    }
+
+    #[test]
+    fn spread_is_range_over_median() {
+        let s = InstructionSample {
+            runs: vec![1_000, 1_004, 1_002],
+            startup: 10,
+            heap_blocks: 40,
+            heap_bytes: 4_000,
+            requests: 10,
+            messages: 160,
+            stream_sha256: String::new(),
+            tmpfs: true,
+        };
+        assert!((s.spread() - 0.004 / 1.002).abs() < 1e-9);
+        assert!((s.per_request() - 100.2).abs() < 1e-9);
+    }
+}
