@@ -22,6 +22,8 @@ for w in "${workloads[@]}"; do workload_args+=(--workload "$w"); done
 base_args=()
 [ -n "${CHRONIK_BASE:-}" ] && base_args=(--base "$CHRONIK_BASE")
 
+command -v valgrind >/dev/null 2>&1 ||
+  echo "nightly: valgrind not found (apt-get install valgrind): the deterministic tier will say 'not measured' and the gate cannot pass" >&2
 cargo build --release --locked -p chronik-bench -p chronik-harness
 mkdir -p "$out"
 harness=./target/release/chronik-harness

@@ -185,6 +185,11 @@ impl Deciding {
         }
     }
 
+    /// Only the deterministic tier decides.
+    fn deterministic_only(self) -> bool {
+        self.instructions && !(self.throughput || self.p99 || self.peak_rss || self.cpu_per_msg)
+    }
+
     fn names(self) -> Vec<&'static str> {
         [
             (self.throughput, "throughput"),
@@ -406,6 +411,11 @@ pub fn bisect(
                 .as_ref()
                 .expect("a verdict comes from a comparison");
             step = midpoint_settings(&step, endpoints);
+            if deciding.deterministic_only() {
+                // The steps are decided by the instruction counts: more wall-clock pairs
+                // would not change a step, only show its wall-clock effect more precisely.
+                step.max_pairs = step.min_pairs;
+            }
             log.notes.push(format!(
                 "steps are classified by {} at the midpoint of the endpoint effect: throughput -{:.1}%, p99 +{:.1}%, peak RSS +{:.1}%, CPU/msg +{:.1}%, instructions/request +{:.2}%",
                 deciding.names().join(" and "),
@@ -875,6 +885,7 @@ mod tests {
         let endpoints = with_instructions(endpoints(0.93, 1.0, 1.0), 1.05);
         let d = Deciding::from_endpoints(&endpoints);
         assert_eq!(d.names(), vec!["instructions/request"]);
+        assert!(d.deterministic_only());
         let step = midpoint_settings(&step_settings(&CompareSettings::default()), &endpoints);
         assert!((step.margins.instructions_rise - (1.05f64.sqrt() - 1.0)).abs() < 0.002);
         // A benign step reads good whatever the wall clock said; the culprit reads bad.

@@ -202,6 +202,19 @@ impl TrialRunner {
                 )
             }
         };
+        let mismatches = workload.mismatches(&report.config);
+        if !mismatches.is_empty() {
+            return TrialOutcome {
+                status: TrialStatus::Invalid,
+                detail: Some(format!(
+                    "the run used other settings than the workload: {}",
+                    mismatches.join("; ")
+                )),
+                report: Some(report),
+                broker_peak_rss_kib,
+                broker_cpu_s,
+            };
+        }
         if code == Some(BENCH_EXIT_INVALID) || !report.is_valid() {
             return TrialOutcome {
                 status: TrialStatus::Invalid,

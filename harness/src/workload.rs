@@ -123,6 +123,65 @@ impl Workload {
         args
     }
 
+    /// How the settings a run reports (`BenchReport::config`) differ from what this workload
+    /// asks for; empty when they agree. A trial that ran other settings (an old or patched
+    /// generator, a property it overrode) measured another workload.
+    pub fn mismatches(&self, ran: &chronik_bench::BenchConfig) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut check = |what: &str, asked: String, used: String| {
+            if asked != used {
+                out.push(format!("{what}: asked {asked}, ran {used}"));
+            }
+        };
+        let mode = serde_json::to_value(ran.mode)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        check("mode", self.mode.clone(), mode);
+        check(
+            "concurrency",
+            self.concurrency.to_string(),
+            ran.concurrency.to_string(),
+        );
+        check(
+            "message size",
+            self.message_size.to_string(),
+            ran.message_size.to_string(),
+        );
+        check(
+            "window (ms)",
+            (self.duration_s * 1000).to_string(),
+            ran.duration_ms.to_string(),
+        );
+        check(
+            "warm-up (ms)",
+            (self.warmup_s * 1000).to_string(),
+            ran.warmup_ms.to_string(),
+        );
+        check(
+            "partitions",
+            self.partitions.to_string(),
+            ran.partitions.to_string(),
+        );
+        check(
+            "rate",
+            format!("{:?}", self.rate),
+            format!("{:?}", ran.rate),
+        );
+        let property = |key: &str| {
+            ran.producer_properties
+                .get(key)
+                .cloned()
+                .unwrap_or_else(|| "(unset)".into())
+        };
+        let acks = |a: String| if a == "-1" { "all".to_owned() } else { a };
+        check("acks", acks(self.acks.clone()), acks(property("acks")));
+        for (key, value) in &self.client {
+            check(key, value.clone(), property(key));
+        }
+        out
+    }
+
     /// Upper bound on one bench run (warm-up + window + drain + set-up slack).
     pub fn bench_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.warmup_s + self.duration_s + 30 + 60)
@@ -135,4 +194,54 @@ pub const SEED_WORKLOAD: &str = "produce-c128-s256-30s";
 /// The directory of workload files shipped with the harness.
 pub fn default_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("workloads")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// What chronik-bench makes of a workload's arguments.
+    fn ran(w: &Workload) -> chronik_bench::BenchConfig {
+        let args = w.bench_args("127.0.0.1:9092", Path::new("out.json"));
+        let parsed = chronik_bench::BenchArgs::try_parse_from(
+            std::iter::once("chronik-bench".to_owned()).chain(args),
+        )
+        .unwrap();
+        chronik_bench::BenchConfig::from_args(&parsed).unwrap()
+    }
+
+    #[test]
+    fn every_shipped_workload_runs_the_settings_it_asks_for() {
+        let dir = default_dir();
+        let names = Workload::list(&dir);
+        assert!(names.len() >= 5, "{names:?}");
+        for name in names {
+            let w = Workload::find(&name, &dir).unwrap();
+            assert_eq!(w.mismatches(&ran(&w)), Vec::<String>::new(), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_run_with_other_client_settings_is_named() {
+        let w = Workload::find(SEED_WORKLOAD, &default_dir()).unwrap();
+        let mut config = ran(&w);
+        let key = w
+            .client
+            .keys()
+            .next()
+            .expect("the seed sets client properties")
+            .clone();
+        config
+            .producer_properties
+            .insert(key.clone(), "changed".into());
+        config.concurrency = 1;
+        let found = w.mismatches(&config);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found.iter().any(|m| m.starts_with(&key)), "{found:?}");
+        assert!(
+            found.iter().any(|m| m.starts_with("concurrency")),
+            "{found:?}"
+        );
+    }
 }
