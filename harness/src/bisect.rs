@@ -11,10 +11,10 @@ use comfy_table::{presets::ASCII_MARKDOWN, Table};
 use serde::{Deserialize, Serialize};
 
 use crate::build::BuildOutcome;
-use crate::compare::{run_compare, CompareSettings, Comparison, ErrorControl};
+use crate::compare::{CompareSettings, Comparison, ErrorControl};
 use crate::error::HarnessError;
 use crate::git::CommitInfo;
-use crate::session::{PairSource, Session};
+use crate::session::Session;
 use crate::stats::{MetricComparison, Verdict};
 use crate::workload::Workload;
 
@@ -263,27 +263,14 @@ fn measure(
             good.short()
         )));
     }
-    let mut source = PairSource {
-        session,
-        base: &reference,
-        head: &built,
+    let result = session.compare_built(
+        &reference,
+        &built,
         workload,
-        role: "bisect",
-        bar: session.progress_bar(
-            settings.max_pairs as u64,
-            &format!("{} vs good", candidate.short()),
-        ),
-    };
-    let mut result = run_compare(&mut source, settings);
-    source.bar.finish_and_clear();
-    if let Ok(c) = &mut result {
-        c.attach_instructions(session.instruction_outcome(
-            &reference,
-            &built,
-            workload,
-            settings.margins.instructions_rise,
-        ));
-    }
+        settings,
+        "bisect",
+        &format!("{} vs good", candidate.short()),
+    );
     match result {
         Ok(c) => {
             let verdict = match deciding.verdict(&c) {

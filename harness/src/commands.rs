@@ -6,16 +6,14 @@ use std::path::Path;
 use comfy_table::{presets::ASCII_MARKDOWN, Table};
 use serde::{Deserialize, Serialize};
 
-use crate::compare::{
-    metric_count, run_compare, CompareSettings, Comparison, TrialFailure, TrialSummary,
-};
+use crate::compare::{metric_count, CompareSettings, Comparison, TrialFailure, TrialSummary};
 use crate::error::{
     HarnessError, EXIT_INCONCLUSIVE, EXIT_INFRA, EXIT_NO_BASELINE, EXIT_PASS, EXIT_REGRESSION,
 };
 use crate::git::CommitInfo;
 use crate::instructions::{InstructionComparison, TierOutcome};
 use crate::noise_bank::{NoiseBank, ReplayRow, Shifted, NOISE_BANK_TRIALS_MIN};
-use crate::session::{BuiltCommit, PairSource, Session};
+use crate::session::{BuiltCommit, Session};
 use crate::stats::{median, median_interval, Verdict, DISPLAY_COVERAGE};
 use crate::store::{load_baseline, save_baseline, Baseline, BASELINE_SCHEMA};
 use crate::workload::Workload;
@@ -264,28 +262,14 @@ pub fn compare(
     role: &str,
 ) -> Result<Result<Comparison, TrialFailure>, HarnessError> {
     let (b, h) = build_pair(session, base, head)?;
-    let mut source = PairSource {
-        session,
-        base: &b,
-        head: &h,
+    Ok(session.compare_built(
+        &b,
+        &h,
         workload,
+        settings,
         role,
-        bar: session.progress_bar(
-            settings.max_pairs as u64,
-            &format!("{} pairs", workload.name),
-        ),
-    };
-    let mut result = run_compare(&mut source, settings);
-    source.bar.finish_and_clear();
-    if let Ok(c) = &mut result {
-        c.attach_instructions(session.instruction_outcome(
-            &b,
-            &h,
-            workload,
-            settings.margins.instructions_rise,
-        ));
-    }
-    Ok(result)
+        &format!("{} pairs", workload.name),
+    ))
 }
 
 pub fn print_comparison(workload: &Workload, base: &CommitInfo, head: &CommitInfo, c: &Comparison) {

@@ -9,7 +9,9 @@ use chronik_bench::provenance::HostInfo;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::build::{BuildOutcome, Builder};
-use crate::compare::{Side, TrialFailure, TrialSource, TrialSummary};
+use crate::compare::{
+    run_compare, CompareSettings, Comparison, Side, TrialFailure, TrialSource, TrialSummary,
+};
 use crate::error::HarnessError;
 use crate::git::{CommitInfo, TargetRepo};
 use crate::instructions::{compare_counts, InstructionComparison, InstructionTier, TierOutcome};
@@ -230,6 +232,38 @@ impl Session {
                 last.unwrap_or_default()
             ),
         })
+    }
+
+    /// Interleaved pairs of two built commits (`compare::run_compare`), then the deterministic
+    /// tier on the same builds: the one way `compare`, `gate` and `bisect` measure a pair.
+    pub fn compare_built(
+        &self,
+        base: &BuiltCommit,
+        head: &BuiltCommit,
+        workload: &Workload,
+        settings: &CompareSettings,
+        role: &str,
+        label: &str,
+    ) -> Result<Comparison, TrialFailure> {
+        let mut source = PairSource {
+            session: self,
+            base,
+            head,
+            workload,
+            role,
+            bar: self.progress_bar(settings.max_pairs as u64, label),
+        };
+        let mut result = run_compare(&mut source, settings);
+        source.bar.finish_and_clear();
+        if let Ok(c) = &mut result {
+            c.attach_instructions(self.instruction_outcome(
+                base,
+                head,
+                workload,
+                settings.margins.instructions_rise,
+            ));
+        }
+        result
     }
 
     /// The deterministic tier for `base` vs `head`: each build's counts (measured once per
