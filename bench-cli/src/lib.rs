@@ -5,10 +5,12 @@
 //! - `produce`: closed- and open-loop producer loops over librdkafka delivery reports.
 //! - `run`: reachability, topic setup, each mode, validity checks, exit codes.
 //! - `report`: the result schema (`chronik-bench/v1`), console box, JSON, CSV, histogram codec.
-//! - `provenance`: versions, host fingerprint, the generator's own CPU use.
+//! - `provenance`: versions and host fingerprint.
+//! - `cpu`: CPU time from /proc: the generator's (process and busiest thread), any process's.
 //! - `replay`: a fixed request stream sent one request at a time (the deterministic tier).
 
 pub mod config;
+pub mod cpu;
 pub mod produce;
 pub mod provenance;
 pub mod recorder;

@@ -9,7 +9,8 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::config::BenchConfig;
-use crate::provenance::{CpuUsage, Provenance};
+use crate::cpu::CpuUsage;
+use crate::provenance::Provenance;
 use crate::recorder::{Phases, Recorder};
 
 /// Version of the JSON layout; bump on any incompatible change.
@@ -209,9 +210,12 @@ impl BenchReport {
             let _ = writeln!(out, "║ {:<6}           {:>14.2} ms", format!("{name}:"), v);
         }
         let _ = writeln!(out, "╠{line}╣");
+        let busiest = self.cpu.busiest_thread.as_ref().map_or(String::new(), |t| {
+            format!(" (busiest thread {} {:.2})", t.name, t.cores_used)
+        });
         let _ = writeln!(
             out,
-            "║ Warm-up acked: {}  drain acked: {}  generator CPU: {:.2} cores",
+            "║ Warm-up acked: {}  drain acked: {}  generator CPU: {:.2} cores{busiest}",
             r.phases.warmup.acked, r.phases.drain.acked, self.cpu.cores_used
         );
         if !self.invalid_reasons.is_empty() {

@@ -12,15 +12,21 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use thiserror::Error;
 
 use crate::config::{BenchConfig, Mode};
+use crate::cpu::{process_cpu_seconds, CpuUsage, ThreadSnapshot, ThreadUse};
 use crate::produce::{self, wall_clock_ns};
-use crate::provenance::{process_cpu_seconds, CpuUsage, Provenance};
+use crate::provenance::Provenance;
 use crate::recorder::Recorder;
 use crate::report::{BenchReport, PhaseResults, SCHEMA};
 
 /// Open-loop runs must achieve this share of the offered rate to count.
 const OPEN_LOOP_ACHIEVED_RATIO_MIN: f64 = 0.99;
-/// A generator using more than this share of the host's cores may be measuring itself.
+/// A generator using more than this share of the cores it may run on may be measuring itself.
 const GENERATOR_CPU_SHARE_MAX: f64 = 0.9;
+/// A generator thread busier than this share of one core is the bottleneck: librdkafka does all
+/// I/O to a broker on one thread, so the process can saturate while using well under its cores.
+/// Measured: at produce-c128-s256-30s (143K msg/s, 2 cores shared with the broker) the busiest
+/// thread, `rdk:broker1`, used 0.27 of a core and the process 0.45.
+const GENERATOR_THREAD_SHARE_MAX: f64 = 0.9;
 /// How long to wait for a created topic to show up in metadata.
 const TOPIC_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Consumer poll timeout: bounds how late the loop notices the window's end.
@@ -210,18 +216,14 @@ pub fn run(config: &BenchConfig, progress: bool) -> Result<BenchReport, BenchErr
         Mode::Metadata => run_metadata(config, start, progress),
     }?;
     let wall_s = start.elapsed().as_secs_f64();
-    let cpu = CpuUsage::between(cpu_start, process_cpu_seconds(), wall_s);
+    let mut cpu = CpuUsage::between(cpu_start, process_cpu_seconds(), wall_s);
+    cpu.busiest_thread = outcome.busiest_thread;
     if config.delete_topic {
         delete_topic(config)?;
     }
     let provenance = Provenance::current();
     let mut invalid_reasons = outcome.invalid_reasons;
-    if cpu.cores_used > GENERATOR_CPU_SHARE_MAX * provenance.host.cores as f64 {
-        invalid_reasons.push(format!(
-            "the load generator used {:.2} of {} cores: it may be measuring itself",
-            cpu.cores_used, provenance.host.cores
-        ));
-    }
+    invalid_reasons.extend(saturation(&cpu, provenance.host.cores));
     Ok(BenchReport {
         schema: SCHEMA.to_owned(),
         started_at,
@@ -240,6 +242,55 @@ struct ModeOutcome {
     producer: Option<PhaseResults>,
     offered_rate: Option<f64>,
     invalid_reasons: Vec<String>,
+    /// The generator's busiest thread over the measured window.
+    busiest_thread: Option<ThreadUse>,
+}
+
+/// Generator saturation, judged against what it can use: the cores this process may run on
+/// (affinity and cgroup limits, as `available_parallelism` reports them) and one core per thread.
+fn saturation(cpu: &CpuUsage, usable_cores: usize) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if cpu.cores_used > GENERATOR_CPU_SHARE_MAX * usable_cores as f64 {
+        reasons.push(format!(
+            "the load generator used {:.2} of the {usable_cores} cores it may run on: it may be measuring itself",
+            cpu.cores_used
+        ));
+    }
+    if let Some(thread) = cpu
+        .busiest_thread
+        .as_ref()
+        .filter(|t| t.cores_used > GENERATOR_THREAD_SHARE_MAX)
+    {
+        reasons.push(format!(
+            "the load generator's thread {} used {:.2} of one core: it is the bottleneck, not the broker",
+            thread.name, thread.cores_used
+        ));
+    }
+    reasons
+}
+
+/// Samples the generator's threads at the start and the end of the measured window (or when
+/// `stop` is set first) and returns the busiest. Sampling inside the window, while the clients
+/// and workers live, sees the threads that do the work; they are gone by the time `run` returns.
+fn spawn_thread_sampler<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    config: &BenchConfig,
+    start: Instant,
+    stop: &'scope AtomicBool,
+) -> std::thread::ScopedJoinHandle<'scope, Option<ThreadUse>> {
+    let window_start = start + config.warmup();
+    let window_end = window_start + config.duration();
+    scope.spawn(move || {
+        let wait_until = |deadline: Instant| {
+            while !stop.load(Ordering::Acquire) && Instant::now() < deadline {
+                std::thread::sleep((deadline - Instant::now()).min(POLL_TIMEOUT));
+            }
+        };
+        wait_until(window_start);
+        let (first, from) = (ThreadSnapshot::current(), Instant::now());
+        wait_until(window_end);
+        ThreadSnapshot::current().busiest_since(&first, from.elapsed().as_secs_f64())
+    })
 }
 
 fn window_seconds(config: &BenchConfig, start: Instant, sending_done: Instant) -> f64 {
@@ -298,8 +349,9 @@ fn run_produce(
         })
         .collect();
     let start_wall_ns = wall_clock_ns().saturating_sub(start.elapsed().as_nanos() as u64);
-    let (stats, sending_done, consumed) = std::thread::scope(|scope| {
+    let (stats, sending_done, consumed, busiest_thread) = std::thread::scope(|scope| {
         let watcher = spawn_progress(scope, progress, config, &recorder, start, &stop, "acked");
+        let sampler = spawn_thread_sampler(scope, config, start, &stop);
         let consumer_thread = consumer.as_ref().map(|c| {
             let (arrivals, stop_consumer) = (&arrivals, &stop_consumer);
             scope.spawn(move || consume_arrivals(c, arrivals, start, start_wall_ns, stop_consumer))
@@ -334,7 +386,8 @@ fn run_produce(
             stop_consumer.store(true, Ordering::Release);
             t.join().expect("consumer panicked")
         });
-        (stats, sending_done, consumed)
+        let busiest_thread = sampler.join().expect("thread sampler panicked");
+        (stats, sending_done, consumed, busiest_thread)
     });
     let window_s = window_seconds(config, start, sending_done);
     let producer_results =
@@ -383,6 +436,7 @@ fn run_produce(
             producer: Some(producer_results),
             offered_rate,
             invalid_reasons: reasons,
+            busiest_thread,
         });
     }
     Ok(ModeOutcome {
@@ -390,6 +444,7 @@ fn run_produce(
         producer: None,
         offered_rate,
         invalid_reasons: reasons,
+        busiest_thread,
     })
 }
 
@@ -508,8 +563,9 @@ fn run_consume(
     let stop = AtomicBool::new(false);
     let end = config.warmup() + config.duration();
     let mut reasons = Vec::new();
-    let done = std::thread::scope(|scope| {
+    let (done, busiest_thread) = std::thread::scope(|scope| {
         let watcher = spawn_progress(scope, progress, config, &recorder, start, &stop, "consumed");
+        let sampler = spawn_thread_sampler(scope, config, start, &stop);
         let mut count = 0u64;
         while start.elapsed() < end && config.message_count.is_none_or(|n| count < n) {
             match consumer.poll(POLL_TIMEOUT) {
@@ -528,11 +584,12 @@ fn run_consume(
                 None => {}
             }
         }
+        let done = Instant::now();
         stop.store(true, Ordering::Release);
         if let Some(w) = watcher {
             let _ = w.join();
         }
-        Instant::now()
+        (done, sampler.join().expect("thread sampler panicked"))
     });
     let results = PhaseResults::from_recorder(
         &recorder.lock().expect("poisoned"),
@@ -546,6 +603,7 @@ fn run_consume(
         producer: None,
         offered_rate: None,
         invalid_reasons: reasons,
+        busiest_thread,
     })
 }
 
@@ -562,7 +620,7 @@ fn run_metadata(
     let stop = AtomicBool::new(false);
     let end = config.warmup() + config.duration();
     let threads = config.concurrency.min(METADATA_THREADS_MAX);
-    let done = std::thread::scope(|scope| {
+    let (done, busiest_thread) = std::thread::scope(|scope| {
         let watcher = spawn_progress(
             scope,
             progress,
@@ -572,6 +630,7 @@ fn run_metadata(
             &stop,
             "metadata calls",
         );
+        let sampler = spawn_thread_sampler(scope, config, start, &stop);
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 scope.spawn(|| {
@@ -593,11 +652,12 @@ fn run_metadata(
         for w in workers {
             let _ = w.join();
         }
+        let done = Instant::now();
         stop.store(true, Ordering::Release);
         if let Some(w) = watcher {
             let _ = w.join();
         }
-        Instant::now()
+        (done, sampler.join().expect("thread sampler panicked"))
     });
     let results = PhaseResults::from_recorder(
         &recorder.lock().expect("poisoned"),
@@ -610,5 +670,39 @@ fn run_metadata(
         producer: None,
         offered_rate: None,
         invalid_reasons: reasons,
+        busiest_thread,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(process_cores: f64, busiest: Option<f64>) -> CpuUsage {
+        CpuUsage {
+            cores_used: process_cores,
+            busiest_thread: busiest.map(|cores_used| ThreadUse {
+                name: "rdk:broker1".into(),
+                cores_used,
+            }),
+            ..CpuUsage::default()
+        }
+    }
+
+    #[test]
+    fn one_saturated_thread_invalidates_a_run_that_uses_few_cores() {
+        assert!(saturation(&usage(0.95, Some(0.89)), 2).is_empty());
+        let reasons = saturation(&usage(0.95, Some(0.91)), 2);
+        assert_eq!(reasons.len(), 1);
+        assert!(reasons[0].contains("rdk:broker1 used 0.91 of one core"));
+        assert!(saturation(&usage(0.5, None), 2).is_empty());
+    }
+
+    #[test]
+    fn the_process_is_judged_against_the_cores_it_may_run_on() {
+        assert!(saturation(&usage(1.79, Some(0.5)), 2).is_empty());
+        assert_eq!(saturation(&usage(1.81, Some(0.5)), 2).len(), 1);
+        // Pinned to one core, the same use is saturation.
+        assert_eq!(saturation(&usage(0.95, Some(0.5)), 1).len(), 1);
+    }
 }

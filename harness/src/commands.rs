@@ -6,6 +6,7 @@ use std::path::Path;
 use comfy_table::{presets::ASCII_MARKDOWN, Table};
 use serde::{Deserialize, Serialize};
 
+use crate::calibration::{self, CalibratedMargins, Tuned};
 use crate::compare::{metric_count, CompareSettings, Comparison, TrialFailure, TrialSummary};
 use crate::error::{
     HarnessError, EXIT_INCONCLUSIVE, EXIT_INFRA, EXIT_NO_BASELINE, EXIT_PASS, EXIT_REGRESSION,
@@ -513,6 +514,9 @@ pub struct GateResult {
     pub verdict: Verdict,
     pub failure: Option<TrialFailure>,
     pub note: Option<String>,
+    /// Where the wall-clock margins came from when a stored calibration was read.
+    #[serde(default)]
+    pub margins_source: Option<String>,
 }
 
 /// `gate` for one workload: absolute limits on the head plus, when a baseline commit is known,
@@ -525,7 +529,22 @@ pub fn gate_one(
     head: &CommitInfo,
     workload: &Workload,
     settings: &CompareSettings,
+    explicit_margins: &[Tuned],
 ) -> Result<GateResult, HarnessError> {
+    let calibrated = calibration::load(
+        baselines_dir,
+        &workload.name,
+        &workload.hash(),
+        &session.host.fingerprint(),
+    )?;
+    let (settings, margins_source) = match &calibrated {
+        Some(c) => {
+            let (applied, source) = c.apply(settings, explicit_margins);
+            (applied, Some(source))
+        }
+        None => (*settings, None),
+    };
+    let settings = &settings;
     let stored = load_baseline(baselines_dir, &workload.name)?;
     let mut note = None;
     let base = match (base_override, &stored) {
@@ -595,6 +614,7 @@ pub fn gate_one(
         verdict,
         failure,
         note,
+        margins_source,
     })
 }
 
@@ -606,6 +626,9 @@ pub fn print_gate(result: &GateResult) {
     );
     if let Some(note) = &result.note {
         println!("note: {note}");
+    }
+    if let Some(source) = &result.margins_source {
+        println!("{source}");
     }
     if let Some(f) = &result.failure {
         println!(
@@ -666,6 +689,12 @@ pub struct Calibration {
     pub replay: Vec<ReplayRow>,
     /// The design the verdicts were reached with.
     pub design: String,
+    /// Margins searched on the noise bank and stored for `gate` (none when the bank is small).
+    #[serde(default)]
+    pub margins: Option<CalibratedMargins>,
+    /// The rule replayed again with those margins.
+    #[serde(default)]
+    pub calibrated_replay: Vec<ReplayRow>,
 }
 
 /// `calibrate`: `comparisons` real A/A comparisons of one commit against itself, then the
@@ -673,6 +702,7 @@ pub struct Calibration {
 /// commit on this host, the ones just run included).
 pub fn calibrate(
     session: &Session,
+    baselines_dir: &Path,
     commit: &CommitInfo,
     workload: &Workload,
     comparisons: usize,
@@ -731,6 +761,8 @@ pub fn calibrate(
         bank_trials: 0,
         replay: Vec::new(),
         design: String::new(),
+        margins: None,
+        calibrated_replay: Vec::new(),
     };
     let mut calibration = calibration;
     if comparisons > 0 {
@@ -760,8 +792,55 @@ pub fn calibrate(
             replay_table(&calibration.replay),
             calibration.design
         );
+        let margins = calibration::calibrate(
+            &bank,
+            settings,
+            (
+                &workload.name,
+                &workload.hash(),
+                &session.host.fingerprint(),
+                commit.short(),
+            ),
+        );
+        let path = calibration::save(baselines_dir, &margins)?;
+        let (tuned, _) = margins.apply(settings, &[]);
+        calibration.calibrated_replay = bank.replay(&tuned, replays, settings.seed);
+        println!(
+            "\nmargins searched on the bank (the smallest at which an unchanged commit passes the metric in >= {:.0}% of {} replays and is called a regression in <= {:.0}%), stored in {} for gate:\n{}\n\nshipped rule with these margins, replayed {replays} times per row:\n{}",
+            calibration::AA_PASS_TARGET * 100.0,
+            calibration::SEARCH_REPLAYS,
+            calibration::AA_REGRESSION_MAX * 100.0,
+            path.display(),
+            margins_table(&margins, settings),
+            replay_table(&calibration.calibrated_replay)
+        );
+        calibration.margins = Some(margins);
     }
     Ok((EXIT_PASS, calibration))
+}
+
+/// The calibrated margins, one row per metric, next to the defaults.
+fn margins_table(margins: &CalibratedMargins, defaults: &CompareSettings) -> Table {
+    let mut table = Table::new();
+    table.load_preset(ASCII_MARKDOWN).set_header(vec![
+        "metric",
+        "default margin",
+        "calibrated margin",
+        "A/A pass",
+        "A/A regression",
+    ]);
+    for m in &margins.metrics {
+        table.add_row(vec![
+            m.metric.name().to_owned(),
+            format!("{:.1}%", m.metric.get(&defaults.margins) * 100.0),
+            m.margin.map_or("none up to 100%".to_owned(), |v| {
+                format!("{:.1}%", v * 100.0)
+            }),
+            format!("{:.1}%", m.aa_pass_rate * 100.0),
+            format!("{:.1}%", m.aa_regression_rate * 100.0),
+        ]);
+    }
+    table
 }
 
 /// The replayed rates, one row per shift.
@@ -828,6 +907,8 @@ fn empty_calibration(workload: &Workload, commit: &CommitInfo) -> Calibration {
         bank_trials: 0,
         replay: Vec::new(),
         design: String::new(),
+        margins: None,
+        calibrated_replay: Vec::new(),
     }
 }
 

@@ -10,12 +10,14 @@
 //! - `store`: results history and baselines (JSON).
 //! - `stats`: paired log-ratios, exact sign-test intervals of the median, three-state verdicts.
 //! - `noise_bank`: same-commit trials from the store; the shipped rule replayed on them.
+//! - `calibration`: per-host margins searched on the noise bank, stored, read by `gate`.
 //! - `compare`: interleaved A/B scheduling over a `TrialSource` trait.
 //! - `session`: the real `TrialSource`; `commands`: run/compare/gate/baseline/calibrate.
 //! - `bisect`: first-bad-commit search with the paired statistic; `report`/`plots`: markdown + SVG.
 
 pub mod bisect;
 pub mod build;
+pub mod calibration;
 pub mod commands;
 pub mod compare;
 pub mod error;

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use chronik_harness::calibration::Tuned;
 use chronik_harness::commands;
 use chronik_harness::compare::{CompareSettings, ErrorControl};
 use chronik_harness::error::{
@@ -77,18 +78,21 @@ struct Statistics {
     /// decide with a larger alpha.
     #[arg(long, default_value_t = chronik_harness::compare::ALPHA_DEFAULT)]
     alpha: f64,
-    /// Throughput drop that counts as a regression (fraction).
-    #[arg(long, default_value_t = 0.05)]
-    throughput_margin: f64,
-    /// p99 rise that counts as a regression (fraction).
-    #[arg(long, default_value_t = 0.10)]
-    p99_margin: f64,
+    /// Throughput drop that counts as a regression (fraction). Default 0.05; `gate` takes the
+    /// host's calibrated margin instead when `calibrate` stored one.
+    #[arg(long)]
+    throughput_margin: Option<f64>,
+    /// p99 rise that counts as a regression (fraction). Default 0.10, or calibrated (gate).
+    #[arg(long)]
+    p99_margin: Option<f64>,
     /// Rise of the broker's peak resident memory that counts as a regression (fraction).
-    #[arg(long, default_value_t = chronik_harness::stats::PEAK_RSS_RISE_DEFAULT)]
-    peak_rss_margin: f64,
+    /// Default 0.5, or calibrated (gate).
+    #[arg(long)]
+    peak_rss_margin: Option<f64>,
     /// Rise of the broker's CPU time per message that counts as a regression (fraction).
-    #[arg(long, default_value_t = chronik_harness::stats::CPU_PER_MSG_RISE_DEFAULT)]
-    cpu_margin: f64,
+    /// Default 0.05, or calibrated (gate).
+    #[arg(long)]
+    cpu_margin: Option<f64>,
     /// Rise of instructions per request (the deterministic tier) that counts as a regression.
     #[arg(long, default_value_t = chronik_harness::instructions::INSTRUCTIONS_RISE_DEFAULT)]
     instructions_margin: f64,
@@ -110,15 +114,36 @@ impl Statistics {
             min_pairs: self.min_pairs,
             max_pairs: self.max_pairs,
             margins: Margins {
-                throughput_drop: self.throughput_margin,
-                p99_rise: self.p99_margin,
-                peak_rss_rise: self.peak_rss_margin,
-                cpu_per_msg_rise: self.cpu_margin,
+                throughput_drop: self
+                    .throughput_margin
+                    .unwrap_or(Margins::default().throughput_drop),
+                p99_rise: self.p99_margin.unwrap_or(Margins::default().p99_rise),
+                peak_rss_rise: self
+                    .peak_rss_margin
+                    .unwrap_or(Margins::default().peak_rss_rise),
+                cpu_per_msg_rise: self
+                    .cpu_margin
+                    .unwrap_or(Margins::default().cpu_per_msg_rise),
                 instructions_rise: self.instructions_margin,
             },
             seed: self.seed,
             error: ErrorControl::FamilyWise { alpha: self.alpha },
         })
+    }
+}
+
+impl Statistics {
+    /// The wall-clock margins given on the command line (a calibration does not override them).
+    fn explicit_margins(&self) -> Vec<Tuned> {
+        [
+            (Tuned::Throughput, self.throughput_margin),
+            (Tuned::P99, self.p99_margin),
+            (Tuned::PeakRss, self.peak_rss_margin),
+            (Tuned::CpuPerMsg, self.cpu_margin),
+        ]
+        .into_iter()
+        .filter_map(|(metric, given)| given.map(|_| metric))
+        .collect()
     }
 }
 
@@ -366,6 +391,7 @@ fn run(cli: Cli) -> Result<u8, HarnessError> {
                     &head,
                     &load(name)?,
                     &settings,
+                    &stats.explicit_margins(),
                 )?;
                 commands::print_gate(&result);
                 results.push(result);
@@ -534,6 +560,7 @@ fn run(cli: Cli) -> Result<u8, HarnessError> {
             let commit = s.repo.resolve(rev)?;
             let (code, calibration) = commands::calibrate(
                 &s,
+                &c.baselines_dir,
                 &commit,
                 &load(workload)?,
                 *comparisons,

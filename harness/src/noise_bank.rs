@@ -14,7 +14,9 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::compare::{run_compare, CompareSettings, Side, TrialFailure, TrialSource, TrialSummary};
+use crate::compare::{
+    run_compare, CompareSettings, Comparison, Side, TrialFailure, TrialSource, TrialSummary,
+};
 use crate::stats::Verdict;
 use crate::store::TrialRecord;
 
@@ -108,17 +110,8 @@ impl NoiseBank {
                 };
                 let mut pairs = 0;
                 for replay in 0..replays {
-                    let mut source = Resampled {
-                        bank: &self.trials,
-                        rng: SmallRng::seed_from_u64(seed ^ ((case as u64) << 32) ^ replay as u64),
-                        shifted,
-                        shift,
-                    };
-                    let run = CompareSettings {
-                        seed: seed.wrapping_add(replay as u64),
-                        ..*settings
-                    };
-                    let Ok(c) = run_compare(&mut source, &run) else {
+                    let Some(c) = self.replay_one(settings, (shifted, shift), case, replay, seed)
+                    else {
                         continue;
                     };
                     pairs += c.pairs();
@@ -132,6 +125,42 @@ impl NoiseBank {
                 row
             })
             .collect()
+    }
+
+    /// `replays` A/A comparisons by the rule of `settings` (the margin search of `calibration`).
+    pub fn replay_aa(
+        &self,
+        settings: &CompareSettings,
+        replays: usize,
+        seed: u64,
+    ) -> Vec<Comparison> {
+        (0..replays)
+            .filter_map(|replay| {
+                self.replay_one(settings, (Shifted::Nothing, 0.0), 0, replay, seed)
+            })
+            .collect()
+    }
+
+    /// One replayed comparison; `case` and `replay` pick its draws (reproducible by seed).
+    fn replay_one(
+        &self,
+        settings: &CompareSettings,
+        (shifted, shift): (Shifted, f64),
+        case: usize,
+        replay: usize,
+        seed: u64,
+    ) -> Option<Comparison> {
+        let mut source = Resampled {
+            bank: &self.trials,
+            rng: SmallRng::seed_from_u64(seed ^ ((case as u64) << 32) ^ replay as u64),
+            shifted,
+            shift,
+        };
+        let run = CompareSettings {
+            seed: seed.wrapping_add(replay as u64),
+            ..*settings
+        };
+        run_compare(&mut source, &run).ok()
     }
 }
 

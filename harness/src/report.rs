@@ -220,7 +220,7 @@ fn write_gate(md: &mut String, gate: &[GateResult], commit_url: &str) {
             let Some(line) = line else { continue };
             let _ = writeln!(md, "{}: {}\n", g.workload, escape(&line));
         }
-        if let Some(note) = &g.note {
+        for note in g.note.iter().chain(&g.margins_source) {
             let _ = writeln!(md, "> {}: {}\n", g.workload, escape(note));
         }
         if let Some(f) = &g.failure {

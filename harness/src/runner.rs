@@ -246,7 +246,7 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 
 /// User plus system CPU time of a process in seconds.
 fn cpu_s(pid: u32) -> Option<f64> {
-    chronik_bench::provenance::cpu_seconds_of(&pid.to_string()).map(|(user, system)| user + system)
+    chronik_bench::cpu::cpu_seconds_of(&pid.to_string()).map(|(user, system)| user + system)
 }
 
 /// The chronik-bench next to this executable (both are built from the harness's tree).

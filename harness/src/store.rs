@@ -51,7 +51,7 @@ pub struct Baseline {
     pub trials: Vec<TrialSummary>,
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), HarnessError> {
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), HarnessError> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(|e| HarnessError::io(dir, e))?;
     }

@@ -344,6 +344,25 @@ fn compare_gate_build_failures_and_crashes_on_a_scripted_history() {
         "--trials=3",
     ]);
     assert!(recorded.status.success());
+    // `calibrate` searches this host's margins on the base's stored trials (no broker runs) and
+    // stores them; `gate` reads those not given on its command line, and says so.
+    let calibrated = f.harness(
+        &[
+            &[
+                "calibrate",
+                "--rev",
+                f.sha("base"),
+                "--workload=e2e",
+                "--comparisons=0",
+                "--replays=200",
+            ],
+            FEW_PAIRS,
+        ]
+        .concat(),
+    );
+    let said = String::from_utf8_lossy(&calibrated.stdout);
+    assert!(calibrated.status.success(), "{said}");
+    assert!(said.contains("stored in"), "{said}");
     let gated = f.harness(
         &[
             &["gate", "--head", f.sha("slow"), "--workload=e2e"],
@@ -356,6 +375,8 @@ fn compare_gate_build_failures_and_crashes_on_a_scripted_history() {
         Some(EXIT_REGRESSION),
         "gate against the stored baseline"
     );
+    let said = String::from_utf8_lossy(&gated.stdout);
+    assert!(said.contains("margins calibrated on this host"), "{said}");
 
     let broken = f.harness(&[
         "run",

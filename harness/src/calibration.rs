@@ -1,0 +1,414 @@
+//! Margins calibrated on a host's noise: `calibrate` searches, per wall-clock metric, the
+//! smallest margin at which the shipped rule passes an unchanged commit most of the time on this
+//! host and workload, and stores it; `gate` reads it (unless a margin is given on the command
+//! line), the way rustc-perf derives each benchmark's significance threshold from its own noise.
+//!
+//! A calibrated margin may be wider than the default (a noisy host can only vouch for large
+//! effects, and says so in every verdict it prints) or narrower (a quiet host sees smaller ones).
+//! It holds only for the design it was searched with (pairs and alpha), the workload definition
+//! and the host, so a calibration that differs in any of them is ignored, with a note.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::compare::{CompareSettings, Comparison, ErrorControl};
+use crate::error::HarnessError;
+use crate::noise_bank::NoiseBank;
+use crate::stats::{Margins, MetricComparison, Verdict};
+use crate::store::write_atomically;
+
+/// Margins tried, smallest first (fractions).
+pub const MARGIN_CANDIDATES: [f64; 12] = [
+    0.01, 0.02, 0.03, 0.05, 0.075, 0.10, 0.15, 0.20, 0.30, 0.50, 0.75, 1.0,
+];
+/// A margin is calibrated when an unchanged commit passes its metric at least this often...
+pub const AA_PASS_TARGET: f64 = 0.90;
+/// ...and is called a regression on it at most this often (the goal for the rule).
+pub const AA_REGRESSION_MAX: f64 = 0.01;
+/// A/A replays per candidate margin.
+pub const SEARCH_REPLAYS: usize = 500;
+
+/// The wall-clock metrics whose margins are calibrated. Instructions per request is not: its
+/// spread is a tenth of its margin (BENCHMARKS.md §7) and the noise bank does not hold it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tuned {
+    Throughput,
+    P99,
+    PeakRss,
+    CpuPerMsg,
+}
+
+impl Tuned {
+    pub const ALL: [Tuned; 4] = [
+        Tuned::Throughput,
+        Tuned::P99,
+        Tuned::PeakRss,
+        Tuned::CpuPerMsg,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Tuned::Throughput => "throughput",
+            Tuned::P99 => "p99",
+            Tuned::PeakRss => "peak RSS",
+            Tuned::CpuPerMsg => "broker CPU/msg",
+        }
+    }
+
+    pub fn get(self, m: &Margins) -> f64 {
+        match self {
+            Tuned::Throughput => m.throughput_drop,
+            Tuned::P99 => m.p99_rise,
+            Tuned::PeakRss => m.peak_rss_rise,
+            Tuned::CpuPerMsg => m.cpu_per_msg_rise,
+        }
+    }
+
+    pub fn set(self, m: &mut Margins, value: f64) {
+        match self {
+            Tuned::Throughput => m.throughput_drop = value,
+            Tuned::P99 => m.p99_rise = value,
+            Tuned::PeakRss => m.peak_rss_rise = value,
+            Tuned::CpuPerMsg => m.cpu_per_msg_rise = value,
+        }
+    }
+
+    fn of(self, c: &Comparison) -> Option<&MetricComparison> {
+        match self {
+            Tuned::Throughput => Some(&c.throughput),
+            Tuned::P99 => Some(&c.p99),
+            Tuned::PeakRss => c.peak_rss.as_ref(),
+            Tuned::CpuPerMsg => c.cpu_per_msg.as_ref(),
+        }
+    }
+}
+
+/// One metric's calibrated margin and what the A/A replays did at it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricMargin {
+    pub metric: Tuned,
+    /// `None`: no candidate up to 100% reached the target; the default stays.
+    pub margin: Option<f64>,
+    pub aa_pass_rate: f64,
+    pub aa_regression_rate: f64,
+}
+
+/// A calibration as stored: the margins and everything they hold for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CalibratedMargins {
+    pub workload: String,
+    pub workload_hash: String,
+    pub host_fingerprint: String,
+    /// The commit whose same-commit trials were the noise bank.
+    pub commit: String,
+    pub calibrated_at: String,
+    pub bank_trials: usize,
+    pub replays_per_candidate: usize,
+    pub min_pairs: usize,
+    pub max_pairs: usize,
+    pub error: ErrorControl,
+    pub metrics: Vec<MetricMargin>,
+}
+
+/// Searches each metric's margin on `bank` with the design of `settings`, metric by metric:
+/// the margins found so far stay set while the next is searched, because the rule stops on the
+/// joint verdict.
+pub fn search(bank: &NoiseBank, settings: &CompareSettings, seed: u64) -> Vec<MetricMargin> {
+    let mut tuned = *settings;
+    let mut found = Vec::new();
+    for metric in Tuned::ALL {
+        let mut chosen: Option<MetricMargin> = None;
+        for &candidate in &MARGIN_CANDIDATES {
+            let mut trial = tuned;
+            metric.set(&mut trial.margins, candidate);
+            let replays = bank.replay_aa(&trial, SEARCH_REPLAYS, seed);
+            let Some((pass, regression)) = verdict_rates(&replays, metric) else {
+                break; // the bank has no figure for this metric
+            };
+            if pass >= AA_PASS_TARGET && regression <= AA_REGRESSION_MAX {
+                chosen = Some(MetricMargin {
+                    metric,
+                    margin: Some(candidate),
+                    aa_pass_rate: pass,
+                    aa_regression_rate: regression,
+                });
+                tuned = trial;
+                break;
+            }
+            chosen = Some(MetricMargin {
+                metric,
+                margin: None,
+                aa_pass_rate: pass,
+                aa_regression_rate: regression,
+            });
+        }
+        found.extend(chosen);
+    }
+    found
+}
+
+/// (pass rate, regression rate) of `metric` over `replays`; `None` when it was not compared.
+fn verdict_rates(replays: &[Comparison], metric: Tuned) -> Option<(f64, f64)> {
+    let verdicts: Vec<Verdict> = replays
+        .iter()
+        .filter_map(|c| metric.of(c).map(|m| m.verdict))
+        .collect();
+    if verdicts.is_empty() {
+        return None;
+    }
+    let rate =
+        |v: Verdict| verdicts.iter().filter(|x| **x == v).count() as f64 / verdicts.len() as f64;
+    Some((rate(Verdict::Pass), rate(Verdict::Regression)))
+}
+
+impl CalibratedMargins {
+    /// Applies the calibrated margins to `settings` where `explicit` (margins given on the
+    /// command line) does not say otherwise, when the calibration holds for this design.
+    /// Returns the settings and one line saying where each margin came from.
+    pub fn apply(
+        &self,
+        settings: &CompareSettings,
+        explicit: &[Tuned],
+    ) -> (CompareSettings, String) {
+        let same_design = self.min_pairs == settings.min_pairs
+            && self.max_pairs == settings.max_pairs
+            && self.error == settings.error;
+        if !same_design {
+            return (
+                *settings,
+                format!(
+                    "calibration of {} ignored: searched with {}-{} pairs and {:?}, this run uses {}-{} and {:?}",
+                    self.workload,
+                    self.min_pairs,
+                    self.max_pairs,
+                    self.error,
+                    settings.min_pairs,
+                    settings.max_pairs,
+                    settings.error
+                ),
+            );
+        }
+        let mut applied = *settings;
+        let mut used = Vec::new();
+        for m in &self.metrics {
+            let Some(margin) = m.margin.filter(|_| !explicit.contains(&m.metric)) else {
+                continue;
+            };
+            m.metric.set(&mut applied.margins, margin);
+            used.push(format!(
+                "{} {:.1}% (A/A pass {:.0}%)",
+                m.metric.name(),
+                margin * 100.0,
+                m.aa_pass_rate * 100.0
+            ));
+        }
+        if used.is_empty() {
+            used.push("none used (given on the command line, or none found)".to_owned());
+        }
+        let line = format!(
+            "margins calibrated on this host from {} trials of {} ({}): {}",
+            self.bank_trials,
+            self.commit,
+            self.calibrated_at,
+            used.join(", ")
+        );
+        (applied, line)
+    }
+}
+
+/// `<baselines>/calibration/<workload>.json`: one entry per host.
+fn calibration_path(dir: &Path, workload: &str) -> PathBuf {
+    dir.join("calibration").join(format!("{workload}.json"))
+}
+
+fn load_all(path: &Path) -> Result<Vec<CalibratedMargins>, HarnessError> {
+    match fs::read(path) {
+        Ok(raw) => serde_json::from_slice(&raw)
+            .map_err(|e| HarnessError::Config(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(HarnessError::io(path, e)),
+    }
+}
+
+/// The calibration of `workload` on `host` with this workload definition, if one is stored.
+pub fn load(
+    dir: &Path,
+    workload: &str,
+    workload_hash: &str,
+    host: &str,
+) -> Result<Option<CalibratedMargins>, HarnessError> {
+    Ok(load_all(&calibration_path(dir, workload))?
+        .into_iter()
+        .find(|c| c.host_fingerprint == host && c.workload_hash == workload_hash))
+}
+
+/// Stores `calibration`, replacing the entry of its host.
+pub fn save(dir: &Path, calibration: &CalibratedMargins) -> Result<PathBuf, HarnessError> {
+    let path = calibration_path(dir, &calibration.workload);
+    let mut all = load_all(&path)?;
+    all.retain(|c| c.host_fingerprint != calibration.host_fingerprint);
+    all.push(calibration.clone());
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(|e| HarnessError::io(parent, e))?;
+    }
+    let json = serde_json::to_vec_pretty(&all).map_err(|e| HarnessError::Infra(e.to_string()))?;
+    write_atomically(&path, &json)?;
+    Ok(path)
+}
+
+/// A calibration record for `bank` searched with `settings`.
+pub fn calibrate(
+    bank: &NoiseBank,
+    settings: &CompareSettings,
+    identity: (&str, &str, &str, &str),
+) -> CalibratedMargins {
+    let (workload, workload_hash, host_fingerprint, commit) = identity;
+    CalibratedMargins {
+        workload: workload.to_owned(),
+        workload_hash: workload_hash.to_owned(),
+        host_fingerprint: host_fingerprint.to_owned(),
+        commit: commit.to_owned(),
+        calibrated_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        bank_trials: bank.trials.len(),
+        replays_per_candidate: SEARCH_REPLAYS,
+        min_pairs: settings.min_pairs,
+        max_pairs: settings.max_pairs,
+        error: settings.error,
+        metrics: search(bank, settings, settings.seed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compare::TrialSummary;
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+
+    /// Throughput noisy by +-`spread`, p99 by a factor of two, RSS and CPU by +-2%.
+    fn bank(spread: f64, seed: u64) -> NoiseBank {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let trials = (0..60)
+            .map(|_| TrialSummary {
+                throughput: 40_000.0 * (1.0 + rng.random_range(-spread..spread)),
+                p99_ms: 10.0 * rng.random_range(0.7..1.4),
+                per_second: vec![40_000; 3],
+                peak_rss_mib: Some(20.0 * rng.random_range(0.98..1.02)),
+                broker_cpu_us_per_msg: Some(12.0 * (1.0 + rng.random_range(-0.02..0.02))),
+            })
+            .collect();
+        NoiseBank { trials }
+    }
+
+    fn margin(found: &[MetricMargin], metric: Tuned) -> Option<f64> {
+        found.iter().find(|m| m.metric == metric).unwrap().margin
+    }
+
+    #[test]
+    fn a_noisier_host_gets_a_wider_margin_and_every_margin_meets_its_target() {
+        let settings = CompareSettings::default();
+        let quiet = search(&bank(0.03, 1), &settings, 7);
+        let noisy = search(&bank(0.30, 1), &settings, 7);
+        let (q, n) = (
+            margin(&quiet, Tuned::Throughput).unwrap(),
+            margin(&noisy, Tuned::Throughput).unwrap(),
+        );
+        assert!(q <= 0.05 && n >= 2.0 * q, "quiet {q}, noisy {n}");
+        for m in quiet.iter().chain(&noisy) {
+            assert!(m.margin.is_some(), "{m:?}");
+            assert!(m.aa_pass_rate >= AA_PASS_TARGET, "{m:?}");
+            assert!(m.aa_regression_rate <= AA_REGRESSION_MAX, "{m:?}");
+        }
+        // CPU and RSS at +-2% need a small margin wherever throughput is.
+        assert!(margin(&noisy, Tuned::CpuPerMsg).unwrap() <= 0.05);
+    }
+
+    #[test]
+    fn the_margin_found_is_the_smallest_candidate_that_meets_the_target() {
+        let settings = CompareSettings::default();
+        let b = bank(0.15, 2);
+        let found = search(&b, &settings, 7);
+        let chosen = margin(&found, Tuned::Throughput).unwrap();
+        let index = MARGIN_CANDIDATES.iter().position(|c| *c == chosen).unwrap();
+        assert!(index > 0, "a +-15% bank cannot pass at 1%");
+        // One step smaller fails the target with the other margins as found.
+        let mut smaller = settings;
+        for m in &found {
+            if let Some(v) = m.margin {
+                m.metric.set(&mut smaller.margins, v);
+            }
+        }
+        Tuned::Throughput.set(&mut smaller.margins, MARGIN_CANDIDATES[index - 1]);
+        let (pass, _) =
+            verdict_rates(&b.replay_aa(&smaller, SEARCH_REPLAYS, 7), Tuned::Throughput).unwrap();
+        assert!(
+            pass < AA_PASS_TARGET,
+            "pass {pass} at the next smaller margin"
+        );
+    }
+
+    #[test]
+    fn apply_respects_explicit_margins_and_the_design() {
+        let settings = CompareSettings::default();
+        let stored = CalibratedMargins {
+            workload: "w".into(),
+            workload_hash: "h".into(),
+            host_fingerprint: "host".into(),
+            commit: "abc".into(),
+            calibrated_at: "2026-11-27T00:00:00Z".into(),
+            bank_trials: 60,
+            replays_per_candidate: SEARCH_REPLAYS,
+            min_pairs: settings.min_pairs,
+            max_pairs: settings.max_pairs,
+            error: settings.error,
+            metrics: vec![
+                MetricMargin {
+                    metric: Tuned::Throughput,
+                    margin: Some(0.15),
+                    aa_pass_rate: 0.93,
+                    aa_regression_rate: 0.0,
+                },
+                MetricMargin {
+                    metric: Tuned::P99,
+                    margin: Some(0.30),
+                    aa_pass_rate: 0.91,
+                    aa_regression_rate: 0.0,
+                },
+            ],
+        };
+        let (applied, line) = stored.apply(&settings, &[Tuned::P99]);
+        assert_eq!(applied.margins.throughput_drop, 0.15);
+        assert_eq!(applied.margins.p99_rise, settings.margins.p99_rise);
+        assert!(line.contains("throughput 15.0%"), "{line}");
+        let other_design = CompareSettings {
+            max_pairs: 9,
+            ..settings
+        };
+        let (ignored, why) = stored.apply(&other_design, &[]);
+        assert_eq!(ignored.margins, other_design.margins);
+        assert!(why.contains("ignored"), "{why}");
+    }
+
+    #[test]
+    fn save_keeps_one_entry_per_host_and_load_matches_the_definition() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = CompareSettings::default();
+        let b = bank(0.05, 3);
+        let first = calibrate(&b, &settings, ("w", "h1", "host-a", "abc"));
+        save(dir.path(), &first).unwrap();
+        save(
+            dir.path(),
+            &calibrate(&b, &settings, ("w", "h1", "host-b", "abc")),
+        )
+        .unwrap();
+        save(dir.path(), &first).unwrap();
+        let all = load_all(&calibration_path(dir.path(), "w")).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(load(dir.path(), "w", "h1", "host-a").unwrap(), Some(first));
+        assert_eq!(load(dir.path(), "w", "h2", "host-a").unwrap(), None);
+        assert_eq!(load(dir.path(), "x", "h1", "host-a").unwrap(), None);
+    }
+}
