@@ -18,8 +18,9 @@ use crate::groups::GroupCoordinator;
 use crate::log::LogError;
 use crate::produce::ProduceHandler;
 use crate::producer_ids::ProducerIds;
+use crate::replication::fetcher::Fetcher;
 use crate::server::RequestBudget;
-use crate::topics::TopicRegistry;
+use crate::topics::{Placement, TopicRegistry};
 use crate::wal::group_commit::{GroupCommitWal, WalWriterConfig};
 use crate::wal::storage::{FileWalStorage, WalStorage};
 use crate::wal::{self, WalRecoveryError};
@@ -160,10 +161,16 @@ pub async fn start_with_storage(
         return Err(StartError::DataDirLocked(config.data_dir.clone()));
     }
     let started = std::time::Instant::now();
+    let keeper_wake = Arc::new(tokio::sync::Notify::new());
     let topics = Arc::new(TopicRegistry::open(
         &config.data_dir,
         config.segment_bytes,
         config.partitions_max,
+        Placement {
+            cluster: config.cluster.clone(),
+            replica_lag_time_max: config.replica_lag_time_max,
+            keeper: keeper_wake.clone(),
+        },
     )?);
     let wal_dir = config.data_dir.join("wal");
     let recovered = wal::recover(&wal_dir, &topics)?;
@@ -191,15 +198,7 @@ pub async fn start_with_storage(
         )
         .map_err(storage_err(&wal_dir))?,
     );
-    let produce = ProduceHandler::new(
-        topics.clone(),
-        wal.clone(),
-        config.profile,
-        config.wal_queued_bytes_max,
-        config.batch_bytes_max,
-        config.retention_bytes,
-        fail_stop.clone(),
-    );
+    let produce = ProduceHandler::new(topics.clone(), wal.clone(), &config, fail_stop.clone());
     let groups = Arc::new(
         GroupCoordinator::open(
             &config.data_dir,
@@ -238,6 +237,25 @@ pub async fn start_with_storage(
         groups,
         producer_ids,
     ));
+    // Replication: the keeper (leader side) and one fetcher per other broker (follower side).
+    // Aborted at shutdown, before the final flush.
+    let mut replication = JoinSet::new();
+    if config.cluster.size() > 1 {
+        replication.spawn(crate::replication::keeper::run(
+            topics.clone(),
+            keeper_wake,
+            config.replica_lag_time_max,
+        ));
+        for leader in config.cluster.peers() {
+            let fetcher = Fetcher::new(
+                topics.clone(),
+                wal.clone(),
+                leader.clone(),
+                config.cluster.local_id(),
+            );
+            replication.spawn(fetcher.run());
+        }
+    }
     let budget = RequestBudget::new(config.request_bytes_in_flight_max);
     let connections_max = connections_max(config.connections_max);
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
@@ -301,6 +319,7 @@ pub async fn start_with_storage(
             }
         }
         connections.shutdown().await;
+        replication.shutdown().await;
         // After a fail-stop nothing more is written: recovery starts from what is durable.
         if !fail_stop.stopped() {
             let topics = topics.clone();

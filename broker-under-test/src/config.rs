@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::cluster::Cluster;
 use crate::profile::{FlushProfileName, ProduceFlushProfile};
 use crate::wal::group_commit::FsyncPolicy;
 
@@ -35,6 +36,8 @@ const GROUP_COMMIT_BYTES_MAX: usize = 8 << 20;
 /// Bytes queued for the WAL writer across all connections; produce waits beyond it.
 const WAL_QUEUED_BYTES_MAX: usize = 256 << 20;
 const CHECKPOINT_INTERVAL_MS: u64 = 500;
+/// Kafka's `replica.lag.time.max.ms` is 30 s; a loopback cluster notices a dead follower sooner.
+const REPLICA_LAG_TIME_MAX_MS_DEFAULT: u64 = 10_000;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -43,9 +46,10 @@ const CHECKPOINT_INTERVAL_MS: u64 = 500;
     about = "Reference Kafka-wire broker under test"
 )]
 pub struct BrokerArgs {
-    /// Address to listen on (port 0 picks a free port, printed on stdout).
-    #[arg(long, env = "CHRONIK_LISTEN", default_value = "127.0.0.1:9092")]
-    pub listen: SocketAddr,
+    /// Address to listen on (port 0 picks a free port, printed on stdout). Default
+    /// 127.0.0.1:9092, or this broker's address in `--cluster`.
+    #[arg(long, env = "CHRONIK_LISTEN")]
+    pub listen: Option<SocketAddr>,
     /// Host clients are told to connect to (default: the listen IP).
     #[arg(long, env = "CHRONIK_ADVERTISED_HOST")]
     pub advertised_host: Option<String>,
@@ -101,6 +105,25 @@ pub struct BrokerArgs {
     /// Close a connection that sends nothing for this long (milliseconds).
     #[arg(long, env = "CHRONIK_CONNECTIONS_MAX_IDLE_MS", default_value_t = CONNECTION_IDLE_MS_DEFAULT)]
     pub connections_max_idle_ms: u64,
+    /// This broker's id (its `[[broker]]` entry in the cluster file).
+    #[arg(long, env = "CHRONIK_BROKER_ID", default_value_t = 1)]
+    pub broker_id: i32,
+    /// Cluster description (TOML, one `[[broker]]` table per broker with `id` and `address`).
+    /// Without it the broker is a single-node cluster. With it, the broker listens on its
+    /// entry's address unless `--listen` says otherwise, and advertises that address.
+    #[arg(long, env = "CHRONIK_CLUSTER")]
+    pub cluster: Option<PathBuf>,
+    /// Replicas of topics created without an explicit replication factor.
+    #[arg(long, env = "CHRONIK_DEFAULT_REPLICATION_FACTOR", default_value_t = 1)]
+    pub default_replication_factor: i16,
+    /// acks=all succeeds only while at least this many replicas (leader included) are in sync;
+    /// otherwise NOT_ENOUGH_REPLICAS (Kafka's `min.insync.replicas`).
+    #[arg(long, env = "CHRONIK_MIN_INSYNC_REPLICAS", default_value_t = 1)]
+    pub min_insync_replicas: usize,
+    /// A follower that has not caught up with the leader's durable end for this long leaves
+    /// the in-sync set (Kafka's `replica.lag.time.max.ms`).
+    #[arg(long, env = "CHRONIK_REPLICA_LAG_TIME_MAX_MS", default_value_t = REPLICA_LAG_TIME_MAX_MS_DEFAULT)]
+    pub replica_lag_time_max_ms: u64,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `chronik_broker=debug`.
     #[arg(long, env = "CHRONIK_LOG", default_value = "info")]
     pub log_level: String,
@@ -131,7 +154,11 @@ pub struct BrokerConfig {
     pub default_partitions: i32,
     pub auto_create_topics: bool,
     pub group_initial_rebalance_delay: Duration,
-    pub node_id: i32,
+    /// The brokers and this broker's id in them (a single-node cluster without `--cluster`).
+    pub cluster: Cluster,
+    pub default_replication_factor: i16,
+    pub min_insync_replicas: usize,
+    pub replica_lag_time_max: Duration,
 }
 
 impl BrokerConfig {
@@ -169,10 +196,38 @@ impl BrokerConfig {
         if !(1..=crate::topics::PARTITIONS_PER_TOPIC_MAX).contains(&args.default_partitions) {
             return Err("--default-partitions must be between 1 and 1024".into());
         }
+        let listen_default = SocketAddr::from(([127, 0, 0, 1], 9092));
+        let cluster = match &args.cluster {
+            Some(path) => Cluster::load(path, args.broker_id)?,
+            None => Cluster::single(args.broker_id, args.listen.unwrap_or(listen_default)),
+        };
+        let own = cluster.broker(args.broker_id).expect("validated").address;
+        let factor = usize::try_from(args.default_replication_factor).unwrap_or(0);
+        if !(1..=cluster.size()).contains(&factor) {
+            return Err(format!(
+                "--default-replication-factor must be between 1 and the {} broker(s) of the cluster",
+                cluster.size()
+            ));
+        }
+        if !(1..=cluster.size()).contains(&args.min_insync_replicas) {
+            return Err(format!(
+                "--min-insync-replicas must be between 1 and the {} broker(s) of the cluster",
+                cluster.size()
+            ));
+        }
+        if args.replica_lag_time_max_ms == 0 {
+            return Err("--replica-lag-time-max-ms must be positive".into());
+        }
+        let in_cluster = args.cluster.is_some();
         Ok(Self {
-            listen: args.listen,
-            advertised_host: args.advertised_host,
-            advertised_port: args.advertised_port,
+            listen: args.listen.unwrap_or(own),
+            // In a cluster every broker tells clients the addresses of the cluster file.
+            advertised_host: args
+                .advertised_host
+                .or_else(|| in_cluster.then(|| own.ip().to_string())),
+            advertised_port: args
+                .advertised_port
+                .or_else(|| in_cluster.then(|| own.port())),
             data_dir: args.data_dir,
             profile: ProduceFlushProfile::named(args.flush_profile),
             fsync: args.fsync,
@@ -194,7 +249,10 @@ impl BrokerConfig {
             group_initial_rebalance_delay: Duration::from_millis(
                 args.group_initial_rebalance_delay_ms,
             ),
-            node_id: 1,
+            cluster,
+            default_replication_factor: args.default_replication_factor,
+            min_insync_replicas: args.min_insync_replicas,
+            replica_lag_time_max: Duration::from_millis(args.replica_lag_time_max_ms),
         })
     }
 }

@@ -10,6 +10,8 @@
 //! - `log`: per-partition segment files with a sparse offset index.
 //! - `profile`: `ProduceFlushProfile` and its named constants.
 //! - `topics`: lock-free topic registry (`ArcSwap` snapshots).
+//! - `cluster`: the static cluster file and the deterministic replica assignment.
+//! - `replication`: followers fetching from leaders, in-sync sets, high watermarks, acks=all.
 //! - `groups`: consumer-group coordinator (membership, rebalances, commit rules).
 //! - `offset_log`: committed offsets, an append-only log with group commit and compaction.
 //! - `producer_ids`: idempotent-producer ids from durably reserved blocks.
@@ -19,6 +21,7 @@
 pub mod api;
 pub mod batch;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod fail_stop;
 pub mod groups;
@@ -28,6 +31,7 @@ pub mod partition;
 pub mod produce;
 pub mod producer_ids;
 pub mod profile;
+pub mod replication;
 pub mod server;
 pub mod topics;
 pub mod wal;

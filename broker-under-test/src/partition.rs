@@ -1,5 +1,7 @@
 //! One partition: offset assignment, `pending_batches` (recent durable data served from memory),
-//! the segment log, idempotent-producer state, and the high watermark (durable end offset).
+//! the segment log, idempotent-producer state, its durable end and its high watermark. Without
+//! replication the two are one offset; with it the high watermark is what every in-sync replica
+//! has made durable (`replication`).
 //!
 //! The only lock is per partition and is held for offset assignment and queueing, never across
 //! an await or an fsync.
@@ -17,6 +19,7 @@ use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit};
 use crate::batch::{self, BatchHeader, BatchView};
 use crate::log::{read_batches, PartitionLog, ReadPlan};
 use crate::profile::ProduceFlushProfile;
+use crate::replication::Replication;
 use crate::wal::group_commit::{lock, GroupCommitWal, WalAppend, WalFailed};
 use crate::wal::record;
 
@@ -27,14 +30,14 @@ const PRODUCER_RECENT_BATCHES_MAX: usize = 5;
 /// grow this map without bound).
 const PRODUCERS_PER_PARTITION_MAX: usize = 10_000;
 
-/// End offset of the data that is durable (and so visible to consumers).
+/// An offset that only grows, with waiters: a partition's durable end and its high watermark.
 #[derive(Default)]
-pub struct HighWatermark {
+pub struct OffsetWatch {
     offset: AtomicI64,
     advanced: Notify,
 }
 
-impl HighWatermark {
+impl OffsetWatch {
     pub fn get(&self) -> i64 {
         self.offset.load(Ordering::Acquire)
     }
@@ -45,7 +48,7 @@ impl HighWatermark {
         }
     }
 
-    /// Waits until the high watermark passes `offset`, or `timeout` elapses.
+    /// Waits until the offset passes `offset`, or `timeout` elapses.
     pub async fn wait_past(&self, offset: i64, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -95,7 +98,13 @@ pub struct Partition {
     pub topic_id: u128,
     pub index: i32,
     state: Mutex<PartitionState>,
-    high_watermark: HighWatermark,
+    /// End of what this broker's WAL has made durable.
+    durable_end: OffsetWatch,
+    /// End of what consumers may read: the durable end, or with replication what every
+    /// in-sync replica has made durable.
+    high_watermark: OffsetWatch,
+    /// Set when the partition has more than one replica, or its only replica is elsewhere.
+    replication: Option<Arc<Replication>>,
     log_start: AtomicI64,
     /// End offset known durable in segment files (the WAL may be checkpointed up to here).
     synced_end: AtomicI64,
@@ -124,7 +133,13 @@ pub struct FetchRead {
 
 impl Partition {
     /// Wraps an opened log. `on_stored` already fed every stored batch to `rebuild_producers`.
-    pub fn new(topic: Arc<str>, topic_id: u128, index: i32, log: PartitionLog) -> Self {
+    pub fn new(
+        topic: Arc<str>,
+        topic_id: u128,
+        index: i32,
+        log: PartitionLog,
+        replication: Option<Arc<Replication>>,
+    ) -> Self {
         let end = log.end_offset();
         let start = log.start_offset();
         let partition = Self {
@@ -139,16 +154,45 @@ impl Partition {
                 log,
                 producers: HashMap::new(),
             }),
-            high_watermark: HighWatermark::default(),
+            durable_end: OffsetWatch::default(),
+            high_watermark: OffsetWatch::default(),
+            replication,
             log_start: AtomicI64::new(start),
             synced_end: AtomicI64::new(end),
         };
+        partition.durable_end.advance(end);
+        // What is on disk at start counts as replicated: the in-sync set of before the restart
+        // is not recorded, and consumers could read it before the restart too.
         partition.high_watermark.advance(end);
         partition
     }
 
-    pub fn high_watermark(&self) -> &HighWatermark {
+    pub fn high_watermark(&self) -> &OffsetWatch {
         &self.high_watermark
+    }
+
+    pub fn durable_end(&self) -> &OffsetWatch {
+        &self.durable_end
+    }
+
+    pub fn replication(&self) -> Option<&Arc<Replication>> {
+        self.replication.as_ref()
+    }
+
+    /// Whether this broker leads the partition (clients produce and fetch here).
+    pub fn leads(&self) -> bool {
+        self.replication.as_ref().is_none_or(|r| r.is_leader())
+    }
+
+    /// The WAL made everything below `end_offset` durable (called by its writer thread).
+    /// Without replication that is the high watermark too; with it, the keeper is woken to
+    /// advance the high watermark under the follower table, off this thread.
+    pub fn on_durable(&self, end_offset: i64) {
+        self.durable_end.advance(end_offset);
+        match &self.replication {
+            None => self.high_watermark.advance(end_offset),
+            Some(replication) => replication.durable_advanced(),
+        }
     }
 
     pub fn log_start(&self) -> i64 {
@@ -188,6 +232,7 @@ impl Partition {
             .map_err(|e| e.to_string())?;
         state.next_offset = end;
         drop(state);
+        self.durable_end.advance(end);
         self.high_watermark.advance(end);
         Ok(())
     }
@@ -273,6 +318,59 @@ impl Partition {
         })
     }
 
+    /// Follower: appends the leader's batches at the offsets the leader gave them (the bytes
+    /// are the leader's, so the logs stay byte-identical) and queues them on the WAL. The
+    /// receiver resolves when they are durable. Batches must continue the log exactly: the
+    /// first base offset is the log's end, and each batch follows the one before.
+    pub fn append_replica(
+        self: &Arc<Self>,
+        batches: &[BatchView],
+        wal: &GroupCommitWal,
+    ) -> Result<oneshot::Receiver<Result<(), WalFailed>>, String> {
+        let mut state = lock(&self.state);
+        let mut next = state.next_offset;
+        let mut frames = Vec::with_capacity(batches.len());
+        let mut stored_batches = Vec::with_capacity(batches.len());
+        for view in batches {
+            let base = batch::base_offset(&view.bytes);
+            if base != next {
+                return Err(format!(
+                    "{}-{}: the leader sent a batch at offset {base}, the log ends at {next}",
+                    self.topic, self.index
+                ));
+            }
+            let (frame, stored) = record::encode(self.topic_id, self.index, &view.bytes, base);
+            next = batch::last_offset(&stored) + 1;
+            frames.push(frame);
+            stored_batches.push(stored);
+        }
+        let (done_tx, done_rx) = oneshot::channel();
+        wal.submit(WalAppend {
+            frames,
+            partition: self.clone(),
+            end_offset: next,
+            done: Some(done_tx),
+            budget: None,
+        })
+        .map_err(|e| e.to_string())?;
+        state.next_offset = next;
+        for stored in stored_batches {
+            // The idempotence table follows the log, so a follower that becomes the leader
+            // recognises a retried batch.
+            remember_producer_batch(&mut state.producers, &stored);
+            state.pending_bytes += stored.len();
+            state.pending_batches.push_back(stored);
+        }
+        forget_idle_producers(&mut state.producers);
+        state.oldest_pending.get_or_insert_with(Instant::now);
+        Ok(done_rx)
+    }
+
+    /// The offset the next appended batch gets (a follower fetches from here).
+    pub fn log_end(&self) -> i64 {
+        lock(&self.state).next_offset
+    }
+
     /// Moves durable pending batches to the segment log when `profile` says so (or always when
     /// `force`), then applies retention.
     pub fn flush_if_needed(
@@ -281,7 +379,7 @@ impl Partition {
         force: bool,
         retention_bytes: Option<u64>,
     ) -> io::Result<()> {
-        let high_watermark = self.high_watermark.get();
+        let durable_end = self.durable_end.get();
         let mut state = lock(&self.state);
         let due = state.pending_batches.len() >= profile.flush_batches_max
             || state.pending_bytes >= profile.flush_bytes_max
@@ -294,7 +392,7 @@ impl Partition {
         let durable = state
             .pending_batches
             .iter()
-            .take_while(|b| batch::last_offset(b) < high_watermark)
+            .take_while(|b| batch::last_offset(b) < durable_end)
             .count();
         if durable == 0 {
             return Ok(());
@@ -330,9 +428,30 @@ impl Partition {
         Ok(())
     }
 
-    /// Reads durable batches from `offset`, up to `max_bytes` (at least one batch).
+    /// Reads batches below the high watermark from `offset`, up to `max_bytes` (at least one
+    /// batch): what a consumer may see.
     pub fn read(&self, offset: i64, max_bytes: usize) -> Result<FetchRead, ResponseError> {
-        let high_watermark = self.high_watermark.get();
+        self.read_below(offset, max_bytes, self.high_watermark.get())
+    }
+
+    /// Reads durable batches from `offset` for a follower: below the durable end, which may be
+    /// past the high watermark (the follower's copy is what moves the mark).
+    pub fn read_for_follower(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<FetchRead, ResponseError> {
+        let mut read = self.read_below(offset, max_bytes, self.durable_end.get())?;
+        read.high_watermark = self.high_watermark.get();
+        Ok(read)
+    }
+
+    fn read_below(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        high_watermark: i64,
+    ) -> Result<FetchRead, ResponseError> {
         let (plan, pending): (Option<ReadPlan>, Vec<Bytes>) = {
             let state = lock(&self.state);
             let log_start = state.log.start_offset();
@@ -361,7 +480,7 @@ impl Partition {
             }
         };
         let records = match plan {
-            Some(plan) => read_batches(&plan, offset, max_bytes)
+            Some(plan) => read_batches(&plan, offset, max_bytes, high_watermark)
                 .map_err(|_| ResponseError::KafkaStorageError)?,
             None if pending.len() == 1 => pending.into_iter().next().expect("one"),
             None => pending.concat().into(),

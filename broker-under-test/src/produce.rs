@@ -1,6 +1,8 @@
 //! `ProduceHandler`: the produce path of ARCHITECTURE.md, in order, with no layer skipped:
 //! validate -> assign offsets + append to the WAL + push onto `pending_batches` -> wait until
-//! durable (acks != 0) -> `flush_partition_if_needed` -> respond.
+//! durable (acks != 0) -> with acks=all on a replicated partition, wait until the high watermark
+//! passes the batch -> `flush_partition_if_needed` -> respond. acks=0/1 never wait for
+//! followers and touch no replication state beyond one atomic load (the leader check).
 //!
 //! The path has two halves. `append` assigns offsets and queues the WAL write; a connection
 //! runs it for its requests one at a time, in arrival order, so batches pipelined on one
@@ -18,6 +20,7 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 use tokio::sync::Semaphore;
 
 use crate::batch::{self, BatchError};
+use crate::config::BrokerConfig;
 use crate::fail_stop::FailStop;
 use crate::partition::{AppendError, Appended, Partition};
 use crate::profile::ProduceFlushProfile;
@@ -32,6 +35,8 @@ pub struct ProduceHandler {
     wal_budget: Arc<Semaphore>,
     batch_bytes_max: usize,
     retention_bytes: Option<u64>,
+    /// acks=all succeeds only with at least this many in-sync replicas.
+    min_insync_replicas: usize,
     fail_stop: FailStop,
 }
 
@@ -44,6 +49,8 @@ enum Slot {
 /// whose response still waits for durability.
 pub struct AppendedProduce {
     acks: i16,
+    /// The request's timeout: how long acks=all may wait for the followers.
+    timeout: std::time::Duration,
     topics: Vec<(TopicName, Vec<Slot>)>,
 }
 
@@ -65,22 +72,21 @@ fn batch_error_code(err: &BatchError) -> ResponseError {
 }
 
 impl ProduceHandler {
+    /// The handler with the produce settings of `config`.
     pub fn new(
         topics: Arc<TopicRegistry>,
         wal: Arc<GroupCommitWal>,
-        profile: ProduceFlushProfile,
-        wal_queued_bytes_max: usize,
-        batch_bytes_max: usize,
-        retention_bytes: Option<u64>,
+        config: &BrokerConfig,
         fail_stop: FailStop,
     ) -> Self {
         Self {
             topics,
             wal,
-            profile,
-            wal_budget: Arc::new(Semaphore::new(wal_queued_bytes_max)),
-            batch_bytes_max,
-            retention_bytes,
+            profile: config.profile,
+            wal_budget: Arc::new(Semaphore::new(config.wal_queued_bytes_max)),
+            batch_bytes_max: config.batch_bytes_max,
+            retention_bytes: config.retention_bytes,
+            min_insync_replicas: config.min_insync_replicas,
             fail_stop,
         }
     }
@@ -89,6 +95,8 @@ impl ProduceHandler {
     /// for durability here, so all partitions of the request share one group commit.
     pub async fn append(&self, request: ProduceRequest) -> AppendedProduce {
         let acks = request.acks;
+        let timeout =
+            std::time::Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(0));
         let mut topics = Vec::with_capacity(request.topic_data.len());
         for topic_data in request.topic_data {
             let mut slots = Vec::with_capacity(topic_data.partition_data.len());
@@ -99,20 +107,28 @@ impl ProduceHandler {
                         ResponseError::InvalidRequiredAcks,
                     ))
                 } else {
-                    self.append_partition(&topic_data.name, data.index, data.records)
+                    self.append_partition(&topic_data.name, data.index, data.records, acks)
                         .await
                 };
                 slots.push(slot);
             }
             topics.push((topic_data.name, slots));
         }
-        AppendedProduce { acks, topics }
+        AppendedProduce {
+            acks,
+            timeout,
+            topics,
+        }
     }
 
     /// Second half: waits for durability, then flushes; the response reports each partition.
     /// `None` for acks=0 (Kafka sends no response then).
     pub async fn respond(&self, appended: AppendedProduce) -> Option<ProduceResponse> {
-        let AppendedProduce { acks, topics } = appended;
+        let AppendedProduce {
+            acks,
+            timeout,
+            topics,
+        } = appended;
         let mut response = ProduceResponse::default();
         for (name, slots) in topics {
             let mut topic_response = TopicProduceResponse::default();
@@ -121,7 +137,8 @@ impl ProduceHandler {
                 let partition_response = match slot {
                     Slot::Done(done) => done,
                     Slot::Waiting(partition, appended) => {
-                        self.complete_partition(&partition, appended, acks).await
+                        self.complete_partition(&partition, appended, acks, timeout)
+                            .await
                     }
                 };
                 topic_response.partition_responses.push(partition_response);
@@ -136,6 +153,7 @@ impl ProduceHandler {
         topic: &str,
         index: i32,
         records: Option<bytes::Bytes>,
+        acks: i16,
     ) -> Slot {
         let Some(partition) = self.topics.partition(topic, index) else {
             return Slot::Done(partition_error(
@@ -143,6 +161,16 @@ impl ProduceHandler {
                 ResponseError::UnknownTopicOrPartition,
             ));
         };
+        if !partition.leads() {
+            return Slot::Done(partition_error(index, ResponseError::NotLeaderOrFollower));
+        }
+        // Kafka's check before the append: with too few replicas in sync, acks=all is refused
+        // and nothing is written (NOT_ENOUGH_REPLICAS is retriable).
+        if acks == ACKS_ALL
+            && partition.replication().map_or(1, |r| r.in_sync_count()) < self.min_insync_replicas
+        {
+            return Slot::Done(partition_error(index, ResponseError::NotEnoughReplicas));
+        }
         let records = records.unwrap_or_default();
         let batches = match batch::parse_produce_records(&records, self.batch_bytes_max) {
             Ok(batches) => batches,
@@ -170,6 +198,7 @@ impl ProduceHandler {
         partition: &Arc<Partition>,
         appended: Appended,
         acks: i16,
+        timeout: std::time::Duration,
     ) -> PartitionProduceResponse {
         let mut response = PartitionProduceResponse::default();
         response.index = partition.index;
@@ -184,11 +213,11 @@ impl ProduceHandler {
                 }),
                 // A duplicate of an earlier batch: acknowledged once the original is durable.
                 None => {
-                    partition
-                        .high_watermark()
+                    let durable_end = partition.durable_end();
+                    durable_end
                         .wait_past(appended.end_offset - 1, DUPLICATE_WAIT)
                         .await;
-                    if partition.high_watermark().get() >= appended.end_offset {
+                    if durable_end.get() >= appended.end_offset {
                         Ok(())
                     } else {
                         return partition_error(partition.index, ResponseError::RequestTimedOut);
@@ -200,9 +229,29 @@ impl ProduceHandler {
             }
             // The promise of RELIABILITY.md: never ack past the durable offset.
             assert!(
-                appended.end_offset <= partition.high_watermark().get(),
+                appended.end_offset <= partition.durable_end().get(),
                 "acked end offset beyond the durable offset"
             );
+        }
+        if acks == ACKS_ALL {
+            if let Some(replication) = partition.replication() {
+                let high_watermark = partition.high_watermark();
+                high_watermark
+                    .wait_past(appended.end_offset - 1, timeout)
+                    .await;
+                if high_watermark.get() < appended.end_offset {
+                    return partition_error(partition.index, ResponseError::RequestTimedOut);
+                }
+                // The followers that hold the batch may have left the in-sync set since: then
+                // it is not on min.insync.replicas replicas that would be elected, and the
+                // client must not take it for a success (Kafka's error for this case).
+                if replication.in_sync_count() < self.min_insync_replicas {
+                    return partition_error(
+                        partition.index,
+                        ResponseError::NotEnoughReplicasAfterAppend,
+                    );
+                }
+            }
         }
         self.flush_partition_if_needed(partition);
         response.log_start_offset = partition.log_start();
@@ -231,5 +280,7 @@ impl ProduceHandler {
     }
 }
 
+/// Kafka's acks=all (`-1`): the response waits for the in-sync replicas.
+const ACKS_ALL: i16 = -1;
 /// How long a retried batch waits for its original to become durable.
 const DUPLICATE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);

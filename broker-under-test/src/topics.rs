@@ -2,8 +2,10 @@
 //! `ArcSwap`, so looking a topic up takes no lock; creating or deleting a topic builds a new
 //! snapshot under a mutex that only those admin operations take.
 //!
-//! On disk: `<data dir>/topics/<name>/topic.id` (the incarnation id, hex) and one directory per
-//! partition, `<data dir>/topics/<name>/<index>/`, holding its segment files.
+//! On disk: `<data dir>/topics/<name>/topic.id` (the incarnation id, hex), `replication.factor`
+//! (absent: 1) and one directory per partition, `<data dir>/topics/<name>/<index>/`, holding its
+//! segment files. In a cluster every broker holds every topic (empty partitions where it is no
+//! replica), with the same id, so any broker answers Metadata for all of them.
 
 use std::collections::HashMap;
 use std::fs;
@@ -13,8 +15,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::time::Duration;
+
 use arc_swap::ArcSwap;
 use kafka_protocol::error::ResponseError;
+use tokio::sync::Notify;
+
+use crate::cluster::Cluster;
+use crate::replication::Replication;
 
 use crate::log::{LogError, PartitionLog};
 use crate::partition::Partition;
@@ -25,10 +33,47 @@ const TOPIC_NAME_CHARS_MAX: usize = 249;
 /// Partitions one CreateTopics request may ask for per topic.
 pub const PARTITIONS_PER_TOPIC_MAX: i32 = 1024;
 const TOPIC_ID_FILE: &str = "topic.id";
+const REPLICATION_FACTOR_FILE: &str = "replication.factor";
+
+/// What a partition needs to know about the cluster when it is opened or created.
+pub struct Placement {
+    pub cluster: Cluster,
+    pub replica_lag_time_max: Duration,
+    /// Woken when a leader partition's durable end moves (`replication::keeper`).
+    pub keeper: Arc<Notify>,
+}
+
+impl Placement {
+    /// A single broker: every partition is its own leader and only replica.
+    pub fn single_node() -> Self {
+        Self {
+            cluster: Cluster::single(1, std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+            replica_lag_time_max: Duration::from_secs(10),
+            keeper: Arc::new(Notify::new()),
+        }
+    }
+
+    /// The replication state of `topic`-`index`; `None` when this broker is its only replica.
+    fn replication(&self, topic: &str, index: i32, factor: i16) -> Option<Arc<Replication>> {
+        let replicas = self
+            .cluster
+            .replicas(topic, index, usize::try_from(factor).unwrap_or(1));
+        let local = self.cluster.local_id();
+        (replicas != [local]).then(|| {
+            Arc::new(Replication::new(
+                replicas,
+                local,
+                self.replica_lag_time_max,
+                self.keeper.clone(),
+            ))
+        })
+    }
+}
 
 pub struct Topic {
     pub name: Arc<str>,
     pub id: u128,
+    pub replication_factor: i16,
     pub partitions: Vec<Arc<Partition>>,
 }
 
@@ -41,6 +86,7 @@ pub struct TopicRegistry {
     segment_bytes_max: u64,
     /// Partitions the whole broker may hold (`--max-partitions`).
     partitions_max: usize,
+    placement: Placement,
 }
 
 /// Kafka's legal topic names: `[a-zA-Z0-9._-]{1,249}`, not `.` or `..`.
@@ -70,6 +116,7 @@ impl TopicRegistry {
         data_dir: &Path,
         segment_bytes_max: u64,
         partitions_max: usize,
+        placement: Placement,
     ) -> Result<Self, LogError> {
         let root = data_dir.join("topics");
         let io_err = |source| LogError::Io {
@@ -97,6 +144,15 @@ impl TopicRegistry {
                 position: 0,
                 reason: "not a hex topic id".into(),
             })?;
+            let replication_factor = match fs::read_to_string(dir.join(REPLICATION_FACTOR_FILE)) {
+                Ok(text) => text.trim().parse().map_err(|_| LogError::Corrupt {
+                    path: dir.join(REPLICATION_FACTOR_FILE),
+                    position: 0,
+                    reason: "not a replication factor".into(),
+                })?,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => 1,
+                Err(err) => return Err(io_err(err)),
+            };
             let mut indexes: Vec<i32> = fs::read_dir(&dir)
                 .map_err(io_err)?
                 .filter_map(|e| e.ok()?.file_name().to_string_lossy().parse().ok())
@@ -105,12 +161,14 @@ impl TopicRegistry {
             let name: Arc<str> = name.into();
             let mut partitions = Vec::with_capacity(indexes.len());
             for index in indexes {
+                let replication = placement.replication(&name, index, replication_factor);
                 partitions.push(Arc::new(open_partition(
                     &dir,
                     name.clone(),
                     id,
                     index,
                     segment_bytes_max,
+                    replication,
                 )?));
             }
             snapshot.insert(
@@ -118,6 +176,7 @@ impl TopicRegistry {
                 Arc::new(Topic {
                     name,
                     id,
+                    replication_factor,
                     partitions,
                 }),
             );
@@ -128,7 +187,12 @@ impl TopicRegistry {
             root,
             segment_bytes_max,
             partitions_max,
+            placement,
         })
+    }
+
+    pub fn cluster(&self) -> &Cluster {
+        &self.placement.cluster
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Topic>> {
@@ -147,13 +211,34 @@ impl TopicRegistry {
             .cloned()
     }
 
-    /// Creates a topic; `Ok(None)` if it already exists.
-    pub fn create(&self, name: &str, partitions: i32) -> Result<Option<Arc<Topic>>, ResponseError> {
+    /// Creates a topic with a new id; `Ok(None)` if it already exists.
+    pub fn create(
+        &self,
+        name: &str,
+        partitions: i32,
+        replication_factor: i16,
+    ) -> Result<Option<Arc<Topic>>, ResponseError> {
+        self.create_with_id(name, partitions, replication_factor, new_topic_id())
+    }
+
+    /// Creates a topic with the id another broker of the cluster gave it.
+    pub fn create_with_id(
+        &self,
+        name: &str,
+        partitions: i32,
+        replication_factor: i16,
+        id: u128,
+    ) -> Result<Option<Arc<Topic>>, ResponseError> {
         if !valid_topic_name(name) {
             return Err(ResponseError::InvalidTopicException);
         }
         if !(1..=PARTITIONS_PER_TOPIC_MAX).contains(&partitions) {
             return Err(ResponseError::InvalidPartitions);
+        }
+        if !(1..=self.placement.cluster.size())
+            .contains(&usize::try_from(replication_factor).unwrap_or(0))
+        {
+            return Err(ResponseError::InvalidReplicationFactor);
         }
         let _admin = lock(&self.admin);
         let existing = self.topics.load();
@@ -166,7 +251,6 @@ impl TopicRegistry {
             return Err(ResponseError::PolicyViolation);
         }
         let dir = self.root.join(name);
-        let id = new_topic_id();
         let created = (|| -> Result<Topic, LogError> {
             let io_err = |source| LogError::Io {
                 path: dir.clone(),
@@ -176,9 +260,25 @@ impl TopicRegistry {
             let name: Arc<str> = name.into();
             let parts = (0..partitions)
                 .map(|i| {
-                    open_partition(&dir, name.clone(), id, i, self.segment_bytes_max).map(Arc::new)
+                    let replication = self.placement.replication(&name, i, replication_factor);
+                    open_partition(
+                        &dir,
+                        name.clone(),
+                        id,
+                        i,
+                        self.segment_bytes_max,
+                        replication,
+                    )
+                    .map(Arc::new)
                 })
                 .collect::<Result<Vec<_>, _>>()?;
+            if replication_factor != 1 {
+                crate::wal::storage::replace_file_durably(
+                    &dir.join(REPLICATION_FACTOR_FILE),
+                    replication_factor.to_string().as_bytes(),
+                )
+                .map_err(io_err)?;
+            }
             // The id file is written last: its presence marks a complete topic.
             crate::wal::storage::replace_file_durably(
                 &dir.join(TOPIC_ID_FILE),
@@ -189,6 +289,7 @@ impl TopicRegistry {
             Ok(Topic {
                 name,
                 id,
+                replication_factor,
                 partitions: parts,
             })
         })();
@@ -261,6 +362,7 @@ fn open_partition(
     topic_id: u128,
     index: i32,
     segment_bytes_max: u64,
+    replication: Option<Arc<Replication>>,
 ) -> Result<Partition, LogError> {
     let dir = topic_dir.join(index.to_string());
     let mut stored = Vec::new();
@@ -277,7 +379,7 @@ fn open_partition(
             recovery.torn_bytes_cut
         );
     }
-    let partition = Partition::new(topic, topic_id, index, log);
+    let partition = Partition::new(topic, topic_id, index, log, replication);
     for header in stored {
         partition.remember_stored(&header);
     }

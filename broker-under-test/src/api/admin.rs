@@ -18,7 +18,10 @@ use kafka_protocol::messages::{
 };
 use uuid::Uuid;
 
+use std::sync::Arc;
+
 use super::{str_bytes, ApiContext};
+use crate::replication::announce;
 use crate::topics::Topic;
 
 const CLUSTER_ID: &str = "chronik-under-test";
@@ -26,7 +29,7 @@ const CLUSTER_ID: &str = "chronik-under-test";
 const RESOURCE_TYPE_TOPIC: i8 = 2;
 
 fn describe_topic(ctx: &ApiContext, topic: &Topic) -> MetadataResponseTopic {
-    let node = BrokerId(ctx.config.node_id);
+    let local = BrokerId(ctx.topics.cluster().local_id());
     let mut out = MetadataResponseTopic::default();
     out.name = Some(TopicName(str_bytes(&*topic.name)));
     out.topic_id = Uuid::from_u128(topic.id);
@@ -36,25 +39,47 @@ fn describe_topic(ctx: &ApiContext, topic: &Topic) -> MetadataResponseTopic {
         .map(|p| {
             let mut part = MetadataResponsePartition::default();
             part.partition_index = p.index;
-            part.leader_id = node;
             part.leader_epoch = 0;
-            part.replica_nodes = vec![node];
-            part.isr_nodes = vec![node];
+            match p.replication() {
+                None => {
+                    part.leader_id = local;
+                    part.replica_nodes = vec![local];
+                    part.isr_nodes = vec![local];
+                }
+                Some(r) => {
+                    part.leader_id = BrokerId(r.leader());
+                    part.replica_nodes = r.replicas().iter().map(|&id| BrokerId(id)).collect();
+                    part.isr_nodes = r.isr().into_iter().map(BrokerId).collect();
+                }
+            }
             part
         })
         .collect();
     out
 }
 
-pub fn metadata(ctx: &ApiContext, req: MetadataRequest, version: i16) -> MetadataResponse {
+pub async fn metadata(ctx: &ApiContext, req: MetadataRequest, version: i16) -> MetadataResponse {
     let mut response = MetadataResponse::default();
-    let mut broker = MetadataResponseBroker::default();
-    broker.node_id = BrokerId(ctx.config.node_id);
-    broker.host = str_bytes(&ctx.advertised_host);
-    broker.port = ctx.advertised_port;
-    response.brokers = vec![broker];
+    let cluster = ctx.topics.cluster();
+    response.brokers = cluster
+        .brokers()
+        .iter()
+        .map(|b| {
+            let mut broker = MetadataResponseBroker::default();
+            broker.node_id = BrokerId(b.id);
+            if b.id == cluster.local_id() {
+                broker.host = str_bytes(&ctx.advertised_host);
+                broker.port = ctx.advertised_port;
+            } else {
+                broker.host = str_bytes(b.address.ip().to_string());
+                broker.port = i32::from(b.address.port());
+            }
+            broker
+        })
+        .collect();
     response.cluster_id = Some(str_bytes(CLUSTER_ID));
-    response.controller_id = BrokerId(ctx.config.node_id);
+    // No controller elects anything here; clients only need a live broker id.
+    response.controller_id = BrokerId(cluster.local_id());
     let wanted: Option<Vec<String>> =
         req.topics
             .filter(|t| !(version == 0 && t.is_empty()))
@@ -80,7 +105,14 @@ pub fn metadata(ctx: &ApiContext, req: MetadataRequest, version: i16) -> Metadat
                 let mut error = None;
                 if found.is_none() && req.allow_auto_topic_creation && ctx.config.auto_create_topics
                 {
-                    match ctx.topics.create(&name, ctx.config.default_partitions) {
+                    match create_and_announce(
+                        ctx,
+                        &name,
+                        ctx.config.default_partitions,
+                        ctx.config.default_replication_factor,
+                    )
+                    .await
+                    {
                         Ok(_) => found = ctx.topics.get(&name),
                         Err(e) => error = Some(e),
                     }
@@ -103,7 +135,21 @@ pub fn metadata(ctx: &ApiContext, req: MetadataRequest, version: i16) -> Metadat
     response
 }
 
-pub fn create_topics(ctx: &ApiContext, req: CreateTopicsRequest) -> CreateTopicsResponse {
+/// Creates a topic here with a new id and announces it to the other brokers.
+async fn create_and_announce(
+    ctx: &ApiContext,
+    name: &str,
+    partitions: i32,
+    factor: i16,
+) -> Result<Option<Arc<Topic>>, ResponseError> {
+    let created = ctx.topics.create(name, partitions, factor)?;
+    if let Some(topic) = &created {
+        announce::announce(ctx.topics.cluster(), topic).await;
+    }
+    Ok(created)
+}
+
+pub async fn create_topics(ctx: &ApiContext, req: CreateTopicsRequest) -> CreateTopicsResponse {
     let mut response = CreateTopicsResponse::default();
     for topic in req.topics {
         let mut result = CreatableTopicResult::default();
@@ -113,9 +159,15 @@ pub fn create_topics(ctx: &ApiContext, req: CreateTopicsRequest) -> CreateTopics
         } else {
             topic.num_partitions
         };
+        let factor = if topic.replication_factor == -1 {
+            ctx.config.default_replication_factor
+        } else {
+            topic.replication_factor
+        };
         result.num_partitions = partitions;
-        result.replication_factor = 1;
-        let outcome = if !matches!(topic.replication_factor, -1 | 1) {
+        result.replication_factor = factor;
+        let cluster_size = ctx.topics.cluster().size();
+        let outcome = if !(1..=cluster_size).contains(&usize::try_from(factor).unwrap_or(0)) {
             Err(ResponseError::InvalidReplicationFactor)
         } else if !topic.assignments.is_empty() {
             Err(ResponseError::InvalidReplicaAssignment)
@@ -126,7 +178,14 @@ pub fn create_topics(ctx: &ApiContext, req: CreateTopicsRequest) -> CreateTopics
                 None => Err(ResponseError::InvalidTopicException),
             }
         } else {
-            match ctx.topics.create(&topic.name, partitions) {
+            // An announcement from the broker that created the topic carries its id.
+            let created = match announce::announced_id(&topic) {
+                Some(id) => ctx
+                    .topics
+                    .create_with_id(&topic.name, partitions, factor, id),
+                None => create_and_announce(ctx, &topic.name, partitions, factor).await,
+            };
+            match created {
                 Ok(Some(created)) => {
                     result.topic_id = Uuid::from_u128(created.id);
                     Ok(())
@@ -173,8 +232,8 @@ pub fn find_coordinator(
     version: i16,
 ) -> FindCoordinatorResponse {
     let mut response = FindCoordinatorResponse::default();
-    let node = BrokerId(ctx.config.node_id);
-    // This broker coordinates everything. v0-3 carry one key and top-level fields; v4+ a list
+    let node = BrokerId(ctx.topics.cluster().local_id());
+    // This broker coordinates every group it is asked about. v0-3 carry one key and top-level fields; v4+ a list
     // of keys and only the list (the encoder rejects top-level values in v4+).
     if version < FIND_COORDINATOR_BATCHED_VERSION {
         response.node_id = node;
@@ -208,7 +267,15 @@ pub fn init_producer_id(ctx: &ApiContext, req: InitProducerIdRequest) -> InitPro
     }
     match ctx.producer_ids.allocate() {
         Ok(id) => {
-            response.producer_id = ProducerId(id);
+            // Each broker reserves ids on its own: in a cluster they are interleaved by broker
+            // (id x brokers + position), so two brokers never hand out the same id.
+            let cluster = ctx.topics.cluster();
+            let position = cluster
+                .brokers()
+                .iter()
+                .position(|b| b.id == cluster.local_id())
+                .unwrap_or(0);
+            response.producer_id = ProducerId(id * cluster.size() as i64 + position as i64);
             response.producer_epoch = 0;
         }
         Err(err) => {

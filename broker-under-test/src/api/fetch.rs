@@ -1,4 +1,6 @@
-//! Fetch (with long polling on the high watermark) and ListOffsets.
+//! Fetch (with long polling) and ListOffsets. A consumer reads below the high watermark and
+//! waits on it; a follower (a fetch with a replica id) reads below the leader's durable end,
+//! waits on that, and reports its own durable end with the offset it fetches from.
 
 use std::time::Duration;
 
@@ -25,18 +27,25 @@ const EARLIEST_TIMESTAMP: i64 = -2;
 pub async fn fetch(ctx: &ApiContext, req: FetchRequest) -> FetchResponse {
     let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MAX);
     let deadline = tokio::time::Instant::now() + wait;
+    // Kafka's consumers send -1; a broker id marks a follower.
+    let follower = (req.replica_id.0 >= 0).then_some(req.replica_id.0);
+    if let Some(id) = follower {
+        record_follower_positions(ctx, &req, id);
+    }
     loop {
-        let (response, bytes, first_empty) = fetch_once(ctx, &req);
+        let (response, bytes, first_empty) = fetch_once(ctx, &req, follower.is_some());
         let now = tokio::time::Instant::now();
         if bytes >= req.min_bytes.max(1) as usize || now >= deadline {
             return response;
         }
         match first_empty {
             Some((partition, offset)) => {
-                partition
-                    .high_watermark()
-                    .wait_past(offset, deadline - now)
-                    .await
+                let watched = if follower.is_some() {
+                    partition.durable_end()
+                } else {
+                    partition.high_watermark()
+                };
+                watched.wait_past(offset, deadline - now).await
             }
             None => return response,
         }
@@ -45,7 +54,37 @@ pub async fn fetch(ctx: &ApiContext, req: FetchRequest) -> FetchResponse {
 
 type Waiter = (std::sync::Arc<crate::partition::Partition>, i64);
 
-fn fetch_once(ctx: &ApiContext, req: &FetchRequest) -> (FetchResponse, usize, Option<Waiter>) {
+/// A follower's fetch offsets are its durable ends: the leader's in-sync set and high
+/// watermark move with them. Recorded once per request, before the long poll.
+fn record_follower_positions(ctx: &ApiContext, req: &FetchRequest, follower: i32) {
+    let now = std::time::Instant::now();
+    for topic in &req.topics {
+        for wanted in &topic.partitions {
+            let Some(partition) = ctx.topics.partition(&topic.topic, wanted.partition) else {
+                continue;
+            };
+            let Some(replication) = partition.replication().filter(|r| r.is_leader()) else {
+                continue;
+            };
+            let change = replication.follower_fetched(
+                follower,
+                wanted.fetch_offset,
+                partition.durable_end().get(),
+                partition.high_watermark(),
+                now,
+            );
+            if let Some(Some(change)) = change {
+                tracing::info!("{}-{}: {change:?}", partition.topic, partition.index);
+            }
+        }
+    }
+}
+
+fn fetch_once(
+    ctx: &ApiContext,
+    req: &FetchRequest,
+    for_follower: bool,
+) -> (FetchResponse, usize, Option<Waiter>) {
     let mut response = FetchResponse::default();
     let mut budget = req.max_bytes.max(0) as usize;
     let mut total = 0usize;
@@ -60,6 +99,11 @@ fn fetch_once(ctx: &ApiContext, req: &FetchRequest) -> (FetchResponse, usize, Op
             data.preferred_read_replica = (-1).into();
             match ctx.topics.partition(&topic.topic, wanted.partition) {
                 None => data.error_code = ResponseError::UnknownTopicOrPartition.code(),
+                Some(partition) if !partition.leads() => {
+                    data.error_code = ResponseError::NotLeaderOrFollower.code();
+                    data.high_watermark = -1;
+                    data.log_start_offset = -1;
+                }
                 Some(partition) => {
                     let max = (wanted.partition_max_bytes.max(0) as usize).min(budget.max(1));
                     // KIP-74: only the first non-empty partition may exceed the request's byte
@@ -71,6 +115,8 @@ fn fetch_once(ctx: &ApiContext, req: &FetchRequest) -> (FetchResponse, usize, Op
                             high_watermark: partition.high_watermark().get(),
                             log_start: partition.log_start(),
                         })
+                    } else if for_follower {
+                        partition.read_for_follower(wanted.fetch_offset, max)
                     } else {
                         partition.read(wanted.fetch_offset, max)
                     };
@@ -114,6 +160,10 @@ pub fn list_offsets(ctx: &ApiContext, req: ListOffsetsRequest) -> ListOffsetsRes
             out.timestamp = -1;
             match ctx.topics.partition(&topic.name, wanted.partition_index) {
                 None => out.error_code = ResponseError::UnknownTopicOrPartition.code(),
+                Some(partition) if !partition.leads() => {
+                    out.error_code = ResponseError::NotLeaderOrFollower.code();
+                    out.offset = -1;
+                }
                 Some(partition) => match wanted.timestamp {
                     LATEST_TIMESTAMP => out.offset = partition.high_watermark().get(),
                     EARLIEST_TIMESTAMP => out.offset = partition.log_start(),

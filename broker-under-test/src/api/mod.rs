@@ -14,8 +14,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsResponse, FetchRequest, JoinGroupRequest, RequestHeader, RequestKind,
-    ResponseHeader, ResponseKind, SyncGroupRequest,
+    ApiKey, ApiVersionsResponse, CreateTopicsRequest, FetchRequest, JoinGroupRequest,
+    MetadataRequest, RequestHeader, RequestKind, ResponseHeader, ResponseKind, SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use thiserror::Error;
@@ -157,12 +157,8 @@ impl ApiContext {
             RequestKind::ListOffsets(req) => Work::Ready(Some(ResponseKind::ListOffsets(
                 fetch::list_offsets(self, req),
             ))),
-            RequestKind::Metadata(req) => Work::Ready(Some(ResponseKind::Metadata(
-                admin::metadata(self, req, version),
-            ))),
-            RequestKind::CreateTopics(req) => Work::Ready(Some(ResponseKind::CreateTopics(
-                admin::create_topics(self, req),
-            ))),
+            RequestKind::Metadata(req) => Work::Metadata(req),
+            RequestKind::CreateTopics(req) => Work::CreateTopics(req),
             RequestKind::DeleteTopics(req) => Work::Ready(Some(ResponseKind::DeleteTopics(
                 admin::delete_topics(self, req),
             ))),
@@ -214,6 +210,9 @@ enum Work {
     Fetch(FetchRequest),
     JoinGroup(JoinGroupRequest, String),
     SyncGroup(SyncGroupRequest),
+    /// May create a topic, which in a cluster is announced to the other brokers.
+    Metadata(MetadataRequest),
+    CreateTopics(CreateTopicsRequest),
 }
 
 impl Started {
@@ -231,6 +230,12 @@ impl Started {
                 groups::join(ctx, req, client_id).await,
             )),
             Work::SyncGroup(req) => Some(ResponseKind::SyncGroup(groups::sync(ctx, req).await)),
+            Work::Metadata(req) => Some(ResponseKind::Metadata(
+                admin::metadata(ctx, req, self.version).await,
+            )),
+            Work::CreateTopics(req) => Some(ResponseKind::CreateTopics(
+                admin::create_topics(ctx, req).await,
+            )),
         };
         response
             .map(|body| encode_response(self.api, self.version, self.correlation_id, body))

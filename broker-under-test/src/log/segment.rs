@@ -165,8 +165,15 @@ impl Segment {
 }
 
 /// Reads whole batches from `plan`, starting with the batch that holds `offset`, up to
-/// `max_bytes` (but always at least that first batch, so a large batch cannot stall a consumer).
-pub fn read_batches(plan: &ReadPlan, offset: i64, max_bytes: usize) -> io::Result<Bytes> {
+/// `max_bytes` (but always at least that first batch, so a large batch cannot stall a consumer),
+/// and only batches that end below `end_offset` (the reader's bound: the high watermark for a
+/// consumer, while the segment may already hold what followers have not copied yet).
+pub fn read_batches(
+    plan: &ReadPlan,
+    offset: i64,
+    max_bytes: usize,
+    end_offset: i64,
+) -> io::Result<Bytes> {
     let mut header = [0u8; batch::BATCH_HEADER_BYTES];
     let mut pos = plan.start_pos;
     let first_len = loop {
@@ -189,10 +196,13 @@ pub fn read_batches(plan: &ReadPlan, offset: i64, max_bytes: usize) -> io::Resul
     let want = (max_bytes as u64).max(first_len).min(plan.end_pos - pos);
     let mut buf = BytesMut::zeroed(want as usize);
     plan.file.read_exact_at(&mut buf, pos)?;
-    // Keep whole batches only.
+    // Keep whole batches below the bound only.
     let mut keep = 0usize;
     while let Some(len) = batch::framed_len(&buf[keep..]) {
-        if keep + len > buf.len() {
+        if len < batch::BATCH_HEADER_BYTES
+            || keep + len > buf.len()
+            || batch::last_offset(&buf[keep..]) >= end_offset
+        {
             break;
         }
         keep += len;

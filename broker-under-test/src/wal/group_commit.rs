@@ -177,7 +177,7 @@ impl Writer {
         }
     }
 
-    /// Durable: advances each partition's high watermark and answers the waiting requests.
+    /// Durable: advances each partition's durable end and answers the waiting requests.
     fn acknowledge(&mut self, group: &mut Vec<WalAppend>) {
         for mut append in group.drain(..) {
             let key = Arc::as_ptr(&append.partition) as usize;
@@ -186,7 +186,7 @@ impl Writer {
                 .entry(key)
                 .or_insert_with(|| (Arc::downgrade(&append.partition), append.end_offset));
             entry.1 = entry.1.max(append.end_offset);
-            append.partition.high_watermark().advance(append.end_offset);
+            append.partition.on_durable(append.end_offset);
             if let Some(done) = append.done.take() {
                 let _ = done.send(Ok(()));
             }

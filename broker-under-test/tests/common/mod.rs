@@ -47,8 +47,12 @@ fn command(limits: &[&str]) -> Command {
 }
 
 fn spawn(data_dir: &Path, args: &[String], limits: &[&str]) -> std::io::Result<Child> {
-    command(limits)
-        .arg("--listen=127.0.0.1:0")
+    let mut command = command(limits);
+    // A cluster member listens on its address in the cluster file.
+    if !args.iter().any(|a| a.starts_with("--cluster")) {
+        command.arg("--listen=127.0.0.1:0");
+    }
+    command
         .arg(format!("--data-dir={}", data_dir.display()))
         .args(args)
         .env("CHRONIK_LOG", "warn")
@@ -196,6 +200,80 @@ impl Drop for Broker {
     }
 }
 
+/// Brokers on loopback from one cluster file, each with its own data directory under `root`.
+pub struct TestCluster {
+    /// In id order: broker `i + 1` is `brokers[i]`.
+    pub brokers: Vec<Broker>,
+}
+
+impl TestCluster {
+    /// Starts brokers 1..=n with `args` each. Ports are picked free and released before the
+    /// brokers bind them (another process could take one in between: the start then fails and
+    /// says so).
+    pub fn start(root: &Path, n: usize, args: &[&str]) -> Self {
+        let ports: Vec<u16> = (0..n)
+            .map(|_| {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .expect("a free port")
+                    .port()
+            })
+            .collect();
+        let file = root.join("cluster.toml");
+        let text: String = ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
+                format!(
+                    "[[broker]]\nid = {}\naddress = \"127.0.0.1:{port}\"\n",
+                    i + 1
+                )
+            })
+            .collect();
+        std::fs::write(&file, text).expect("write cluster file");
+        let brokers = (1..=n)
+            .map(|id| {
+                let mut all = vec![
+                    format!("--broker-id={id}"),
+                    format!("--cluster={}", file.display()),
+                ];
+                all.extend(args.iter().map(|a| a.to_string()));
+                let all: Vec<&str> = all.iter().map(String::as_str).collect();
+                Broker::start(&root.join(format!("broker-{id}")), &all)
+            })
+            .collect();
+        Self { brokers }
+    }
+
+    pub fn broker(&mut self, id: i32) -> &mut Broker {
+        &mut self.brokers[usize::try_from(id - 1).expect("ids start at 1")]
+    }
+
+    /// Every broker's address: clients find the leaders from any of them.
+    pub fn bootstrap(&self) -> String {
+        self.brokers
+            .iter()
+            .map(|b| b.addr.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// The partition's leader and replicas as the brokers report them (Metadata through rdkafka).
+pub fn placement(bootstrap: &str, topic: &str, partition: i32) -> (i32, Vec<i32>, Vec<i32>) {
+    let client = producer(bootstrap, &[]);
+    let metadata = client
+        .client()
+        .fetch_metadata(Some(topic), CLIENT_TIMEOUT)
+        .expect("metadata");
+    let p = metadata.topics()[0]
+        .partitions()
+        .iter()
+        .find(|p| p.id() == partition)
+        .expect("partition in metadata");
+    (p.leader(), p.replicas().to_vec(), p.isr().to_vec())
+}
+
 pub fn producer(bootstrap: &str, extra: &[(&str, &str)]) -> BaseProducer {
     let mut config = ClientConfig::new();
     config
@@ -256,6 +334,70 @@ impl ProducerContext for DeliveryLog {
         let offset = result.as_ref().ok().map(|m| m.offset());
         self.0.lock().unwrap().push(offset);
     }
+}
+
+/// Keeps the outcome of each message by its index: the offset, or `None` when it failed.
+#[derive(Default)]
+struct IndexedDeliveries(std::sync::Mutex<Vec<(usize, Option<i64>)>>);
+
+impl ClientContext for IndexedDeliveries {}
+
+impl ProducerContext for IndexedDeliveries {
+    type DeliveryOpaque = Box<usize>;
+    fn delivery(&self, result: &DeliveryResult<'_>, index: Box<usize>) {
+        let offset = result.as_ref().ok().map(|m| m.offset());
+        self.0.lock().unwrap().push((*index, offset));
+    }
+}
+
+/// Produces each (key, value) to `topic` with the client settings `extra` (retries as the
+/// client defaults them; one request in flight per connection, so retries keep the order) and
+/// waits for every report; the acked offset of each, or `None` where its report was an error.
+pub fn deliver(
+    bootstrap: &str,
+    topic: &str,
+    keyed: &[(String, String)],
+    extra: &[(&str, &str)],
+) -> Vec<Option<i64>> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "0")
+        .set("max.in.flight.requests.per.connection", "1")
+        .set("message.timeout.ms", "30000");
+    for (k, v) in extra {
+        config.set(*k, *v);
+    }
+    let producer: BaseProducer<IndexedDeliveries> = config
+        .create_with_context(IndexedDeliveries::default())
+        .expect("create producer");
+    for (index, (key, value)) in keyed.iter().enumerate() {
+        let mut record = Some(
+            BaseRecord::with_opaque_to(topic, Box::new(index))
+                .key(key.as_str())
+                .payload(value.as_str()),
+        );
+        while let Some(r) = record.take() {
+            if let Err((err, back)) = producer.send(r) {
+                assert!(
+                    matches!(
+                        err,
+                        rdkafka::error::KafkaError::MessageProduction(
+                            rdkafka::types::RDKafkaErrorCode::QueueFull
+                        )
+                    ),
+                    "send failed: {err}"
+                );
+                producer.poll(Duration::from_millis(10));
+                record = Some(back);
+            }
+        }
+    }
+    let _ = producer.flush(CLIENT_TIMEOUT);
+    let mut log = producer.context().0.lock().unwrap().clone();
+    assert_eq!(log.len(), keyed.len(), "one delivery report per message");
+    log.sort_by_key(|(index, _)| *index);
+    log.into_iter().map(|(_, offset)| offset).collect()
 }
 
 /// Produces `values` to partition 0 one request at a time (acks=1, no retries, each waited

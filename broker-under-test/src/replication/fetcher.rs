@@ -1,0 +1,266 @@
+//! The follower side: one task per other broker. It learns the topics that broker knows
+//! (Metadata, so every broker holds every topic under the same id) and, for the partitions
+//! that broker leads and this one follows, fetches from the leader (Fetch with this broker's id
+//! as the replica id), appends what comes back at the leader's offsets, waits until that is
+//! durable in the local WAL, and fetches again from the new end: that next fetch is how the
+//! leader learns the follower's durable position.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::{BrokerId, FetchRequest, MetadataRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use tokio::sync::oneshot;
+
+use super::peer::{Peer, PeerError};
+use crate::batch;
+use crate::cluster::ClusterBroker;
+use crate::partition::Partition;
+use crate::topics::TopicRegistry;
+use crate::wal::group_commit::{GroupCommitWal, WalFailed};
+
+/// Fetch v12: the newest version that names topics (v13 uses topic ids) and still carries the
+/// replica id in the request body (v15 moves it to `replica_state`).
+const FETCH_VERSION: i16 = 12;
+/// Metadata v12 carries topic ids.
+const METADATA_VERSION: i16 = 12;
+/// How long the leader may hold a follower's fetch when it has nothing new (long poll; the
+/// leader answers as soon as its durable end moves).
+const FOLLOWER_FETCH_WAIT: Duration = Duration::from_millis(500);
+/// A peer that does not answer within the fetch wait plus this is treated as unreachable.
+const PEER_ANSWER_SLACK: Duration = Duration::from_secs(5);
+/// Bytes one follower fetch asks for, in all and per partition.
+const FETCH_RESPONSE_BYTES_MAX: i32 = 16 << 20;
+const FETCH_PARTITION_BYTES_MAX: i32 = 4 << 20;
+/// How often the peer's topics are read (and how long an idle fetcher sleeps).
+const METADATA_INTERVAL: Duration = Duration::from_secs(1);
+/// Pause after a failed request before the next one.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// Upper bound on waiting for the local WAL to make a fetched batch durable.
+const DURABLE_WAIT: Duration = Duration::from_secs(30);
+
+pub struct Fetcher {
+    topics: Arc<TopicRegistry>,
+    wal: Arc<GroupCommitWal>,
+    leader: ClusterBroker,
+    local_id: i32,
+    peer: Peer,
+    /// Whether the last request failed (warn once per episode, not per retry).
+    failing: bool,
+}
+
+impl Fetcher {
+    pub fn new(
+        topics: Arc<TopicRegistry>,
+        wal: Arc<GroupCommitWal>,
+        leader: ClusterBroker,
+        local_id: i32,
+    ) -> Self {
+        Self {
+            peer: Peer::new(leader.address, local_id),
+            topics,
+            wal,
+            leader,
+            local_id,
+            failing: false,
+        }
+    }
+
+    /// Runs until the broker aborts the task (at shutdown): no lock is held across an await,
+    /// and a batch appended but not yet durable is the WAL's to finish.
+    pub async fn run(mut self) {
+        let mut next_metadata = Instant::now();
+        loop {
+            if Instant::now() >= next_metadata {
+                let learned = self.learn_topics().await;
+                self.note(learned);
+                next_metadata = Instant::now() + METADATA_INTERVAL;
+            }
+            let followed = self.followed();
+            if followed.is_empty() {
+                tokio::time::sleep(METADATA_INTERVAL).await;
+                continue;
+            }
+            let fetched = self.fetch_once(&followed).await;
+            let failed = fetched.is_err();
+            self.note(fetched);
+            if failed {
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
+    }
+
+    /// Logs a failure once per episode, and the recovery.
+    fn note(&mut self, result: Result<(), String>) {
+        match result {
+            Err(err) if !self.failing => {
+                self.failing = true;
+                tracing::warn!("replication from broker {}: {err}", self.leader.id);
+            }
+            Err(err) => tracing::debug!("replication from broker {}: {err}", self.leader.id),
+            Ok(()) if self.failing => {
+                self.failing = false;
+                tracing::info!("replication from broker {} resumed", self.leader.id);
+            }
+            Ok(()) => {}
+        }
+    }
+
+    /// The partitions this broker follows whose leader is this fetcher's broker.
+    fn followed(&self) -> Vec<Arc<Partition>> {
+        self.topics
+            .all_partitions()
+            .into_iter()
+            .filter(|p| {
+                p.replication()
+                    .is_some_and(|r| r.is_follower() && r.leader() == self.leader.id)
+            })
+            .collect()
+    }
+
+    /// Creates the topics the peer knows and this broker does not, with the peer's id, and
+    /// takes the in-sync sets of the partitions the peer leads.
+    async fn learn_topics(&mut self) -> Result<(), String> {
+        let mut request = MetadataRequest::default();
+        request.topics = None;
+        request.allow_auto_topic_creation = false;
+        let response = self
+            .peer
+            .request(METADATA_VERSION, &request, PEER_ANSWER_SLACK)
+            .await
+            .map_err(|e: PeerError| e.to_string())?;
+        for topic in response.topics {
+            let (Some(name), true) = (topic.name, topic.error_code == 0) else {
+                continue;
+            };
+            let partitions = i32::try_from(topic.partitions.len()).unwrap_or(0);
+            let factor = topic
+                .partitions
+                .first()
+                .map_or(1, |p| i16::try_from(p.replica_nodes.len()).unwrap_or(1));
+            let local = match self.topics.get(&name) {
+                Some(local) => local,
+                None => {
+                    let id = topic.topic_id.as_u128();
+                    match self.topics.create_with_id(&name, partitions, factor, id) {
+                        Ok(_) => tracing::info!(
+                            "learned topic {} ({partitions} partition(s), replication factor {factor}) from broker {}",
+                            &*name,
+                            self.leader.id
+                        ),
+                        Err(err) => tracing::warn!(
+                            "cannot create topic {} learned from broker {}: {err}",
+                            &*name,
+                            self.leader.id
+                        ),
+                    }
+                    continue;
+                }
+            };
+            for reported in topic.partitions {
+                let Some(partition) = usize::try_from(reported.partition_index)
+                    .ok()
+                    .and_then(|i| local.partitions.get(i))
+                else {
+                    continue;
+                };
+                if let Some(r) = partition
+                    .replication()
+                    .filter(|r| r.is_follower() && r.leader() == self.leader.id)
+                {
+                    r.set_reported_isr(reported.isr_nodes.iter().map(|b| b.0).collect());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One fetch from the leader for every followed partition; appends what comes back and
+    /// waits until it is durable.
+    async fn fetch_once(&mut self, followed: &[Arc<Partition>]) -> Result<(), String> {
+        let mut by_topic: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
+        for p in followed {
+            let mut wanted = FetchPartition::default();
+            wanted.partition = p.index;
+            wanted.current_leader_epoch = -1;
+            wanted.fetch_offset = p.log_end();
+            wanted.log_start_offset = -1;
+            wanted.partition_max_bytes = FETCH_PARTITION_BYTES_MAX;
+            by_topic.entry(&p.topic).or_default().push(wanted);
+        }
+        let mut request = FetchRequest::default();
+        request.replica_id = BrokerId(self.local_id);
+        request.max_wait_ms = i32::try_from(FOLLOWER_FETCH_WAIT.as_millis()).unwrap_or(500);
+        request.min_bytes = 1;
+        request.max_bytes = FETCH_RESPONSE_BYTES_MAX;
+        request.session_id = 0;
+        request.session_epoch = -1;
+        request.topics = by_topic
+            .into_iter()
+            .map(|(name, partitions)| {
+                let mut topic = FetchTopic::default();
+                topic.topic = TopicName(StrBytes::from_string(name.to_owned()));
+                topic.partitions = partitions;
+                topic
+            })
+            .collect();
+        let response = self
+            .peer
+            .request(
+                FETCH_VERSION,
+                &request,
+                FOLLOWER_FETCH_WAIT + PEER_ANSWER_SLACK,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut appended: Vec<(Arc<Partition>, i64, Option<oneshot::Receiver<_>>)> = Vec::new();
+        let mut refused = None;
+        for topic in response.responses {
+            for data in topic.partitions {
+                let Some(partition) = self.topics.partition(&topic.topic, data.partition_index)
+                else {
+                    continue;
+                };
+                if data.error_code != 0 {
+                    refused.get_or_insert_with(|| {
+                        format!(
+                            "{}-{}: the leader answered {:?}",
+                            &*topic.topic,
+                            data.partition_index,
+                            ResponseError::try_from_code(data.error_code)
+                        )
+                    });
+                    continue;
+                }
+                let records = data.records.unwrap_or_default();
+                let durable = if records.is_empty() {
+                    None
+                } else {
+                    let batches = batch::parse_produce_records(&records, records.len())
+                        .map_err(|e| format!("{}-{}: {e}", partition.topic, partition.index))?;
+                    Some(partition.append_replica(&batches, &self.wal)?)
+                };
+                appended.push((partition, data.high_watermark, durable));
+            }
+        }
+        for (partition, leader_high_watermark, durable) in appended {
+            if let Some(durable) = durable {
+                match tokio::time::timeout(DURABLE_WAIT, durable).await {
+                    Ok(Ok(Ok(()))) => {}
+                    Ok(Ok(Err(WalFailed(reason)))) => return Err(reason.to_string()),
+                    Ok(Err(_)) => return Err("WAL writer stopped".into()),
+                    Err(_) => return Err(format!("WAL not durable within {DURABLE_WAIT:?}")),
+                }
+            }
+            // A follower's consumers do not read here, but a follower that is promoted starts
+            // from this mark: never past what it holds itself.
+            partition
+                .high_watermark()
+                .advance(leader_high_watermark.min(partition.durable_end().get()));
+        }
+        refused.map_or(Ok(()), Err)
+    }
+}

@@ -1,0 +1,389 @@
+//! Replication with real broker processes on loopback and real rdkafka clients: every acked
+//! message is on every in-sync replica byte for byte, acks=all never claims a success the
+//! in-sync set cannot back, consumers never read past the high watermark, and a follower that
+//! was killed catches up to a byte-identical log.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{placement, producer, values, Rng, TestCluster, CLIENT_TIMEOUT};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+/// How long the tests wait for the cluster to reach a state (in-sync set, catch-up).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn create_topic(bootstrap: &str, topic: &str, partitions: i32, factor: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let results = runtime
+        .block_on(admin.create_topics(
+            &[NewTopic::new(
+                topic,
+                partitions,
+                TopicReplication::Fixed(factor),
+            )],
+            &AdminOptions::new().operation_timeout(Some(CLIENT_TIMEOUT)),
+        ))
+        .expect("create topics");
+    for result in results {
+        result.expect("topic created");
+    }
+}
+
+/// Waits until `check` holds, polling; panics with `what` after `SETTLE_TIMEOUT`.
+fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Produces every (key, value), one at a time (keyed: a seeded spread over partitions), and
+/// returns whether each delivery report was a success.
+fn produce(
+    bootstrap: &str,
+    topic: &str,
+    keyed: &[(String, String)],
+    extra: &[(&str, &str)],
+) -> Vec<bool> {
+    common::deliver(bootstrap, topic, keyed, extra)
+        .iter()
+        .map(Option::is_some)
+        .collect()
+}
+
+/// Every value in `partition` of `topic`, read by a consumer from the start until the partition
+/// end the brokers report (consumers only ever see the high watermark).
+fn read_partition(bootstrap: &str, topic: &str, partition: i32) -> Vec<(i64, String)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "replication-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let (_, end) = consumer
+        .fetch_watermarks(topic, partition, CLIENT_TIMEOUT)
+        .expect("watermarks");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Beginning)
+        .expect("tpl");
+    consumer.assign(&tpl).expect("assign");
+    let deadline = Instant::now() + CLIENT_TIMEOUT;
+    let mut out = Vec::new();
+    let mut next = 0;
+    while next < end && Instant::now() < deadline {
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            let message = message.expect("consume");
+            let value = String::from_utf8_lossy(message.payload().unwrap_or_default()).into();
+            next = message.offset() + 1;
+            out.push((message.offset(), value));
+        }
+    }
+    out
+}
+
+/// The partition's segment files, concatenated in offset order.
+fn segment_bytes(data_dir: &Path, topic: &str, partition: i32) -> Vec<u8> {
+    let dir = data_dir
+        .join("topics")
+        .join(topic)
+        .join(partition.to_string());
+    let mut logs: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    logs.sort();
+    logs.iter()
+        .flat_map(|p| std::fs::read(p).unwrap())
+        .collect()
+}
+
+fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {sig} {pid}");
+}
+
+/// Error code of a consumer's Fetch (v11, replica id -1) for `topic`-`partition` at `addr`.
+fn fetch_error(addr: std::net::SocketAddr, topic: &str, partition: i32) -> i16 {
+    use common::wire::{connect, frame, read_frame};
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{
+        ApiKey, FetchRequest, FetchResponse, ResponseHeader, TopicName,
+    };
+    use kafka_protocol::protocol::{Decodable, StrBytes};
+    let mut p = FetchPartition::default();
+    p.partition = partition;
+    p.partition_max_bytes = 1 << 20;
+    let mut t = FetchTopic::default();
+    t.topic = TopicName(StrBytes::from_string(topic.to_owned()));
+    t.partitions = vec![p];
+    let mut request = FetchRequest::default();
+    request.replica_id = (-1).into();
+    request.max_bytes = 1 << 20;
+    request.topics = vec![t];
+    let mut s = connect(addr);
+    s.write_all(&frame(ApiKey::Fetch, 11, 1, &request)).unwrap();
+    let mut body = read_frame(&mut s).expect("fetch response");
+    ResponseHeader::decode(&mut body, ApiKey::Fetch.response_header_version(11)).unwrap();
+    FetchResponse::decode(&mut body, 11).unwrap().responses[0].partitions[0].error_code
+}
+
+const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+
+#[test]
+fn every_acked_message_is_on_every_replica_byte_for_byte() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = TestCluster::start(root.path(), 3, &["--min-insync-replicas=2"]);
+    let bootstrap = cluster.bootstrap();
+    let topic = "replicated";
+    let partitions = 6;
+    create_topic(&bootstrap, topic, partitions, 3);
+    // Seeded sizes from 1 byte to 4 KiB and seeded keys: batches of every shape, spread over
+    // partitions whose leaders are spread over the three brokers.
+    let mut rng = Rng(0x5eed_0001);
+    let sent: Vec<(String, String)> = (0..1_500)
+        .map(|i| {
+            let len = 1 + rng.index(4096);
+            let key = format!("k{}", rng.below(1_000));
+            (key, format!("{i:06}-{}", "x".repeat(len)))
+        })
+        .collect();
+    let acked = produce(&bootstrap, topic, &sent, &[("acks", "all")]);
+    assert!(acked.iter().all(|&a| a), "every message acked");
+    // A last acks=all message per partition, then all three replicas in sync: a replica in
+    // sync now either was when that message was acked, or joined later holding at least the
+    // high watermark; either way it holds everything.
+    let markers = producer(&bootstrap, &[("acks", "all")]);
+    for partition in 0..partitions {
+        markers
+            .send(
+                BaseRecord::<str, str>::to(topic)
+                    .partition(partition)
+                    .payload("marker"),
+            )
+            .map_err(|(err, _)| err)
+            .expect("queued");
+    }
+    markers.flush(CLIENT_TIMEOUT).expect("markers acked");
+    for partition in 0..partitions {
+        wait_for("every replica in sync", || {
+            placement(&bootstrap, topic, partition).2.len() == 3
+        });
+    }
+    let mut leaders = std::collections::HashSet::new();
+    let mut read = Vec::new();
+    for partition in 0..partitions {
+        let (leader, replicas, isr) = placement(&bootstrap, topic, partition);
+        assert_eq!(replicas.len(), 3);
+        assert!(isr.len() >= 2, "{topic}-{partition}: in sync {isr:?}");
+        leaders.insert(leader);
+        // Another broker refuses clients for a partition it does not lead.
+        for follower in replicas.iter().filter(|&&id| id != leader) {
+            let addr = cluster.broker(*follower).addr;
+            assert_eq!(fetch_error(addr, topic, partition), NOT_LEADER_OR_FOLLOWER);
+        }
+        let messages = read_partition(&bootstrap, topic, partition);
+        for pair in messages.windows(2) {
+            assert_eq!(pair[1].0, pair[0].0 + 1, "dense offsets");
+        }
+        read.extend(messages.into_iter().map(|(_, v)| v));
+    }
+    assert!(leaders.len() >= 2, "leaders spread: {leaders:?}");
+    let mut expected: Vec<String> = sent.into_iter().map(|(_, v)| v).collect();
+    expected.extend((0..partitions).map(|_| "marker".to_owned()));
+    expected.sort();
+    read.sort();
+    assert_eq!(read, expected, "every acked message read exactly once");
+    for broker in &mut cluster.brokers {
+        assert!(broker.terminate().success());
+    }
+    for partition in 0..partitions {
+        let logs: Vec<Vec<u8>> = cluster
+            .brokers
+            .iter()
+            .map(|b| segment_bytes(&b.data_dir, topic, partition))
+            .collect();
+        assert!(!logs[0].is_empty());
+        assert!(
+            logs.iter().all(|l| l == &logs[0]),
+            "{topic}-{partition}: the three logs differ ({:?} bytes)",
+            logs.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+    }
+}
+
+#[test]
+fn acks_all_is_never_a_success_without_enough_in_sync_replicas_and_a_killed_follower_catches_up() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = TestCluster::start(
+        root.path(),
+        2,
+        &["--min-insync-replicas=2", "--replica-lag-time-max-ms=1000"],
+    );
+    let bootstrap = cluster.bootstrap();
+    let topic = "guarded";
+    create_topic(&bootstrap, topic, 1, 2);
+    let keyed = |prefix: &str, n: usize| -> Vec<(String, String)> {
+        values(prefix, n)
+            .into_iter()
+            .map(|v| (v.clone(), v))
+            .collect()
+    };
+    let before = keyed("before", 200);
+    assert!(produce(&bootstrap, topic, &before, &[("acks", "all")])
+        .iter()
+        .all(|&a| a));
+    let (leader, replicas, _) = placement(&bootstrap, topic, 0);
+    let follower = *replicas.iter().find(|&&id| id != leader).unwrap();
+    let leader_addr = cluster.broker(leader).addr.to_string();
+    cluster.broker(follower).kill9();
+    wait_for("the killed follower to leave the in-sync set", || {
+        placement(&leader_addr, topic, 0).2 == [leader]
+    });
+    // Retries allowed, as a real client would: NOT_ENOUGH_REPLICAS is retriable, and still no
+    // delivery may be reported as a success.
+    let refused = keyed("refused", 5);
+    let outcomes = produce(
+        &leader_addr,
+        topic,
+        &refused,
+        &[("acks", "all"), ("message.timeout.ms", "1500")],
+    );
+    assert!(
+        outcomes.iter().all(|&a| !a),
+        "acks=all reported a success with one replica in sync"
+    );
+    // acks=1 does not wait for followers.
+    let alone = keyed("alone", 50);
+    assert!(produce(&leader_addr, topic, &alone, &[("acks", "1")])
+        .iter()
+        .all(|&a| a));
+    cluster.broker(follower).restart();
+    wait_for("the restarted follower to rejoin", || {
+        placement(&leader_addr, topic, 0).2.len() == 2
+    });
+    let after = keyed("after", 200);
+    assert!(produce(&bootstrap, topic, &after, &[("acks", "all")])
+        .iter()
+        .all(|&a| a));
+    let read: Vec<String> = read_partition(&bootstrap, topic, 0)
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    let expected: Vec<String> = before
+        .iter()
+        .chain(&alone)
+        .chain(&after)
+        .map(|(_, v)| v.clone())
+        .collect();
+    assert_eq!(read, expected, "acked in order; refused ones never visible");
+    for broker in &mut cluster.brokers {
+        assert!(broker.terminate().success());
+    }
+    let leader_log = segment_bytes(&cluster.broker(leader).data_dir, topic, 0);
+    let follower_log = segment_bytes(&cluster.broker(follower).data_dir, topic, 0);
+    assert_eq!(
+        leader_log.len(),
+        follower_log.len(),
+        "the follower caught up"
+    );
+    assert!(leader_log == follower_log, "byte-identical logs");
+}
+
+#[test]
+fn consumers_never_read_past_what_the_in_sync_replicas_hold() {
+    let root = tempfile::tempdir().unwrap();
+    // A long lag time: the stopped follower stays in sync, so the high watermark must wait.
+    let mut cluster = TestCluster::start(root.path(), 2, &["--replica-lag-time-max-ms=600000"]);
+    let bootstrap = cluster.bootstrap();
+    let topic = "watermarked";
+    create_topic(&bootstrap, topic, 1, 2);
+    let keyed = |prefix: &str, n: usize| -> Vec<(String, String)> {
+        values(prefix, n)
+            .into_iter()
+            .map(|v| (v.clone(), v))
+            .collect()
+    };
+    let replicated = keyed("replicated", 20);
+    assert!(produce(&bootstrap, topic, &replicated, &[("acks", "all")])
+        .iter()
+        .all(|&a| a));
+    wait_for("the follower to join the in-sync set", || {
+        placement(&bootstrap, topic, 0).2.len() == 2
+    });
+    let (leader, replicas, _) = placement(&bootstrap, topic, 0);
+    let follower = *replicas.iter().find(|&&id| id != leader).unwrap();
+    let leader_addr = cluster.broker(leader).addr;
+    signal(cluster.broker(follower).pid(), "-STOP");
+    // acks=1: durable on the leader, acknowledged without the follower.
+    let unreplicated = keyed("unreplicated", 30);
+    assert!(
+        produce(
+            &leader_addr.to_string(),
+            topic,
+            &unreplicated,
+            &[("acks", "1")]
+        )
+        .iter()
+        .all(|&a| a),
+        "acks=1 waits for no follower"
+    );
+    // acks=all cannot complete while an in-sync follower does not have the batch.
+    let waiting = keyed("waiting", 1);
+    let outcome = produce(
+        &leader_addr.to_string(),
+        topic,
+        &waiting,
+        &[("acks", "all"), ("message.timeout.ms", "1500")],
+    );
+    assert_eq!(outcome, [false], "acks=all succeeded without the follower");
+    assert_eq!(
+        common::wire::latest_offset(leader_addr, topic, 0),
+        20,
+        "the high watermark stays at what the follower holds"
+    );
+    let seen = read_partition(&leader_addr.to_string(), topic, 0);
+    assert_eq!(
+        seen.len(),
+        20,
+        "a consumer sees only the replicated messages"
+    );
+    signal(cluster.broker(follower).pid(), "-CONT");
+    // The acks=all message timed out on the client, but it was appended: a timeout is an
+    // unknown outcome (RELIABILITY.md 3), so it may appear once.
+    wait_for(
+        "the high watermark to pass the unreplicated messages",
+        || common::wire::latest_offset(leader_addr, topic, 0) >= 51,
+    );
+    let read: Vec<String> = read_partition(&bootstrap, topic, 0)
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    let expected: Vec<String> = replicated
+        .iter()
+        .chain(&unreplicated)
+        .chain(&waiting)
+        .map(|(_, v)| v.clone())
+        .collect();
+    assert_eq!(read, expected);
+}
