@@ -4,7 +4,7 @@
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use chronik_bench::BenchReport;
@@ -83,83 +83,69 @@ impl TrialRunner {
         if let Err(e) = std::fs::create_dir_all(dir.join("data")) {
             return infra("creating the trial directory", &e);
         }
-        let port = match free_port() {
-            Ok(port) => port,
-            Err(e) => return infra("finding a free port", &e),
+        let mut brokers = match self.start_brokers(dir, broker_bin, workload) {
+            Ok(brokers) => brokers,
+            Err(failed) => return *failed,
         };
-        let start = self
-            .target
-            .start
-            .replace("{binary}", &broker_bin.display().to_string())
-            .replace("{port}", &port.to_string())
-            .replace("{data_dir}", &dir.join("data").display().to_string());
-        let extra = workload.broker_args.join(" ");
-        let stderr_path = dir.join("broker.stderr");
-        let (Ok(stdout), Ok(stderr)) = (
-            std::fs::File::create(dir.join("broker.stdout")),
-            std::fs::File::create(&stderr_path),
-        ) else {
-            return infra("creating broker log files", &"I/O error");
-        };
-        let mut command = Command::new("sh");
-        command
-            .arg("-c")
-            .arg(format!("exec {start} {extra}"))
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr);
-        let mut broker = match GroupChild::spawn(command) {
-            Ok(child) => child,
-            Err(e) => return infra("starting the broker", &e),
-        };
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = Instant::now() + self.target.ready_timeout();
-        loop {
-            if let Some(status) = broker.try_wait() {
-                return TrialOutcome::failed(
-                    TrialStatus::Crashed,
-                    format!(
-                        "broker exited before it was ready ({status}):\n{}",
-                        tail(&stderr_path, STDERR_TAIL_LINES)
-                    ),
-                );
+        for i in 0..brokers.len() {
+            loop {
+                if let Some((status, stderr)) = brokers
+                    .iter_mut()
+                    .find_map(|b| b.child.try_wait().map(|status| (status, b.stderr.clone())))
+                {
+                    return TrialOutcome::failed(
+                        TrialStatus::Crashed,
+                        format!(
+                            "broker exited before it was ready ({status}):\n{}",
+                            tail(&stderr, STDERR_TAIL_LINES)
+                        ),
+                    );
+                }
+                if TcpStream::connect_timeout(&brokers[i].addr, READY_POLL).is_ok() {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    brokers.iter_mut().for_each(|b| {
+                        b.child.stop();
+                    });
+                    return TrialOutcome::failed(
+                        TrialStatus::Timeout,
+                        format!(
+                            "broker not accepting connections after {} s",
+                            self.target.ready_timeout_s
+                        ),
+                    );
+                }
+                std::thread::sleep(READY_POLL);
             }
-            if TcpStream::connect_timeout(&addr, READY_POLL).is_ok() {
-                break;
-            }
-            if Instant::now() >= deadline {
-                broker.stop();
-                return TrialOutcome::failed(
-                    TrialStatus::Timeout,
-                    format!(
-                        "broker not accepting connections after {} s",
-                        self.target.ready_timeout_s
-                    ),
-                );
-            }
-            std::thread::sleep(READY_POLL);
         }
+        let bootstrap = brokers
+            .iter()
+            .map(|b| b.addr.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
         let json = dir.join("bench.json");
         let mut bench_cmd = Command::new(&self.bench_bin);
         bench_cmd
-            .args(workload.bench_args(&addr.to_string(), &json))
+            .args(workload.bench_args(&bootstrap, &json))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(
                 std::fs::File::create(dir.join("bench.stderr")).map_or(Stdio::null(), Stdio::from),
             );
-        let cpu_before = cpu_s(broker.pgid);
+        let cpu_before = cluster_cpu_s(&brokers);
         let mut bench = match GroupChild::spawn(bench_cmd) {
             Ok(child) => child,
             Err(e) => {
-                broker.stop();
+                stop_all(&mut brokers);
                 return infra("starting chronik-bench", &e);
             }
         };
         let bench_status = bench.wait_timeout(workload.bench_timeout());
         if bench_status.is_none() {
             bench.stop();
-            broker.stop();
+            stop_all(&mut brokers);
             return TrialOutcome::failed(
                 TrialStatus::Timeout,
                 format!(
@@ -168,18 +154,25 @@ impl TrialRunner {
                 ),
             );
         }
-        let broker_died = broker.try_wait();
-        let broker_peak_rss_kib = peak_rss_kib(broker.pgid);
+        let broker_died = brokers
+            .iter_mut()
+            .find_map(|b| b.child.try_wait().map(|status| (status, b.stderr.clone())));
+        // A cluster's memory is judged by its largest broker, its CPU by the sum of all.
+        let broker_peak_rss_kib = brokers
+            .iter()
+            .map(|b| peak_rss_kib(b.child.pgid))
+            .collect::<Option<Vec<_>>>()
+            .and_then(|all| all.into_iter().max());
         let broker_cpu_s = cpu_before
-            .zip(cpu_s(broker.pgid))
+            .zip(cluster_cpu_s(&brokers))
             .map(|(before, after)| after - before);
-        let broker_status = broker.stop();
-        if let Some(status) = broker_died {
+        let broker_status = stop_all(&mut brokers);
+        if let Some((status, stderr)) = broker_died {
             return TrialOutcome::failed(
                 TrialStatus::Crashed,
                 format!(
                     "broker died during the run ({status}):\n{}",
-                    tail(&stderr_path, STDERR_TAIL_LINES)
+                    tail(&stderr, STDERR_TAIL_LINES)
                 ),
             );
         }
@@ -231,6 +224,120 @@ impl TrialRunner {
             broker_peak_rss_kib,
             broker_cpu_s,
         }
+    }
+}
+
+/// One started broker of a trial.
+struct TrialBroker {
+    child: GroupChild,
+    addr: SocketAddr,
+    stderr: PathBuf,
+}
+
+/// Stops every broker; the first one's exit status.
+fn stop_all(brokers: &mut [TrialBroker]) -> Option<ExitStatus> {
+    brokers
+        .iter_mut()
+        .map(|b| b.child.stop())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .next()
+        .flatten()
+}
+
+/// CPU seconds of all brokers together, if every one can be read.
+fn cluster_cpu_s(brokers: &[TrialBroker]) -> Option<f64> {
+    brokers.iter().map(|b| cpu_s(b.child.pgid)).sum()
+}
+
+impl TrialRunner {
+    /// Starts the trial's broker, or its cluster: free ports, a cluster file, one data
+    /// directory and one process group per broker.
+    fn start_brokers(
+        &self,
+        dir: &Path,
+        broker_bin: &Path,
+        workload: &Workload,
+    ) -> Result<Vec<TrialBroker>, Box<TrialOutcome>> {
+        let infra = |what: &str, e: &dyn std::fmt::Display| {
+            Box::new(TrialOutcome::failed(
+                TrialStatus::InfraError,
+                format!("{what}: {e}"),
+            ))
+        };
+        let ports = (0..workload.brokers.max(1))
+            .map(|_| free_port())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| infra("finding free ports", &e))?;
+        let cluster_file = dir.join("cluster.toml");
+        let template = if workload.brokers > 1 {
+            let template = self.target.cluster_start.as_deref().ok_or_else(|| {
+                infra(
+                    "starting a cluster",
+                    &"the target config has no `cluster_start` command",
+                )
+            })?;
+            let text: String = ports
+                .iter()
+                .enumerate()
+                .map(|(i, port)| {
+                    format!(
+                        "[[broker]]\nid = {}\naddress = \"127.0.0.1:{port}\"\n",
+                        i + 1
+                    )
+                })
+                .collect();
+            std::fs::write(&cluster_file, text)
+                .map_err(|e| infra("writing the cluster file", &e))?;
+            template
+        } else {
+            self.target.start.as_str()
+        };
+        let extra = workload.broker_args.join(" ");
+        let mut brokers = Vec::with_capacity(ports.len());
+        for (i, port) in ports.iter().enumerate() {
+            let (data_dir, log) = if ports.len() == 1 {
+                (dir.join("data"), "broker".to_owned())
+            } else {
+                (
+                    dir.join("data").join(format!("broker-{}", i + 1)),
+                    format!("broker-{}", i + 1),
+                )
+            };
+            let start = template
+                .replace("{binary}", &broker_bin.display().to_string())
+                .replace("{port}", &port.to_string())
+                .replace("{broker_id}", &(i + 1).to_string())
+                .replace("{cluster_file}", &cluster_file.display().to_string())
+                .replace("{data_dir}", &data_dir.display().to_string());
+            let stderr_path = dir.join(format!("{log}.stderr"));
+            let (Ok(stdout), Ok(stderr)) = (
+                std::fs::File::create(dir.join(format!("{log}.stdout"))),
+                std::fs::File::create(&stderr_path),
+            ) else {
+                stop_all(&mut brokers);
+                return Err(infra("creating broker log files", &"I/O error"));
+            };
+            let mut command = Command::new("sh");
+            command
+                .arg("-c")
+                .arg(format!("exec {start} {extra}"))
+                .stdin(Stdio::null())
+                .stdout(stdout)
+                .stderr(stderr);
+            match GroupChild::spawn(command) {
+                Ok(child) => brokers.push(TrialBroker {
+                    child,
+                    addr: SocketAddr::from(([127, 0, 0, 1], *port)),
+                    stderr: stderr_path,
+                }),
+                Err(e) => {
+                    stop_all(&mut brokers);
+                    return Err(infra("starting the broker", &e));
+                }
+            }
+        }
+        Ok(brokers)
     }
 }
 

@@ -22,6 +22,12 @@ pub struct TargetConfig {
     pub binary: String,
     /// Start command; `{binary}`, `{port}` and `{data_dir}` are replaced.
     pub start: String,
+    /// Start command of one broker of a cluster (workloads with `brokers` above 1):
+    /// `{binary}`, `{broker_id}`, `{cluster_file}` and `{data_dir}` are replaced. The harness
+    /// writes the cluster file: one `[[broker]]` table per broker with `id` (1, 2, ...) and
+    /// `address` ("127.0.0.1:PORT"). Absent: the target cannot run cluster workloads.
+    #[serde(default)]
+    pub cluster_start: Option<String>,
     #[serde(default = "default_ready_timeout_s")]
     pub ready_timeout_s: u64,
     #[serde(default = "default_build_timeout_s")]
@@ -47,6 +53,10 @@ impl Default for TargetConfig {
             binary: "{target_dir}/release/chronik-broker".into(),
             start: "{binary} --listen 127.0.0.1:{port} --data-dir {data_dir} --log-level warn"
                 .into(),
+            cluster_start: Some(
+                "{binary} --broker-id {broker_id} --cluster {cluster_file} --data-dir {data_dir} --log-level warn"
+                    .into(),
+            ),
             ready_timeout_s: default_ready_timeout_s(),
             build_timeout_s: default_build_timeout_s(),
             // What `cargo build -p chronik-broker` reads: the broker crate, the workspace

@@ -40,14 +40,37 @@ pub struct Workload {
     /// librdkafka properties passed with -X (every one that changes results, explicitly).
     #[serde(default)]
     pub client: BTreeMap<String, String>,
-    /// Extra flags appended to the broker's start command.
+    /// Extra flags appended to the broker's start command (every broker's, in a cluster).
     #[serde(default)]
     pub broker_args: Vec<String>,
+    /// Brokers per trial: above 1, a cluster started from one cluster file (the target's
+    /// `cluster_start`). Left out of the hash when 1, so single-broker workloads keep theirs.
+    #[serde(default = "one_broker", skip_serializing_if = "is_one_broker")]
+    pub brokers: usize,
+    /// Replicas of the benchmark topic (chronik-bench --replication-factor).
+    #[serde(default = "one_replica", skip_serializing_if = "is_one_replica")]
+    pub replication_factor: i16,
     pub limits: Limits,
 }
 
 fn one() -> i32 {
     1
+}
+
+fn one_broker() -> usize {
+    1
+}
+
+fn is_one_broker(n: &usize) -> bool {
+    *n == 1
+}
+
+fn one_replica() -> i16 {
+    1
+}
+
+fn is_one_replica(n: &i16) -> bool {
+    *n == 1
 }
 
 impl Workload {
@@ -107,6 +130,7 @@ impl Workload {
             format!("--warmup={}s", self.warmup_s),
             format!("--partitions={}", self.partitions),
             format!("--acks={}", self.acks),
+            format!("--replication-factor={}", self.replication_factor),
             "--create-topic".into(),
             "--quiet".into(),
             format!("--json-output={}", json_out.display()),
@@ -168,6 +192,11 @@ impl Workload {
             format!("{:?}", self.rate),
             format!("{:?}", ran.rate),
         );
+        check(
+            "replication factor",
+            self.replication_factor.to_string(),
+            ran.replication_factor.to_string(),
+        );
         let property = |key: &str| {
             ran.producer_properties
                 .get(key)
@@ -220,6 +249,22 @@ mod tests {
             let w = Workload::find(&name, &dir).unwrap();
             assert_eq!(w.mismatches(&ran(&w)), Vec::<String>::new(), "{name}");
         }
+    }
+
+    #[test]
+    fn single_broker_workloads_keep_their_hash() {
+        // The hash ties stored results and baselines to a workload: the cluster fields,
+        // at their defaults, must not change it.
+        let w = Workload::find(SEED_WORKLOAD, &default_dir()).unwrap();
+        assert_eq!(w.brokers, 1);
+        let json = serde_json::to_string(&w).unwrap();
+        assert!(!json.contains("brokers") && !json.contains("replication_factor"));
+        let cluster = Workload {
+            brokers: 2,
+            replication_factor: 2,
+            ..w.clone()
+        };
+        assert_ne!(cluster.hash(), w.hash());
     }
 
     #[test]
