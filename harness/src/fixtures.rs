@@ -75,13 +75,13 @@ pub const FIXTURES: &[Fixture] = &[
             },
             Patch {
                 file: "broker-under-test/src/produce.rs",
-                find: "        AppendedProduce { acks, topics }\n",
-                replace: "        AppendedProduce { _serialized, acks, topics }\n",
+                find: "        AppendedProduce {\n            acks,\n",
+                replace: "        AppendedProduce {\n            _serialized,\n            acks,\n",
             },
             Patch {
                 file: "broker-under-test/src/produce.rs",
-                find: "        let AppendedProduce { acks, topics } = appended;\n",
-                replace: "        let AppendedProduce { _serialized, acks, topics } = appended;\n",
+                find: "        let AppendedProduce {\n            acks,\n",
+                replace: "        let AppendedProduce {\n            _serialized,\n            acks,\n",
             },
         ],
     },
@@ -96,8 +96,9 @@ pub const FIXTURES: &[Fixture] = &[
             },
             Patch {
                 file: "broker-under-test/src/partition.rs",
-                find: "        let (done_tx, done_rx) = oneshot::channel();\n",
-                replace: "        {\n            use std::io::Write as _;\n            let storage = |_| AppendError::Kafka(ResponseError::KafkaStorageError);\n            let path = state.log.dir().join(\"direct.wal\");\n            let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(storage)?;\n            for frame in &frames {\n                file.write_all(frame).map_err(storage)?;\n            }\n            file.sync_data().map_err(storage)?;\n            state.next_offset = next;\n            self.high_watermark.advance(next);\n            if next > 0 {\n                return Ok(Appended { base_offset: first_base.expect(\"one batch\"), end_offset: next, durable: None });\n            }\n        }\n        let (done_tx, done_rx) = oneshot::channel();\n",
+                // The produce path's append (the follower's has no budget).
+                find: "        let (done_tx, done_rx) = oneshot::channel();\n        wal.submit(WalAppend {\n            frames,\n            partition: self.clone(),\n            end_offset: next,\n            done: Some(done_tx),\n            budget: Some(budget),\n",
+                replace: "        {\n            use std::io::Write as _;\n            let storage = |_| AppendError::Kafka(ResponseError::KafkaStorageError);\n            let path = state.log.dir().join(\"direct.wal\");\n            let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(storage)?;\n            for frame in &frames {\n                file.write_all(frame).map_err(storage)?;\n            }\n            file.sync_data().map_err(storage)?;\n            state.next_offset = next;\n            self.on_durable(next);\n            if next > 0 {\n                return Ok(Appended { base_offset: first_base.expect(\"one batch\"), end_offset: next, durable: None });\n            }\n        }\n        let (done_tx, done_rx) = oneshot::channel();\n        wal.submit(WalAppend {\n            frames,\n            partition: self.clone(),\n            end_offset: next,\n            done: Some(done_tx),\n            budget: Some(budget),\n",
             },
         ],
     },
@@ -141,6 +142,17 @@ pub const FIXTURES: &[Fixture] = &[
         "perf(produce): validate every record twice (fixture: ~10% more CPU per message)",
         "10"
     ),
+    Fixture {
+        name: "replication-on-acks1",
+        message: "feat(replication): acknowledge once the followers have the batch (fixture: acks=1 waits for replication)",
+        // The seed's mistake in this design: replication awaited on the acks=1 path. Only a
+        // replicated workload (a cluster) can show it; a single broker has no followers.
+        patches: &[Patch {
+            file: "broker-under-test/src/produce.rs",
+            find: "        if acks == ACKS_ALL {\n            if let Some(replication) = partition.replication() {",
+            replace: "        if acks != 0 {\n            if let Some(replication) = partition.replication() {",
+        }],
+    },
 ];
 
 /// Hash rounds per KiB of record data that cost about 1% of the broker's work per message
