@@ -1,7 +1,8 @@
 //! Replication with real broker processes on loopback and real rdkafka clients: every acked
 //! message is on every in-sync replica byte for byte, acks=all never claims a success the
-//! in-sync set cannot back, consumers never read past the high watermark, and a follower that
-//! was killed catches up to a byte-identical log.
+//! in-sync set cannot back, consumers never read past the high watermark, a follower that was
+//! killed catches up to a byte-identical log, and a leader-follower link that stalls or is cut
+//! costs the follower its place in the in-sync set, not the leader its progress.
 
 mod common;
 
@@ -386,4 +387,120 @@ fn consumers_never_read_past_what_the_in_sync_replicas_hold() {
         .map(|(_, v)| v.clone())
         .collect();
     assert_eq!(read, expected);
+}
+
+/// Writes a cluster file in which `local` reaches every other broker through `via` (its
+/// proxy), and itself at its real address.
+fn cluster_file(
+    path: &Path,
+    real: &[(i32, std::net::SocketAddr)],
+    via: &[(i32, std::net::SocketAddr)],
+    local: i32,
+) {
+    let text: String = real
+        .iter()
+        .map(|(id, addr)| {
+            let addr = if *id == local {
+                *addr
+            } else {
+                via.iter().find(|(v, _)| v == id).expect("a proxy").1
+            };
+            format!("[[broker]]\nid = {id}\naddress = \"{addr}\"\n")
+        })
+        .collect();
+    std::fs::write(path, text).expect("cluster file");
+}
+
+#[test]
+fn a_stalled_or_cut_link_costs_the_follower_its_place_not_the_leader_its_progress() {
+    use common::proxy::Proxy;
+    let root = tempfile::tempdir().unwrap();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+    };
+    let real = [(1, free()), (2, free())];
+    // Every link between the brokers goes through a proxy; clients use the real addresses.
+    let proxies: Vec<(i32, Proxy)> = real.iter().map(|(id, a)| (*id, Proxy::start(*a))).collect();
+    let via: Vec<(i32, std::net::SocketAddr)> =
+        proxies.iter().map(|(id, p)| (*id, p.addr)).collect();
+    let mut brokers: Vec<common::Broker> = real
+        .iter()
+        .map(|(id, _)| {
+            let file = root.path().join(format!("cluster-{id}.toml"));
+            cluster_file(&file, &real, &via, *id);
+            let args = [
+                format!("--broker-id={id}"),
+                format!("--cluster={}", file.display()),
+                "--replica-lag-time-max-ms=1000".to_owned(),
+            ];
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            common::Broker::start(&root.path().join(format!("broker-{id}")), &args)
+        })
+        .collect();
+    let topic = "linked";
+    create_topic(&brokers[0].bootstrap(), topic, 1, 2);
+    let (leader, replicas, _) = placement(&brokers[0].bootstrap(), topic, 0);
+    let follower = *replicas.iter().find(|&&id| id != leader).unwrap();
+    let leader_addr = real
+        .iter()
+        .find(|(id, _)| *id == leader)
+        .unwrap()
+        .1
+        .to_string();
+    // The follower reaches the leader through the leader's proxy.
+    let link = &proxies.iter().find(|(id, _)| *id == leader).unwrap().1;
+    let isr = || placement(&leader_addr, topic, 0).2;
+    let keyed = |prefix: &str, n: usize| -> Vec<(String, String)> {
+        values(prefix, n)
+            .into_iter()
+            .map(|v| (v.clone(), v))
+            .collect()
+    };
+    let mut expected = Vec::new();
+    let mut send = |prefix: &str| {
+        let batch = keyed(prefix, 100);
+        let acked = produce(&leader_addr, topic, &batch, &[("acks", "all")]);
+        assert!(
+            acked.iter().all(|&a| a),
+            "{prefix}: every acks=all message acked"
+        );
+        expected.extend(batch.into_iter().map(|(_, v)| v));
+    };
+    send("linked");
+    wait_for("the follower to join", || isr().len() == 2);
+    for fault in ["stalled", "cut"] {
+        if fault == "stalled" {
+            link.stall();
+        } else {
+            link.cut();
+        }
+        // With min.insync.replicas=1 the leader goes on once the follower has left the set.
+        send(fault);
+        wait_for("the follower to leave", || isr() == [leader]);
+        link.resume();
+        wait_for("the follower to catch up and rejoin", || isr().len() == 2);
+        send(&format!("after-{fault}"));
+    }
+    let read: Vec<String> = read_partition(&leader_addr, topic, 0)
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(read, expected, "every acked message, in order");
+    wait_for("the follower to hold everything", || isr().len() == 2);
+    for broker in &mut brokers {
+        assert!(broker.terminate().success());
+    }
+    let logs: Vec<Vec<u8>> = [leader, follower]
+        .iter()
+        .map(|id| {
+            segment_bytes(
+                &brokers[usize::try_from(id - 1).unwrap()].data_dir,
+                topic,
+                0,
+            )
+        })
+        .collect();
+    assert!(logs[0] == logs[1], "byte-identical logs after the faults");
 }

@@ -239,9 +239,18 @@ impl Fetcher {
                 let durable = if records.is_empty() {
                     None
                 } else {
-                    let batches = batch::parse_produce_records(&records, records.len())
-                        .map_err(|e| format!("{}-{}: {e}", partition.topic, partition.index))?;
-                    Some(partition.append_replica(&batches, &self.wal)?)
+                    // A partition whose log does not continue the leader's is reported and
+                    // retried; it never holds up the other partitions of the fetch.
+                    let appended = batch::parse_produce_records(&records, records.len())
+                        .map_err(|e| format!("{}-{}: {e}", partition.topic, partition.index))
+                        .and_then(|batches| partition.append_replica(&batches, &self.wal));
+                    match appended {
+                        Ok(durable) => Some(durable),
+                        Err(err) => {
+                            refused.get_or_insert(err);
+                            continue;
+                        }
+                    }
                 };
                 appended.push((partition, data.high_watermark, durable));
             }

@@ -2,6 +2,7 @@
 //! process group, always stopped (by pid) when the handle drops.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod proxy;
 pub mod wire;
 
 use std::io::{BufRead, BufReader};
