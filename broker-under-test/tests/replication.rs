@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -69,6 +68,23 @@ fn produce(
         .collect()
 }
 
+/// `n` distinct values, each its own key.
+fn keyed(prefix: &str, n: usize) -> Vec<(String, String)> {
+    values(prefix, n)
+        .into_iter()
+        .map(|v| (v.clone(), v))
+        .collect()
+}
+
+/// Produces with acks=all and panics unless every message was acknowledged.
+fn produce_all_acked(bootstrap: &str, topic: &str, keyed: &[(String, String)]) {
+    let acked = produce(bootstrap, topic, keyed, &[("acks", "all")]);
+    assert!(
+        acked.iter().all(|&a| a),
+        "every acks=all message acknowledged"
+    );
+}
+
 /// Every value in `partition` of `topic`, read by a consumer from the start until the partition
 /// end the brokers report (consumers only ever see the high watermark).
 fn read_partition(bootstrap: &str, topic: &str, partition: i32) -> Vec<(i64, String)> {
@@ -124,29 +140,10 @@ fn signal(pid: u32, sig: &str) {
     assert!(status.success(), "kill {sig} {pid}");
 }
 
-/// Error code of a consumer's Fetch (v11, replica id -1) for `topic`-`partition` at `addr`.
+/// Error code of a consumer's Fetch of `topic`-`partition` at `addr`.
 fn fetch_error(addr: std::net::SocketAddr, topic: &str, partition: i32) -> i16 {
-    use common::wire::{connect, frame, read_frame};
-    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-    use kafka_protocol::messages::{
-        ApiKey, FetchRequest, FetchResponse, ResponseHeader, TopicName,
-    };
-    use kafka_protocol::protocol::{Decodable, StrBytes};
-    let mut p = FetchPartition::default();
-    p.partition = partition;
-    p.partition_max_bytes = 1 << 20;
-    let mut t = FetchTopic::default();
-    t.topic = TopicName(StrBytes::from_string(topic.to_owned()));
-    t.partitions = vec![p];
-    let mut request = FetchRequest::default();
-    request.replica_id = (-1).into();
-    request.max_bytes = 1 << 20;
-    request.topics = vec![t];
-    let mut s = connect(addr);
-    s.write_all(&frame(ApiKey::Fetch, 11, 1, &request)).unwrap();
-    let mut body = read_frame(&mut s).expect("fetch response");
-    ResponseHeader::decode(&mut body, ApiKey::Fetch.response_header_version(11)).unwrap();
-    FetchResponse::decode(&mut body, 11).unwrap().responses[0].partitions[0].error_code
+    let mut s = common::wire::connect(addr);
+    common::wire::consumer_fetch(&mut s, topic, partition, 0).responses[0].partitions[0].error_code
 }
 
 const NOT_LEADER_OR_FOLLOWER: i16 = 6;
@@ -169,8 +166,7 @@ fn every_acked_message_is_on_every_replica_byte_for_byte() {
             (key, format!("{i:06}-{}", "x".repeat(len)))
         })
         .collect();
-    let acked = produce(&bootstrap, topic, &sent, &[("acks", "all")]);
-    assert!(acked.iter().all(|&a| a), "every message acked");
+    produce_all_acked(&bootstrap, topic, &sent);
     // A last acks=all message per partition, then all three replicas in sync: a replica in
     // sync now either was when that message was acked, or joined later holding at least the
     // high watermark; either way it holds everything.
@@ -244,16 +240,8 @@ fn acks_all_is_never_a_success_without_enough_in_sync_replicas_and_a_killed_foll
     let bootstrap = cluster.bootstrap();
     let topic = "guarded";
     create_topic(&bootstrap, topic, 1, 2);
-    let keyed = |prefix: &str, n: usize| -> Vec<(String, String)> {
-        values(prefix, n)
-            .into_iter()
-            .map(|v| (v.clone(), v))
-            .collect()
-    };
     let before = keyed("before", 200);
-    assert!(produce(&bootstrap, topic, &before, &[("acks", "all")])
-        .iter()
-        .all(|&a| a));
+    produce_all_acked(&bootstrap, topic, &before);
     let (leader, replicas, _) = placement(&bootstrap, topic, 0);
     let follower = *replicas.iter().find(|&&id| id != leader).unwrap();
     let leader_addr = cluster.broker(leader).addr.to_string();
@@ -284,9 +272,7 @@ fn acks_all_is_never_a_success_without_enough_in_sync_replicas_and_a_killed_foll
         placement(&leader_addr, topic, 0).2.len() == 2
     });
     let after = keyed("after", 200);
-    assert!(produce(&bootstrap, topic, &after, &[("acks", "all")])
-        .iter()
-        .all(|&a| a));
+    produce_all_acked(&bootstrap, topic, &after);
     let read: Vec<String> = read_partition(&bootstrap, topic, 0)
         .into_iter()
         .map(|(_, v)| v)
@@ -319,16 +305,8 @@ fn consumers_never_read_past_what_the_in_sync_replicas_hold() {
     let bootstrap = cluster.bootstrap();
     let topic = "watermarked";
     create_topic(&bootstrap, topic, 1, 2);
-    let keyed = |prefix: &str, n: usize| -> Vec<(String, String)> {
-        values(prefix, n)
-            .into_iter()
-            .map(|v| (v.clone(), v))
-            .collect()
-    };
     let replicated = keyed("replicated", 20);
-    assert!(produce(&bootstrap, topic, &replicated, &[("acks", "all")])
-        .iter()
-        .all(|&a| a));
+    produce_all_acked(&bootstrap, topic, &replicated);
     wait_for("the follower to join the in-sync set", || {
         placement(&bootstrap, topic, 0).2.len() == 2
     });
@@ -452,20 +430,10 @@ fn a_stalled_or_cut_link_costs_the_follower_its_place_not_the_leader_its_progres
     // The follower reaches the leader through the leader's proxy.
     let link = &proxies.iter().find(|(id, _)| *id == leader).unwrap().1;
     let isr = || placement(&leader_addr, topic, 0).2;
-    let keyed = |prefix: &str, n: usize| -> Vec<(String, String)> {
-        values(prefix, n)
-            .into_iter()
-            .map(|v| (v.clone(), v))
-            .collect()
-    };
     let mut expected = Vec::new();
     let mut send = |prefix: &str| {
         let batch = keyed(prefix, 100);
-        let acked = produce(&leader_addr, topic, &batch, &[("acks", "all")]);
-        assert!(
-            acked.iter().all(|&a| a),
-            "{prefix}: every acks=all message acked"
-        );
+        produce_all_acked(&leader_addr, topic, &batch);
         expected.extend(batch.into_iter().map(|(_, v)| v));
     };
     send("linked");

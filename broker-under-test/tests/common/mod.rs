@@ -287,6 +287,29 @@ pub fn producer(bootstrap: &str, extra: &[(&str, &str)]) -> BaseProducer {
     config.create().expect("create producer")
 }
 
+/// Queues `record`, polling while the client's queue is full; panics on any other error.
+fn send_when_room<C: ProducerContext>(
+    producer: &BaseProducer<C>,
+    record: BaseRecord<'_, str, str, C::DeliveryOpaque>,
+) {
+    let mut record = Some(record);
+    while let Some(r) = record.take() {
+        if let Err((err, back)) = producer.send(r) {
+            assert!(
+                matches!(
+                    err,
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull
+                    )
+                ),
+                "send failed: {err}"
+            );
+            producer.poll(Duration::from_millis(10));
+            record = Some(back);
+        }
+    }
+}
+
 /// Produces `values` one by one and waits for every delivery; panics on any failure.
 pub fn produce_all(
     producer: &BaseProducer,
@@ -301,22 +324,7 @@ pub fn produce_all(
         if let Some(p) = partition {
             record = record.partition(p);
         }
-        let mut record = Some(record);
-        while let Some(r) = record.take() {
-            if let Err((err, back)) = producer.send(r) {
-                assert!(
-                    matches!(
-                        err,
-                        rdkafka::error::KafkaError::MessageProduction(
-                            rdkafka::types::RDKafkaErrorCode::QueueFull
-                        )
-                    ),
-                    "send failed: {err}"
-                );
-                producer.poll(Duration::from_millis(10));
-                record = Some(back);
-            }
-        }
+        send_when_room(producer, record);
     }
     producer
         .flush(CLIENT_TIMEOUT)
@@ -373,26 +381,12 @@ pub fn deliver(
         .create_with_context(IndexedDeliveries::default())
         .expect("create producer");
     for (index, (key, value)) in keyed.iter().enumerate() {
-        let mut record = Some(
+        send_when_room(
+            &producer,
             BaseRecord::with_opaque_to(topic, Box::new(index))
                 .key(key.as_str())
                 .payload(value.as_str()),
         );
-        while let Some(r) = record.take() {
-            if let Err((err, back)) = producer.send(r) {
-                assert!(
-                    matches!(
-                        err,
-                        rdkafka::error::KafkaError::MessageProduction(
-                            rdkafka::types::RDKafkaErrorCode::QueueFull
-                        )
-                    ),
-                    "send failed: {err}"
-                );
-                producer.poll(Duration::from_millis(10));
-                record = Some(back);
-            }
-        }
     }
     let _ = producer.flush(CLIENT_TIMEOUT);
     let mut log = producer.context().0.lock().unwrap().clone();

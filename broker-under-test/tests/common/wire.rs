@@ -257,32 +257,42 @@ pub fn latest_offset(addr: SocketAddr, topic: &str, partition: i32) -> i64 {
     p.offset
 }
 
+/// One consumer Fetch (v11, replica id -1, no wait) of `topic`-`partition` from `offset`.
+pub fn consumer_fetch(
+    s: &mut TcpStream,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> kafka_protocol::messages::FetchResponse {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
+    let mut p = FetchPartition::default();
+    p.partition = partition;
+    p.fetch_offset = offset;
+    p.partition_max_bytes = 1 << 20;
+    let mut t = FetchTopic::default();
+    t.topic = TopicName(StrBytes::from_string(topic.to_owned()));
+    t.partitions = vec![p];
+    let mut request = FetchRequest::default();
+    request.replica_id = (-1).into();
+    request.max_bytes = 1 << 20;
+    request.topics = vec![t];
+    s.write_all(&frame(ApiKey::Fetch, 11, 1, &request)).unwrap();
+    let mut body = read_frame(s).expect("fetch response");
+    ResponseHeader::decode(&mut body, ApiKey::Fetch.response_header_version(11)).unwrap();
+    FetchResponse::decode(&mut body, 11).unwrap()
+}
+
 /// Every record of `partition` from offset 0 to its end, with raw Fetch v11 requests: (offset,
 /// value) in log order.
 pub fn fetch_all(addr: SocketAddr, topic: &str, partition: i32) -> Vec<(i64, Bytes)> {
-    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-    use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
     use kafka_protocol::records::RecordBatchDecoder;
     let end = latest_offset(addr, topic, partition);
     let mut out: Vec<(i64, Bytes)> = Vec::new();
     let mut s = connect(addr);
     let mut next = 0;
     while next < end {
-        let mut p = FetchPartition::default();
-        p.partition = partition;
-        p.fetch_offset = next;
-        p.partition_max_bytes = 1 << 20;
-        let mut t = FetchTopic::default();
-        t.topic = TopicName(StrBytes::from_string(topic.to_owned()));
-        t.partitions = vec![p];
-        let mut request = FetchRequest::default();
-        request.replica_id = (-1).into();
-        request.max_bytes = 1 << 20;
-        request.topics = vec![t];
-        s.write_all(&frame(ApiKey::Fetch, 11, 1, &request)).unwrap();
-        let mut body = read_frame(&mut s).expect("fetch response");
-        ResponseHeader::decode(&mut body, ApiKey::Fetch.response_header_version(11)).unwrap();
-        let response = FetchResponse::decode(&mut body, 11).unwrap();
+        let response = consumer_fetch(&mut s, topic, partition, next);
         let data = &response.responses[0].partitions[0];
         assert_eq!(data.error_code, 0, "fetch {topic}-{partition} at {next}");
         let mut records = data.records.clone().unwrap_or_default();
