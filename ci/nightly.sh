@@ -7,7 +7,8 @@
 # Environment (all optional):
 #   CHRONIK_HEAD       revision to gate (default HEAD)
 #   CHRONIK_BASE       baseline revision (default: the commit stored in baselines/<workload>.json)
-#   CHRONIK_WORKLOADS  space-separated workload names (default: the seed workload)
+#   CHRONIK_WORKLOADS  space-separated workload names (default: the seed workload; add
+#                      produce-rf2-c128-s256-30s to gate the replicated cluster too)
 #   CHRONIK_OUT        report directory (default reports/nightly-<UTC date>)
 # Exit code: the gate's (0 pass, 1 regression, 2 inconclusive, 3 invalid/infrastructure,
 # 4 no baseline for a workload).
