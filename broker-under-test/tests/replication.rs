@@ -1,8 +1,10 @@
 //! Replication with real broker processes on loopback and real rdkafka clients: every acked
 //! message is on every in-sync replica byte for byte, acks=all never claims a success the
 //! in-sync set cannot back, consumers never read past the high watermark, a follower that was
-//! killed catches up to a byte-identical log, and a leader-follower link that stalls or is cut
-//! costs the follower its place in the in-sync set, not the leader its progress.
+//! killed catches up to a byte-identical log, a leader-follower link that stalls or is cut
+//! costs the follower its place in the in-sync set, not the leader its progress, and leaders
+//! and followers killed with SIGKILL at seeded moments lose nothing acked (longer runs:
+//! `CHRONIK_REPLICATION_KILL_CYCLES`, `CHRONIK_REPLICATION_KILL_SEED`).
 
 mod common;
 
@@ -471,4 +473,93 @@ fn a_stalled_or_cut_link_costs_the_follower_its_place_not_the_leader_its_progres
         })
         .collect();
     assert!(logs[0] == logs[1], "byte-identical logs after the faults");
+}
+
+#[test]
+fn brokers_killed_at_random_moments_lose_nothing_acked_and_keep_identical_logs() {
+    let cycles = common::env_u64("CHRONIK_REPLICATION_KILL_CYCLES", 6);
+    let seed = common::env_u64("CHRONIK_REPLICATION_KILL_SEED", 17);
+    let mut rng = Rng(seed);
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = TestCluster::start(root.path(), 2, &["--replica-lag-time-max-ms=1000"]);
+    let bootstrap = cluster.bootstrap();
+    let topic = "killed";
+    create_topic(&bootstrap, topic, 1, 2);
+    wait_for("the follower to join", || {
+        placement(&bootstrap, topic, 0).2.len() == 2
+    });
+    // Offset -> value of every acknowledged message: an offset never holds two values.
+    let mut acked: std::collections::BTreeMap<i64, String> = Default::default();
+    let mut killed_in_flight = 0;
+    for cycle in 0..cycles {
+        let victim = 1 + i32::try_from(rng.below(2)).unwrap();
+        let delay = Duration::from_millis(rng.below(150));
+        // Enough messages that the kill lands while they are in flight.
+        let batch = keyed(&format!("cycle{cycle}"), 50_000);
+        let producing = {
+            let (bootstrap, batch) = (bootstrap.clone(), batch.clone());
+            std::thread::spawn(move || {
+                common::deliver(
+                    &bootstrap,
+                    topic,
+                    &batch,
+                    &[("acks", "all"), ("message.timeout.ms", "20000")],
+                )
+            })
+        };
+        std::thread::sleep(delay);
+        if !producing.is_finished() {
+            killed_in_flight += 1;
+        }
+        cluster.broker(victim).kill9();
+        cluster.broker(victim).restart();
+        let outcomes = producing.join().expect("producer thread");
+        for ((_, value), offset) in batch.iter().zip(outcomes) {
+            if let Some(offset) = offset {
+                if let Some(other) = acked.insert(offset, value.clone()) {
+                    panic!(
+                        "seed {seed} cycle {cycle}: offset {offset} acked for {other} and {value}"
+                    );
+                }
+            }
+        }
+        wait_for("both replicas in sync again", || {
+            placement(&bootstrap, topic, 0).2.len() == 2
+        });
+    }
+    assert!(
+        killed_in_flight * 2 >= cycles,
+        "only {killed_in_flight} of {cycles} kills landed while messages were in flight"
+    );
+    produce_all_acked(&bootstrap, topic, &keyed("final", 1));
+    wait_for("both replicas in sync at the end", || {
+        placement(&bootstrap, topic, 0).2.len() == 2
+    });
+    let read: std::collections::BTreeMap<i64, String> =
+        read_partition(&bootstrap, topic, 0).into_iter().collect();
+    for (offset, value) in &acked {
+        assert_eq!(
+            read.get(offset),
+            Some(value),
+            "seed {seed}: acked {value} at {offset} is not there"
+        );
+    }
+    let offsets: Vec<i64> = read.keys().copied().collect();
+    assert_eq!(
+        offsets,
+        (0..offsets.len() as i64).collect::<Vec<_>>(),
+        "dense"
+    );
+    for broker in &mut cluster.brokers {
+        assert!(broker.terminate().success());
+    }
+    let logs: Vec<Vec<u8>> = cluster
+        .brokers
+        .iter()
+        .map(|b| segment_bytes(&b.data_dir, topic, 0))
+        .collect();
+    assert!(
+        logs[0] == logs[1],
+        "seed {seed}: the logs differ after the kills"
+    );
 }
