@@ -291,31 +291,47 @@ impl Partition {
             next += view.offset_count();
             stored_batches.push(stored);
         }
-        let (done_tx, done_rx) = oneshot::channel();
-        wal.submit(WalAppend {
-            frames,
-            partition: self.clone(),
-            end_offset: next,
-            done: Some(done_tx),
-            budget: Some(budget),
-        })
-        .map_err(AppendError::Wal)?;
-        // Queued on the WAL: from here the offsets are taken, whatever happens next.
-        state.next_offset = next;
+        let durable = self
+            .enqueue(&mut state, wal, frames, stored_batches, next, Some(budget))
+            .map_err(AppendError::Wal)?;
         if !staged.is_empty() {
             state.producers.extend(staged);
             forget_idle_producers(&mut state.producers);
         }
+        Ok(Appended {
+            base_offset: first_base.expect("at least one batch"),
+            end_offset: next,
+            durable: Some(durable),
+        })
+    }
+
+    /// Queues encoded batches on the WAL and on `pending_batches` (the caller holds the
+    /// partition lock). From here the offsets below `end_offset` are taken, whatever happens
+    /// next; the receiver resolves when the WAL has made them durable.
+    fn enqueue(
+        self: &Arc<Self>,
+        state: &mut PartitionState,
+        wal: &GroupCommitWal,
+        frames: Vec<Bytes>,
+        stored_batches: Vec<Bytes>,
+        end_offset: i64,
+        budget: Option<OwnedSemaphorePermit>,
+    ) -> Result<oneshot::Receiver<Result<(), WalFailed>>, WalFailed> {
+        let (done_tx, done_rx) = oneshot::channel();
+        wal.submit(WalAppend {
+            frames,
+            partition: self.clone(),
+            end_offset,
+            done: Some(done_tx),
+            budget,
+        })?;
+        state.next_offset = end_offset;
         for stored in stored_batches {
             state.pending_bytes += stored.len();
             state.pending_batches.push_back(stored);
         }
         state.oldest_pending.get_or_insert_with(Instant::now);
-        Ok(Appended {
-            base_offset: first_base.expect("at least one batch"),
-            end_offset: next,
-            durable: Some(done_rx),
-        })
+        Ok(done_rx)
     }
 
     /// Follower: appends the leader's batches at the offsets the leader gave them (the bytes
@@ -344,26 +360,17 @@ impl Partition {
             frames.push(frame);
             stored_batches.push(stored);
         }
-        let (done_tx, done_rx) = oneshot::channel();
-        wal.submit(WalAppend {
-            frames,
-            partition: self.clone(),
-            end_offset: next,
-            done: Some(done_tx),
-            budget: None,
-        })
-        .map_err(|e| e.to_string())?;
-        state.next_offset = next;
-        for stored in stored_batches {
-            // The idempotence table follows the log, so a follower that becomes the leader
-            // recognises a retried batch.
-            remember_producer_batch(&mut state.producers, &stored);
-            state.pending_bytes += stored.len();
-            state.pending_batches.push_back(stored);
+        // Cheap clones (shared buffers): the idempotence table follows the log once queued, so
+        // a follower that becomes the leader recognises a retried batch.
+        let appended = stored_batches.clone();
+        let durable = self
+            .enqueue(&mut state, wal, frames, stored_batches, next, None)
+            .map_err(|e| e.to_string())?;
+        for stored in &appended {
+            remember_producer_batch(&mut state.producers, stored);
         }
         forget_idle_producers(&mut state.producers);
-        state.oldest_pending.get_or_insert_with(Instant::now);
-        Ok(done_rx)
+        Ok(durable)
     }
 
     /// The offset the next appended batch gets (a follower fetches from here).

@@ -44,15 +44,6 @@ pub struct Placement {
 }
 
 impl Placement {
-    /// A single broker: every partition is its own leader and only replica.
-    pub fn single_node() -> Self {
-        Self {
-            cluster: Cluster::single(1, std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
-            replica_lag_time_max: Duration::from_secs(10),
-            keeper: Arc::new(Notify::new()),
-        }
-    }
-
     /// The replication state of `topic`-`index`; `None` when this broker is its only replica.
     fn replication(&self, topic: &str, index: i32, factor: i16) -> Option<Arc<Replication>> {
         let replicas = self

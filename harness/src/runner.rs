@@ -236,13 +236,8 @@ struct TrialBroker {
 
 /// Stops every broker; the first one's exit status.
 fn stop_all(brokers: &mut [TrialBroker]) -> Option<ExitStatus> {
-    brokers
-        .iter_mut()
-        .map(|b| b.child.stop())
-        .collect::<Vec<_>>()
-        .into_iter()
-        .next()
-        .flatten()
+    let statuses: Vec<Option<ExitStatus>> = brokers.iter_mut().map(|b| b.child.stop()).collect();
+    statuses.into_iter().next().flatten()
 }
 
 /// CPU seconds of all brokers together, if every one can be read.

@@ -45,10 +45,6 @@ impl Peer {
         }
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     /// Sends `request` at `version` and waits up to `timeout` for its response.
     pub async fn request<R: Request>(
         &mut self,
