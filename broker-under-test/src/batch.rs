@@ -14,6 +14,8 @@ use thiserror::Error;
 pub const BATCH_HEADER_BYTES: usize = 61;
 /// `baseOffset` (8) + `batchLength` (4): the part not counted by `batchLength`.
 const LOG_OVERHEAD_BYTES: usize = 12;
+/// `partitionLeaderEpoch`: the epoch of the leader that appended the batch (outside the CRC).
+pub const LEADER_EPOCH_OFFSET: usize = 12;
 const MAGIC_OFFSET: usize = 16;
 const CRC_OFFSET: usize = 17;
 const ATTRIBUTES_OFFSET: usize = 21;
@@ -89,6 +91,11 @@ fn be_i64(buf: &[u8], at: usize) -> i64 {
 }
 
 /// Base offset of a stored batch (after the broker assigned it).
+/// The epoch of the leader that appended the batch.
+pub fn leader_epoch(batch: &[u8]) -> i32 {
+    be_i32(batch, LEADER_EPOCH_OFFSET)
+}
+
 pub fn base_offset(batch: &[u8]) -> i64 {
     be_i64(batch, 0)
 }
@@ -229,9 +236,10 @@ pub(crate) mod tests {
         let views = parse_produce_records(&batch, 1 << 20).unwrap();
         assert_eq!(views.len(), 1);
         assert_eq!(views[0].header.record_count, 3);
-        let (_, patched) = crate::wal::record::encode(1, 0, &views[0].bytes, 42);
+        let (_, patched) = crate::wal::record::encode(1, 0, &views[0].bytes, 42, 7);
         check_stored(&patched).unwrap();
         assert_eq!(base_offset(&patched), 42);
+        assert_eq!(leader_epoch(&patched), 7);
         assert_eq!(last_offset(&patched), 44);
     }
 

@@ -38,6 +38,9 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 const OPEN_FILES_PER_CONNECTION_SLOT: usize = 2;
 
 /// `--max-connections`, lowered to a share of the open files limit when that is smaller.
+/// How long a starting broker waits for each peer's topics and elections.
+const PEER_LEARN_AT_START_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn connections_max(configured: usize) -> usize {
     let Some(open_files) = open_files_soft_limit() else {
         return configured;
@@ -247,12 +250,18 @@ pub async fn start_with_storage(
             config.replica_lag_time_max,
         ));
         for leader in config.cluster.peers() {
-            let fetcher = Fetcher::new(
+            let mut fetcher = Fetcher::new(
                 topics.clone(),
                 wal.clone(),
                 leader.clone(),
                 config.cluster.local_id(),
             );
+            // Before the first connection is accepted: a broker that led before a failover
+            // learns the newer election from its peers instead of taking produce requests as
+            // the leader it was (a peer that is down answers at once with a refused connect).
+            if !fetcher.learn_once(PEER_LEARN_AT_START_MAX).await {
+                tracing::info!("broker {} did not answer at start", leader.id);
+            }
             replication.spawn(fetcher.run());
         }
     }

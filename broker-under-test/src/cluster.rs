@@ -15,7 +15,19 @@ pub const CLUSTER_BROKERS_MAX: usize = 16;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct ClusterBroker {
     pub id: i32,
+    /// Where the other brokers reach this one (and clients, unless `client_address` is set).
     pub address: SocketAddr,
+    /// Where clients are told to reach it, when they take another route than the brokers
+    /// (Kafka's separate inter-broker listener; tests put a proxy between brokers only).
+    #[serde(default)]
+    pub client_address: Option<SocketAddr>,
+}
+
+impl ClusterBroker {
+    /// The address Metadata advertises to clients.
+    pub fn client_address(&self) -> SocketAddr {
+        self.client_address.unwrap_or(self.address)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -37,6 +49,7 @@ impl Cluster {
             brokers: vec![ClusterBroker {
                 id: local_id,
                 address,
+                client_address: None,
             }],
             local_id,
         }
@@ -47,6 +60,16 @@ impl Cluster {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read cluster file {}: {e}", path.display()))?;
         Self::parse(&text, local_id).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Reads a cluster file without being one of its brokers (an admin command).
+    pub fn load_any(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read cluster file {}: {e}", path.display()))?;
+        let file: ClusterFile =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let first = file.broker.first().map_or(0, |b| b.id);
+        Self::parse(&text, first).map_err(|e| format!("{}: {e}", path.display()))
     }
 
     pub fn parse(text: &str, local_id: i32) -> Result<Self, String> {

@@ -43,7 +43,8 @@ const REPLICA_LAG_TIME_MAX_MS_DEFAULT: u64 = 10_000;
 #[command(
     name = "chronik-broker",
     version,
-    about = "Reference Kafka-wire broker under test"
+    about = "Reference Kafka-wire broker under test",
+    after_help = "Failover: `chronik-broker promote --help`."
 )]
 pub struct BrokerArgs {
     /// Address to listen on (port 0 picks a free port, printed on stdout). Default

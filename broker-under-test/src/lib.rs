@@ -11,7 +11,10 @@
 //! - `profile`: `ProduceFlushProfile` and its named constants.
 //! - `topics`: lock-free topic registry (`ArcSwap` snapshots).
 //! - `cluster`: the static cluster file and the deterministic replica assignment.
-//! - `replication`: followers fetching from leaders, in-sync sets, high watermarks, acks=all.
+//! - `replication`: followers fetching from leaders, in-sync sets, high watermarks, acks=all,
+//!   elections (leader epochs) learned from peers.
+//! - `leader_epochs`: where each leader epoch starts in a partition's log (truncation on fetch).
+//! - `promote`: the `chronik-broker promote` failover command.
 //! - `groups`: consumer-group coordinator (membership, rebalances, commit rules).
 //! - `offset_log`: committed offsets, an append-only log with group commit and compaction.
 //! - `producer_ids`: idempotent-producer ids from durably reserved blocks.
@@ -25,12 +28,14 @@ pub mod cluster;
 pub mod config;
 pub mod fail_stop;
 pub mod groups;
+pub mod leader_epochs;
 pub mod log;
 pub mod offset_log;
 pub mod partition;
 pub mod produce;
 pub mod producer_ids;
 pub mod profile;
+pub mod promote;
 pub mod replication;
 pub mod server;
 pub mod topics;

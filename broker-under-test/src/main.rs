@@ -1,4 +1,6 @@
 //! `chronik-broker` binary: parse flags, start, run until SIGTERM/SIGINT or a storage failure.
+//! `chronik-broker promote --cluster FILE --topic T` is the failover command (`promote`): exit 0
+//! when every partition has an answering leader afterwards, 1 when one could not be failed over.
 //!
 //! Exit codes: 0 clean shutdown; 2 bad arguments; 65 stored data corrupt (refused to start);
 //! 69 address or data directory unavailable; 74 storage failure (write/fsync failed).
@@ -7,11 +9,15 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use chronik_broker::broker::EXIT_STORAGE_FAILED;
+use chronik_broker::promote::PromoteArgs;
 use chronik_broker::{BrokerArgs, BrokerConfig};
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("promote") {
+        return promote(PromoteArgs::parse_from(std::env::args().skip(1)));
+    }
     let args = BrokerArgs::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -63,4 +69,29 @@ fn main() -> ExitCode {
         broker.shutdown().await;
         ExitCode::SUCCESS
     })
+}
+
+fn promote(args: PromoteArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("chronik-broker promote: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(chronik_broker::promote::run(&args)) {
+        Ok(lines) => {
+            lines.iter().for_each(|line| println!("{line}"));
+            ExitCode::SUCCESS
+        }
+        Err(lines) => {
+            lines
+                .iter()
+                .for_each(|line| eprintln!("chronik-broker promote: {line}"));
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -17,6 +17,7 @@ use kafka_protocol::error::ResponseError;
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit};
 
 use crate::batch::{self, BatchHeader, BatchView};
+use crate::leader_epochs::EpochHistory;
 use crate::log::{read_batches, PartitionLog, ReadPlan};
 use crate::profile::ProduceFlushProfile;
 use crate::replication::Replication;
@@ -25,6 +26,8 @@ use crate::wal::record;
 
 /// Batches remembered per producer for duplicate detection (Kafka keeps the last five).
 const PRODUCER_RECENT_BATCHES_MAX: usize = 5;
+/// How long a truncation waits for appends already queued to become durable first.
+const TRUNCATION_DURABLE_WAIT: Duration = Duration::from_secs(30);
 /// Idempotent producers one partition remembers; past it the least recently active one is
 /// forgotten (Kafka expires producer state by age; a client inventing producer ids must not
 /// grow this map without bound).
@@ -46,6 +49,11 @@ impl OffsetWatch {
         if self.offset.fetch_max(end_offset, Ordering::AcqRel) < end_offset {
             self.advanced.notify_waiters();
         }
+    }
+
+    /// Moves the offset back to at most `end_offset`: only when the log is cut there.
+    fn cut(&self, end_offset: i64) {
+        self.offset.fetch_min(end_offset, Ordering::AcqRel);
     }
 
     /// Waits until the offset passes `offset`, or `timeout` elapses.
@@ -91,6 +99,7 @@ struct PartitionState {
     oldest_pending: Option<Instant>,
     log: PartitionLog,
     producers: HashMap<i64, ProducerState>,
+    epochs: EpochHistory,
 }
 
 pub struct Partition {
@@ -108,12 +117,17 @@ pub struct Partition {
     log_start: AtomicI64,
     /// End offset known durable in segment files (the WAL may be checkpointed up to here).
     synced_end: AtomicI64,
+    /// Held by `sync_log` across its fsync and by a truncation, so a sync that began before a
+    /// cut never records an end past it. Never taken by a produce request.
+    syncing: Mutex<()>,
 }
 
 /// What an append queued; `durable` resolves when the WAL has synced it.
 pub struct Appended {
     pub base_offset: i64,
     pub end_offset: i64,
+    /// The leader epoch the batches were appended in.
+    pub leader_epoch: i32,
     pub durable: Option<oneshot::Receiver<Result<(), WalFailed>>>,
 }
 
@@ -138,6 +152,7 @@ impl Partition {
         topic_id: u128,
         index: i32,
         log: PartitionLog,
+        epochs: EpochHistory,
         replication: Option<Arc<Replication>>,
     ) -> Self {
         let end = log.end_offset();
@@ -153,12 +168,14 @@ impl Partition {
                 oldest_pending: None,
                 log,
                 producers: HashMap::new(),
+                epochs,
             }),
             durable_end: OffsetWatch::default(),
             high_watermark: OffsetWatch::default(),
             replication,
             log_start: AtomicI64::new(start),
             synced_end: AtomicI64::new(end),
+            syncing: Mutex::new(()),
         };
         partition.durable_end.advance(end);
         // What is on disk at start counts as replicated: the in-sync set of before the restart
@@ -230,6 +247,7 @@ impl Partition {
             .log
             .append(std::slice::from_ref(&stored))
             .map_err(|e| e.to_string())?;
+        state.epochs.note(&stored);
         state.next_offset = end;
         drop(state);
         self.durable_end.advance(end);
@@ -245,6 +263,18 @@ impl Partition {
         budget: OwnedSemaphorePermit,
     ) -> Result<Appended, AppendError> {
         let mut state = lock(&self.state);
+        // Read under the partition lock, which a truncation holds: an append that passes here
+        // is in the log before any cut that follows an election.
+        let leader_epoch = match &self.replication {
+            None => 0,
+            Some(r) => {
+                let leadership = r.leadership();
+                if !r.is_leader() {
+                    return Err(AppendError::Kafka(ResponseError::NotLeaderOrFollower));
+                }
+                leadership.epoch
+            }
+        };
         let mut frames = Vec::with_capacity(batches.len());
         let mut stored_batches = Vec::with_capacity(batches.len());
         let mut first_base = None;
@@ -270,6 +300,7 @@ impl Partition {
                         return Ok(Appended {
                             base_offset,
                             end_offset,
+                            leader_epoch,
                             durable: None,
                         });
                     }
@@ -279,7 +310,8 @@ impl Partition {
                     SequenceCheck::Fresh => {}
                 }
             }
-            let (frame, stored) = record::encode(self.topic_id, self.index, &view.bytes, next);
+            let (frame, stored) =
+                record::encode(self.topic_id, self.index, &view.bytes, next, leader_epoch);
             if producer_id >= 0 {
                 if let Some(known) = state.producers.get(&producer_id) {
                     staged.entry(producer_id).or_insert_with(|| known.clone());
@@ -301,6 +333,7 @@ impl Partition {
         Ok(Appended {
             base_offset: first_base.expect("at least one batch"),
             end_offset: next,
+            leader_epoch,
             durable: Some(durable),
         })
     }
@@ -327,6 +360,7 @@ impl Partition {
         })?;
         state.next_offset = end_offset;
         for stored in stored_batches {
+            state.epochs.note(&stored);
             state.pending_bytes += stored.len();
             state.pending_batches.push_back(stored);
         }
@@ -341,9 +375,21 @@ impl Partition {
     pub fn append_replica(
         self: &Arc<Self>,
         batches: &[BatchView],
+        leader: i32,
         wal: &GroupCommitWal,
     ) -> Result<oneshot::Receiver<Result<(), WalFailed>>, String> {
         let mut state = lock(&self.state);
+        // An election may have happened while the fetch was in flight.
+        if self
+            .replication
+            .as_ref()
+            .is_none_or(|r| !r.is_follower() || r.leader() != leader)
+        {
+            return Err(format!(
+                "{}-{}: no longer a follower of broker {leader}",
+                self.topic, self.index
+            ));
+        }
         let mut next = state.next_offset;
         let mut frames = Vec::with_capacity(batches.len());
         let mut stored_batches = Vec::with_capacity(batches.len());
@@ -355,7 +401,9 @@ impl Partition {
                     self.topic, self.index
                 ));
             }
-            let (frame, stored) = record::encode(self.topic_id, self.index, &view.bytes, base);
+            let epoch = batch::leader_epoch(&view.bytes);
+            let (frame, stored) =
+                record::encode(self.topic_id, self.index, &view.bytes, base, epoch);
             next = batch::last_offset(&stored) + 1;
             frames.push(frame);
             stored_batches.push(stored);
@@ -376,6 +424,106 @@ impl Partition {
     /// The offset the next appended batch gets (a follower fetches from here).
     pub fn log_end(&self) -> i64 {
         lock(&self.state).next_offset
+    }
+
+    /// The log end and the epoch of the last batch (-1 for none): what a follower fetches with.
+    pub fn log_end_and_epoch(&self) -> (i64, i32) {
+        let state = lock(&self.state);
+        (state.next_offset, state.epochs.latest())
+    }
+
+    /// The largest epoch not above `epoch` in this log, and the offset where it ends.
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
+        let state = lock(&self.state);
+        state.epochs.end_offset_for(epoch, state.next_offset)
+    }
+
+    /// Follower: cuts the log at the first batch that holds `offset` or a later one, so it
+    /// ends at or below `offset` (batches are never split). Appends already queued are made
+    /// durable first; the cut is written to the WAL, durably, before the files change, so a
+    /// restart replays it in order. Returns the new log end.
+    pub async fn truncate(
+        self: &Arc<Self>,
+        offset: i64,
+        wal: &GroupCommitWal,
+    ) -> Result<i64, String> {
+        let queued_end = self.log_end();
+        if offset >= queued_end {
+            return Ok(queued_end);
+        }
+        self.durable_end
+            .wait_past(queued_end - 1, TRUNCATION_DURABLE_WAIT)
+            .await;
+        if self.durable_end.get() < queued_end {
+            return Err(format!(
+                "{}-{}: appends not durable within {TRUNCATION_DURABLE_WAIT:?}",
+                self.topic, self.index
+            ));
+        }
+        let (done_tx, done_rx) = oneshot::channel();
+        wal.submit(WalAppend {
+            frames: vec![record::encode_truncation(self.topic_id, self.index, offset)],
+            partition: self.clone(),
+            end_offset: offset,
+            done: Some(done_tx),
+            budget: None,
+        })
+        .map_err(|e| e.to_string())?;
+        match tokio::time::timeout(TRUNCATION_DURABLE_WAIT, done_rx).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(WalFailed(reason)))) => return Err(reason.to_string()),
+            Ok(Err(_)) => return Err("WAL writer stopped".into()),
+            Err(_) => {
+                return Err(format!(
+                    "WAL not durable within {TRUNCATION_DURABLE_WAIT:?}"
+                ))
+            }
+        }
+        self.cut(offset)
+            .map_err(|e| format!("{}-{}: {e}", self.topic, self.index))
+    }
+
+    /// Replays a truncation found in the WAL on start.
+    pub fn replay_truncation(&self, offset: i64) -> Result<(), String> {
+        self.cut(offset)
+            .map(|_| ())
+            .map_err(|e| format!("{}-{}: {e}", self.topic, self.index))
+    }
+
+    fn cut(&self, offset: i64) -> io::Result<i64> {
+        let _syncing = lock(&self.syncing);
+        let mut state = lock(&self.state);
+        if offset >= state.next_offset {
+            return Ok(state.next_offset);
+        }
+        let end = if offset >= state.log.end_offset() {
+            let keep = state
+                .pending_batches
+                .iter()
+                .take_while(|b| batch::last_offset(b) < offset)
+                .count();
+            let end = state
+                .pending_batches
+                .get(keep)
+                .map_or(state.next_offset, |b| batch::base_offset(b));
+            let dropped: usize = state.pending_batches.drain(keep..).map(|b| b.len()).sum();
+            state.pending_bytes -= dropped;
+            end
+        } else {
+            state.pending_batches.clear();
+            state.pending_bytes = 0;
+            state.log.truncate(offset)?
+        };
+        if state.pending_batches.is_empty() {
+            state.oldest_pending = None;
+        }
+        state.next_offset = end;
+        state.epochs.truncate(end);
+        forget_producer_batches_from(&mut state.producers, end);
+        self.synced_end.fetch_min(end, Ordering::AcqRel);
+        self.durable_end.cut(end);
+        self.high_watermark.cut(end);
+        Ok(end)
     }
 
     /// Moves durable pending batches to the segment log when `profile` says so (or always when
@@ -422,6 +570,7 @@ impl Partition {
 
     /// fsyncs the segment log; afterwards the WAL is no longer needed below `synced_end`.
     pub fn sync_log(&self) -> io::Result<()> {
+        let _syncing = lock(&self.syncing);
         let unsynced = lock(&self.state).log.take_unsynced();
         if let Some(unsynced) = unsynced {
             // Outside the lock: producers keep appending while the segment is fsynced. A roll
@@ -547,6 +696,21 @@ fn forget_idle_producers(producers: &mut HashMap<i64, ProducerState>) {
             .expect("not empty");
         producers.remove(&idle);
     }
+}
+
+/// Forgets what producers appended at or past `end` (the log was cut there): a producer whose
+/// remembered batches all went is forgotten, so its next batch is taken as it comes.
+fn forget_producer_batches_from(producers: &mut HashMap<i64, ProducerState>, end: i64) {
+    producers.retain(|_, producer| {
+        producer.recent.retain(|r| r.end_offset <= end);
+        match producer.recent.back() {
+            Some(last) => {
+                producer.last_seq = last.last_seq;
+                true
+            }
+            None => false,
+        }
+    });
 }
 
 fn remember_producer_batch(producers: &mut HashMap<i64, ProducerState>, stored: &[u8]) {

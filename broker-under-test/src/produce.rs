@@ -242,6 +242,11 @@ impl ProduceHandler {
                 if high_watermark.get() < appended.end_offset {
                     return partition_error(partition.index, ResponseError::RequestTimedOut);
                 }
+                // Another broker was elected meanwhile: the mark may have moved on its log,
+                // which need not hold this batch (Kafka fails the request the same way).
+                if !replication.is_leader() || replication.leader_epoch() != appended.leader_epoch {
+                    return partition_error(partition.index, ResponseError::NotLeaderOrFollower);
+                }
                 // The followers that hold the batch may have left the in-sync set since: then
                 // it is not on min.insync.replicas replicas that would be elected, and the
                 // client must not take it for a success (Kafka's error for this case).

@@ -24,6 +24,7 @@ use tokio::sync::Notify;
 use crate::cluster::Cluster;
 use crate::replication::Replication;
 
+use crate::leader_epochs::EpochHistory;
 use crate::log::{LogError, PartitionLog};
 use crate::partition::Partition;
 use crate::wal::group_commit::lock;
@@ -44,20 +45,30 @@ pub struct Placement {
 }
 
 impl Placement {
-    /// The replication state of `topic`-`index`; `None` when this broker is its only replica.
-    fn replication(&self, topic: &str, index: i32, factor: i16) -> Option<Arc<Replication>> {
+    /// The replication state of `topic`-`index`, whose files are in `dir`; `None` when this
+    /// broker is its only replica.
+    fn replication(
+        &self,
+        topic: &str,
+        index: i32,
+        factor: i16,
+        dir: &Path,
+    ) -> io::Result<Option<Arc<Replication>>> {
         let replicas = self
             .cluster
             .replicas(topic, index, usize::try_from(factor).unwrap_or(1));
         let local = self.cluster.local_id();
-        (replicas != [local]).then(|| {
-            Arc::new(Replication::new(
-                replicas,
-                local,
-                self.replica_lag_time_max,
-                self.keeper.clone(),
-            ))
-        })
+        if replicas == [local] {
+            return Ok(None);
+        }
+        Replication::new(
+            replicas,
+            local,
+            self.replica_lag_time_max,
+            self.keeper.clone(),
+            dir.join(crate::replication::state::LEADER_EPOCH_FILE),
+        )
+        .map(|r| Some(Arc::new(r)))
     }
 }
 
@@ -152,14 +163,13 @@ impl TopicRegistry {
             let name: Arc<str> = name.into();
             let mut partitions = Vec::with_capacity(indexes.len());
             for index in indexes {
-                let replication = placement.replication(&name, index, replication_factor);
                 partitions.push(Arc::new(open_partition(
                     &dir,
                     name.clone(),
                     id,
                     index,
                     segment_bytes_max,
-                    replication,
+                    (&placement, replication_factor),
                 )?));
             }
             snapshot.insert(
@@ -251,14 +261,13 @@ impl TopicRegistry {
             let name: Arc<str> = name.into();
             let parts = (0..partitions)
                 .map(|i| {
-                    let replication = self.placement.replication(&name, i, replication_factor);
                     open_partition(
                         &dir,
                         name.clone(),
                         id,
                         i,
                         self.segment_bytes_max,
-                        replication,
+                        (&self.placement, replication_factor),
                     )
                     .map(Arc::new)
                 })
@@ -353,24 +362,32 @@ fn open_partition(
     topic_id: u128,
     index: i32,
     segment_bytes_max: u64,
-    replication: Option<Arc<Replication>>,
+    (placement, replication_factor): (&Placement, i16),
 ) -> Result<Partition, LogError> {
     let dir = topic_dir.join(index.to_string());
     let mut stored = Vec::new();
+    let mut epochs = EpochHistory::default();
     let (log, recovery) = PartitionLog::open(&dir, segment_bytes_max, |b| {
+        epochs.note(b);
         if crate::batch::header(b).producer_id >= 0 {
             stored.push(bytes::Bytes::copy_from_slice(
                 &b[..crate::batch::BATCH_HEADER_BYTES],
             ));
         }
     })?;
+    let replication = placement
+        .replication(&topic, index, replication_factor, &dir)
+        .map_err(|source| LogError::Io {
+            path: dir.clone(),
+            source,
+        })?;
     if recovery.torn_bytes_cut > 0 {
         tracing::warn!(
             "{topic}-{index}: cut {} torn bytes from the segment tail",
             recovery.torn_bytes_cut
         );
     }
-    let partition = Partition::new(topic, topic_id, index, log, replication);
+    let partition = Partition::new(topic, topic_id, index, log, epochs, replication);
     for header in stored {
         partition.remember_stored(&header);
     }

@@ -2,8 +2,12 @@
 //! message is on every in-sync replica byte for byte, acks=all never claims a success the
 //! in-sync set cannot back, consumers never read past the high watermark, a follower that was
 //! killed catches up to a byte-identical log, a leader-follower link that stalls or is cut
-//! costs the follower its place in the in-sync set, not the leader its progress, and leaders
-//! and followers killed with SIGKILL at seeded moments lose nothing acked (longer runs:
+//! costs the follower its place in the in-sync set, not the leader its progress; after a
+//! leader stops, `chronik-broker promote` elects an in-sync follower that holds every acks=all
+//! message and clients continue on it; a former leader that comes back cuts what the new
+//! leader never had (leader-epoch truncation, also after a restart replays the cut) and ends
+//! byte-identical; and leaders and followers killed with SIGKILL at seeded moments, with a
+//! promotion whenever the leader died, lose nothing acked (longer runs:
 //! `CHRONIK_REPLICATION_KILL_CYCLES`, `CHRONIK_REPLICATION_KILL_SEED`).
 
 mod common;
@@ -108,7 +112,15 @@ fn read_partition(bootstrap: &str, topic: &str, partition: i32) -> Vec<(i64, Str
     let mut next = 0;
     while next < end && Instant::now() < deadline {
         if let Some(message) = consumer.poll(Duration::from_millis(100)) {
-            let message = message.expect("consume");
+            // A broker of the bootstrap list that is down (a killed leader) is reported as a
+            // transport failure; the read goes on with the others.
+            let message = match message {
+                Err(rdkafka::error::KafkaError::MessageConsumption(
+                    rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure
+                    | rdkafka::types::RDKafkaErrorCode::AllBrokersDown,
+                )) => continue,
+                other => other.expect("consume"),
+            };
             let value = String::from_utf8_lossy(message.payload().unwrap_or_default()).into();
             next = message.offset() + 1;
             out.push((message.offset(), value));
@@ -149,6 +161,7 @@ fn fetch_error(addr: std::net::SocketAddr, topic: &str, partition: i32) -> i16 {
 }
 
 const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+const ELECTION_NOT_NEEDED: i16 = 84;
 
 #[test]
 fn every_acked_message_is_on_every_replica_byte_for_byte() {
@@ -370,7 +383,7 @@ fn consumers_never_read_past_what_the_in_sync_replicas_hold() {
 }
 
 /// Writes a cluster file in which `local` reaches every other broker through `via` (its
-/// proxy), and itself at its real address.
+/// proxy), and itself at its real address; clients are told the real addresses.
 fn cluster_file(
     path: &Path,
     real: &[(i32, std::net::SocketAddr)],
@@ -380,55 +393,65 @@ fn cluster_file(
     let text: String = real
         .iter()
         .map(|(id, addr)| {
-            let addr = if *id == local {
+            let route = if *id == local {
                 *addr
             } else {
                 via.iter().find(|(v, _)| v == id).expect("a proxy").1
             };
-            format!("[[broker]]\nid = {id}\naddress = \"{addr}\"\n")
+            format!("[[broker]]\nid = {id}\naddress = \"{route}\"\nclient_address = \"{addr}\"\n")
         })
         .collect();
     std::fs::write(path, text).expect("cluster file");
 }
 
-#[test]
-fn a_stalled_or_cut_link_costs_the_follower_its_place_not_the_leader_its_progress() {
+/// Two brokers whose links to each other go through proxies (clients use the real
+/// addresses): the brokers, each broker's proxy, and a cluster file with the real addresses.
+fn proxied_pair(
+    root: &Path,
+    extra: &[&str],
+) -> (
+    Vec<common::Broker>,
+    Vec<(i32, common::proxy::Proxy)>,
+    std::path::PathBuf,
+) {
     use common::proxy::Proxy;
-    let root = tempfile::tempdir().unwrap();
     let free = || {
         std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
     };
     let real = [(1, free()), (2, free())];
-    // Every link between the brokers goes through a proxy; clients use the real addresses.
     let proxies: Vec<(i32, Proxy)> = real.iter().map(|(id, a)| (*id, Proxy::start(*a))).collect();
     let via: Vec<(i32, std::net::SocketAddr)> =
         proxies.iter().map(|(id, p)| (*id, p.addr)).collect();
-    let mut brokers: Vec<common::Broker> = real
+    let brokers = real
         .iter()
         .map(|(id, _)| {
-            let file = root.path().join(format!("cluster-{id}.toml"));
+            let file = root.join(format!("cluster-{id}.toml"));
             cluster_file(&file, &real, &via, *id);
-            let args = [
+            let mut args = vec![
                 format!("--broker-id={id}"),
                 format!("--cluster={}", file.display()),
-                "--replica-lag-time-max-ms=1000".to_owned(),
             ];
+            args.extend(extra.iter().map(|a| a.to_string()));
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            common::Broker::start(&root.path().join(format!("broker-{id}")), &args)
+            common::Broker::start(&root.join(format!("broker-{id}")), &args)
         })
         .collect();
+    let direct = root.join("cluster.toml");
+    cluster_file(&direct, &real, &real, 0);
+    (brokers, proxies, direct)
+}
+
+#[test]
+fn a_stalled_or_cut_link_costs_the_follower_its_place_not_the_leader_its_progress() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut brokers, proxies, _) = proxied_pair(root.path(), &["--replica-lag-time-max-ms=1000"]);
     let topic = "linked";
     create_topic(&brokers[0].bootstrap(), topic, 1, 2);
     let (leader, replicas, _) = placement(&brokers[0].bootstrap(), topic, 0);
     let follower = *replicas.iter().find(|&&id| id != leader).unwrap();
-    let leader_addr = real
-        .iter()
-        .find(|(id, _)| *id == leader)
-        .unwrap()
-        .1
-        .to_string();
+    let leader_addr = brokers[usize::try_from(leader - 1).unwrap()].bootstrap();
     // The follower reaches the leader through the leader's proxy.
     let link = &proxies.iter().find(|(id, _)| *id == leader).unwrap().1;
     let isr = || placement(&leader_addr, topic, 0).2;
@@ -481,13 +504,14 @@ fn brokers_killed_at_random_moments_lose_nothing_acked_and_keep_identical_logs()
     let seed = common::env_u64("CHRONIK_REPLICATION_KILL_SEED", 17);
     let mut rng = Rng(seed);
     let root = tempfile::tempdir().unwrap();
-    let mut cluster = TestCluster::start(root.path(), 2, &["--replica-lag-time-max-ms=1000"]);
+    // min.insync.replicas = 2: an acks=all message is on both replicas, so whichever survives
+    // can be elected without losing one.
+    let mut cluster = TestCluster::start(root.path(), 2, &["--min-insync-replicas=2"]);
     let bootstrap = cluster.bootstrap();
     let topic = "killed";
+    let mut promotions = 0;
     create_topic(&bootstrap, topic, 1, 2);
-    wait_for("the follower to join", || {
-        placement(&bootstrap, topic, 0).2.len() == 2
-    });
+    wait_for_isr_seen_by_all(&cluster, topic, 2);
     // Offset -> value of every acknowledged message: an offset never holds two values.
     let mut acked: std::collections::BTreeMap<i64, String> = Default::default();
     let mut killed_in_flight = 0;
@@ -511,7 +535,16 @@ fn brokers_killed_at_random_moments_lose_nothing_acked_and_keep_identical_logs()
         if !producing.is_finished() {
             killed_in_flight += 1;
         }
+        let (leader, _, _) = leader_view(&cluster, topic);
         cluster.broker(victim).kill9();
+        if victim == leader {
+            let (promoted, said) = cluster.promote(topic);
+            assert!(
+                promoted,
+                "seed {seed} cycle {cycle}: promote failed: {said}"
+            );
+            promotions += 1;
+        }
         cluster.broker(victim).restart();
         let outcomes = producing.join().expect("producer thread");
         for ((_, value), offset) in batch.iter().zip(outcomes) {
@@ -523,14 +556,13 @@ fn brokers_killed_at_random_moments_lose_nothing_acked_and_keep_identical_logs()
                 }
             }
         }
-        wait_for("both replicas in sync again", || {
-            placement(&bootstrap, topic, 0).2.len() == 2
-        });
+        wait_for_isr_seen_by_all(&cluster, topic, 2);
     }
     assert!(
         killed_in_flight * 2 >= cycles,
         "only {killed_in_flight} of {cycles} kills landed while messages were in flight"
     );
+    assert!(promotions > 0, "seed {seed}: no cycle killed the leader");
     produce_all_acked(&bootstrap, topic, &keyed("final", 1));
     wait_for("both replicas in sync at the end", || {
         placement(&bootstrap, topic, 0).2.len() == 2
@@ -561,5 +593,198 @@ fn brokers_killed_at_random_moments_lose_nothing_acked_and_keep_identical_logs()
     assert!(
         logs[0] == logs[1],
         "seed {seed}: the logs differ after the kills"
+    );
+}
+
+/// (leader, epoch, in-sync set) as the brokers report it: the newest epoch among the views of
+/// the running brokers.
+fn leader_view(cluster: &TestCluster, topic: &str) -> (i32, i32, Vec<i32>) {
+    cluster
+        .brokers
+        .iter()
+        .filter(|b| b.running())
+        .map(|b| common::wire::partition_view(b.addr, topic, 0))
+        .max_by_key(|(_, epoch, _)| *epoch)
+        .expect("a running broker")
+}
+
+/// Waits until every running broker reports the same leader and epoch and `size` replicas in
+/// sync: then a follower's view of the in-sync set (what `promote` trusts) is current.
+fn wait_for_isr_seen_by_all(cluster: &TestCluster, topic: &str, size: usize) {
+    wait_for("every broker to see the whole in-sync set", || {
+        let views: Vec<_> = cluster
+            .brokers
+            .iter()
+            .filter(|b| b.running())
+            .map(|b| common::wire::partition_view(b.addr, topic, 0))
+            .collect();
+        views
+            .iter()
+            .all(|v| v.2.len() == size && (v.0, v.1) == (views[0].0, views[0].1))
+    });
+}
+
+#[test]
+fn a_promoted_follower_holds_every_acks_all_message_and_clients_continue_on_it() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = TestCluster::start(root.path(), 3, &["--min-insync-replicas=2"]);
+    let bootstrap = cluster.bootstrap();
+    let topic = "failover";
+    create_topic(&bootstrap, topic, 1, 3);
+    wait_for_isr_seen_by_all(&cluster, topic, 3);
+    let (old_leader, epoch, _) = leader_view(&cluster, topic);
+    assert_eq!(epoch, 0);
+    // Nobody takes over a leader that answers, whatever the election type.
+    let follower = cluster
+        .brokers
+        .iter()
+        .enumerate()
+        .find(|(i, _)| *i + 1 != usize::try_from(old_leader).unwrap())
+        .map(|(_, b)| b.addr)
+        .unwrap();
+    for election_type in [0, 1] {
+        assert_eq!(
+            common::wire::elect_leaders(follower, topic, 0, election_type),
+            ELECTION_NOT_NEEDED
+        );
+    }
+    let (leader, epoch, _) = leader_view(&cluster, topic);
+    assert_eq!(
+        (leader, epoch),
+        (old_leader, 0),
+        "refused elections change nothing"
+    );
+    // Enough messages that the leader dies in the middle of them.
+    let batch = keyed("failover", 200_000);
+    let producing = {
+        let (bootstrap, batch) = (bootstrap.clone(), batch.clone());
+        std::thread::spawn(move || {
+            common::deliver(
+                &bootstrap,
+                topic,
+                &batch,
+                &[("acks", "all"), ("message.timeout.ms", "60000")],
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!producing.is_finished(), "the leader must die mid-stream");
+    cluster.broker(old_leader).kill9();
+    let (promoted, said) = cluster.promote(topic);
+    assert!(promoted, "promote: {said}");
+    let (new_leader, new_epoch, _) = leader_view(&cluster, topic);
+    assert_ne!(new_leader, old_leader, "{said}");
+    assert_eq!(new_epoch, 1, "{said}");
+    let outcomes = producing.join().expect("producer thread");
+    // The producer went on: everything after the failover was acknowledged too.
+    assert!(
+        outcomes.iter().rev().take(1000).all(Option::is_some),
+        "the producer continued on the new leader"
+    );
+    let read: std::collections::BTreeMap<i64, String> =
+        read_partition(&bootstrap, topic, 0).into_iter().collect();
+    let mut acked = 0;
+    for ((_, value), offset) in batch.iter().zip(&outcomes) {
+        if let Some(offset) = offset {
+            assert_eq!(read.get(offset), Some(value), "acked {value} at {offset}");
+            acked += 1;
+        }
+    }
+    assert!(acked > batch.len() / 2, "{acked} of {} acked", batch.len());
+    // The old leader comes back as a follower of the new one and ends with the same log.
+    cluster.broker(old_leader).restart();
+    wait_for_isr_seen_by_all(&cluster, topic, 3);
+    produce_all_acked(&bootstrap, topic, &keyed("after", 1));
+    wait_for_isr_seen_by_all(&cluster, topic, 3);
+    for broker in &mut cluster.brokers {
+        assert!(broker.terminate().success());
+    }
+    let logs: Vec<Vec<u8>> = cluster
+        .brokers
+        .iter()
+        .map(|b| segment_bytes(&b.data_dir, topic, 0))
+        .collect();
+    assert!(
+        logs[0] == logs[1] && logs[1] == logs[2],
+        "byte-identical logs"
+    );
+}
+
+#[test]
+fn a_former_leader_cuts_what_the_new_leader_never_had_even_across_a_restart() {
+    let root = tempfile::tempdir().unwrap();
+    // A long lag time: the cut-off follower stays in the in-sync set the leader reports, so it
+    // may be promoted while the old leader holds acks=1 messages it never got.
+    let (mut brokers, proxies, direct) =
+        proxied_pair(root.path(), &["--replica-lag-time-max-ms=60000"]);
+    let index = |id: i32| usize::try_from(id - 1).unwrap();
+    let bootstrap = format!("{},{}", brokers[0].bootstrap(), brokers[1].bootstrap());
+    let topic = "diverged";
+    create_topic(&bootstrap, topic, 1, 2);
+    let views = |brokers: &[common::Broker]| -> Vec<(i32, i32, Vec<i32>)> {
+        brokers
+            .iter()
+            .filter(|b| b.running())
+            .map(|b| common::wire::partition_view(b.addr, topic, 0))
+            .collect()
+    };
+    wait_for("both brokers to see both in sync", || {
+        views(&brokers).iter().all(|v| v.2.len() == 2)
+    });
+    produce_all_acked(&bootstrap, topic, &keyed("before", 20));
+    let (old_leader, _, _) = views(&brokers)[0].clone();
+    // The follower reaches the leader through the leader's proxy: cut it, so nothing the
+    // leader takes from now on can reach the follower, not even a fetch answer in flight.
+    proxies[index(old_leader)].1.cut();
+    let stalled = produce(&bootstrap, topic, &keyed("stalled", 10), &[("acks", "1")]);
+    assert!(stalled.iter().all(|&a| a), "acks=1 needs only the leader");
+    brokers[index(old_leader)].kill9();
+    proxies[index(old_leader)].1.resume();
+    let (promoted, said) = common::promote(&direct, topic);
+    assert!(promoted, "promote: {said}");
+    let after = keyed("after", 5);
+    assert!(produce(&bootstrap, topic, &after, &[("acks", "1")])
+        .iter()
+        .all(|&a| a));
+    // Back, the old leader learns the election before it serves anyone, cuts the ten
+    // messages the new leader never had, and copies the new leader's instead.
+    brokers[index(old_leader)].restart();
+    let all_in_sync = |brokers: &[common::Broker]| {
+        let v = views(brokers);
+        v.len() == 2 && v.iter().all(|v| v.1 == 1 && v.2.len() == 2)
+    };
+    wait_for("the old leader to follow and rejoin", || {
+        all_in_sync(&brokers)
+    });
+    let expected: Vec<String> = keyed("before", 20)
+        .into_iter()
+        .chain(after)
+        .map(|(_, v)| v)
+        .collect();
+    let read: Vec<String> = read_partition(&bootstrap, topic, 0)
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(
+        read, expected,
+        "the stalled acks=1 messages are gone, nothing else"
+    );
+    // A crash right after: the WAL still holds the cut batches, then the cut, then the new
+    // ones, and replay must end where the leader's log does.
+    brokers[index(old_leader)].kill9();
+    brokers[index(old_leader)].restart();
+    wait_for("the old leader to rejoin after its replay", || {
+        all_in_sync(&brokers)
+    });
+    for broker in &mut brokers {
+        assert!(broker.terminate().success());
+    }
+    let logs: Vec<Vec<u8>> = brokers
+        .iter()
+        .map(|b| segment_bytes(&b.data_dir, topic, 0))
+        .collect();
+    assert!(
+        logs[0] == logs[1],
+        "byte-identical logs after the cut and the replay"
     );
 }

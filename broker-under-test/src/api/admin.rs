@@ -47,7 +47,9 @@ fn describe_topic(ctx: &ApiContext, topic: &Topic) -> MetadataResponseTopic {
                     part.isr_nodes = vec![local];
                 }
                 Some(r) => {
-                    part.leader_id = BrokerId(r.leader());
+                    let leadership = r.leadership();
+                    part.leader_id = BrokerId(leadership.leader);
+                    part.leader_epoch = leadership.epoch;
                     part.replica_nodes = r.replicas().iter().map(|&id| BrokerId(id)).collect();
                     part.isr_nodes = r.isr().into_iter().map(BrokerId).collect();
                 }
@@ -71,8 +73,9 @@ pub async fn metadata(ctx: &ApiContext, req: MetadataRequest, version: i16) -> M
                 broker.host = str_bytes(&ctx.advertised_host);
                 broker.port = ctx.advertised_port;
             } else {
-                broker.host = str_bytes(b.address.ip().to_string());
-                broker.port = i32::from(b.address.port());
+                let address = b.client_address();
+                broker.host = str_bytes(address.ip().to_string());
+                broker.port = i32::from(address.port());
             }
             broker
         })

@@ -1,13 +1,20 @@
 //! Fetch (with long polling) and ListOffsets. A consumer reads below the high watermark and
 //! waits on it; a follower (a fetch with a replica id) reads below the leader's durable end,
 //! waits on that, and reports its own durable end with the offset it fetches from.
+//!
+//! A follower's fetch is checked first (`follower_check`): one that names another leader epoch
+//! is fenced, and one whose last batch's epoch ends earlier in this log gets the diverging
+//! epoch instead of records, and is not taken as a position (its log is not a prefix of ours).
 
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::fetch_request::FetchPartition;
+use kafka_protocol::messages::fetch_response::{
+    EpochEndOffset, FetchableTopicResponse, PartitionData,
+};
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
@@ -16,10 +23,13 @@ use kafka_protocol::messages::{
 };
 
 use super::ApiContext;
-use crate::partition::FetchRead;
+use crate::partition::{FetchRead, Partition};
 
 /// Upper bound on a fetch's long poll, whatever the client asks.
 const FETCH_WAIT_MAX: Duration = Duration::from_secs(30);
+/// Kafka's replica id of a debugging client: ListOffsets from it is answered by any replica,
+/// with that replica's own durable end and last epoch (`chronik-broker promote` uses it).
+const DEBUGGING_REPLICA_ID: i32 = -2;
 /// ListOffsets timestamps with special meaning.
 const LATEST_TIMESTAMP: i64 = -1;
 const EARLIEST_TIMESTAMP: i64 = -2;
@@ -52,7 +62,39 @@ pub async fn fetch(ctx: &ApiContext, req: FetchRequest) -> FetchResponse {
     }
 }
 
-type Waiter = (std::sync::Arc<crate::partition::Partition>, i64);
+type Waiter = (std::sync::Arc<Partition>, i64);
+
+/// Why a follower's fetch of one partition gets no records.
+enum FollowerRefusal {
+    /// It names another leader epoch than this leader's.
+    Fenced(ResponseError),
+    /// Its log holds batches past where this log ends their epoch.
+    Diverged(EpochEndOffset),
+}
+
+fn follower_check(partition: &Partition, wanted: &FetchPartition) -> Result<(), FollowerRefusal> {
+    let epoch = partition.replication().map_or(0, |r| r.leader_epoch());
+    if wanted.current_leader_epoch >= 0 && wanted.current_leader_epoch != epoch {
+        return Err(FollowerRefusal::Fenced(
+            if wanted.current_leader_epoch < epoch {
+                ResponseError::FencedLeaderEpoch
+            } else {
+                ResponseError::UnknownLeaderEpoch
+            },
+        ));
+    }
+    if wanted.last_fetched_epoch < 0 {
+        return Ok(());
+    }
+    let (found, end) = partition.end_offset_for_epoch(wanted.last_fetched_epoch);
+    if found != wanted.last_fetched_epoch || end < wanted.fetch_offset {
+        let mut diverging = EpochEndOffset::default();
+        diverging.epoch = found;
+        diverging.end_offset = end;
+        return Err(FollowerRefusal::Diverged(diverging));
+    }
+    Ok(())
+}
 
 /// A follower's fetch offsets are its durable ends: the leader's in-sync set and high
 /// watermark move with them. Recorded once per request, before the long poll.
@@ -66,6 +108,9 @@ fn record_follower_positions(ctx: &ApiContext, req: &FetchRequest, follower: i32
             let Some(replication) = partition.replication().filter(|r| r.is_leader()) else {
                 continue;
             };
+            if follower_check(&partition, wanted).is_err() {
+                continue;
+            }
             let change = replication.follower_fetched(
                 follower,
                 wanted.fetch_offset,
@@ -78,6 +123,27 @@ fn record_follower_positions(ctx: &ApiContext, req: &FetchRequest, follower: i32
             }
         }
     }
+}
+
+/// Fills `data` with the refusal of a follower's fetch; false when it may read.
+fn refuse_follower(
+    partition: &Partition,
+    wanted: &FetchPartition,
+    data: &mut PartitionData,
+) -> bool {
+    let Err(refusal) = follower_check(partition, wanted) else {
+        return false;
+    };
+    data.high_watermark = partition.high_watermark().get();
+    data.log_start_offset = partition.log_start();
+    match refusal {
+        FollowerRefusal::Fenced(error) => data.error_code = error.code(),
+        FollowerRefusal::Diverged(diverging) => {
+            data.diverging_epoch = diverging;
+            data.records = Some(Bytes::new());
+        }
+    }
+    true
 }
 
 fn fetch_once(
@@ -104,6 +170,8 @@ fn fetch_once(
                     data.high_watermark = -1;
                     data.log_start_offset = -1;
                 }
+                Some(partition)
+                    if for_follower && refuse_follower(&partition, wanted, &mut data) => {}
                 Some(partition) => {
                     let max = (wanted.partition_max_bytes.max(0) as usize).min(budget.max(1));
                     // KIP-74: only the first non-empty partition may exceed the request's byte
@@ -160,6 +228,14 @@ pub fn list_offsets(ctx: &ApiContext, req: ListOffsetsRequest) -> ListOffsetsRes
             out.timestamp = -1;
             match ctx.topics.partition(&topic.name, wanted.partition_index) {
                 None => out.error_code = ResponseError::UnknownTopicOrPartition.code(),
+                Some(partition)
+                    if req.replica_id.0 == DEBUGGING_REPLICA_ID
+                        && wanted.timestamp == LATEST_TIMESTAMP =>
+                {
+                    let (_, last_epoch) = partition.log_end_and_epoch();
+                    out.offset = partition.durable_end().get();
+                    out.leader_epoch = last_epoch;
+                }
                 Some(partition) if !partition.leads() => {
                     out.error_code = ResponseError::NotLeaderOrFollower.code();
                     out.offset = -1;

@@ -5,6 +5,7 @@
 //! the response frame, so both can be tested and fuzzed from bytes.
 
 mod admin;
+mod elect;
 mod fetch;
 mod groups;
 
@@ -14,8 +15,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsResponse, CreateTopicsRequest, FetchRequest, JoinGroupRequest,
-    MetadataRequest, RequestHeader, RequestKind, ResponseHeader, ResponseKind, SyncGroupRequest,
+    ApiKey, ApiVersionsResponse, CreateTopicsRequest, ElectLeadersRequest, FetchRequest,
+    JoinGroupRequest, MetadataRequest, RequestHeader, RequestKind, ResponseHeader, ResponseKind,
+    SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use thiserror::Error;
@@ -46,6 +48,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::InitProducerId, 0, 4),
     (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::ElectLeaders, 0, 2),
 ];
 
 /// Why a request frame closes its connection.
@@ -165,6 +168,7 @@ impl ApiContext {
             RequestKind::InitProducerId(req) => Work::Ready(Some(ResponseKind::InitProducerId(
                 admin::init_producer_id(self, req),
             ))),
+            RequestKind::ElectLeaders(req) => Work::ElectLeaders(req),
             RequestKind::DescribeConfigs(req) => Work::Ready(Some(ResponseKind::DescribeConfigs(
                 admin::describe_configs(self, req),
             ))),
@@ -213,6 +217,8 @@ enum Work {
     /// May create a topic, which in a cluster is announced to the other brokers.
     Metadata(MetadataRequest),
     CreateTopics(CreateTopicsRequest),
+    /// Probes the current leader before electing this broker.
+    ElectLeaders(ElectLeadersRequest),
 }
 
 impl Started {
@@ -238,6 +244,9 @@ impl Started {
             )),
             Work::CreateTopics(req) => Some(ResponseKind::CreateTopics(
                 Box::pin(admin::create_topics(ctx, req)).await,
+            )),
+            Work::ElectLeaders(req) => Some(ResponseKind::ElectLeaders(
+                Box::pin(elect::elect_leaders(ctx, req)).await,
             )),
         };
         response

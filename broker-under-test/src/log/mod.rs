@@ -199,6 +199,31 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// Cuts the log at the first batch holding `offset` or a later one (batches are never
+    /// split) and returns the new end. The files are cut and fsynced and the recovery point
+    /// lowered before this returns. A cut below the log start empties the first segment.
+    pub fn truncate(&mut self, offset: i64) -> io::Result<i64> {
+        if offset >= self.end_offset() {
+            return Ok(self.end_offset());
+        }
+        let mut removed = false;
+        while self.segments.len() > 1 && self.active().base_offset >= offset {
+            self.segments.pop().expect("more than one").delete()?;
+            removed = true;
+        }
+        let end = self
+            .segments
+            .last_mut()
+            .expect("a log always has an active segment")
+            .truncate(offset)?;
+        if removed {
+            crate::wal::storage::sync_dir(&self.dir)?;
+        }
+        write_recovery_point(&self.dir, end)?;
+        self.dirty = false;
+        Ok(end)
+    }
+
     /// Where to read `offset` from, if the log holds it.
     pub fn plan_read(&self, offset: i64) -> Option<ReadPlan> {
         if offset < self.start_offset() || offset >= self.end_offset() {

@@ -151,6 +151,45 @@ impl Segment {
         }
     }
 
+    /// Cuts the file before the first batch that holds `offset` or a later one, fsyncs it,
+    /// and returns the new next offset.
+    pub fn truncate(&mut self, offset: i64) -> io::Result<i64> {
+        let idx = self.index.partition_point(|&(base, _)| base <= offset);
+        let (mut next_offset, mut pos) = match idx.checked_sub(1) {
+            Some(i) => self.index[i],
+            None => (self.base_offset, 0),
+        };
+        let mut header = [0u8; batch::BATCH_HEADER_BYTES];
+        while pos < self.size {
+            self.file.read_exact_at(&mut header, pos)?;
+            if batch::last_offset(&header) >= offset {
+                break;
+            }
+            next_offset = batch::last_offset(&header) + 1;
+            pos += batch::framed_len(&header)
+                .filter(|&len| len >= batch::BATCH_HEADER_BYTES)
+                .ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "bad batch length at position {pos} of {}",
+                            self.path.display()
+                        ),
+                    )
+                })? as u64;
+        }
+        if pos < self.size {
+            next_offset = batch::base_offset(&header);
+        }
+        self.file.set_len(pos)?;
+        self.file.sync_all()?;
+        self.size = pos;
+        self.next_offset = next_offset;
+        self.index.retain(|&(_, at)| at < pos);
+        self.last_indexed_pos = self.index.last().map(|&(_, at)| at);
+        Ok(next_offset)
+    }
+
     pub fn sync(&mut self) -> io::Result<()> {
         self.file.sync_data()
     }

@@ -4,6 +4,14 @@
 //! as the replica id), appends what comes back at the leader's offsets, waits until that is
 //! durable in the local WAL, and fetches again from the new end: that next fetch is how the
 //! leader learns the follower's durable position.
+//!
+//! Each fetch carries the epoch of the follower's last batch. When the leader's log ends that
+//! epoch earlier (the follower holds batches a former leader wrote and this leader never had),
+//! it answers with a diverging epoch instead of records, and the follower cuts its log there
+//! before it fetches again (Kafka's leader-epoch truncation, KIP-101/KIP-595).
+//!
+//! Elections reach a broker here too: the Metadata of every peer is read each second, and a
+//! partition's leader in a newer epoch than the local one is adopted.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,6 +27,7 @@ use super::peer::{Peer, PeerError};
 use crate::batch;
 use crate::cluster::ClusterBroker;
 use crate::partition::Partition;
+use crate::replication::state::Leadership;
 use crate::topics::TopicRegistry;
 use crate::wal::group_commit::{GroupCommitWal, WalFailed};
 
@@ -67,6 +76,14 @@ impl Fetcher {
             local_id,
             failing: false,
         }
+    }
+
+    /// Reads the peer's topics and elections once, bounded by `timeout` (a starting broker
+    /// does this before it serves clients, so a former leader learns that it was replaced
+    /// before anyone can produce to it). Returns whether the peer answered.
+    pub async fn learn_once(&mut self, timeout: Duration) -> bool {
+        let learned = tokio::time::timeout(timeout, self.learn_topics()).await;
+        matches!(learned, Ok(Ok(())))
     }
 
     /// Runs until the broker aborts the task (at shutdown): no lock is held across an await,
@@ -167,10 +184,34 @@ impl Fetcher {
                 else {
                     continue;
                 };
-                if let Some(r) = partition
-                    .replication()
-                    .filter(|r| r.is_follower() && r.leader() == self.leader.id)
-                {
+                let Some(r) = partition.replication() else {
+                    continue;
+                };
+                // A newer election than this broker knows, whoever it made the leader.
+                let reported_leadership = Leadership {
+                    epoch: reported.leader_epoch,
+                    leader: reported.leader_id.0,
+                };
+                if reported_leadership.epoch > r.leader_epoch() {
+                    match r.elect(reported_leadership) {
+                        Ok(()) => tracing::info!(
+                            "{}-{}: broker {} leads in epoch {} (learned from broker {})",
+                            partition.topic,
+                            partition.index,
+                            reported_leadership.leader,
+                            reported_leadership.epoch,
+                            self.leader.id
+                        ),
+                        Err(err) => tracing::warn!(
+                            "{}-{}: cannot adopt epoch {} from broker {}: {err:?}",
+                            partition.topic,
+                            partition.index,
+                            reported_leadership.epoch,
+                            self.leader.id
+                        ),
+                    }
+                }
+                if r.is_follower() && r.leader() == self.leader.id {
                     r.set_reported_isr(reported.isr_nodes.iter().map(|b| b.0).collect());
                 }
             }
@@ -183,10 +224,12 @@ impl Fetcher {
     async fn fetch_once(&mut self, followed: &[Arc<Partition>]) -> Result<(), String> {
         let mut by_topic: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
         for p in followed {
+            let (log_end, last_epoch) = p.log_end_and_epoch();
             let mut wanted = FetchPartition::default();
             wanted.partition = p.index;
-            wanted.current_leader_epoch = -1;
-            wanted.fetch_offset = p.log_end();
+            wanted.current_leader_epoch = p.replication().map_or(-1, |r| r.leader_epoch());
+            wanted.fetch_offset = log_end;
+            wanted.last_fetched_epoch = last_epoch;
             wanted.log_start_offset = -1;
             wanted.partition_max_bytes = FETCH_PARTITION_BYTES_MAX;
             by_topic.entry(&p.topic).or_default().push(wanted);
@@ -235,6 +278,19 @@ impl Fetcher {
                     });
                     continue;
                 }
+                if data.diverging_epoch.end_offset >= 0 {
+                    if let Err(err) = self
+                        .truncate(
+                            &partition,
+                            data.diverging_epoch.epoch,
+                            data.diverging_epoch.end_offset,
+                        )
+                        .await
+                    {
+                        refused.get_or_insert(err);
+                    }
+                    continue;
+                }
                 let records = data.records.unwrap_or_default();
                 let durable = if records.is_empty() {
                     None
@@ -243,7 +299,9 @@ impl Fetcher {
                     // retried; it never holds up the other partitions of the fetch.
                     let appended = batch::parse_produce_records(&records, records.len())
                         .map_err(|e| format!("{}-{}: {e}", partition.topic, partition.index))
-                        .and_then(|batches| partition.append_replica(&batches, &self.wal));
+                        .and_then(|batches| {
+                            partition.append_replica(&batches, self.leader.id, &self.wal)
+                        });
                     match appended {
                         Ok(durable) => Some(durable),
                         Err(err) => {
@@ -271,5 +329,28 @@ impl Fetcher {
                 .advance(leader_high_watermark.min(partition.durable_end().get()));
         }
         refused.map_or(Ok(()), Err)
+    }
+
+    /// The leader's log ends `epoch` at `leader_end`: cut the local log where the two agree,
+    /// at most at the leader's end and at the local end of the same epoch (with no such epoch
+    /// on the leader, at the start of its earliest one).
+    async fn truncate(
+        &self,
+        partition: &Arc<Partition>,
+        epoch: i32,
+        leader_end: i64,
+    ) -> Result<(), String> {
+        let (_, local_end) = partition.end_offset_for_epoch(epoch);
+        let target = leader_end.min(local_end);
+        let before = partition.log_end();
+        let end = partition.truncate(target, &self.wal).await?;
+        tracing::warn!(
+            "{}-{}: log diverged from leader {} (its epoch {epoch} ends at {leader_end}): cut {} offset(s), the log now ends at {end}",
+            partition.topic,
+            partition.index,
+            self.leader.id,
+            before - end
+        );
+        Ok(())
     }
 }

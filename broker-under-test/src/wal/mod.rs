@@ -17,7 +17,7 @@ use crate::partition::Partition;
 use crate::profile::ProduceFlushProfile;
 use crate::topics::TopicRegistry;
 use group_commit::{lock, ClosedSegment, WalShared};
-use record::Decoded;
+use record::{Decoded, WalEntry};
 
 #[derive(Debug, Error)]
 pub enum WalRecoveryError {
@@ -96,6 +96,26 @@ pub fn recover(dir: &Path, topics: &TopicRegistry) -> Result<RecoveredWal, WalRe
         segments: seqs.len(),
         ..WalRecoveryReport::default()
     };
+    // A follower that cut its log wrote the cut to the WAL between the batches it cut and
+    // the ones that replaced them, and the segment files may hold either. Cutting each log at
+    // its earliest recorded cut first makes the segments agree with the WAL from there on;
+    // the replay below then appends the old batches, cuts again, and appends the new ones.
+    let mut earliest_cut: HashMap<(u128, i32), i64> = HashMap::new();
+    for &seq in &seqs {
+        let path = storage::segment_path(dir, seq);
+        let data = Bytes::from(fs::read(&path).map_err(io_err(&path))?);
+        for (topic_id, partition, end) in record::truncations(&data) {
+            let cut = earliest_cut.entry((topic_id, partition)).or_insert(end);
+            *cut = (*cut).min(end);
+        }
+    }
+    for ((topic_id, index), end) in earliest_cut {
+        if let Some(partition) = topics.by_id(topic_id, index) {
+            partition
+                .replay_truncation(end)
+                .map_err(WalRecoveryError::Replay)?;
+        }
+    }
     let mut closed = Vec::with_capacity(seqs.len());
     for (i, &seq) in seqs.iter().enumerate() {
         let path = storage::segment_path(dir, seq);
@@ -107,10 +127,19 @@ pub fn recover(dir: &Path, topics: &TopicRegistry) -> Result<RecoveredWal, WalRe
                 Decoded::Record(rec, used) => {
                     report.records += 1;
                     if let Some(partition) = topics.by_id(rec.topic_id, rec.partition) {
-                        let end = crate::batch::last_offset(&rec.batch) + 1;
-                        partition
-                            .replay(rec.batch)
-                            .map_err(WalRecoveryError::Replay)?;
+                        let end = match rec.entry {
+                            WalEntry::Batch(batch) => {
+                                let end = crate::batch::last_offset(&batch) + 1;
+                                partition.replay(batch).map_err(WalRecoveryError::Replay)?;
+                                end
+                            }
+                            WalEntry::Truncation(end) => {
+                                partition
+                                    .replay_truncation(end)
+                                    .map_err(WalRecoveryError::Replay)?;
+                                end
+                            }
+                        };
                         let entry = coverage
                             .entry(Arc::as_ptr(&partition) as usize)
                             .or_insert_with(|| (Arc::downgrade(&partition), end));

@@ -2,6 +2,10 @@
 //! is `[u128 topic id][i32 partition][record batch with its assigned base offset]`. The topic id
 //! (not the name) ties a record to one incarnation of a topic, so a topic deleted and created
 //! again under the same name never receives the old topic's records on replay.
+//!
+//! A payload whose third part is 8 bytes instead of a batch (a batch has at least 61) is a
+//! truncation: a follower cut its log at that offset to follow a new leader, and replay must cut
+//! there too before it appends what the WAL holds after it.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -13,18 +17,36 @@ const TOPIC_ID_BYTES: usize = 16;
 /// Topic id + partition: the smallest possible payload (an empty batch).
 const PAYLOAD_PREFIX_BYTES: usize = TOPIC_ID_BYTES + 4;
 
+/// Bytes of a truncation record's offset.
+const TRUNCATION_BYTES: usize = 8;
+
+/// What one WAL record holds for its partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WalEntry {
+    /// A stored batch.
+    Batch(Bytes),
+    /// The partition's log was cut to end at this offset.
+    Truncation(i64),
+}
+
 /// One decoded WAL record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalRecord {
     pub topic_id: u128,
     pub partition: i32,
-    pub batch: Bytes,
+    pub entry: WalEntry,
 }
 
-/// Frames one client batch for the WAL with `base_offset` written into the batch header (outside
-/// the batch's own CRC). Returns the frame and, as a view into the same bytes, the stored batch:
-/// the client's bytes are copied once on the produce path.
-pub fn encode(topic_id: u128, partition: i32, batch: &[u8], base_offset: i64) -> (Bytes, Bytes) {
+/// Frames one client batch for the WAL with `base_offset` and `leader_epoch` written into the
+/// batch header (outside the batch's own CRC). Returns the frame and, as a view into the same
+/// bytes, the stored batch: the client's bytes are copied once on the produce path.
+pub fn encode(
+    topic_id: u128,
+    partition: i32,
+    batch: &[u8],
+    base_offset: i64,
+    leader_epoch: i32,
+) -> (Bytes, Bytes) {
     let payload_len = PAYLOAD_PREFIX_BYTES + batch.len();
     let batch_start = FRAME_HEADER_BYTES + PAYLOAD_PREFIX_BYTES;
     let mut buf = BytesMut::with_capacity(FRAME_HEADER_BYTES + payload_len);
@@ -34,11 +56,27 @@ pub fn encode(topic_id: u128, partition: i32, batch: &[u8], base_offset: i64) ->
     buf.put_i32(partition);
     buf.put_slice(batch);
     buf[batch_start..batch_start + 8].copy_from_slice(&base_offset.to_be_bytes());
+    let epoch_at = batch_start + crate::batch::LEADER_EPOCH_OFFSET;
+    buf[epoch_at..epoch_at + 4].copy_from_slice(&leader_epoch.to_be_bytes());
     let crc = crc32c::crc32c(&buf[FRAME_HEADER_BYTES..]);
     buf[4..8].copy_from_slice(&crc.to_be_bytes());
     let frame = buf.freeze();
     let stored = frame.slice(batch_start..);
     (frame, stored)
+}
+
+/// Frames a truncation of `partition`'s log to `end_offset`.
+pub fn encode_truncation(topic_id: u128, partition: i32, end_offset: i64) -> Bytes {
+    let payload_len = PAYLOAD_PREFIX_BYTES + TRUNCATION_BYTES;
+    let mut buf = BytesMut::with_capacity(FRAME_HEADER_BYTES + payload_len);
+    buf.put_u32(payload_len as u32);
+    buf.put_u32(0);
+    buf.put_u128(topic_id);
+    buf.put_i32(partition);
+    buf.put_i64(end_offset);
+    let crc = crc32c::crc32c(&buf[FRAME_HEADER_BYTES..]);
+    buf[4..8].copy_from_slice(&crc.to_be_bytes());
+    buf.freeze()
 }
 
 /// Result of decoding the frame at the start of a buffer.
@@ -77,14 +115,54 @@ pub fn decode(buf: &Bytes) -> Decoded {
             .expect("4"),
     );
     let batch_start = FRAME_HEADER_BYTES + PAYLOAD_PREFIX_BYTES;
+    let entry = if payload_len == PAYLOAD_PREFIX_BYTES + TRUNCATION_BYTES {
+        WalEntry::Truncation(i64::from_be_bytes(
+            buf[batch_start..total].try_into().expect("8"),
+        ))
+    } else {
+        WalEntry::Batch(buf.slice(batch_start..total))
+    };
     Decoded::Record(
         WalRecord {
             topic_id,
             partition,
-            batch: buf.slice(batch_start..total),
+            entry,
         },
         total,
     )
+}
+
+/// The truncations framed in `buf`, in order: (topic id, partition, end offset). Walks the
+/// frames by their lengths and decodes only truncation-sized ones; stops where the framing
+/// ends or is damaged (recovery's full pass reports that).
+pub fn truncations(buf: &Bytes) -> Vec<(u128, i32, i64)> {
+    let mut found = Vec::new();
+    let mut pos = 0;
+    while buf.len() - pos >= FRAME_HEADER_BYTES {
+        let payload_len = u32::from_be_bytes(buf[pos..pos + 4].try_into().expect("4")) as usize;
+        if !(PAYLOAD_PREFIX_BYTES..=RECORD_BYTES_MAX).contains(&payload_len) {
+            break;
+        }
+        let total = FRAME_HEADER_BYTES + payload_len;
+        if payload_len == PAYLOAD_PREFIX_BYTES + TRUNCATION_BYTES {
+            match decode(&buf.slice(pos..)) {
+                Decoded::Record(
+                    WalRecord {
+                        topic_id,
+                        partition,
+                        entry: WalEntry::Truncation(end),
+                    },
+                    _,
+                ) => found.push((topic_id, partition, end)),
+                _ => break,
+            }
+        }
+        pos += total;
+        if pos > buf.len() {
+            break;
+        }
+    }
+    found
 }
 
 #[cfg(test)]
@@ -93,22 +171,43 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let (frame, stored) = encode(7, 3, b"offset__+batch", 0x0102);
-        assert_eq!(&stored[..], b"\0\0\0\0\0\0\x01\x02+batch");
+        let (frame, stored) = encode(7, 3, b"offset__lengEPOC+batch", 0x0102, 0x0a0b);
+        assert_eq!(&stored[..], b"\0\0\0\0\0\0\x01\x02leng\0\0\x0a\x0b+batch");
         match decode(&frame) {
             Decoded::Record(rec, used) => {
                 assert_eq!(used, frame.len());
                 assert_eq!(rec.topic_id, 7);
                 assert_eq!(rec.partition, 3);
-                assert_eq!(rec.batch, stored);
+                assert_eq!(rec.entry, WalEntry::Batch(stored));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let frame = encode_truncation(7, 3, 1234);
+        match decode(&frame) {
+            Decoded::Record(rec, used) => {
+                assert_eq!(used, frame.len());
+                assert_eq!((rec.topic_id, rec.partition), (7, 3));
+                assert_eq!(rec.entry, WalEntry::Truncation(1234));
             }
             other => panic!("unexpected {other:?}"),
         }
     }
 
     #[test]
+    fn truncations_are_found_among_batches_in_order() {
+        let mut wal = Vec::new();
+        wal.extend_from_slice(&encode(1, 0, &[7u8; 70], 0, 0).0);
+        wal.extend_from_slice(&encode_truncation(1, 0, 40));
+        wal.extend_from_slice(&encode(2, 3, &[7u8; 90], 5, 1).0);
+        wal.extend_from_slice(&encode_truncation(2, 3, 9));
+        let torn = encode_truncation(1, 0, 1);
+        wal.extend_from_slice(&torn[..torn.len() - 1]);
+        assert_eq!(truncations(&Bytes::from(wal)), [(1, 0, 40), (2, 3, 9)]);
+    }
+
+    #[test]
     fn every_truncation_is_incomplete_and_every_bit_flip_is_invalid() {
-        let (frame, _) = encode(1, 0, b"0123456789", 0);
+        let (frame, _) = encode(1, 0, b"0123456789abcdef", 0, 0);
         for cut in 0..frame.len() {
             assert_eq!(
                 decode(&frame.slice(..cut)),

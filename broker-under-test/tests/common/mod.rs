@@ -56,7 +56,10 @@ fn spawn(data_dir: &Path, args: &[String], limits: &[&str]) -> std::io::Result<C
     command
         .arg(format!("--data-dir={}", data_dir.display()))
         .args(args)
-        .env("CHRONIK_LOG", "warn")
+        .env(
+            "CHRONIK_LOG",
+            std::env::var("CHRONIK_TEST_BROKER_LOG").unwrap_or("warn".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .process_group(0)
@@ -134,6 +137,11 @@ impl Broker {
         self.addr.to_string()
     }
 
+    /// Whether the process was started and not yet stopped by the test.
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
@@ -205,6 +213,8 @@ impl Drop for Broker {
 pub struct TestCluster {
     /// In id order: broker `i + 1` is `brokers[i]`.
     pub brokers: Vec<Broker>,
+    /// The cluster file every broker was started with.
+    pub file: PathBuf,
 }
 
 impl TestCluster {
@@ -243,7 +253,12 @@ impl TestCluster {
                 Broker::start(&root.join(format!("broker-{id}")), &all)
             })
             .collect();
-        Self { brokers }
+        Self { brokers, file }
+    }
+
+    /// Runs `chronik-broker promote` for `topic`.
+    pub fn promote(&self, topic: &str) -> (bool, String) {
+        promote(&self.file, topic)
     }
 
     pub fn broker(&mut self, id: i32) -> &mut Broker {
@@ -258,6 +273,23 @@ impl TestCluster {
             .collect::<Vec<_>>()
             .join(",")
     }
+}
+
+/// Runs `chronik-broker promote --cluster FILE --topic T`: whether it succeeded, and what it
+/// printed.
+pub fn promote(cluster_file: &Path, topic: &str) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_chronik-broker"))
+        .args(["promote", "--cluster"])
+        .arg(cluster_file)
+        .args(["--topic", topic])
+        .output()
+        .expect("run chronik-broker promote");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
 }
 
 /// The partition's leader and replicas as the brokers report them (Metadata through rdkafka).

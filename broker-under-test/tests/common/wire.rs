@@ -313,3 +313,51 @@ pub fn fetch_all(addr: SocketAddr, topic: &str, partition: i32) -> Vec<(i64, Byt
     }
     out
 }
+
+/// `topic`-`partition` as the broker at `addr` sees it (Metadata v12 to that broker alone):
+/// (leader, leader epoch, in-sync replicas).
+pub fn partition_view(addr: SocketAddr, topic: &str, partition: i32) -> (i32, i32, Vec<i32>) {
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    use kafka_protocol::messages::{MetadataRequest, MetadataResponse, TopicName};
+    let mut t = MetadataRequestTopic::default();
+    t.name = Some(TopicName(StrBytes::from_string(topic.to_owned())));
+    let mut request = MetadataRequest::default();
+    request.topics = Some(vec![t]);
+    let mut s = connect(addr);
+    s.write_all(&frame(ApiKey::Metadata, 12, 1, &request))
+        .unwrap();
+    let mut body = read_frame(&mut s).expect("Metadata response");
+    ResponseHeader::decode(&mut body, 1).unwrap();
+    let response = MetadataResponse::decode(&mut body, 12).unwrap();
+    let p = response.topics[0]
+        .partitions
+        .iter()
+        .find(|p| p.partition_index == partition)
+        .expect("partition in metadata");
+    (
+        p.leader_id.0,
+        p.leader_epoch,
+        p.isr_nodes.iter().map(|b| b.0).collect(),
+    )
+}
+
+/// ElectLeaders v1 (`election_type` 0 in sync, 1 unclean) of `topic`-`partition` sent to the
+/// broker at `addr`: the partition's error code.
+pub fn elect_leaders(addr: SocketAddr, topic: &str, partition: i32, election_type: i8) -> i16 {
+    use kafka_protocol::messages::elect_leaders_request::TopicPartitions;
+    use kafka_protocol::messages::{ElectLeadersRequest, ElectLeadersResponse, TopicName};
+    let mut wanted = TopicPartitions::default();
+    wanted.topic = TopicName(StrBytes::from_string(topic.to_owned()));
+    wanted.partitions = vec![partition];
+    let mut request = ElectLeadersRequest::default();
+    request.election_type = election_type;
+    request.topic_partitions = Some(vec![wanted]);
+    request.timeout_ms = 5000;
+    let mut s = connect(addr);
+    s.write_all(&frame(ApiKey::ElectLeaders, 1, 1, &request))
+        .unwrap();
+    let mut body = read_frame(&mut s).expect("ElectLeaders response");
+    ResponseHeader::decode(&mut body, 0).unwrap();
+    let response = ElectLeadersResponse::decode(&mut body, 1).unwrap();
+    response.replica_election_results[0].partition_result[0].error_code
+}
