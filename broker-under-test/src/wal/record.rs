@@ -47,33 +47,37 @@ pub fn encode(
     base_offset: i64,
     leader_epoch: i32,
 ) -> (Bytes, Bytes) {
-    let payload_len = PAYLOAD_PREFIX_BYTES + batch.len();
     let batch_start = FRAME_HEADER_BYTES + PAYLOAD_PREFIX_BYTES;
-    let mut buf = BytesMut::with_capacity(FRAME_HEADER_BYTES + payload_len);
-    buf.put_u32(payload_len as u32);
-    buf.put_u32(0);
-    buf.put_u128(topic_id);
-    buf.put_i32(partition);
+    let mut buf = frame_start(topic_id, partition, batch.len());
     buf.put_slice(batch);
     buf[batch_start..batch_start + 8].copy_from_slice(&base_offset.to_be_bytes());
     let epoch_at = batch_start + crate::batch::LEADER_EPOCH_OFFSET;
     buf[epoch_at..epoch_at + 4].copy_from_slice(&leader_epoch.to_be_bytes());
-    let crc = crc32c::crc32c(&buf[FRAME_HEADER_BYTES..]);
-    buf[4..8].copy_from_slice(&crc.to_be_bytes());
-    let frame = buf.freeze();
+    let frame = seal(buf);
     let stored = frame.slice(batch_start..);
     (frame, stored)
 }
 
 /// Frames a truncation of `partition`'s log to `end_offset`.
 pub fn encode_truncation(topic_id: u128, partition: i32, end_offset: i64) -> Bytes {
-    let payload_len = PAYLOAD_PREFIX_BYTES + TRUNCATION_BYTES;
+    let mut buf = frame_start(topic_id, partition, TRUNCATION_BYTES);
+    buf.put_i64(end_offset);
+    seal(buf)
+}
+
+/// A frame's header (CRC still zero) and payload prefix, with room for `body_len` more bytes.
+fn frame_start(topic_id: u128, partition: i32, body_len: usize) -> BytesMut {
+    let payload_len = PAYLOAD_PREFIX_BYTES + body_len;
     let mut buf = BytesMut::with_capacity(FRAME_HEADER_BYTES + payload_len);
     buf.put_u32(payload_len as u32);
     buf.put_u32(0);
     buf.put_u128(topic_id);
     buf.put_i32(partition);
-    buf.put_i64(end_offset);
+    buf
+}
+
+/// Writes the payload's CRC into a complete frame.
+fn seal(mut buf: BytesMut) -> Bytes {
     let crc = crc32c::crc32c(&buf[FRAME_HEADER_BYTES..]);
     buf[4..8].copy_from_slice(&crc.to_be_bytes());
     buf.freeze()
