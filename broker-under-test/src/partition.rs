@@ -380,16 +380,7 @@ impl Partition {
     ) -> Result<oneshot::Receiver<Result<(), WalFailed>>, String> {
         let mut state = lock(&self.state);
         // An election may have happened while the fetch was in flight.
-        if self
-            .replication
-            .as_ref()
-            .is_none_or(|r| !r.is_follower() || r.leader() != leader)
-        {
-            return Err(format!(
-                "{}-{}: no longer a follower of broker {leader}",
-                self.topic, self.index
-            ));
-        }
+        self.check_follows(leader)?;
         let mut next = state.next_offset;
         let mut frames = Vec::with_capacity(batches.len());
         let mut stored_batches = Vec::with_capacity(batches.len());
@@ -438,15 +429,19 @@ impl Partition {
         state.epochs.end_offset_for(epoch, state.next_offset)
     }
 
-    /// Follower: cuts the log at the first batch that holds `offset` or a later one, so it
-    /// ends at or below `offset` (batches are never split). Appends already queued are made
-    /// durable first; the cut is written to the WAL, durably, before the files change, so a
-    /// restart replays it in order. Returns the new log end.
+    /// Follower of `leader`: cuts the log at the first batch that holds `offset` or a later
+    /// one, so it ends at or below `offset` (batches are never split). Appends already queued
+    /// are made durable first; the cut is written to the WAL, durably, before the files
+    /// change, so a restart replays it in order. Returns the new log end. Refused once this
+    /// broker no longer follows `leader` (an election while the fetch was in flight): a leader
+    /// never cuts its log.
     pub async fn truncate(
         self: &Arc<Self>,
         offset: i64,
+        leader: i32,
         wal: &GroupCommitWal,
     ) -> Result<i64, String> {
+        self.check_follows(leader)?;
         let queued_end = self.log_end();
         if offset >= queued_end {
             return Ok(queued_end);
@@ -479,20 +474,32 @@ impl Partition {
                 ))
             }
         }
-        self.cut(offset)
-            .map_err(|e| format!("{}-{}: {e}", self.topic, self.index))
+        self.cut(offset, Some(leader))
+    }
+
+    fn check_follows(&self, leader: i32) -> Result<(), String> {
+        match &self.replication {
+            Some(r) if r.is_follower() && r.leader() == leader => Ok(()),
+            _ => Err(format!(
+                "{}-{}: no longer a follower of broker {leader}",
+                self.topic, self.index
+            )),
+        }
     }
 
     /// Replays a truncation found in the WAL on start.
     pub fn replay_truncation(&self, offset: i64) -> Result<(), String> {
-        self.cut(offset)
-            .map(|_| ())
-            .map_err(|e| format!("{}-{}: {e}", self.topic, self.index))
+        self.cut(offset, None).map(|_| ())
     }
 
-    fn cut(&self, offset: i64) -> io::Result<i64> {
+    /// Cuts the log; with `leader`, only while this broker follows it (checked under the
+    /// partition lock, which the produce path's leader check also holds).
+    fn cut(&self, offset: i64, leader: Option<i32>) -> Result<i64, String> {
         let _syncing = lock(&self.syncing);
         let mut state = lock(&self.state);
+        if let Some(leader) = leader {
+            self.check_follows(leader)?;
+        }
         if offset >= state.next_offset {
             return Ok(state.next_offset);
         }
@@ -512,7 +519,10 @@ impl Partition {
         } else {
             state.pending_batches.clear();
             state.pending_bytes = 0;
-            state.log.truncate(offset)?
+            state
+                .log
+                .truncate(offset)
+                .map_err(|e| format!("{}-{}: {e}", self.topic, self.index))?
         };
         if state.pending_batches.is_empty() {
             state.oldest_pending = None;

@@ -343,7 +343,9 @@ impl Fetcher {
         let (_, local_end) = partition.end_offset_for_epoch(epoch);
         let target = leader_end.min(local_end);
         let before = partition.log_end();
-        let end = partition.truncate(target, &self.wal).await?;
+        let end = partition
+            .truncate(target, self.leader.id, &self.wal)
+            .await?;
         tracing::warn!(
             "{}-{}: log diverged from leader {} (its epoch {epoch} ends at {leader_end}): cut {} offset(s), the log now ends at {end}",
             partition.topic,
