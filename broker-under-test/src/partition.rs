@@ -267,13 +267,9 @@ impl Partition {
         // is in the log before any cut that follows an election.
         let leader_epoch = match &self.replication {
             None => 0,
-            Some(r) => {
-                let leadership = r.leadership();
-                if !r.is_leader() {
-                    return Err(AppendError::Kafka(ResponseError::NotLeaderOrFollower));
-                }
-                leadership.epoch
-            }
+            Some(r) => r
+                .leading_epoch()
+                .ok_or(AppendError::Kafka(ResponseError::NotLeaderOrFollower))?,
         };
         let mut frames = Vec::with_capacity(batches.len());
         let mut stored_batches = Vec::with_capacity(batches.len());

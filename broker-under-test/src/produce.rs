@@ -244,7 +244,7 @@ impl ProduceHandler {
                 }
                 // Another broker was elected meanwhile: the mark may have moved on its log,
                 // which need not hold this batch (Kafka fails the request the same way).
-                if !replication.is_leader() || replication.leader_epoch() != appended.leader_epoch {
+                if replication.leading_epoch() != Some(appended.leader_epoch) {
                     return partition_error(partition.index, ResponseError::NotLeaderOrFollower);
                 }
                 // The followers that hold the batch may have left the in-sync set since: then

@@ -146,6 +146,25 @@ fn segment_bytes(data_dir: &Path, topic: &str, partition: i32) -> Vec<u8> {
         .collect()
 }
 
+/// Delivers `batch` with acks=all on a thread (so the test can kill brokers meanwhile); the
+/// handle yields each message's acked offset, as `common::deliver` does.
+fn deliver_acks_all_in_background(
+    bootstrap: &str,
+    topic: &'static str,
+    batch: &[(String, String)],
+    message_timeout_ms: &'static str,
+) -> std::thread::JoinHandle<Vec<Option<i64>>> {
+    let (bootstrap, batch) = (bootstrap.to_owned(), batch.to_vec());
+    std::thread::spawn(move || {
+        common::deliver(
+            &bootstrap,
+            topic,
+            &batch,
+            &[("acks", "all"), ("message.timeout.ms", message_timeout_ms)],
+        )
+    })
+}
+
 /// Stops every broker cleanly and tells whether their copies of `topic`-0 are byte-identical.
 fn stopped_logs_identical(brokers: &mut [common::Broker], topic: &str) -> bool {
     for broker in brokers.iter_mut() {
@@ -532,17 +551,7 @@ fn brokers_killed_at_random_moments_lose_nothing_acked_and_keep_identical_logs()
         let delay = Duration::from_millis(rng.below(150));
         // Enough messages that the kill lands while they are in flight.
         let batch = keyed(&format!("cycle{cycle}"), 50_000);
-        let producing = {
-            let (bootstrap, batch) = (bootstrap.clone(), batch.clone());
-            std::thread::spawn(move || {
-                common::deliver(
-                    &bootstrap,
-                    topic,
-                    &batch,
-                    &[("acks", "all"), ("message.timeout.ms", "20000")],
-                )
-            })
-        };
+        let producing = deliver_acks_all_in_background(&bootstrap, topic, &batch, "20000");
         std::thread::sleep(delay);
         if !producing.is_finished() {
             killed_in_flight += 1;
@@ -660,17 +669,7 @@ fn a_promoted_follower_holds_every_acks_all_message_and_clients_continue_on_it()
     );
     // Enough messages that the leader dies in the middle of them.
     let batch = keyed("failover", 200_000);
-    let producing = {
-        let (bootstrap, batch) = (bootstrap.clone(), batch.clone());
-        std::thread::spawn(move || {
-            common::deliver(
-                &bootstrap,
-                topic,
-                &batch,
-                &[("acks", "all"), ("message.timeout.ms", "60000")],
-            )
-        })
-    };
+    let producing = deliver_acks_all_in_background(&bootstrap, topic, &batch, "60000");
     std::thread::sleep(Duration::from_millis(100));
     assert!(!producing.is_finished(), "the leader must die mid-stream");
     cluster.broker(old_leader).kill9();

@@ -146,6 +146,13 @@ impl Replication {
         self.leadership().epoch
     }
 
+    /// The epoch this broker leads in, or `None` when it does not lead: one atomic load, so
+    /// the epoch and the leader belong to the same election.
+    pub fn leading_epoch(&self) -> Option<i32> {
+        let leadership = self.leadership();
+        (leadership.leader == self.local).then_some(leadership.epoch)
+    }
+
     /// Makes `leader` the leader in `epoch`, which must be newer than the current one. The
     /// election is durable before it takes effect. A broker that becomes the leader starts
     /// with an in-sync set of itself alone (its followers join as they catch up).
