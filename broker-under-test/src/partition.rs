@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -120,6 +120,12 @@ pub struct Partition {
     /// Held by `sync_log` across its fsync and by a truncation, so a sync that began before a
     /// cut never records an end past it. Never taken by a produce request.
     syncing: Mutex<()>,
+    /// Held by the one flush writing to the segment files (outside the state lock, so appends
+    /// never wait for a segment write) and by a truncation, which must not cut a file being
+    /// written.
+    flushing: Mutex<()>,
+    /// Set while a flush the produce path started is queued or running (`claim_flush`).
+    flush_claimed: AtomicBool,
 }
 
 /// What an append queued; `durable` resolves when the WAL has synced it.
@@ -143,6 +149,16 @@ pub struct FetchRead {
     pub records: Bytes,
     pub high_watermark: i64,
     pub log_start: i64,
+}
+
+impl PartitionState {
+    fn flush_due(&self, profile: &ProduceFlushProfile) -> bool {
+        self.pending_batches.len() >= profile.flush_batches_max
+            || self.pending_bytes >= profile.flush_bytes_max
+            || self
+                .oldest_pending
+                .is_some_and(|t| t.elapsed() >= profile.flush_age_max)
+    }
 }
 
 impl Partition {
@@ -176,6 +192,8 @@ impl Partition {
             log_start: AtomicI64::new(start),
             synced_end: AtomicI64::new(end),
             syncing: Mutex::new(()),
+            flushing: Mutex::new(()),
+            flush_claimed: AtomicBool::new(false),
         };
         partition.durable_end.advance(end);
         // What is on disk at start counts as replicated: the in-sync set of before the restart
@@ -492,6 +510,7 @@ impl Partition {
     /// partition lock, which the produce path's leader check also holds).
     fn cut(&self, offset: i64, leader: Option<i32>) -> Result<i64, String> {
         let _syncing = lock(&self.syncing);
+        let _flushing = lock(&self.flushing);
         let mut state = lock(&self.state);
         if let Some(leader) = leader {
             self.check_follows(leader)?;
@@ -533,36 +552,50 @@ impl Partition {
     }
 
     /// Moves durable pending batches to the segment log when `profile` says so (or always when
-    /// `force`), then applies retention.
+    /// `force`), then applies retention. The batches stay pending (and readable) while they
+    /// are written, outside the state lock; without `force`, a flush already writing makes
+    /// this one a no-op (it moves them next time).
     pub fn flush_if_needed(
         &self,
         profile: &ProduceFlushProfile,
         force: bool,
         retention_bytes: Option<u64>,
     ) -> io::Result<()> {
+        let _flushing = if force {
+            lock(&self.flushing)
+        } else {
+            match self.flushing.try_lock() {
+                Ok(guard) => guard,
+                Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
+                Err(std::sync::TryLockError::Poisoned(_)) => {
+                    panic!("mutex poisoned: a thread panicked while holding it")
+                }
+            }
+        };
         let durable_end = self.durable_end.get();
-        let mut state = lock(&self.state);
-        let due = state.pending_batches.len() >= profile.flush_batches_max
-            || state.pending_bytes >= profile.flush_bytes_max
-            || state
-                .oldest_pending
-                .is_some_and(|t| t.elapsed() >= profile.flush_age_max);
-        if !(due || force) || state.pending_batches.is_empty() {
-            return Ok(());
-        }
-        let durable = state
-            .pending_batches
-            .iter()
-            .take_while(|b| batch::last_offset(b) < durable_end)
-            .count();
-        if durable == 0 {
-            return Ok(());
-        }
-        // Appended first, drained after: a failed write leaves the batches pending (and
+        let (moving, target) = {
+            let mut state = lock(&self.state);
+            if !(force || state.flush_due(profile)) || state.pending_batches.is_empty() {
+                return Ok(());
+            }
+            let durable = state
+                .pending_batches
+                .iter()
+                .take_while(|b| batch::last_offset(b) < durable_end)
+                .count();
+            if durable == 0 {
+                return Ok(());
+            }
+            let moving: Vec<Bytes> = state.pending_batches.range(..durable).cloned().collect();
+            let target = state.log.append_target()?;
+            (moving, target)
+        };
+        // Written first, drained after: a failed write leaves the batches pending (and
         // readable), never lost from both places.
-        let moving: Vec<Bytes> = state.pending_batches.range(..durable).cloned().collect();
-        state.log.append(&moving)?;
-        state.pending_batches.drain(..durable);
+        target.write(&moving)?;
+        let mut state = lock(&self.state);
+        state.log.appended(&moving);
+        state.pending_batches.drain(..moving.len());
         state.pending_bytes -= moving.iter().map(Bytes::len).sum::<usize>();
         state.oldest_pending = if state.pending_batches.is_empty() {
             None
@@ -574,19 +607,52 @@ impl Partition {
         Ok(())
     }
 
+    /// Whether the caller should start a flush now: `profile` says one is due and none the
+    /// caller started is queued or running. The caller runs `flush_if_needed`, then
+    /// `release_flush`.
+    pub fn claim_flush(&self, profile: &ProduceFlushProfile) -> bool {
+        if self.flush_claimed.load(Ordering::Acquire) {
+            return false;
+        }
+        let due = lock(&self.state).flush_due(profile);
+        due && !self.flush_claimed.swap(true, Ordering::AcqRel)
+    }
+
+    pub fn release_flush(&self) {
+        self.flush_claimed.store(false, Ordering::Release);
+    }
+
     /// fsyncs the segment log; afterwards the WAL is no longer needed below `synced_end`.
     pub fn sync_log(&self) -> io::Result<()> {
         let _syncing = lock(&self.syncing);
         let unsynced = lock(&self.state).log.take_unsynced();
         if let Some(unsynced) = unsynced {
-            // Outside the lock: producers keep appending while the segment is fsynced. A roll
-            // in between fsyncs the old segment itself, so `end` is covered either way.
+            // Outside the lock: producers keep appending while the segments are fsynced. A
+            // roll in between leaves the old segment for the next sync, and `end` is in the
+            // files taken here either way.
             // A failure is returned, never retried: the caller fail-stops the broker.
-            unsynced.file.sync_data()?;
+            unsynced.sync()?;
             // Durable before the WAL covering these offsets may go (it goes by `synced_end`).
             unsynced.record_recovery_point()?;
             self.synced_end.fetch_max(unsynced.end, Ordering::AcqRel);
         }
+        Ok(())
+    }
+
+    /// Starts moving segment data to disk once `min_bytes` were written since the last call
+    /// (`PartitionLog::take_writeback`). Nothing is recorded: `sync_log` still decides what
+    /// the WAL may drop, and finds less to do.
+    pub fn write_back(&self, min_bytes: u64) -> io::Result<()> {
+        let Some(files) = lock(&self.state).log.take_writeback(min_bytes) else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        for file in files {
+            // A failure is returned, never retried (the caller fail-stops): after a failed
+            // fsync the kernel may have marked the pages clean.
+            file.sync_data()?;
+        }
+        tracing::debug!(target: "timeline", event = "writeback", us = started.elapsed().as_micros() as u64);
         Ok(())
     }
 

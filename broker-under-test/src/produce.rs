@@ -183,7 +183,12 @@ impl ProduceHandler {
         let Ok(budget) = self.wal_budget.clone().acquire_many_owned(bytes).await else {
             return Slot::Done(partition_error(index, ResponseError::KafkaStorageError));
         };
-        match partition.append(&batches, &self.wal, budget) {
+        let started = std::time::Instant::now();
+        let appended = partition.append(&batches, &self.wal, budget);
+        if started.elapsed() >= SLOW_STEP_LOGGED {
+            tracing::debug!(target: "timeline", event = "slow_append", us = started.elapsed().as_micros() as u64);
+        }
+        match appended {
             Ok(appended) => Slot::Waiting(partition, appended),
             Err(AppendError::Kafka(error)) => Slot::Done(partition_error(index, error)),
             Err(AppendError::Wal(err)) => {
@@ -263,27 +268,42 @@ impl ProduceHandler {
         response
     }
 
-    /// Moves pending batches to the segment log when the flush profile says so. A failed
-    /// write is fail-stop like the WAL's: the batches stay pending (and in the WAL, which no
-    /// checkpoint deletes before the segment is synced), and recovery rebuilds the segment.
-    /// Out of file descriptors, nothing was written: the batches stay pending for a later flush.
-    fn flush_partition_if_needed(&self, partition: &Partition) {
-        if let Err(err) = partition.flush_if_needed(&self.profile, false, self.retention_bytes) {
-            if crate::fail_stop::out_of_descriptors(&err) {
-                tracing::warn!(
+    /// Moves pending batches to the segment log when the flush profile says so, on the
+    /// blocking pool: the write may take milliseconds, which would hold up every request on
+    /// this async worker, and the response need not wait for it (the WAL made the batches
+    /// durable). One flush per partition is queued or running at a time. A failed write is
+    /// fail-stop like the WAL's: the batches stay pending (and in the WAL, which no checkpoint
+    /// deletes before the segment is synced), and recovery rebuilds the segment. Out of file
+    /// descriptors, nothing was written: the batches stay pending for a later flush.
+    fn flush_partition_if_needed(&self, partition: &Arc<Partition>) {
+        if !partition.claim_flush(&self.profile) {
+            return;
+        }
+        let partition = partition.clone();
+        let (profile, retention_bytes) = (self.profile, self.retention_bytes);
+        let fail_stop = self.fail_stop.clone();
+        tokio::task::spawn_blocking(move || {
+            let flushed = partition.flush_if_needed(&profile, false, retention_bytes);
+            partition.release_flush();
+            match flushed {
+                Ok(()) => {}
+                Err(err) if crate::fail_stop::out_of_descriptors(&err) => tracing::warn!(
                     "{}-{}: flush to segments postponed: {err}",
                     partition.topic,
                     partition.index
-                );
-                return;
+                ),
+                Err(err) => fail_stop.stop(format!(
+                    "{}-{}: flush to segments failed: {err}",
+                    partition.topic, partition.index
+                )),
             }
-            self.fail_stop.stop(format!(
-                "{}-{}: flush to segments failed: {err}",
-                partition.topic, partition.index
-            ));
-        }
+        });
     }
 }
+
+/// An append (under the partition lock) at least this slow is written to the `timeline` log
+/// target (debug level).
+const SLOW_STEP_LOGGED: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Kafka's acks=all (`-1`): the response waits for the in-sync replicas.
 const ACKS_ALL: i16 = -1;

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chronik_broker::profile::{FlushProfileName, ProduceFlushProfile};
+use chronik_broker::wal::record::SEGMENT_END_BYTES;
 use chronik_broker::wal::storage::{segment_path, FileWalStorage, WalStorage};
 use chronik_broker::BrokerConfig;
 use common::wire::{create_topic, fetch_all, record_batch_of, PLAIN};
@@ -96,9 +97,9 @@ impl WalStorage for PowerCut {
             return Err(power_off());
         }
         let (old, len) = (self.inner.active_seq(), self.inner.active_len());
-        let next = self.inner.roll()?; // fsyncs the old segment first
+        let next = self.inner.roll()?; // closes the old segment durably first
         let mut synced = self.synced.lock().unwrap();
-        synced.insert(old, len);
+        synced.insert(old, len + SEGMENT_END_BYTES as u64);
         synced.insert(next, 0);
         Ok(next)
     }
@@ -130,7 +131,7 @@ fn start(
     loop {
         let cut = cut.clone();
         let open: chronik_broker::OpenWalStorage = Box::new(move |wal_dir, seq| {
-            let inner = FileWalStorage::create(wal_dir, seq)?;
+            let inner = FileWalStorage::create(wal_dir, seq, WAL_SEGMENT_BYTES)?;
             Ok(match cut {
                 None => Box::new(inner),
                 Some((calls_left, synced)) => {

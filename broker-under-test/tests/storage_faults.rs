@@ -82,7 +82,7 @@ fn run_fault(fault: Fault) {
         Box::new(
             move |dir: &Path, seq: u64| -> io::Result<Box<dyn WalStorage>> {
                 Ok(Box::new(Failing {
-                    inner: FileWalStorage::create(dir, seq)?,
+                    inner: FileWalStorage::create(dir, seq, config(dir).wal_segment_bytes)?,
                     fault,
                     armed,
                 }))

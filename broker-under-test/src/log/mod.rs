@@ -40,6 +40,13 @@ pub struct PartitionLog {
     segment_bytes_max: u64,
     /// Bytes appended since the last `sync`.
     dirty: bool,
+    /// Segments closed by a roll since the last `sync`, not yet fsynced: the roll happens on
+    /// the produce path under the partition lock, and their fsync waits for the next `sync`.
+    closed_unsynced: Vec<Arc<File>>,
+    /// A segment file was created since the last `sync`: the directory needs an fsync.
+    dir_unsynced: bool,
+    /// Bytes appended since the last `take_writeback`.
+    unwritten_bytes: u64,
 }
 
 /// `<partition dir>/recovery-point`: the offset below which the log is known durable (Kafka's
@@ -48,15 +55,29 @@ pub struct PartitionLog {
 /// longer holds that data) and damage above it is a torn tail the WAL replays.
 const RECOVERY_POINT_FILE: &str = "recovery-point";
 
-/// The active segment's file to fsync, the log end it covers, and where to record it after.
+/// The segment files to fsync (closed ones, then the active one), whether the directory needs
+/// one too, the log end they cover, and where to record it after.
 pub struct Unsynced {
-    pub file: Arc<File>,
+    files: Vec<Arc<File>>,
+    sync_dir: bool,
     pub end: i64,
     dir: PathBuf,
 }
 
 impl Unsynced {
-    /// Records `end` as the recovery point, durably (call it after the file's fsync).
+    /// fsyncs the files and, when a segment was created, the directory. Call it outside the
+    /// partition lock: it may take many milliseconds.
+    pub fn sync(&self) -> io::Result<()> {
+        for file in &self.files {
+            file.sync_data()?;
+        }
+        if self.sync_dir {
+            crate::wal::storage::sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Records `end` as the recovery point, durably (call it after `sync`).
     pub fn record_recovery_point(&self) -> io::Result<()> {
         write_recovery_point(&self.dir, self.end)
     }
@@ -80,6 +101,27 @@ fn write_recovery_point(dir: &Path, offset: i64) -> io::Result<()> {
         &dir.join(RECOVERY_POINT_FILE),
         offset.to_string().as_bytes(),
     )
+}
+
+/// The active segment's file, for one flush's write outside the partition lock.
+pub struct AppendTarget {
+    file: Arc<File>,
+    end_offset: i64,
+}
+
+impl AppendTarget {
+    /// Writes `batches` (which must start at the log end) at the end of the file, without
+    /// copying them into one buffer.
+    pub fn write(&self, batches: &[Bytes]) -> io::Result<()> {
+        if let Some(first) = batches.first() {
+            assert_eq!(
+                batch::base_offset(first),
+                self.end_offset,
+                "log append must continue at the log end offset"
+            );
+        }
+        segment::write_all(&self.file, batches)
+    }
 }
 
 /// What opening an existing log found.
@@ -151,6 +193,9 @@ impl PartitionLog {
                 segments,
                 segment_bytes_max,
                 dirty: false,
+                closed_unsynced: Vec::new(),
+                dir_unsynced: false,
+                unwritten_bytes: 0,
             },
             recovery,
         ))
@@ -174,29 +219,41 @@ impl PartitionLog {
             .expect("a log always has an active segment")
     }
 
-    /// Appends stored batches (base offsets assigned, dense and in order).
-    pub fn append(&mut self, batches: &[Bytes]) -> io::Result<()> {
-        let Some(first) = batches.first() else {
-            return Ok(());
-        };
-        assert_eq!(
-            batch::base_offset(first),
-            self.end_offset(),
-            "log append must continue at the log end offset"
-        );
+    /// Where the next batches go, rolling to a new segment first when the active one is full.
+    /// The caller writes them outside the partition lock, then calls `appended`; nothing else
+    /// appends in between (the partition's flush lock).
+    pub fn append_target(&mut self) -> io::Result<AppendTarget> {
         if self.active().size >= self.segment_bytes_max {
             let base = self.end_offset();
-            let old = self.segments.last_mut().expect("active");
-            old.sync()?;
             let segment = Segment::create(&self.dir, base)?;
-            // Pushed only once its directory entry is durable: when the directory fsync fails
-            // (out of descriptors, say) nothing changed and the next append rolls again.
-            crate::wal::storage::sync_dir(&self.dir)?;
+            // The old segment and the new directory entry are fsynced by the next `sync`,
+            // before the WAL that covers them may go.
+            self.closed_unsynced.push(self.active().file());
+            self.dir_unsynced = true;
             self.segments.push(segment);
+            tracing::debug!(target: "timeline", event = "segment_roll", base);
         }
-        self.segments.last_mut().expect("active").append(batches)?;
-        self.dirty = true;
+        Ok(AppendTarget {
+            file: self.active().file(),
+            end_offset: self.end_offset(),
+        })
+    }
+
+    /// Appends stored batches under the caller's lock (replay on start).
+    pub fn append(&mut self, batches: &[Bytes]) -> io::Result<()> {
+        self.append_target()?.write(batches)?;
+        self.appended(batches);
         Ok(())
+    }
+
+    /// Records stored batches written through `append_target`.
+    pub fn appended(&mut self, batches: &[Bytes]) {
+        self.segments
+            .last_mut()
+            .expect("active")
+            .note_written(batches);
+        self.dirty = true;
+        self.unwritten_bytes += batches.iter().map(|b| b.len() as u64).sum::<u64>();
     }
 
     /// Cuts the log at the first batch holding `offset` or a later one (batches are never
@@ -206,7 +263,11 @@ impl PartitionLog {
         if offset >= self.end_offset() {
             return Ok(self.end_offset());
         }
-        let mut removed = false;
+        // The recovery point written below covers the segments kept: closed ones first.
+        for file in self.closed_unsynced.drain(..) {
+            file.sync_data()?;
+        }
+        let mut removed = std::mem::take(&mut self.dir_unsynced);
         while self.segments.len() > 1 && self.active().base_offset >= offset {
             self.segments.pop().expect("more than one").delete()?;
             removed = true;
@@ -251,18 +312,35 @@ impl PartitionLog {
         Ok(self.start_offset())
     }
 
-    /// The active segment's file and end offset if anything was appended since the last call;
-    /// the caller fsyncs it outside the partition lock (an fsync can take many milliseconds).
+    /// What to fsync (see `Unsynced`) if anything was appended since the last call; the caller
+    /// fsyncs it outside the partition lock.
     pub fn take_unsynced(&mut self) -> Option<Unsynced> {
-        if !self.dirty {
+        if !self.dirty && self.closed_unsynced.is_empty() {
             return None;
         }
         self.dirty = false;
+        let mut files = std::mem::take(&mut self.closed_unsynced);
+        files.push(self.active().file());
         Some(Unsynced {
-            file: self.active().file(),
+            files,
+            sync_dir: std::mem::take(&mut self.dir_unsynced),
             end: self.end_offset(),
             dir: self.dir.clone(),
         })
+    }
+
+    /// The files written since the last call once at least `min_bytes` were appended: the
+    /// caller fdatasyncs them outside the partition lock so that segment data reaches the disk
+    /// a little at a time, not all at once at the checkpoint's fsync, where the burst would
+    /// sit in the disk's queue in front of the WAL's fdatasync.
+    pub fn take_writeback(&mut self, min_bytes: u64) -> Option<Vec<Arc<File>>> {
+        if self.unwritten_bytes < min_bytes {
+            return None;
+        }
+        self.unwritten_bytes = 0;
+        let mut files = self.closed_unsynced.clone();
+        files.push(self.active().file());
+        Some(files)
     }
 
     /// Removes the whole log directory (topic deletion).

@@ -2,7 +2,7 @@
 //! (batch base offset, file position) taken every `INDEX_INTERVAL_BYTES`.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -126,19 +126,13 @@ impl Segment {
         self.size = pos + stored.len() as u64;
     }
 
-    pub fn append(&mut self, batches: &[Bytes]) -> io::Result<()> {
+    /// Records batches just written at the end of the file (`write_all`).
+    pub fn note_written(&mut self, batches: &[Bytes]) {
         let mut pos = self.size;
-        let total: usize = batches.iter().map(Bytes::len).sum();
-        let mut buf = Vec::with_capacity(total);
-        for stored in batches {
-            buf.extend_from_slice(stored);
-        }
-        (&*self.file).write_all(&buf)?;
         for stored in batches {
             self.note_appended(stored, pos);
             pos += stored.len() as u64;
         }
-        Ok(())
     }
 
     pub fn plan_read(&self, offset: i64) -> ReadPlan {
@@ -201,6 +195,22 @@ impl Segment {
     pub fn delete(self) -> io::Result<()> {
         fs::remove_file(&self.path)
     }
+}
+
+/// Appends `batches` to `file` (opened for appending) with vectored writes: the batches are
+/// written from where they are, not copied into one buffer first.
+pub fn write_all(file: &File, batches: &[Bytes]) -> io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = batches.iter().map(|b| IoSlice::new(b)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        match (&*file).write_vectored(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(written) => IoSlice::advance_slices(&mut rest, written),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
 }
 
 /// Reads whole batches from `plan`, starting with the batch that holds `offset`, up to

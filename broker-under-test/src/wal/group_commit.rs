@@ -74,6 +74,9 @@ pub struct WalShared {
     pub recorded: Mutex<(u64, u64)>,
 }
 
+/// Group commits at least this slow are written to the `timeline` log target (debug level).
+const SLOW_COMMIT_LOGGED: Duration = Duration::from_millis(1);
+
 /// Handle to the WAL writer thread.
 pub struct GroupCommitWal {
     tx: Sender<WalAppend>,
@@ -203,8 +206,15 @@ impl Writer {
                 Ok(())
             }
             FsyncPolicy::Group => {
+                let started = Instant::now();
                 self.write(group)?;
-                self.sync()
+                let written = started.elapsed();
+                self.sync()?;
+                let synced = started.elapsed();
+                if synced >= SLOW_COMMIT_LOGGED {
+                    tracing::debug!(target: "timeline", event = "wal_commit", appends = group.len(), bytes = self.buf.len(), write_us = written.as_micros() as u64, total_us = synced.as_micros() as u64);
+                }
+                Ok(())
             }
             FsyncPolicy::Never => self.write(group),
         }
@@ -227,7 +237,9 @@ impl Writer {
     fn maintain_segments(&mut self) -> std::io::Result<()> {
         if self.storage.active_len() >= self.config.segment_bytes_max {
             let seq = self.storage.active_seq();
+            let started = Instant::now();
             let next = self.storage.roll()?;
+            tracing::debug!(target: "timeline", event = "wal_roll", seq = next, us = started.elapsed().as_micros() as u64);
             *lock(&self.shared.synced) = (next, 0);
             let coverage = self.coverage.drain().map(|(_, v)| v).collect();
             lock(&self.shared.closed).push(ClosedSegment { seq, coverage });

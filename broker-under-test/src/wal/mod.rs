@@ -90,8 +90,9 @@ pub fn recover(dir: &Path, topics: &TopicRegistry) -> Result<RecoveredWal, WalRe
         move |source| WalRecoveryError::Io { path, source }
     };
     fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let seqs = storage::list_segments(dir).map_err(io_err(dir))?;
+    let mut seqs = storage::list_segments(dir).map_err(io_err(dir))?;
     let mark = read_durable_mark(dir)?;
+    remove_unused_segments(dir, &mut seqs, mark)?;
     let mut report = WalRecoveryReport {
         segments: seqs.len(),
         ..WalRecoveryReport::default()
@@ -147,9 +148,11 @@ pub fn recover(dir: &Path, topics: &TopicRegistry) -> Result<RecoveredWal, WalRe
                     }
                     pos += used;
                 }
+                Decoded::SegmentEnd => break,
                 Decoded::Incomplete | Decoded::Invalid => {
                     let is_last = i + 1 == seqs.len();
-                    // Earlier segments were fsynced whole before the next one was created.
+                    // Earlier segments were closed by a durable segment-end frame (or, as
+                    // written before segments were preallocated, end exactly at a frame).
                     if !is_last || (seq, pos as u64) < mark {
                         return Err(WalRecoveryError::Corrupt {
                             path,
@@ -184,6 +187,55 @@ pub fn recover(dir: &Path, topics: &TopicRegistry) -> Result<RecoveredWal, WalRe
     })
 }
 
+/// Removes trailing segments that hold no record and no durable byte: prepared in advance
+/// (`storage::FileWalStorage`) and never written, or torn in their first write.
+fn remove_unused_segments(
+    dir: &Path,
+    seqs: &mut Vec<u64>,
+    mark: DurableMark,
+) -> Result<(), WalRecoveryError> {
+    let mut removed = false;
+    while let Some(&seq) = seqs.last() {
+        let path = storage::segment_path(dir, seq);
+        let io_err = |source| WalRecoveryError::Io {
+            path: path.clone(),
+            source,
+        };
+        // No frame starts with a zero length.
+        let mut head = [0u8; record::FRAME_HEADER_BYTES];
+        let read = fs::File::open(&path)
+            .and_then(|file| read_prefix(&file, &mut head))
+            .map_err(io_err)?;
+        let written = head[..read].iter().any(|&b| b != 0);
+        let durable = mark.0 == seq && mark.1 > 0;
+        if written || durable {
+            break;
+        }
+        fs::remove_file(&path).map_err(io_err)?;
+        seqs.pop();
+        removed = true;
+    }
+    if removed {
+        storage::sync_dir(dir).map_err(|source| WalRecoveryError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+fn read_prefix(file: &fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], filled as u64)? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
 /// Periodic housekeeping: records the WAL's durable mark; flushes aged `pending_batches` to the
 /// segment logs; when closed WAL segments exist, flushes and fsyncs every log and deletes the
 /// segments they fully cover.
@@ -194,6 +246,7 @@ pub fn checkpoint(
     profile: &ProduceFlushProfile,
     retention_bytes: Option<u64>,
 ) -> std::io::Result<usize> {
+    let started = std::time::Instant::now();
     let synced = *lock(&shared.synced);
     let mut recorded = lock(&shared.recorded);
     if synced > *recorded {
@@ -201,6 +254,7 @@ pub fn checkpoint(
         *recorded = synced;
     }
     drop(recorded);
+    let marked = started.elapsed();
     let partitions = topics.all_partitions();
     let have_closed = !lock(&shared.closed).is_empty();
     for partition in &partitions {
@@ -209,6 +263,7 @@ pub fn checkpoint(
             partition.sync_log()?;
         }
     }
+    tracing::debug!(target: "timeline", event = "checkpoint", mark_us = marked.as_micros() as u64, logs_us = started.elapsed().as_micros() as u64, synced_logs = have_closed);
     if !have_closed {
         return Ok(0);
     }
@@ -222,7 +277,7 @@ pub fn checkpoint(
         if !covered {
             break;
         }
-        fs::remove_file(storage::segment_path(dir, oldest.seq))?;
+        storage::retire(dir, oldest.seq)?;
         closed.remove(0);
         deleted += 1;
     }
@@ -230,4 +285,109 @@ pub fn checkpoint(
         storage::sync_dir(dir)?;
     }
     Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::cluster::Cluster;
+    use crate::topics::Placement;
+
+    /// Records of a topic no broker has: recovery checks and counts them, replays nothing.
+    fn frames(count: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for i in 0..count {
+            out.extend_from_slice(&record::encode(7, 0, &[1u8; 70], i as i64, 0).0);
+        }
+        out
+    }
+
+    fn recover_in(dir: &Path) -> Result<RecoveredWal, WalRecoveryError> {
+        let topics = TopicRegistry::open(
+            dir,
+            1 << 20,
+            16,
+            Placement {
+                cluster: Cluster::single(1, "127.0.0.1:9092".parse().unwrap()),
+                replica_lag_time_max: Duration::from_secs(10),
+                keeper: Arc::new(tokio::sync::Notify::new()),
+            },
+        )
+        .unwrap();
+        recover(&dir.join("wal"), &topics)
+    }
+
+    /// Writes segment `seq`: `data`, then zeros up to `preallocated` bytes.
+    fn segment(dir: &Path, seq: u64, data: &[u8], preallocated: usize) {
+        let wal = dir.join("wal");
+        fs::create_dir_all(&wal).unwrap();
+        let mut bytes = data.to_vec();
+        bytes.resize(preallocated.max(data.len()), 0);
+        fs::write(storage::segment_path(&wal, seq), bytes).unwrap();
+    }
+
+    fn closed(count: usize) -> Vec<u8> {
+        let mut data = frames(count);
+        data.extend_from_slice(&record::encode_segment_end());
+        data
+    }
+
+    #[test]
+    fn closed_active_and_prepared_segments_recover() {
+        let dir = tempfile::tempdir().unwrap();
+        segment(dir.path(), 1, &closed(3), 4096);
+        segment(dir.path(), 2, &frames(2), 4096);
+        segment(dir.path(), 3, &[], 4096); // prepared, never written
+        let recovered = recover_in(dir.path()).unwrap();
+        assert_eq!(recovered.report.records, 5);
+        assert_eq!(recovered.next_seq, 3, "the prepared segment is gone");
+        assert!(!storage::segment_path(&dir.path().join("wal"), 3).exists());
+        // The active segment's zero tail was past the durable mark (none recorded): cut.
+        let active = fs::metadata(storage::segment_path(&dir.path().join("wal"), 2)).unwrap();
+        assert_eq!(active.len(), frames(2).len() as u64);
+    }
+
+    #[test]
+    fn a_closed_segment_that_ends_exactly_at_a_frame_recovers() {
+        // As written before segments were preallocated: no end frame, no zeros.
+        let dir = tempfile::tempdir().unwrap();
+        segment(dir.path(), 1, &frames(3), 0);
+        segment(dir.path(), 2, &frames(1), 0);
+        assert_eq!(recover_in(dir.path()).unwrap().report.records, 4);
+    }
+
+    #[test]
+    fn a_closed_segment_without_its_end_frame_refuses_to_start() {
+        // Its tail was lost: zeros where the end frame (and maybe records) were.
+        for lost in [1, record::SEGMENT_END_BYTES, record::SEGMENT_END_BYTES + 40] {
+            let dir = tempfile::tempdir().unwrap();
+            let data = closed(3);
+            segment(dir.path(), 1, &data[..data.len() - lost], 4096);
+            segment(dir.path(), 2, &frames(1), 4096);
+            match recover_in(dir.path()) {
+                Err(WalRecoveryError::Corrupt { path, .. }) => {
+                    assert_eq!(path, storage::segment_path(&dir.path().join("wal"), 1))
+                }
+                Err(other) => panic!("lost {lost}: {other}"),
+                Ok(_) => panic!("lost {lost}: recovered"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_zeroed_last_segment_with_durable_bytes_refuses_to_start() {
+        // The durable mark says bytes of segment 2 were fsynced: zeros there are damage, not a
+        // prepared segment.
+        let dir = tempfile::tempdir().unwrap();
+        segment(dir.path(), 1, &closed(2), 4096);
+        segment(dir.path(), 2, &[], 4096);
+        write_durable_mark(&dir.path().join("wal"), (2, 200)).unwrap();
+        assert!(matches!(
+            recover_in(dir.path()),
+            Err(WalRecoveryError::Corrupt { .. })
+        ));
+    }
 }

@@ -20,6 +20,12 @@ const PAYLOAD_PREFIX_BYTES: usize = TOPIC_ID_BYTES + 4;
 /// Bytes of a truncation record's offset.
 const TRUNCATION_BYTES: usize = 8;
 
+/// The segment-end frame's partition (with topic id 0 and no body): no topic has id 0, and
+/// no partition index is negative.
+const SEGMENT_END_PARTITION: i32 = -1;
+/// Bytes of the frame that closes a segment.
+pub const SEGMENT_END_BYTES: usize = FRAME_HEADER_BYTES + PAYLOAD_PREFIX_BYTES;
+
 /// What one WAL record holds for its partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WalEntry {
@@ -65,6 +71,13 @@ pub fn encode_truncation(topic_id: u128, partition: i32, end_offset: i64) -> Byt
     seal(buf)
 }
 
+/// Frames the end of a segment: the writer closed it here, and what follows is preallocated
+/// space. Recovery requires it in every segment but the last, so a closed segment whose tail
+/// was lost is told apart from one that ended.
+pub fn encode_segment_end() -> Bytes {
+    seal(frame_start(0, SEGMENT_END_PARTITION, 0))
+}
+
 /// A frame's header (CRC still zero) and payload prefix, with room for `body_len` more bytes.
 fn frame_start(topic_id: u128, partition: i32, body_len: usize) -> BytesMut {
     let payload_len = PAYLOAD_PREFIX_BYTES + body_len;
@@ -88,6 +101,8 @@ fn seal(mut buf: BytesMut) -> Bytes {
 pub enum Decoded {
     /// A valid record and the number of bytes it occupied.
     Record(WalRecord, usize),
+    /// The segment ends here (`encode_segment_end`).
+    SegmentEnd,
     /// The buffer ends inside the frame.
     Incomplete,
     /// The frame is complete but damaged (CRC, length or payload layout).
@@ -118,6 +133,9 @@ pub fn decode(buf: &Bytes) -> Decoded {
             .try_into()
             .expect("4"),
     );
+    if topic_id == 0 && partition == SEGMENT_END_PARTITION && payload_len == PAYLOAD_PREFIX_BYTES {
+        return Decoded::SegmentEnd;
+    }
     let batch_start = FRAME_HEADER_BYTES + PAYLOAD_PREFIX_BYTES;
     let entry = if payload_len == PAYLOAD_PREFIX_BYTES + TRUNCATION_BYTES {
         WalEntry::Truncation(i64::from_be_bytes(
@@ -195,6 +213,16 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_segment_end_is_told_from_an_empty_batch_and_from_zeros() {
+        let end = encode_segment_end();
+        assert_eq!(end.len(), SEGMENT_END_BYTES);
+        assert_eq!(decode(&end), Decoded::SegmentEnd);
+        let empty = seal(frame_start(0, 0, 0));
+        assert!(matches!(decode(&empty), Decoded::Record(..)));
+        assert_eq!(decode(&Bytes::from(vec![0u8; 64])), Decoded::Invalid);
     }
 
     #[test]

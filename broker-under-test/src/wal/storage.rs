@@ -2,8 +2,12 @@
 //! faulty implementation underneath (failing writes, failing fsync) without touching the writer.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver};
+
+use super::record;
 
 /// Append-only segmented storage for WAL frames.
 pub trait WalStorage: Send + 'static {
@@ -15,16 +19,59 @@ pub trait WalStorage: Send + 'static {
     fn active_len(&self) -> u64;
     /// Sequence number of the active segment.
     fn active_seq(&self) -> u64;
-    /// Closes the active segment and opens the next one; returns the new sequence number.
+    /// Closes the active segment (a durable segment-end frame) and opens the next one; returns
+    /// the new sequence number.
     fn roll(&mut self) -> io::Result<u64>;
 }
 
 /// WAL segments as files `NNNNNNNNNNNNNNNNNNNN.wal` in one directory.
+///
+/// Once the active segment is half full, a thread prepares the next one: a retired segment
+/// (`retire`) or a new file, zero-filled to its full size and fsynced, then renamed into place
+/// and its directory fsynced. Writes into it then never change the
+/// file's size or block map, so the commit path's fdatasync flushes data only (no filesystem
+/// journal commit, which would wait for every other file's metadata), and a roll writes the
+/// segment-end frame and swaps a handle instead of creating a file and fsyncing a directory.
 pub struct FileWalStorage {
     dir: PathBuf,
+    segment_bytes: u64,
     active: File,
     active_seq: u64,
     active_len: u64,
+    /// The next segment, being prepared (or ready).
+    next: Option<Receiver<io::Result<File>>>,
+}
+
+/// Zeros are written and fsynced this much at a time while a segment is prepared, so the disk
+/// never holds more than this in front of the WAL's own fdatasync.
+const ZERO_FILL_CHUNK_BYTES: usize = 1 << 20;
+
+/// Retired segments kept for reuse: overwriting a file's blocks needs no allocation, and not
+/// deleting one spares the filesystem freeing (and, mounted with `discard`, trimming) 64 MiB
+/// at once, which stalls every fsync behind it (BENCHMARKS.md §9).
+const RETIRED_SEGMENTS_KEPT: usize = 2;
+const RETIRED_SUFFIX: &str = ".retired";
+
+/// Retires segment `seq` once nothing needs it: kept for reuse (`RETIRED_SEGMENTS_KEPT`) or
+/// deleted. The caller fsyncs the directory.
+pub fn retire(dir: &Path, seq: u64) -> io::Result<()> {
+    let path = segment_path(dir, seq);
+    if list_retired(dir)?.len() < RETIRED_SEGMENTS_KEPT {
+        fs::rename(&path, dir.join(format!("{seq:020}{RETIRED_SUFFIX}")))
+    } else {
+        fs::remove_file(&path)
+    }
+}
+
+fn list_retired(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.to_string_lossy().ends_with(RETIRED_SUFFIX) {
+            found.push(path);
+        }
+    }
+    Ok(found)
 }
 
 /// Path of segment `seq` in `dir`.
@@ -67,28 +114,79 @@ pub fn replace_file_durably(path: &Path, contents: &[u8]) -> io::Result<()> {
 }
 
 impl FileWalStorage {
-    /// Opens a fresh active segment numbered `seq` in `dir`.
-    pub fn create(dir: &Path, seq: u64) -> io::Result<Self> {
+    /// Opens segment `seq` in `dir` as the active one, appending after what it holds (a
+    /// fresh file after recovery). Later segments are preallocated at `segment_bytes`.
+    pub fn create(dir: &Path, seq: u64, segment_bytes: u64) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
         let active = OpenOptions::new()
             .create(true)
-            .append(true)
+            .truncate(false)
+            .write(true)
             .open(segment_path(dir, seq))?;
         let active_len = active.metadata()?.len();
         sync_dir(dir)?;
         Ok(Self {
             dir: dir.to_path_buf(),
+            segment_bytes,
             active,
             active_seq: seq,
             active_len,
+            next: None,
         })
     }
+
+    fn start_preparing(&mut self) -> io::Result<()> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let (dir, seq, len) = (self.dir.clone(), self.active_seq + 1, self.segment_bytes);
+        std::thread::Builder::new()
+            .name("wal-prepare".into())
+            .spawn(move || {
+                let started = std::time::Instant::now();
+                let prepared = prepare_segment(&dir, seq, len);
+                tracing::debug!(target: "timeline", event = "wal_prepare", seq, us = started.elapsed().as_micros() as u64);
+                let _ = tx.send(prepared);
+            })?;
+        self.next = Some(rx);
+        Ok(())
+    }
+}
+
+/// Makes segment `seq` of at least `len` zero bytes, durably (file and directory entry), from
+/// a retired segment when there is one. Zeroed before it gets its name: a segment's name never
+/// shows old records. Recovery removes a trailing segment that holds no record yet, so one
+/// prepared and never used is harmless.
+fn prepare_segment(dir: &Path, seq: u64, len: u64) -> io::Result<File> {
+    // A new file is made under a retired name too: one left half-zeroed by a crash is reused.
+    let source = list_retired(dir)?
+        .pop()
+        .unwrap_or_else(|| dir.join(format!("{seq:020}{RETIRED_SUFFIX}")));
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&source)?;
+    let len = len.max(file.metadata()?.len());
+    let zeros = vec![0u8; ZERO_FILL_CHUNK_BYTES];
+    let mut pos = 0;
+    while pos < len {
+        let chunk = (len - pos).min(ZERO_FILL_CHUNK_BYTES as u64);
+        file.write_all_at(&zeros[..chunk as usize], pos)?;
+        file.sync_data()?;
+        pos += chunk;
+    }
+    file.sync_all()?;
+    fs::rename(&source, segment_path(dir, seq))?;
+    sync_dir(dir)?;
+    Ok(file)
 }
 
 impl WalStorage for FileWalStorage {
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.active.write_all(bytes)?;
+        self.active.write_all_at(bytes, self.active_len)?;
         self.active_len += bytes.len() as u64;
+        if self.next.is_none() && self.active_len >= self.segment_bytes / 2 {
+            self.start_preparing()?;
+        }
         Ok(())
     }
 
@@ -105,9 +203,73 @@ impl WalStorage for FileWalStorage {
     }
 
     fn roll(&mut self) -> io::Result<u64> {
+        self.append(&record::encode_segment_end())?;
         self.active.sync_data()?;
-        let next = Self::create(&self.dir, self.active_seq + 1)?;
-        *self = next;
+        if self.next.is_none() {
+            self.start_preparing()?;
+        }
+        let next = self
+            .next
+            .take()
+            .expect("started above")
+            .recv()
+            .map_err(|_| io::Error::other("the WAL segment preparer stopped"))??;
+        self.active = next;
+        self.active_seq += 1;
+        self.active_len = 0;
         Ok(self.active_seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEGMENT_BYTES: u64 = 4096;
+
+    fn fill(storage: &mut FileWalStorage, byte: u8) {
+        storage.append(&[byte; 3000]).unwrap();
+        storage.sync().unwrap();
+    }
+
+    fn retired(dir: &Path) -> usize {
+        list_retired(dir).unwrap().len()
+    }
+
+    #[test]
+    fn rolls_into_zeroed_segments_and_reuses_retired_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        let mut storage = FileWalStorage::create(dir, 1, SEGMENT_BYTES).unwrap();
+        fill(&mut storage, 0xaa);
+        assert_eq!(storage.roll().unwrap(), 2);
+        let closed = fs::read(segment_path(dir, 1)).unwrap();
+        assert!(closed.ends_with(&record::encode_segment_end()));
+        let fresh = fs::read(segment_path(dir, 2)).unwrap();
+        assert_eq!(fresh.len() as u64, SEGMENT_BYTES);
+        assert!(fresh.iter().all(|&b| b == 0));
+
+        retire(dir, 1).unwrap();
+        assert_eq!(retired(dir), 1);
+        fill(&mut storage, 0xbb);
+        assert_eq!(storage.roll().unwrap(), 3);
+        assert_eq!(retired(dir), 0, "segment 1's file became segment 3");
+        assert!(!segment_path(dir, 1).exists());
+        let reused = fs::read(segment_path(dir, 3)).unwrap();
+        assert!(reused.len() as u64 >= SEGMENT_BYTES);
+        assert!(reused.iter().all(|&b| b == 0), "no old record shows");
+
+        // Only a few are kept; the rest are deleted.
+        for seq in 2..=3 {
+            fill(&mut storage, 0xcc);
+            storage.roll().unwrap();
+            retire(dir, seq).unwrap();
+        }
+        fill(&mut storage, 0xdd);
+        let next = storage.roll().unwrap();
+        retire(dir, next - 2).unwrap();
+        retire(dir, next - 1).unwrap();
+        assert!(retired(dir) <= RETIRED_SEGMENTS_KEPT);
+        assert_eq!(list_segments(dir).unwrap(), [next]);
     }
 }
