@@ -295,6 +295,7 @@ mod tests {
             .map(|_| TrialSummary {
                 throughput: 40_000.0 * (1.0 + rng.random_range(-spread..spread)),
                 p99_ms: 10.0 * rng.random_range(0.7..1.4),
+                p999_ms: None,
                 per_second: vec![40_000; 3],
                 peak_rss_mib: Some(20.0 * rng.random_range(0.98..1.02)),
                 broker_cpu_us_per_msg: Some(12.0 * (1.0 + rng.random_range(-0.02..0.02))),

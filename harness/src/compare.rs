@@ -26,6 +26,9 @@ pub enum Side {
 pub struct TrialSummary {
     pub throughput: f64,
     pub p99_ms: f64,
+    /// Absent in trials recorded before it was kept.
+    #[serde(default)]
+    pub p999_ms: Option<f64>,
     pub per_second: Vec<u64>,
     /// The broker's peak resident set, when the platform reports it.
     #[serde(default)]
@@ -362,6 +365,7 @@ mod tests {
             Ok(TrialSummary {
                 throughput: x,
                 p99_ms: 200_000.0 / x,
+                p999_ms: None,
                 per_second: vec![x as u64; 30],
                 peak_rss_mib: Some(rss * rss_noise),
                 broker_cpu_us_per_msg: None,
@@ -483,6 +487,7 @@ mod tests {
             .map(|_| TrialSummary {
                 throughput: 1.0,
                 p99_ms: 1.0,
+                p999_ms: None,
                 per_second: vec![100; 30],
                 peak_rss_mib: None,
                 broker_cpu_us_per_msg: None,
@@ -492,6 +497,7 @@ mod tests {
             .map(|_| TrialSummary {
                 throughput: 1.0,
                 p99_ms: 1.0,
+                p999_ms: None,
                 per_second: (0..30).map(|i| 100 - 2 * i).collect(),
                 peak_rss_mib: None,
                 broker_cpu_us_per_msg: None,

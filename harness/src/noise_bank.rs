@@ -203,6 +203,7 @@ mod tests {
                 TrialSummary {
                     throughput: 40_000.0 * slow * (1.0 + rng.random_range(-0.25..0.25)),
                     p99_ms: 10.0 * rng.random_range(0.7..1.4),
+                    p999_ms: None,
                     per_second: vec![40_000; 3],
                     peak_rss_mib: Some(20.0 * rng.random_range(0.9..1.1)),
                     broker_cpu_us_per_msg: Some(12.0 * (1.0 + rng.random_range(-0.02..0.02))),

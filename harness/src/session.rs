@@ -160,6 +160,7 @@ impl Session {
             .map(|r| TrialSummary {
                 throughput: r.results.rate_msgs_per_s,
                 p99_ms: r.results.latency_ms.p99,
+                p999_ms: Some(r.results.latency_ms.p999),
                 per_second: r.results.per_second.clone(),
                 peak_rss_mib: broker_peak_rss_kib.map(|kib| kib as f64 / 1024.0),
                 broker_cpu_us_per_msg: broker_cpu_s.and_then(|cpu| {

@@ -16,6 +16,10 @@ pub struct Limits {
     pub throughput_min_msgs_per_s: Option<f64>,
     /// The median trial's p99 must stay at or below this.
     pub p99_max_ms: Option<f64>,
+    /// The median trial's p99.9 must stay at or below this (open-loop workloads: a closed loop
+    /// hides stalls from its own tail).
+    #[serde(default)]
+    pub p999_max_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
