@@ -384,6 +384,8 @@ pub async fn start_with_storage(
             })
             .await;
         }
+        // Before the data-dir lock goes with this task: the WAL writer and its storage stop.
+        let _ = tokio::task::spawn_blocking(move || wal.close()).await;
         tracing::info!("broker stopped");
     });
     Ok(RunningBroker {

@@ -65,6 +65,8 @@ pub struct ClosedSegment {
 #[derive(Default)]
 pub struct WalShared {
     failed: AtomicBool,
+    /// Set by `GroupCommitWal::close`: the writer exits once its queue is empty.
+    closing: AtomicBool,
     /// Closed segments, oldest first; the checkpointer removes entries (and their files).
     pub closed: Mutex<Vec<ClosedSegment>>,
     /// The active segment and how many of its bytes are fsynced (the checkpointer records it
@@ -81,7 +83,12 @@ const SLOW_COMMIT_LOGGED: Duration = Duration::from_millis(1);
 pub struct GroupCommitWal {
     tx: Sender<WalAppend>,
     shared: Arc<WalShared>,
+    /// Taken by `close`, never on the produce path.
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
+
+/// How often an idle writer looks whether `close` was called.
+const WRITER_CLOSE_POLL: Duration = Duration::from_millis(50);
 
 impl GroupCommitWal {
     /// Starts the writer thread over `storage`. `closed` lists segments left by recovery.
@@ -104,10 +111,25 @@ impl GroupCommitWal {
             coverage: HashMap::new(),
             buf: Vec::new(),
         };
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("wal-writer".into())
             .spawn(move || writer.run(rx, fail_stop))?;
-        Ok(Self { tx, shared })
+        Ok(Self {
+            tx,
+            shared,
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    /// Stops the writer once its queue is empty and waits until it and its storage (with any
+    /// segment being prepared) are done: after this nothing of this broker touches the WAL
+    /// directory, so a broker started on it next (in this process too) finds it still.
+    /// Appends submitted later are answered with an error.
+    pub fn close(&self) {
+        self.shared.closing.store(true, Ordering::Release);
+        if let Some(writer) = lock(&self.writer).take() {
+            let _ = writer.join();
+        }
     }
 
     /// Queues an append; never blocks (the byte budget in the request bounds the queue).
@@ -137,7 +159,7 @@ struct Writer {
 impl Writer {
     fn run(mut self, rx: Receiver<WalAppend>, fail_stop: FailStop) {
         let mut group: Vec<WalAppend> = Vec::new();
-        while let Ok(first) = rx.recv() {
+        while let Some(first) = next_append(&rx, &self.shared) {
             let mut group_bytes = frames_len(&first);
             group.push(first);
             let deadline = Instant::now() + self.config.group_commit_linger;
@@ -172,7 +194,7 @@ impl Writer {
                 }
                 fail_stop.stop(reason.to_string());
                 // Fail-stop: answer every later append with the error, never write again.
-                while let Ok(append) = rx.recv() {
+                while let Some(append) = next_append(&rx, &self.shared) {
                     fail(append, &reason);
                 }
                 return;
@@ -245,6 +267,21 @@ impl Writer {
             lock(&self.shared.closed).push(ClosedSegment { seq, coverage });
         }
         Ok(())
+    }
+}
+
+/// The next queued append; `None` once every sender is gone, or once `close` was called and
+/// the queue is empty.
+fn next_append(rx: &Receiver<WalAppend>, shared: &WalShared) -> Option<WalAppend> {
+    loop {
+        match rx.recv_timeout(WRITER_CLOSE_POLL) {
+            Ok(append) => return Some(append),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+            Err(mpsc::RecvTimeoutError::Timeout) if shared.closing.load(Ordering::Acquire) => {
+                return None
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
     }
 }
 

@@ -92,6 +92,9 @@ pub fn recover(dir: &Path, topics: &TopicRegistry) -> Result<RecoveredWal, WalRe
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let mut seqs = storage::list_segments(dir).map_err(io_err(dir))?;
     let mark = read_durable_mark(dir)?;
+    // Sequence numbers only grow, whatever is removed below: the durable mark and the
+    // retired files name segments of earlier lives.
+    let next_seq = seqs.last().map_or(1, |s| s + 1).max(mark.0 + 1);
     remove_unused_segments(dir, &mut seqs, mark)?;
     let mut report = WalRecoveryReport {
         segments: seqs.len(),
@@ -182,7 +185,7 @@ pub fn recover(dir: &Path, topics: &TopicRegistry) -> Result<RecoveredWal, WalRe
     }
     Ok(RecoveredWal {
         closed,
-        next_seq: seqs.last().map_or(1, |s| s + 1),
+        next_seq,
         report,
     })
 }
@@ -343,7 +346,7 @@ mod tests {
         segment(dir.path(), 3, &[], 4096); // prepared, never written
         let recovered = recover_in(dir.path()).unwrap();
         assert_eq!(recovered.report.records, 5);
-        assert_eq!(recovered.next_seq, 3, "the prepared segment is gone");
+        assert_eq!(recovered.next_seq, 4, "numbers are not reused");
         assert!(!storage::segment_path(&dir.path().join("wal"), 3).exists());
         // The active segment's zero tail was past the durable mark (none recorded): cut.
         let active = fs::metadata(storage::segment_path(&dir.path().join("wal"), 2)).unwrap();

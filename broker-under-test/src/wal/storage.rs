@@ -151,6 +151,16 @@ impl FileWalStorage {
     }
 }
 
+impl Drop for FileWalStorage {
+    /// Waits for a segment being prepared: its rename must not land in a directory that a
+    /// broker started after this one has recovered already.
+    fn drop(&mut self) {
+        if let Some(next) = self.next.take() {
+            let _ = next.recv();
+        }
+    }
+}
+
 /// Makes segment `seq` of at least `len` zero bytes, durably (file and directory entry), from
 /// a retired segment when there is one. Zeroed before it gets its name: a segment's name never
 /// shows old records. Recovery removes a trailing segment that holds no record yet, so one
