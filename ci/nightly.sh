@@ -7,8 +7,9 @@
 # Environment (all optional):
 #   CHRONIK_HEAD       revision to gate (default HEAD)
 #   CHRONIK_BASE       baseline revision (default: the commit stored in baselines/<workload>.json)
-#   CHRONIK_WORKLOADS  space-separated workload names (default: the seed workload; add
-#                      produce-rf2-c128-s256-30s to gate the replicated cluster too)
+#   CHRONIK_WORKLOADS  space-separated workload names (default: the seed workload, closed
+#                      loop, and openloop-r20000-s256-30s, whose latency counts every broker
+#                      stall; add produce-rf2-c128-s256-30s to gate the replicated cluster too)
 #   CHRONIK_OUT        report directory (default reports/nightly-<UTC date>)
 # Exit code: the gate's (0 pass, 1 regression, 2 inconclusive, 3 invalid/infrastructure,
 # 4 no baseline for a workload).
@@ -17,7 +18,7 @@ cd "$(git rev-parse --show-toplevel)"
 
 head_rev=${CHRONIK_HEAD:-HEAD}
 out=${CHRONIK_OUT:-reports/nightly-$(date -u +%Y%m%d)}
-read -r -a workloads <<< "${CHRONIK_WORKLOADS:-produce-c128-s256-30s}"
+read -r -a workloads <<< "${CHRONIK_WORKLOADS:-produce-c128-s256-30s openloop-r20000-s256-30s}"
 workload_args=()
 for w in "${workloads[@]}"; do workload_args+=(--workload "$w"); done
 base_args=()
