@@ -7,6 +7,7 @@ pub mod storage;
 
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 
@@ -205,11 +206,14 @@ fn remove_unused_segments(
             source,
         };
         // No frame starts with a zero length.
-        let mut head = [0u8; record::FRAME_HEADER_BYTES];
-        let read = fs::File::open(&path)
-            .and_then(|file| read_prefix(&file, &mut head))
+        let mut head = Vec::with_capacity(record::FRAME_HEADER_BYTES);
+        fs::File::open(&path)
+            .and_then(|file| {
+                file.take(record::FRAME_HEADER_BYTES as u64)
+                    .read_to_end(&mut head)
+            })
             .map_err(io_err)?;
-        let written = head[..read].iter().any(|&b| b != 0);
+        let written = head.iter().any(|&b| b != 0);
         let durable = mark.0 == seq && mark.1 > 0;
         if written || durable {
             break;
@@ -225,18 +229,6 @@ fn remove_unused_segments(
         })?;
     }
     Ok(())
-}
-
-fn read_prefix(file: &fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    use std::os::unix::fs::FileExt;
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read_at(&mut buf[filled..], filled as u64)? {
-            0 => break,
-            n => filled += n,
-        }
-    }
-    Ok(filled)
 }
 
 /// Periodic housekeeping: records the WAL's durable mark; flushes aged `pending_batches` to the
