@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The nightly job: build the harness and chronik-bench once, gate HEAD against the stored
 # baseline commit of each workload (both rebuilt from git and measured side by side on this
-# machine), then write the markdown report with figures. Results (one JSON per trial) stay in
-# results/ and the report in $OUT: keep both as artifacts.
+# machine), look for change points over every night recorded so far, then write the markdown
+# report with figures. Every trial goes into results/results.sqlite (and a JSON export beside
+# it): keep that file between nights (ci/nightly.yml keeps it on a data branch) and the report
+# in $OUT as an artifact.
 #
 # Environment (all optional):
 #   CHRONIK_HEAD       revision to gate (default HEAD)
@@ -11,8 +13,10 @@
 #                      loop, and openloop-r20000-s256-30s, whose latency counts every broker
 #                      stall; add produce-rf2-c128-s256-30s to gate the replicated cluster too)
 #   CHRONIK_OUT        report directory (default reports/nightly-<UTC date>)
+#   CHRONIK_METRICS    metrics searched for change points (default: throughput p99)
 # Exit code: the gate's (0 pass, 1 regression, 2 inconclusive, 3 invalid/infrastructure,
-# 4 no baseline for a workload).
+# 4 no baseline for a workload). Change points do not change it: they are reported, and
+# `chronik-harness bisect --from-change-point` searches the newest.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 
@@ -31,13 +35,22 @@ mkdir -p "$out"
 harness=./target/release/chronik-harness
 
 set +e
-"$harness" gate --head "$head_rev" "${base_args[@]}" "${workload_args[@]}" --json-output "$out/gate.json"
+"$harness" gate --head "$head_rev" "${base_args[@]}" "${workload_args[@]}" --json-output "$out/gate.json" \
+  --report-link "$out/report.md"
 gate_code=$?
 set -e
 
 if [ -f "$out/gate.json" ]; then
   "$harness" report --out "$out" "${workload_args[@]}" --gate "$out/gate.json" --head "$head_rev" \
     --title "Nightly performance report $(date -u +%F)"
+  metric_args=()
+  for m in ${CHRONIK_METRICS:-throughput p99}; do metric_args+=(--metric "$m"); done
+  if "$harness" history "${workload_args[@]}" "${metric_args[@]}" \
+    --markdown "$out/change-points.md" --record-reported > "$out/history.txt"; then
+    cat "$out/change-points.md" >> "$out/report.md"
+  else
+    echo "nightly: change-point search failed (see above); the report has no history section" >&2
+  fi
   if [ -n "${GITHUB_STEP_SUMMARY:-}" ]; then
     cat "$out/report.md" >> "$GITHUB_STEP_SUMMARY"
   fi

@@ -664,6 +664,32 @@ pub fn print_gate(result: &GateResult) {
     println!("\ngate verdict: {:?}", result.verdict);
 }
 
+/// Stores a gate verdict in the results database (the dashboard marks it on the series).
+pub fn record_gate(
+    session: &Session,
+    result: &GateResult,
+    report_link: Option<&str>,
+) -> Result<(), HarnessError> {
+    let verdict = if result.failure.is_some() {
+        "failed".to_owned()
+    } else {
+        format!("{:?}", result.verdict).to_lowercase()
+    };
+    let row = crate::results_db::GateRow {
+        decided_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        host: session.host.fingerprint(),
+        head_sha: result.head.sha.clone(),
+        base_sha: result.base.as_ref().map(|b| b.sha.clone()),
+        verdict,
+        report: report_link.map(str::to_owned),
+    };
+    let json = serde_json::to_string(result).map_err(|e| HarnessError::Infra(e.to_string()))?;
+    session
+        .store
+        .db()?
+        .insert_gate(&row, &result.workload, &json)
+}
+
 pub fn gate_exit_code(results: &[GateResult]) -> u8 {
     if results.iter().any(|r| r.failure.is_some()) {
         return EXIT_INFRA;
@@ -776,7 +802,7 @@ pub fn calibrate(
         print_real_calibration(workload, commit, &calibration);
     }
     let bank = NoiseBank::from_records(
-        &session.store.load_workload(&workload.name),
+        &session.store.load_workload(&workload.name)?,
         &commit.sha,
         &workload.hash(),
         &session.host.fingerprint(),

@@ -7,7 +7,9 @@
 //! - `process`: process groups, SIGTERM then SIGKILL, timeouts.
 //! - `runner`: one trial = fresh broker + one chronik-bench run, classified outcome.
 //! - `instructions`: the deterministic tier (Valgrind instruction counts of a replayed stream).
-//! - `store`: results history and baselines (JSON).
+//! - `store`: results history and baselines (JSON); `results_db`: every trial in SQLite.
+//! - `changepoint`: E-divisive means with a permutation test; `history`: series per host and
+//!   metric over commits, with their change points; `dashboard`: the static site of them.
 //! - `stats`: paired log-ratios, exact sign-test intervals of the median, three-state verdicts.
 //! - `noise_bank`: same-commit trials from the store; the shipped rule replayed on them.
 //! - `calibration`: per-host margins searched on the noise bank, stored, read by `gate`.
@@ -18,16 +20,20 @@
 pub mod bisect;
 pub mod build;
 pub mod calibration;
+pub mod changepoint;
 pub mod commands;
 pub mod compare;
+pub mod dashboard;
 pub mod error;
 pub mod fixtures;
 pub mod git;
+pub mod history;
 pub mod instructions;
 pub mod noise_bank;
 pub mod plots;
 pub mod process;
 pub mod report;
+pub mod results_db;
 pub mod runner;
 pub mod session;
 pub mod stats;

@@ -11,9 +11,11 @@ use chronik_harness::error::{
     HarnessError, EXIT_BISECT_ABORT, EXIT_BISECT_SKIP, EXIT_INCONCLUSIVE, EXIT_INFRA,
 };
 use chronik_harness::git::TargetRepo;
+use chronik_harness::history::{self, Metric};
 use chronik_harness::runner::default_bench_bin;
 use chronik_harness::session::Session;
 use chronik_harness::stats::Margins;
+use chronik_harness::store::ResultStore;
 use chronik_harness::target::TargetConfig;
 use chronik_harness::workload::{self, Workload};
 use clap::{Args, Parser, Subcommand};
@@ -45,7 +47,7 @@ struct Common {
     /// Build cache, checkouts, shared target dir and trial scratch space.
     #[arg(long, global = true, default_value = "target/chronik-harness")]
     work_dir: PathBuf,
-    /// Results history (one JSON file per trial).
+    /// Results: the database (results.sqlite) and one JSON export per trial.
     #[arg(long, global = true, default_value = "results")]
     results_dir: PathBuf,
     #[arg(long, global = true, default_value = "baselines")]
@@ -184,6 +186,9 @@ enum Cmd {
         stats: Statistics,
         #[arg(long)]
         json_output: Option<PathBuf>,
+        /// Where this gate's report will be (stored with the verdict; the dashboard links it).
+        #[arg(long)]
+        report_link: Option<String>,
     },
     /// Record (or replace) the stored baseline of a workload.
     Baseline {
@@ -228,10 +233,17 @@ enum Cmd {
     },
     /// Find the first commit that crossed the margin between a good and a bad commit.
     Bisect {
-        #[arg(long)]
-        good: String,
-        #[arg(long)]
-        bad: String,
+        #[arg(long, required_unless_present = "from_change_point")]
+        good: Option<String>,
+        #[arg(long, required_unless_present = "from_change_point")]
+        bad: Option<String>,
+        /// Bisect the range of the newest change point of --metric in this host's history
+        /// (see `history`) instead of --good/--bad.
+        #[arg(long, conflicts_with_all = ["good", "bad"])]
+        from_change_point: bool,
+        /// The series whose change point is bisected (with --from-change-point).
+        #[arg(long, value_enum, default_value_t = Metric::Throughput)]
+        metric: Metric,
         #[arg(long, default_value = workload::SEED_WORKLOAD)]
         workload: String,
         #[command(flatten)]
@@ -290,6 +302,51 @@ enum Cmd {
     },
     /// List the workload files.
     Workloads,
+    /// Load JSON trial files (exports, or results from before the database) into the results
+    /// database. Trials already there are left as they are.
+    Import {
+        /// Directory searched for trial JSON files, at any depth (default: --results-dir).
+        from: Option<PathBuf>,
+    },
+    /// Write the static dashboard (HTML + SVG, no server): one page per workload with each
+    /// metric's series over commits, change points and gate verdicts.
+    Dashboard {
+        #[arg(long, default_value = "reports/dashboard")]
+        out: PathBuf,
+        /// Workloads (default: every workload with trials in the database).
+        #[arg(long)]
+        workload: Vec<String>,
+        #[arg(long, value_enum, default_values_t = vec![Metric::Throughput, Metric::P99, Metric::P999])]
+        metric: Vec<Metric>,
+        /// Commit link template; the default works for a dashboard under reports/<name>/ on GitHub.
+        #[arg(long, default_value = "../../../../commit/{sha}")]
+        commit_url: String,
+        /// Put before a gate's stored report path (stored relative to the repository root).
+        #[arg(long, default_value = chronik_harness::dashboard::REPORT_PREFIX_DEFAULT)]
+        report_prefix: String,
+    },
+    /// A metric's series over commits, per host, with its change points (E-divisive means).
+    History {
+        #[arg(long, default_values_t = vec![workload::SEED_WORKLOAD.to_string()])]
+        workload: Vec<String>,
+        /// Metrics (repeatable).
+        #[arg(long, value_enum, default_values_t = vec![Metric::Throughput])]
+        metric: Vec<Metric>,
+        /// Only this host fingerprint.
+        #[arg(long)]
+        host: Option<String>,
+        /// Also write the change points as a markdown section (for the nightly report).
+        #[arg(long)]
+        markdown: Option<PathBuf>,
+        /// Note the change points in the database as reported: the next section marks only
+        /// later ones new.
+        #[arg(long, requires = "markdown")]
+        record_reported: bool,
+        #[arg(long)]
+        json_output: Option<PathBuf>,
+        #[arg(long, default_value = "../../../../commit/{sha}")]
+        commit_url: String,
+    },
 }
 
 fn write_json<T: serde::Serialize>(path: &Option<PathBuf>, value: &T) -> Result<(), HarnessError> {
@@ -325,6 +382,98 @@ fn run(cli: Cli) -> Result<u8, HarnessError> {
     let c = &cli.common;
     let load = |name: &str| Workload::find(name, &c.workload_dir);
     match &cli.command {
+        Cmd::Import { from } => {
+            let store = ResultStore {
+                dir: c.results_dir.clone(),
+            };
+            // Not `store.db()`, which imports the directory by itself when it creates the
+            // database: the counts below would then say nothing was new.
+            let mut db = chronik_harness::results_db::ResultsDb::open(&store.db_path())?;
+            let from = from.as_ref().unwrap_or(&c.results_dir);
+            let (found, added) = store.import_json_into(&mut db, from)?;
+            println!(
+                "{found} trial(s) found under {}, {added} new, in {}",
+                from.display(),
+                store.db_path().display()
+            );
+            Ok(0)
+        }
+        Cmd::History {
+            workload,
+            metric,
+            host,
+            markdown,
+            record_reported,
+            json_output,
+            commit_url,
+        } => {
+            let repo = TargetRepo::open(&c.repo)?;
+            let positions = repo.history_positions()?;
+            let store = ResultStore {
+                dir: c.results_dir.clone(),
+            };
+            let mut all = Vec::new();
+            for name in workload {
+                all.extend(history::load(&store, &load(name)?, metric, &positions)?);
+            }
+            all.retain(|s| host.as_ref().is_none_or(|h| &s.host == h));
+            if all.is_empty() {
+                println!("no valid trials of these workloads on commits of this history");
+            }
+            for series in &all {
+                println!("## {} — {}\n", series.workload, series.metric.label());
+                print!("{}", series.markdown(commit_url));
+                for change in &series.changes {
+                    println!("change point: {}", history::describe(change));
+                }
+                println!();
+            }
+            if let Some(path) = markdown {
+                let md =
+                    history::change_points_markdown(&store, &all, commit_url, *record_reported)?;
+                std::fs::write(path, md).map_err(|e| HarnessError::io(path, e))?;
+            }
+            write_json(json_output, &all)?;
+            Ok(0)
+        }
+        Cmd::Dashboard {
+            out,
+            workload,
+            metric,
+            commit_url,
+            report_prefix,
+        } => {
+            let repo = TargetRepo::open(&c.repo)?;
+            let store = ResultStore {
+                dir: c.results_dir.clone(),
+            };
+            let names = if workload.is_empty() {
+                let known = Workload::list(&c.workload_dir);
+                store
+                    .db()?
+                    .workloads()?
+                    .into_iter()
+                    .filter(|w| known.contains(w))
+                    .collect()
+            } else {
+                workload.clone()
+            };
+            let input = chronik_harness::dashboard::DashboardInput {
+                store: &store,
+                workloads: names.iter().map(|w| load(w)).collect::<Result<_, _>>()?,
+                metrics: metric.clone(),
+                positions: repo.history_positions()?,
+                commit_url: commit_url.clone(),
+                report_prefix: report_prefix.clone(),
+                out_dir: out.clone(),
+            };
+            let written = chronik_harness::dashboard::write(&input)?;
+            for (name, path, points) in &written.pages {
+                println!("{name}: {points} point(s) in {}", path.display());
+            }
+            println!("dashboard written to {}", written.index.display());
+            Ok(0)
+        }
         Cmd::Workloads => {
             for name in Workload::list(&c.workload_dir) {
                 let w = load(&name)?;
@@ -376,6 +525,7 @@ fn run(cli: Cli) -> Result<u8, HarnessError> {
             workload,
             stats,
             json_output,
+            report_link,
         } => {
             let settings = stats.settings()?;
             let s = session(c)?;
@@ -394,6 +544,7 @@ fn run(cli: Cli) -> Result<u8, HarnessError> {
                     &stats.explicit_margins(),
                 )?;
                 commands::print_gate(&result);
+                commands::record_gate(&s, &result, report_link.as_deref())?;
                 results.push(result);
             }
             println!("\ngate wall time: {:.0} s", started.elapsed().as_secs_f64());
@@ -412,13 +563,43 @@ fn run(cli: Cli) -> Result<u8, HarnessError> {
         Cmd::Bisect {
             good,
             bad,
+            from_change_point,
+            metric,
             workload,
             stats,
             json_output,
         } => {
             let settings = stats.settings()?;
             let s = session(c)?;
-            let log = chronik_harness::bisect::bisect(&s, good, bad, &load(workload)?, &settings)?;
+            let workload = load(workload)?;
+            let (good, bad) = match (good, bad) {
+                (Some(good), Some(bad)) => (good.clone(), bad.clone()),
+                _ => {
+                    debug_assert!(*from_change_point);
+                    let positions = s.repo.history_positions()?;
+                    let host = s.host.fingerprint();
+                    let all = history::load(&s.store, &workload, &[*metric], &positions)?;
+                    let change = all
+                        .iter()
+                        .find(|series| series.host == host)
+                        .and_then(|series| series.newest_change())
+                        .ok_or_else(|| {
+                            HarnessError::Usage(format!(
+                                "no change point in the {} history of {} on this host ({host}); see `chronik-harness history --workload {}`",
+                                metric.name(),
+                                workload.name,
+                                workload.name
+                            ))
+                        })?;
+                    println!(
+                        "bisecting the newest change point of {}: {}",
+                        metric.name(),
+                        history::describe(change)
+                    );
+                    (change.good.sha.clone(), change.bad.sha.clone())
+                }
+            };
+            let log = chronik_harness::bisect::bisect(&s, &good, &bad, &workload, &settings)?;
             chronik_harness::bisect::print(&log);
             write_json(json_output, &log)?;
             Ok(if log.culprit.is_some() {
@@ -494,7 +675,7 @@ fn run(cli: Cli) -> Result<u8, HarnessError> {
             let resolve = |r: &Option<String>| r.as_deref().map(|r| repo.resolve(r)).transpose();
             let gate = gate.as_deref().map(read_json).transpose()?;
             let bisect = bisect.as_deref().map(read_json).transpose()?;
-            let store = chronik_harness::store::ResultStore {
+            let store = ResultStore {
                 dir: c.results_dir.clone(),
             };
             let input = chronik_harness::report::ReportInput {

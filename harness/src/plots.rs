@@ -54,6 +54,16 @@ pub struct CommitSeries<'a> {
     pub lines: &'a [(String, f64)],
 }
 
+/// The label of a commit axis (commits at 0, 1, 2, ...) at x: empty between commits.
+pub fn commit_label(labels: &[String], x: f64) -> String {
+    let i = x.round();
+    if (x - i).abs() < 1e-6 && i >= 0.0 {
+        labels.get(i as usize).cloned().unwrap_or_default()
+    } else {
+        String::new()
+    }
+}
+
 pub fn per_commit(
     path: &Path,
     title: &str,
@@ -81,14 +91,7 @@ pub fn per_commit(
     chart
         .configure_mesh()
         .x_labels(n.min(20))
-        .x_label_formatter(&|x| {
-            let i = x.round();
-            if (x - i).abs() < 1e-6 && i >= 0.0 {
-                labels.get(i as usize).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })
+        .x_label_formatter(&|x| commit_label(&labels, *x))
         .y_desc(series.y_label)
         .draw()
         .map_err(|x| e(Box::new(x)))?;

@@ -260,7 +260,7 @@ fn write_workload(
     workload: &Workload,
     fingerprint: &str,
 ) -> Result<(), HarnessError> {
-    let all = input.store.load_workload(&workload.name);
+    let all = input.store.load_workload(&workload.name)?;
     let hash = workload.hash();
     let records: Vec<TrialRecord> = all
         .iter()

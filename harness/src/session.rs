@@ -253,6 +253,7 @@ impl Session {
             workload,
             role,
             bar: self.progress_bar(settings.max_pairs as u64, label),
+            pairs_done: 0,
         };
         let mut result = run_compare(&mut source, settings);
         source.bar.finish_and_clear();
@@ -327,6 +328,8 @@ pub struct PairSource<'a> {
     pub workload: &'a Workload,
     pub role: &'a str,
     pub bar: ProgressBar,
+    /// Pairs completed so far (for the per-trial log line).
+    pub pairs_done: usize,
 }
 
 impl TrialSource for PairSource<'_> {
@@ -335,10 +338,32 @@ impl TrialSource for PairSource<'_> {
             Side::Base => (self.base, format!("{}-base", self.role)),
             Side::Head => (self.head, format!("{}-head", self.role)),
         };
-        self.session.valid_trial(built, self.workload, &role, side)
+        let result = self.session.valid_trial(built, self.workload, &role, side);
+        // One line per trial, above the bar on a terminal and alone in a CI log, where the bar
+        // is hidden and a gate would otherwise be silent for many minutes.
+        if !self.session.quiet {
+            let line = match &result {
+                Ok(t) => format!("{:>12.0} msg/s  p99 {:.2} ms", t.throughput, t.p99_ms),
+                Err(f) => format!("{:?}: {}", f.status, f.detail),
+            };
+            self.bar.suspend(|| {
+                eprintln!(
+                    "  {} pair {:>2} {:<4} {}  {line}",
+                    self.workload.name,
+                    self.pairs_done + 1,
+                    match side {
+                        Side::Base => "base",
+                        Side::Head => "head",
+                    },
+                    built.commit.short(),
+                )
+            });
+        }
+        result
     }
 
     fn pair_done(&mut self, pairs: usize, max_pairs: usize) {
+        self.pairs_done = pairs;
         self.bar.set_length(max_pairs as u64);
         self.bar.set_position(pairs as u64);
     }

@@ -1,5 +1,6 @@
-//! Results history and baselines as JSON files. A trial record is written as soon as the trial
-//! ends (temp file + rename), so an interrupted session loses nothing.
+//! Results history and baselines. A trial is recorded in the results database
+//! (`results_db`) as soon as it ends, and exported as one JSON file (temp file + rename), so an
+//! interrupted session loses nothing. Baselines are JSON files (reviewed in pull requests).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::compare::TrialSummary;
 use crate::error::HarnessError;
 use crate::git::CommitInfo;
+use crate::results_db::{ResultsDb, DB_FILE};
 use crate::runner::TrialStatus;
 
 pub const TRIAL_SCHEMA: &str = "chronik-harness/trial/v1";
@@ -65,7 +67,53 @@ pub struct ResultStore {
 }
 
 impl ResultStore {
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.join(DB_FILE)
+    }
+
+    /// The database, created on first use; a new database first takes in the JSON trials
+    /// already in the directory (results of builds from before it existed).
+    pub fn db(&self) -> Result<ResultsDb, HarnessError> {
+        let path = self.db_path();
+        let fresh = !path.exists();
+        let mut db = ResultsDb::open(&path)?;
+        if fresh {
+            self.import_json_into(&mut db, &self.dir)?;
+        }
+        Ok(db)
+    }
+
+    /// Loads every JSON trial under `from` (any depth) into `db`: (found, newly added).
+    pub fn import_json_into(
+        &self,
+        db: &mut ResultsDb,
+        from: &Path,
+    ) -> Result<(usize, usize), HarnessError> {
+        let mut found = Vec::new();
+        let mut dirs = vec![from.to_path_buf()];
+        while let Some(dir) = dirs.pop() {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for path in entries.filter_map(|e| Some(e.ok()?.path())) {
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "json") {
+                    let record = fs::read(&path)
+                        .ok()
+                        .and_then(|raw| serde_json::from_slice::<TrialRecord>(&raw).ok());
+                    found.extend(record.filter(|r| r.schema == TRIAL_SCHEMA));
+                }
+            }
+        }
+        found.sort_by(|a, b| (&a.recorded_at, &a.id).cmp(&(&b.recorded_at, &b.id)));
+        let added = db.insert(&found)?;
+        Ok((found.len(), added))
+    }
+
+    /// Records the trial in the database, then writes its JSON export.
     pub fn save(&self, record: &TrialRecord) -> Result<PathBuf, HarnessError> {
+        self.db()?.insert(std::slice::from_ref(record))?;
         let path = self
             .dir
             .join(&record.workload)
@@ -76,19 +124,9 @@ impl ResultStore {
         Ok(path)
     }
 
-    /// Every stored trial of `workload`, oldest first (by id, which starts with a timestamp).
-    pub fn load_workload(&self, workload: &str) -> Vec<TrialRecord> {
-        let dir = self.dir.join(workload);
-        let mut paths: Vec<PathBuf> = fs::read_dir(&dir)
-            .map(|entries| entries.filter_map(|e| Some(e.ok()?.path())).collect())
-            .unwrap_or_default();
-        paths.retain(|p| p.extension().is_some_and(|e| e == "json"));
-        paths.sort();
-        paths
-            .iter()
-            .filter_map(|p| serde_json::from_slice::<TrialRecord>(&fs::read(p).ok()?).ok())
-            .filter(|r| r.schema == TRIAL_SCHEMA)
-            .collect()
+    /// Every stored trial of `workload`, in the order they were recorded.
+    pub fn load_workload(&self, workload: &str) -> Result<Vec<TrialRecord>, HarnessError> {
+        self.db()?.trials(workload)
     }
 }
 

@@ -3,20 +3,17 @@
 //! exit codes, `build_failed` and `crashed` records, and that no process is left behind.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-use git2::{Repository, Signature};
+use git2::Repository;
+
+mod common;
+use common::{bin_dir, commit, run_logged};
 
 const EXIT_REGRESSION: i32 = 1;
 const EXIT_INFRA: i32 = 3;
 const EXIT_NO_BASELINE: i32 = 4;
-
-/// `target/release`, where cargo put this workspace's binaries.
-fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().to_path_buf()
-}
 
 const TARGET_TOML: &str = r#"
 build = "sh build.sh"
@@ -71,30 +68,6 @@ throughput_min_msgs_per_s = 100000000.0
 struct Fixture {
     dir: tempfile::TempDir,
     commits: std::collections::HashMap<&'static str, String>,
-}
-
-fn commit(repo: &Repository, files: &[(&str, &str)], message: &str) -> String {
-    let root = repo.workdir().unwrap();
-    for (name, content) in files {
-        fs::write(root.join(name), content).unwrap();
-    }
-    let mut index = repo.index().unwrap();
-    index
-        .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
-        .unwrap();
-    index.write().unwrap();
-    let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
-    let sig = Signature::now("e2e", "e2e@example.invalid").unwrap();
-    let parents: Vec<git2::Commit> = repo
-        .head()
-        .ok()
-        .map(|h| h.peel_to_commit().unwrap())
-        .into_iter()
-        .collect();
-    let parent_refs: Vec<&git2::Commit> = parents.iter().collect();
-    repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parent_refs)
-        .unwrap()
-        .to_string()
 }
 
 impl Fixture {
@@ -174,19 +147,12 @@ impl Fixture {
 
     fn harness(&self, args: &[&str]) -> Output {
         let argv = self.harness_argv();
-        let output = Command::new(&argv[0])
-            .args(&argv[1..])
-            .args(args)
-            .env("CHRONIK_E2E_BROKER", bin_dir().join("chronik-broker"))
-            .output()
-            .unwrap();
-        eprintln!(
-            "$ chronik-harness {}\n{}\n{}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        output
+        run_logged(
+            Command::new(&argv[0])
+                .args(&argv[1..])
+                .env("CHRONIK_E2E_BROKER", bin_dir().join("chronik-broker")),
+            args,
+        )
     }
 
     fn sha(&self, name: &str) -> &str {
@@ -377,6 +343,30 @@ fn compare_gate_build_failures_and_crashes_on_a_scripted_history() {
     );
     let said = String::from_utf8_lossy(&gated.stdout);
     assert!(said.contains("margins calibrated on this host"), "{said}");
+
+    // Every trial went into the results database as well as its JSON export: importing the
+    // exports finds nothing new. `history` reads the database: one series for this host,
+    // with the commits the gates measured.
+    let exports = f.records("e2e").len();
+    let imported = f.harness(&["import"]);
+    let said = String::from_utf8_lossy(&imported.stdout);
+    assert!(imported.status.success(), "{said}");
+    assert!(said.contains(" 0 new"), "{said}");
+    assert!(exports > 0);
+    let history = f.harness(&["history", "--workload=e2e", "--metric=throughput"]);
+    let said = String::from_utf8_lossy(&history.stdout);
+    assert!(history.status.success(), "{said}");
+    for name in ["base", "slow"] {
+        assert!(
+            said.contains(&f.sha(name)[..10]),
+            "{name} in the history: {said}"
+        );
+    }
+    assert_eq!(
+        said.matches("**msg/s**, host").count(),
+        1,
+        "one host, one series: {said}"
+    );
 
     let broken = f.harness(&[
         "run",
