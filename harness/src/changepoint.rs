@@ -80,15 +80,20 @@ impl Detector {
     /// Change points of `groups` (each a non-empty list of positive values), by group index,
     /// ascending. Groups that are empty or hold a non-positive value are a caller's bug.
     pub fn detect(&self, groups: &[Vec<f64>]) -> Vec<usize> {
-        let logs: Vec<Vec<f64>> = groups
-            .iter()
-            .map(|g| g.iter().map(|v| v.max(f64::MIN_POSITIVE).ln()).collect())
-            .collect();
+        self.search(groups)
+            .into_iter()
+            .map(|(cut, _)| cut)
+            .collect()
+    }
+
+    /// The change points, ascending, each with its p-value when it was found.
+    fn search(&self, groups: &[Vec<f64>]) -> Vec<(usize, f64)> {
+        let logs = log_scale(groups);
         let mut rng = SmallRng::seed_from_u64(self.seed);
-        let mut cuts: Vec<usize> = Vec::new();
+        let mut cuts: Vec<(usize, f64)> = Vec::new();
         loop {
             let mut bounds = vec![0];
-            bounds.extend(cuts.iter().copied());
+            bounds.extend(cuts.iter().map(|c| c.0));
             bounds.push(logs.len());
             let best = bounds
                 .windows(2)
@@ -100,20 +105,21 @@ impl Detector {
             let Some((start, end, at, q)) = best else {
                 break;
             };
-            if self.p_value(&logs[start..end], q, &mut rng) > self.significance {
+            let p = self.p_value(&logs[start..end], q, &mut rng);
+            if p > self.significance {
                 break;
             }
-            cuts.push(at);
-            cuts.sort_unstable();
+            cuts.push((at, p));
+            cuts.sort_unstable_by_key(|c| c.0);
         }
         cuts
     }
 
     /// The change points with the medians of the segments around each.
     pub fn describe(&self, groups: &[Vec<f64>]) -> Vec<ChangePoint> {
-        let cuts = self.detect(groups);
+        let cuts = self.search(groups);
         let mut bounds = vec![0];
-        bounds.extend(cuts.iter().copied());
+        bounds.extend(cuts.iter().map(|c| c.0));
         bounds.push(groups.len());
         let median_of = |from: usize, to: usize| {
             let mut all: Vec<f64> = groups[from..to].iter().flatten().copied().collect();
@@ -121,19 +127,14 @@ impl Detector {
         };
         cuts.iter()
             .enumerate()
-            .map(|(i, &group)| {
-                let logs: Vec<Vec<f64>> = groups[bounds[i]..bounds[i + 2]]
-                    .iter()
-                    .map(|g| g.iter().map(|v| v.max(f64::MIN_POSITIVE).ln()).collect())
-                    .collect();
-                let q = DistanceSums::new(&flatten(&logs))
-                    .split_statistic(offsets(&logs)[group - bounds[i]]);
+            .map(|(i, &(group, p_value))| {
+                let logs = log_scale(&groups[bounds[i]..bounds[i + 2]]);
                 let mut rng = SmallRng::seed_from_u64(self.seed ^ group as u64);
                 let range = self.location_range(&logs, &mut rng);
                 ChangePoint {
                     group,
                     range: bounds[i] + range.start()..=bounds[i] + range.end(),
-                    p_value: self.p_value(&logs, q, &mut rng),
+                    p_value,
                     median_before: median_of(bounds[i], group),
                     median_after: median_of(group, bounds[i + 2]),
                 }
@@ -195,6 +196,13 @@ impl Detector {
         }
         (as_large + 1) as f64 / (self.permutations + 1) as f64
     }
+}
+
+fn log_scale(groups: &[Vec<f64>]) -> Vec<Vec<f64>> {
+    groups
+        .iter()
+        .map(|g| g.iter().map(|v| v.max(f64::MIN_POSITIVE).ln()).collect())
+        .collect()
 }
 
 fn flatten(groups: &[Vec<f64>]) -> Vec<f64> {

@@ -335,7 +335,8 @@ pub fn change_points_markdown(
             table.add_row(vec![
                 format!("`{}`", s.workload),
                 s.metric.label().to_owned(),
-                format!("`{}`", s.host),
+                // The fingerprint holds '|', which would split a markdown table's cell.
+                format!("`{}`", s.host.replace('|', "\\|")),
                 format!(
                     "[`{}`]({})",
                     c.at.short(),
