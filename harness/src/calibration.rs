@@ -271,7 +271,7 @@ pub fn calibrate(
         workload_hash: workload_hash.to_owned(),
         host_fingerprint: host_fingerprint.to_owned(),
         commit: commit.to_owned(),
-        calibrated_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        calibrated_at: crate::store::now_rfc3339(),
         bank_trials: bank.trials.len(),
         replays_per_candidate: SEARCH_REPLAYS,
         min_pairs: settings.min_pairs,

@@ -19,6 +19,8 @@ use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
+use crate::stats::median;
+
 /// How hard the detector looks.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Detector {
@@ -121,10 +123,7 @@ impl Detector {
         let mut bounds = vec![0];
         bounds.extend(cuts.iter().map(|c| c.0));
         bounds.push(groups.len());
-        let median_of = |from: usize, to: usize| {
-            let mut all: Vec<f64> = groups[from..to].iter().flatten().copied().collect();
-            median(&mut all)
-        };
+        let median_of = |from: usize, to: usize| median(&flatten(&groups[from..to]));
         cuts.iter()
             .enumerate()
             .map(|(i, &(group, p_value))| {
@@ -143,7 +142,7 @@ impl Detector {
     }
 
     /// The split (index of the first group of the right side) with the largest statistic.
-    fn best_split(&self, groups: &[Vec<f64>]) -> Option<(usize, f64)> {
+    fn best_split<G: AsRef<[f64]>>(&self, groups: &[G]) -> Option<(usize, f64)> {
         let distances = DistanceSums::new(&flatten(groups));
         let starts = offsets(groups);
         (self.min_groups..=groups.len().checked_sub(self.min_groups)?)
@@ -189,8 +188,7 @@ impl Detector {
         let mut as_large = 0usize;
         for _ in 0..self.permutations {
             shuffled.shuffle(rng);
-            let owned: Vec<Vec<f64>> = shuffled.iter().map(|g| (*g).clone()).collect();
-            if self.best_split(&owned).is_some_and(|(_, qp)| qp >= q) {
+            if self.best_split(&shuffled).is_some_and(|(_, qp)| qp >= q) {
                 as_large += 1;
             }
         }
@@ -205,15 +203,18 @@ fn log_scale(groups: &[Vec<f64>]) -> Vec<Vec<f64>> {
         .collect()
 }
 
-fn flatten(groups: &[Vec<f64>]) -> Vec<f64> {
-    groups.iter().flatten().copied().collect()
+fn flatten<G: AsRef<[f64]>>(groups: &[G]) -> Vec<f64> {
+    groups
+        .iter()
+        .flat_map(|g| g.as_ref().iter().copied())
+        .collect()
 }
 
 /// Index of each group's first value in the flattened series, plus the total length.
-fn offsets(groups: &[Vec<f64>]) -> Vec<usize> {
+fn offsets<G: AsRef<[f64]>>(groups: &[G]) -> Vec<usize> {
     let mut at = vec![0];
     for g in groups {
-        at.push(at.last().copied().unwrap_or(0) + g.len());
+        at.push(at.last().copied().unwrap_or(0) + g.as_ref().len());
     }
     at
 }
@@ -266,19 +267,6 @@ impl DistanceSums {
         };
         let (m, n) = (m as f64, n as f64);
         m * n / (m + n) * (2.0 * cross - within(0..at, at) - within(at..self.n, self.n - at))
-    }
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
     }
 }
 

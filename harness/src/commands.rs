@@ -501,7 +501,7 @@ pub fn baseline(
         host_fingerprint: session.host.fingerprint(),
         bench_version: provenance.bench_version,
         librdkafka_version: provenance.librdkafka_version,
-        recorded_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        recorded_at: crate::store::now_rfc3339(),
         median_throughput: median(&summaries.iter().map(|t| t.throughput).collect::<Vec<_>>()),
         median_p99_ms: median(&summaries.iter().map(|t| t.p99_ms).collect::<Vec<_>>()),
         trials: summaries,
@@ -676,7 +676,7 @@ pub fn record_gate(
         format!("{:?}", result.verdict).to_lowercase()
     };
     let row = crate::results_db::GateRow {
-        decided_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        decided_at: crate::store::now_rfc3339(),
         host: session.host.fingerprint(),
         head_sha: result.head.sha.clone(),
         base_sha: result.base.as_ref().map(|b| b.sha.clone()),

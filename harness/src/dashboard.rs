@@ -76,15 +76,11 @@ pub fn write(input: &DashboardInput<'_>) -> Result<Written, HarnessError> {
          fingerprint is shown) but from different days: each point's tooltip says when its \
          trials ran. Generated {}.</p>\n<table><tr><th>workload</th><th>what</th><th>commits</th>\
          <th>change points</th><th>gate verdicts</th></tr>\n{index_rows}</table>\n",
-        now()
+        crate::store::now_rfc3339()
     );
     std::fs::write(&index, page("Broker performance history", &body))
         .map_err(|e| HarnessError::io(&index, e))?;
     Ok(Written { index, pages })
-}
-
-fn now() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
 fn workload_page(

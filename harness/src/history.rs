@@ -300,7 +300,7 @@ pub fn change_points_markdown(
     record: bool,
 ) -> Result<String, HarnessError> {
     let mut db = store.db()?;
-    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let now = crate::store::now_rfc3339();
     let mut md = String::from(
         "## Change points over the nights
 
@@ -359,35 +359,12 @@ pub fn change_points_markdown(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compare::TrialSummary;
-    use crate::store::TRIAL_SCHEMA;
 
     fn trial(sha: &str, host: &str, throughput: f64) -> TrialRecord {
-        TrialRecord {
-            schema: TRIAL_SCHEMA.into(),
-            id: format!("{sha}-{throughput}"),
-            recorded_at: "2026-11-27T00:00:00Z".into(),
-            commit: CommitInfo {
-                sha: sha.into(),
-                summary: sha.into(),
-            },
-            workload: "w".into(),
-            workload_hash: "h".into(),
-            host_fingerprint: host.into(),
-            role: "head".into(),
-            status: TrialStatus::Ok,
-            detail: None,
-            summary: Some(TrialSummary {
-                throughput,
-                p99_ms: 1.0,
-                p999_ms: None,
-                per_second: vec![],
-                peak_rss_mib: None,
-                broker_cpu_us_per_msg: None,
-            }),
-            broker_peak_rss_kib: None,
-            report: None,
-        }
+        let mut r =
+            crate::results_db::tests::trial(&format!("{sha}-{throughput}"), sha, throughput);
+        r.host_fingerprint = host.into();
+        r
     }
 
     #[test]

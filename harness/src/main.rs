@@ -381,11 +381,11 @@ fn session(common: &Common) -> Result<Session, HarnessError> {
 fn run(cli: Cli) -> Result<u8, HarnessError> {
     let c = &cli.common;
     let load = |name: &str| Workload::find(name, &c.workload_dir);
+    let store = ResultStore {
+        dir: c.results_dir.clone(),
+    };
     match &cli.command {
         Cmd::Import { from } => {
-            let store = ResultStore {
-                dir: c.results_dir.clone(),
-            };
             // Not `store.db()`, which imports the directory by itself when it creates the
             // database: the counts below would then say nothing was new.
             let mut db = chronik_harness::results_db::ResultsDb::open(&store.db_path())?;
@@ -409,9 +409,6 @@ fn run(cli: Cli) -> Result<u8, HarnessError> {
         } => {
             let repo = TargetRepo::open(&c.repo)?;
             let positions = repo.history_positions()?;
-            let store = ResultStore {
-                dir: c.results_dir.clone(),
-            };
             let mut all = Vec::new();
             for name in workload {
                 all.extend(history::load(&store, &load(name)?, metric, &positions)?);
@@ -444,9 +441,6 @@ fn run(cli: Cli) -> Result<u8, HarnessError> {
             report_prefix,
         } => {
             let repo = TargetRepo::open(&c.repo)?;
-            let store = ResultStore {
-                dir: c.results_dir.clone(),
-            };
             let names = if workload.is_empty() {
                 let known = Workload::list(&c.workload_dir);
                 store
@@ -675,9 +669,6 @@ fn run(cli: Cli) -> Result<u8, HarnessError> {
             let resolve = |r: &Option<String>| r.as_deref().map(|r| repo.resolve(r)).transpose();
             let gate = gate.as_deref().map(read_json).transpose()?;
             let bisect = bisect.as_deref().map(read_json).transpose()?;
-            let store = ResultStore {
-                dir: c.results_dir.clone(),
-            };
             let input = chronik_harness::report::ReportInput {
                 title: title.clone(),
                 workloads: workload.iter().map(|w| load(w)).collect::<Result<_, _>>()?,

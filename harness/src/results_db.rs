@@ -325,7 +325,7 @@ impl ResultsDb {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::compare::TrialSummary;
     use crate::git::CommitInfo;

@@ -16,7 +16,7 @@ use crate::error::HarnessError;
 use crate::git::{CommitInfo, TargetRepo};
 use crate::instructions::{compare_counts, InstructionComparison, InstructionTier, TierOutcome};
 use crate::runner::{TrialRunner, TrialStatus};
-use crate::store::{ResultStore, TrialRecord, TRIAL_SCHEMA};
+use crate::store::{now_rfc3339, ResultStore, TrialRecord, TRIAL_SCHEMA};
 use crate::target::TargetConfig;
 use crate::workload::Workload;
 
@@ -40,10 +40,6 @@ pub struct Session {
 pub struct BuiltCommit {
     pub commit: CommitInfo,
     pub outcome: BuildOutcome,
-}
-
-fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
 impl Session {

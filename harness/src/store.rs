@@ -53,6 +53,11 @@ pub struct Baseline {
     pub trials: Vec<TrialSummary>,
 }
 
+/// Now, as records store it (RFC 3339, UTC, seconds).
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), HarnessError> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(|e| HarnessError::io(dir, e))?;
