@@ -1,22 +1,19 @@
 //! `chronik-bench`: a Kafka load generator built as a measuring instrument.
 //!
-//! - `config`: command line -> validated `BenchConfig` (every client setting explicit).
 //! - `recorder`: assigns each outcome to warm-up / window / drain; HDR histogram; per second.
 //! - `produce`: closed- and open-loop producer loops over librdkafka delivery reports.
 //! - `run`: reachability, topic setup, each mode, validity checks, exit codes.
-//! - `report`: the result schema (`chronik-bench/v1`), console box, JSON, CSV, histogram codec.
-//! - `provenance`: versions and host fingerprint.
-//! - `cpu`: CPU time from /proc: the generator's (process and busiest thread), any process's.
 //! - `replay`: a fixed request stream sent one request at a time (the deterministic tier).
+//! - `config`, `report`, `provenance`, `cpu`, `exit`: from `chronik-bench-schema` (the
+//!   command line, the result schema, versions and host, CPU from /proc, exit codes).
 
-pub mod config;
-pub mod cpu;
 pub mod produce;
-pub mod provenance;
 pub mod recorder;
 pub mod replay;
-pub mod report;
 pub mod run;
 
-pub use config::{BenchArgs, BenchConfig};
-pub use report::BenchReport;
+// The types the harness reads live in their own crate (no Kafka client there); they keep
+// their paths here.
+pub use chronik_bench_schema as schema;
+pub use chronik_bench_schema::{config, cpu, exit, provenance, report};
+pub use chronik_bench_schema::{BenchArgs, BenchConfig, BenchReport};

@@ -3,7 +3,8 @@
 
 use std::process::ExitCode;
 
-use chronik_bench::run::{self, EXIT_INVALID_RUN, EXIT_OK, EXIT_USAGE};
+use chronik_bench::exit::{EXIT_FAILURE, EXIT_INVALID_RUN, EXIT_OK, EXIT_USAGE};
+use chronik_bench::run;
 use chronik_bench::{BenchArgs, BenchConfig};
 use clap::Parser;
 
@@ -37,7 +38,7 @@ fn main() -> ExitCode {
             };
             if let Err(err) = written {
                 eprintln!("chronik-bench: writing {}: {err}", path.display());
-                return ExitCode::from(run::EXIT_FAILURE);
+                return ExitCode::from(EXIT_FAILURE);
             }
         }
     }

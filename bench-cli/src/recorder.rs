@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use serde::{Deserialize, Serialize};
+
+use crate::report::{encode_histogram, Counts, Percentiles, PhaseResults, Phases};
 
 /// Latencies are recorded in microseconds, from 1 µs up to this bound (larger are clamped).
 pub const LATENCY_US_MAX: u64 = 3_600_000_000;
@@ -25,41 +26,11 @@ pub enum Phase {
     Drain,
 }
 
-/// Counts for one phase.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counts {
-    pub acked: u64,
-    pub failed: u64,
-    pub timed_out: u64,
-    pub bytes: u64,
-}
-
-/// Counts per phase of a run; `window` is the measured part.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Phases {
-    pub window: Counts,
-    pub warmup: Counts,
-    pub drain: Counts,
-}
-
-impl Phases {
-    fn get_mut(&mut self, phase: Phase) -> &mut Counts {
-        match phase {
-            Phase::Warmup => &mut self.warmup,
-            Phase::Window => &mut self.window,
-            Phase::Drain => &mut self.drain,
-        }
-    }
-
-    pub fn total_acked(&self) -> u64 {
-        self.warmup.acked + self.window.acked + self.drain.acked
-    }
-
-    pub fn total_failed(&self) -> u64 {
-        [self.warmup, self.window, self.drain]
-            .iter()
-            .map(|c| c.failed + c.timed_out)
-            .sum()
+fn counts_mut(phases: &mut Phases, phase: Phase) -> &mut Counts {
+    match phase {
+        Phase::Warmup => &mut phases.warmup,
+        Phase::Window => &mut phases.window,
+        Phase::Drain => &mut phases.drain,
     }
 }
 
@@ -93,6 +64,20 @@ impl Recorder {
         }
     }
 
+    /// What the run's result says about this stream of outcomes.
+    pub fn results(&self, window_s: f64) -> PhaseResults {
+        PhaseResults {
+            window_s,
+            phases: self.phases,
+            rate_msgs_per_s: self.phases.window.acked as f64 / window_s,
+            bandwidth_mb_per_s: self.phases.window.bytes as f64 / window_s / 1_000_000.0,
+            latency_ms: Percentiles::from_histogram_us(&self.window_latency_us),
+            per_second: self.per_second.clone(),
+            histogram_us_b64: encode_histogram(&self.window_latency_us),
+            first_error: self.first_error.clone(),
+        }
+    }
+
     pub fn phase(&self, at_ns: u64) -> Phase {
         if at_ns < self.warmup_end_ns {
             Phase::Warmup
@@ -107,7 +92,7 @@ impl Recorder {
     /// `acked_ns` when its ack arrived, both since the run started.
     pub fn record_ack(&mut self, intended_ns: u64, acked_ns: u64, bytes: usize) {
         let phase = self.phase(acked_ns);
-        let counts = self.phases.get_mut(phase);
+        let counts = counts_mut(&mut self.phases, phase);
         counts.acked += 1;
         counts.bytes += bytes as u64;
         if phase == Phase::Window {
@@ -130,7 +115,7 @@ impl Recorder {
     /// An arrival without a meaningful latency (consuming data produced earlier).
     pub fn record_arrival(&mut self, at_ns: u64, bytes: usize) {
         let phase = self.phase(at_ns);
-        let counts = self.phases.get_mut(phase);
+        let counts = counts_mut(&mut self.phases, phase);
         counts.acked += 1;
         counts.bytes += bytes as u64;
         if phase == Phase::Window {
@@ -145,7 +130,7 @@ impl Recorder {
     /// A failed outcome (error or delivery timeout) arriving at `at_ns`.
     pub fn record_failure(&mut self, at_ns: u64, timed_out: bool, error: &str) {
         let phase = self.phase(at_ns);
-        let counts = self.phases.get_mut(phase);
+        let counts = counts_mut(&mut self.phases, phase);
         if timed_out {
             counts.timed_out += 1;
         } else {

@@ -30,8 +30,9 @@ use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+pub use crate::schema::replay::{ReplaySummary, StreamShape};
 
 /// How long one response may take. The broker runs under Valgrind (tens of times slower than
 /// native), so this is generous; a broker that stops answering still fails the replay.
@@ -47,45 +48,6 @@ const CREATE_TOPICS_VERSION: i16 = 5;
 const METADATA_VERSION: i16 = 9;
 const PRODUCE_VERSION: i16 = 9;
 const FETCH_VERSION: i16 = 11;
-
-/// The stream's shape. `seed(n)` is the one the harness uses; the fields are public so a test
-/// can build a tiny one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StreamShape {
-    /// Produce requests (acks=1), each one record batch.
-    pub produce_requests: u32,
-    pub records_per_batch: u32,
-    pub value_bytes: u32,
-    /// A fetch of the batch just written after every this many produce requests.
-    pub fetch_every: u32,
-    /// A metadata request after every this many produce requests.
-    pub metadata_every: u32,
-}
-
-impl StreamShape {
-    /// The seed workload's messages (256 B, acks=1) in batches like the ones librdkafka sends
-    /// at 128 in flight, with a consumer fetching behind the producer.
-    pub fn seed(produce_requests: u32) -> Self {
-        Self {
-            produce_requests,
-            records_per_batch: 16,
-            value_bytes: 256,
-            fetch_every: 4,
-            metadata_every: 64,
-        }
-    }
-
-    /// Every request the stream sends, in order: 3 setup requests, then the produce requests
-    /// with their fetches and metadata refreshes.
-    pub fn request_count(&self) -> u64 {
-        let n = u64::from(self.produce_requests);
-        3 + n + n / u64::from(self.fetch_every.max(1)) + n / u64::from(self.metadata_every.max(1))
-    }
-
-    pub fn messages(&self) -> u64 {
-        u64::from(self.produce_requests) * u64::from(self.records_per_batch)
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -110,20 +72,6 @@ pub enum ReplayError {
     Refused { index: u64, api: ApiKey, code: i16 },
     #[error("the broker does not support {api:?} v{version}, which the replay stream uses")]
     Unsupported { api: ApiKey, version: i16 },
-}
-
-/// What one replay sent and got back.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReplaySummary {
-    pub shape: StreamShape,
-    pub requests: u64,
-    pub messages: u64,
-    pub request_bytes: u64,
-    /// SHA-256 of every request frame in order: two replays with the same digest sent the same
-    /// bytes.
-    pub stream_sha256: String,
-    /// Records the fetches returned; the same on every run of a correct broker.
-    pub records_fetched: u64,
 }
 
 /// Sends the stream to `addr`, one request at a time, checking every response.

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use chronik_bench::exit::{EXIT_FAILURE, EXIT_INVALID_RUN, EXIT_OK, EXIT_UNREACHABLE};
 use chronik_bench::replay::{self, ReplayError, StreamShape};
-use chronik_bench::run::{EXIT_FAILURE, EXIT_INVALID_RUN, EXIT_OK, EXIT_UNREACHABLE};
 use clap::Parser;
 
 #[derive(Parser)]

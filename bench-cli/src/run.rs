@@ -13,6 +13,7 @@ use thiserror::Error;
 
 use crate::config::{BenchConfig, Mode};
 use crate::cpu::{process_cpu_seconds, CpuUsage, ThreadSnapshot, ThreadUse};
+use crate::exit::{EXIT_FAILURE, EXIT_UNREACHABLE};
 use crate::produce::{self, wall_clock_ns};
 use crate::provenance::Provenance;
 use crate::recorder::Recorder;
@@ -45,13 +46,6 @@ pub enum BenchError {
     #[error("{0}")]
     Setup(String),
 }
-
-/// Exit codes of `chronik-bench`, documented in the README.
-pub const EXIT_OK: u8 = 0;
-pub const EXIT_FAILURE: u8 = 1;
-pub const EXIT_USAGE: u8 = 2;
-pub const EXIT_UNREACHABLE: u8 = 3;
-pub const EXIT_INVALID_RUN: u8 = 4;
 
 impl BenchError {
     pub fn exit_code(&self) -> u8 {
@@ -221,7 +215,7 @@ pub fn run(config: &BenchConfig, progress: bool) -> Result<BenchReport, BenchErr
     if config.delete_topic {
         delete_topic(config)?;
     }
-    let provenance = Provenance::current();
+    let provenance = Provenance::new(rdkafka::util::get_rdkafka_version().1);
     let mut invalid_reasons = outcome.invalid_reasons;
     invalid_reasons.extend(saturation(&cpu, provenance.host.cores));
     Ok(BenchReport {
@@ -390,8 +384,7 @@ fn run_produce(
         (stats, sending_done, consumed, busiest_thread)
     });
     let window_s = window_seconds(config, start, sending_done);
-    let producer_results =
-        PhaseResults::from_recorder(&recorder.lock().expect("poisoned"), window_s);
+    let producer_results = recorder.lock().expect("poisoned").results(window_s);
     let sent: u64 = stats.iter().map(|s| s.sent).sum();
     let mut reasons = Vec::new();
     common_checks(&producer_results, &mut reasons, "messages");
@@ -426,7 +419,7 @@ fn run_produce(
         }
     }
     if let Some(consumed) = consumed {
-        let end_to_end = PhaseResults::from_recorder(&arrivals.lock().expect("poisoned"), window_s);
+        let end_to_end = arrivals.lock().expect("poisoned").results(window_s);
         common_checks(&end_to_end, &mut reasons, "round trips");
         if let Err(err) = consumed {
             reasons.push(err);
@@ -591,10 +584,10 @@ fn run_consume(
         }
         (done, sampler.join().expect("thread sampler panicked"))
     });
-    let results = PhaseResults::from_recorder(
-        &recorder.lock().expect("poisoned"),
-        window_seconds(config, start, done),
-    );
+    let results = recorder
+        .lock()
+        .expect("poisoned")
+        .results(window_seconds(config, start, done));
     if results.phases.window.acked == 0 {
         reasons.push("no messages consumed inside the measured window".into());
     }
@@ -659,10 +652,10 @@ fn run_metadata(
         }
         (done, sampler.join().expect("thread sampler panicked"))
     });
-    let results = PhaseResults::from_recorder(
-        &recorder.lock().expect("poisoned"),
-        window_seconds(config, start, done),
-    );
+    let results = recorder
+        .lock()
+        .expect("poisoned")
+        .results(window_seconds(config, start, done));
     let mut reasons = Vec::new();
     common_checks(&results, &mut reasons, "metadata requests");
     Ok(ModeOutcome {

@@ -116,7 +116,7 @@ fn an_unreachable_broker_fails_fast_with_its_own_error() {
     let started = Instant::now();
     let err = run(&cfg, false).unwrap_err();
     assert!(matches!(err, BenchError::Unreachable { .. }), "{err}");
-    assert_eq!(err.exit_code(), chronik_bench::run::EXIT_UNREACHABLE);
+    assert_eq!(err.exit_code(), chronik_bench::exit::EXIT_UNREACHABLE);
     assert!(started.elapsed() < Duration::from_secs(15), "no hang");
 }
 
@@ -210,7 +210,7 @@ fn bad_arguments_exit_with_the_usage_code() {
         .unwrap();
     assert_eq!(
         out.status.code(),
-        Some(i32::from(chronik_bench::run::EXIT_USAGE))
+        Some(i32::from(chronik_bench::exit::EXIT_USAGE))
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("--message-size"));
 }

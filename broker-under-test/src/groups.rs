@@ -14,8 +14,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::fail_stop::FailStop;
+use crate::mutex::lock;
 use crate::offset_log::{CommittedOffset, OffsetLog};
-use crate::wal::group_commit::lock;
 
 /// Upper bound on how long a JoinGroup or SyncGroup waits for the rest of the group.
 const GROUP_WAIT_MAX: Duration = Duration::from_secs(300);

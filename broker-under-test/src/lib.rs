@@ -19,6 +19,8 @@
 //! - `offset_log`: committed offsets, an append-only log with group commit and compaction.
 //! - `producer_ids`: idempotent-producer ids from durably reserved blocks.
 //! - `fail_stop`: the one switch every layer uses to stop the broker after a storage failure.
+//! - `durable_file`, `mutex`: directory fsyncs and atomic file replacement; the one way to
+//!   take a mutex. Every layer uses them; none owns them.
 //! - `config`, `broker`: validated configuration; assembly, start-up and shutdown.
 
 pub mod api;
@@ -26,10 +28,12 @@ pub mod batch;
 pub mod broker;
 pub mod cluster;
 pub mod config;
+pub mod durable_file;
 pub mod fail_stop;
 pub mod groups;
 pub mod leader_epochs;
 pub mod log;
+pub mod mutex;
 pub mod offset_log;
 pub mod partition;
 pub mod produce;

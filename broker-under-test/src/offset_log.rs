@@ -20,9 +20,9 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use crate::durable_file::{replace_file_durably, sync_dir};
 use crate::fail_stop::FailStop;
-use crate::wal::group_commit::lock;
-use crate::wal::storage::{replace_file_durably, sync_dir};
+use crate::mutex::lock;
 
 /// The log is rewritten as a snapshot once it is this large and at least
 /// `COMPACT_GROWTH_FACTOR` times the size of the snapshot it would become.

@@ -19,9 +19,10 @@ use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit};
 use crate::batch::{self, BatchHeader, BatchView};
 use crate::leader_epochs::EpochHistory;
 use crate::log::{read_batches, PartitionLog, ReadPlan};
+use crate::mutex::lock;
 use crate::profile::ProduceFlushProfile;
 use crate::replication::Replication;
-use crate::wal::group_commit::{lock, GroupCommitWal, WalAppend, WalFailed};
+use crate::wal::group_commit::{GroupCommitWal, WalAppend, WalFailed};
 use crate::wal::record;
 
 /// Batches remembered per producer for duplicate detection (Kafka keeps the last five).

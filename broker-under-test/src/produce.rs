@@ -1,4 +1,4 @@
-//! `ProduceHandler`: the produce path of ARCHITECTURE.md, in order, with no layer skipped:
+//! `ProduceHandler`: the produce path of docs/ARCHITECTURE.md, in order, with no layer skipped:
 //! validate -> assign offsets + append to the WAL + push onto `pending_batches` -> wait until
 //! durable (acks != 0) -> with acks=all on a replicated partition, wait until the high watermark
 //! passes the batch -> `flush_partition_if_needed` -> respond. acks=0/1 never wait for
@@ -232,7 +232,7 @@ impl ProduceHandler {
             if durable.is_err() {
                 return partition_error(partition.index, ResponseError::KafkaStorageError);
             }
-            // The promise of RELIABILITY.md: never ack past the durable offset.
+            // Promise 1 of docs/RELIABILITY.md: never ack past the durable offset.
             assert!(
                 appended.end_offset <= partition.durable_end().get(),
                 "acked end offset beyond the durable offset"

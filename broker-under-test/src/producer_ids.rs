@@ -9,7 +9,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::wal::group_commit::lock;
+use crate::mutex::lock;
 
 /// Ids reserved per durable write of the file.
 const PRODUCER_ID_BLOCK: i64 = 1000;
@@ -51,7 +51,7 @@ impl ProducerIds {
         let mut range = lock(&self.range);
         if range.0 >= range.1 {
             let end = range.0 + PRODUCER_ID_BLOCK;
-            crate::wal::storage::replace_file_durably(&self.path, end.to_string().as_bytes())?;
+            crate::durable_file::replace_file_durably(&self.path, end.to_string().as_bytes())?;
             range.1 = end;
         }
         let id = range.0;

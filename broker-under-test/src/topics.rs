@@ -26,8 +26,8 @@ use crate::replication::Replication;
 
 use crate::leader_epochs::EpochHistory;
 use crate::log::{LogError, PartitionLog};
+use crate::mutex::lock;
 use crate::partition::Partition;
-use crate::wal::group_commit::lock;
 
 /// Kafka's limit on topic name length.
 const TOPIC_NAME_CHARS_MAX: usize = 249;
@@ -273,19 +273,19 @@ impl TopicRegistry {
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             if replication_factor != 1 {
-                crate::wal::storage::replace_file_durably(
+                crate::durable_file::replace_file_durably(
                     &dir.join(REPLICATION_FACTOR_FILE),
                     replication_factor.to_string().as_bytes(),
                 )
                 .map_err(io_err)?;
             }
             // The id file is written last: its presence marks a complete topic.
-            crate::wal::storage::replace_file_durably(
+            crate::durable_file::replace_file_durably(
                 &dir.join(TOPIC_ID_FILE),
                 format!("{id:032x}").as_bytes(),
             )
             .map_err(io_err)?;
-            crate::wal::storage::sync_dir(&self.root).map_err(io_err)?;
+            crate::durable_file::sync_dir(&self.root).map_err(io_err)?;
             Ok(Topic {
                 name,
                 id,
@@ -320,7 +320,7 @@ impl TopicRegistry {
         let dir = self.root.join(name);
         let removed = fs::remove_file(dir.join(TOPIC_ID_FILE))
             .and_then(|()| fs::remove_dir_all(&dir))
-            .and_then(|()| crate::wal::storage::sync_dir(&self.root));
+            .and_then(|()| crate::durable_file::sync_dir(&self.root));
         if let Err(err) = removed {
             tracing::error!("deleting topic {name} files failed: {err}");
             return Err(ResponseError::KafkaStorageError);

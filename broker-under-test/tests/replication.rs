@@ -395,7 +395,7 @@ fn consumers_never_read_past_what_the_in_sync_replicas_hold() {
     );
     signal(cluster.broker(follower).pid(), "-CONT");
     // The acks=all message timed out on the client, but it was appended: a timeout is an
-    // unknown outcome (RELIABILITY.md 3), so it may appear once.
+    // unknown outcome (docs/RELIABILITY.md, promise 3), so it may appear once.
     wait_for(
         "the high watermark to pass the unreplicated messages",
         || common::wire::latest_offset(leader_addr, topic, 0) >= 51,

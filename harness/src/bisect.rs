@@ -3,28 +3,22 @@
 //! does not build, or stays inconclusive after the extra pairs, is skipped (as `git bisect`
 //! does with exit code 125). The culprit is confirmed against its parent with more pairs.
 
-use std::fmt::Write as _;
-use std::path::Path;
 use std::time::Instant;
 
-use comfy_table::{presets::ASCII_MARKDOWN, Table};
 use serde::{Deserialize, Serialize};
 
 use crate::build::BuildOutcome;
+use crate::commands;
 use crate::compare::{CompareSettings, Comparison, ErrorControl};
+use crate::decision::{
+    bisect_run_code, bisect_step, PairOutcome, StepVerdict, Verdict, EXIT_BISECT_SKIP,
+};
 use crate::error::HarnessError;
 use crate::git::CommitInfo;
 use crate::session::Session;
-use crate::stats::{MetricComparison, Verdict};
+use crate::stats::MetricComparison;
+use crate::trial::Side;
 use crate::workload::Workload;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StepVerdict {
-    Good,
-    Bad,
-    Skip,
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BisectStep {
@@ -86,6 +80,48 @@ pub fn step_settings(base: &CompareSettings) -> CompareSettings {
     }
 }
 
+/// `bisect-run`: one step of `git bisect run`, on the checked-out HEAD against `good`. Exit
+/// code 0 good, 1 bad, 125 skip (does not build, a failed trial of HEAD, inconclusive); an
+/// error (the good side fails) aborts the bisect.
+pub fn run_step(
+    session: &Session,
+    good: &str,
+    workload: &Workload,
+    settings: &CompareSettings,
+) -> Result<u8, HarnessError> {
+    let good = session.repo.resolve(good)?;
+    let head = session.repo.resolve("HEAD")?;
+    if session.build_key(&good)? == session.build_key(&head)? {
+        println!(
+            "{} builds the same broker as {}: good without measuring",
+            head.short(),
+            good.short()
+        );
+        return Ok(0);
+    }
+    match commands::compare(session, &good, &head, workload, settings, "bisect-run")? {
+        PairOutcome::Compared(cmp) => {
+            commands::print_comparison(workload, &good, &head, &cmp);
+            Ok(bisect_run_code(cmp.verdict))
+        }
+        PairOutcome::DoesNotBuild {
+            side: Side::Head, ..
+        } => {
+            println!("{} does not build: skipped", head.short());
+            Ok(EXIT_BISECT_SKIP)
+        }
+        PairOutcome::SideFailed(f) if f.side == Side::Head => Ok(EXIT_BISECT_SKIP),
+        PairOutcome::DoesNotBuild { log_tail, .. } => Err(HarnessError::Infra(format!(
+            "the good commit {} does not build:\n{log_tail}",
+            good.short()
+        ))),
+        PairOutcome::SideFailed(f) => Err(HarnessError::Infra(format!(
+            "good side failed: {}",
+            f.detail
+        ))),
+    }
+}
+
 /// Once the endpoints differ by a known effect, a step only has to say which endpoint a commit
 /// resembles: its margins sit at the geometric midpoint of the endpoint effect (never tighter
 /// than the configured margins). A benign commit then reads "good" even on a noisy machine,
@@ -110,7 +146,8 @@ pub fn midpoint_settings(step: &CompareSettings, endpoints: &Comparison) -> Comp
                 .map_or(step.margins.cpu_per_msg_rise, |m| {
                     rise(m.median_ratio, step.margins.cpu_per_msg_rise)
                 }),
-            instructions_rise: instruction_metric(endpoints)
+            instructions_rise: endpoints
+                .instruction_metric()
                 .map_or(step.margins.instructions_rise, |m| {
                     rise(m.median_ratio, step.margins.instructions_rise)
                 }),
@@ -128,14 +165,6 @@ struct Deciding {
     peak_rss: bool,
     cpu_per_msg: bool,
     instructions: bool,
-}
-
-/// The deterministic tier's metric of a comparison, when it measured.
-fn instruction_metric(c: &Comparison) -> Option<&MetricComparison> {
-    c.instructions
-        .as_ref()
-        .and_then(|t| t.comparison())
-        .map(|t| &t.metric)
 }
 
 /// A regressed metric's effect (in margins) must reach this share of the strongest regressed
@@ -167,7 +196,7 @@ impl Deciding {
             strength(Some(&c.p99)),
             strength(c.peak_rss.as_ref()),
             strength(c.cpu_per_msg.as_ref()),
-            strength(instruction_metric(c)),
+            strength(c.instruction_metric()),
         ];
         let strongest = strengths.iter().copied().fold(0.0, f64::max);
         let decides = |s: f64| s > 0.0 && s >= strongest * DECIDING_STRENGTH_SHARE;
@@ -247,23 +276,7 @@ fn measure(
             *builds += 1;
         }
     }
-    if let BuildOutcome::Failed { log_tail } = &built.outcome {
-        return Ok((
-            StepVerdict::Skip,
-            None,
-            Some(format!(
-                "build failed: {}",
-                log_tail.lines().next().unwrap_or("")
-            )),
-        ));
-    }
-    if let BuildOutcome::Failed { log_tail } = &reference.outcome {
-        return Err(HarnessError::Infra(format!(
-            "the good commit {} does not build: {log_tail}",
-            good.short()
-        )));
-    }
-    let result = session.compare_built(
+    let outcome = session.compare_built(
         &reference,
         &built,
         workload,
@@ -271,19 +284,30 @@ fn measure(
         "bisect",
         &format!("{} vs good", candidate.short()),
     );
-    match result {
-        Ok(c) => {
-            let verdict = match deciding.verdict(&c) {
-                Verdict::Regression => StepVerdict::Bad,
-                Verdict::Pass => StepVerdict::Good,
-                Verdict::Inconclusive => StepVerdict::Skip,
-            };
+    match outcome {
+        PairOutcome::Compared(c) => {
+            let verdict = bisect_step(deciding.verdict(&c));
             let detail = (verdict == StepVerdict::Skip)
                 .then(|| "inconclusive after the extra pairs".to_owned());
-            Ok((verdict, Some(c), detail))
+            Ok((verdict, Some(*c), detail))
         }
+        PairOutcome::DoesNotBuild {
+            side: Side::Head,
+            log_tail,
+        } => Ok((
+            StepVerdict::Skip,
+            None,
+            Some(format!(
+                "build failed: {}",
+                log_tail.lines().next().unwrap_or("")
+            )),
+        )),
+        PairOutcome::DoesNotBuild { log_tail, .. } => Err(HarnessError::Infra(format!(
+            "the good commit {} does not build: {log_tail}",
+            good.short()
+        ))),
         // The candidate's broker crashed or never produced a valid trial: untestable, skip.
-        Err(f) if f.side == crate::compare::Side::Head => Ok((
+        PairOutcome::SideFailed(f) if f.side == Side::Head => Ok((
             StepVerdict::Skip,
             None,
             Some(format!(
@@ -292,7 +316,7 @@ fn measure(
                 f.detail.lines().next().unwrap_or("")
             )),
         )),
-        Err(f) => Err(HarnessError::Infra(format!(
+        PairOutcome::SideFailed(f) => Err(HarnessError::Infra(format!(
             "the good commit could not be measured: {:?}: {}",
             f.status, f.detail
         ))),
@@ -565,189 +589,10 @@ fn push_step(
         p99_ratio: comparison.map(|c| c.p99.median_ratio),
         peak_rss_ratio: comparison.and_then(|c| c.peak_rss.as_ref().map(|m| m.median_ratio)),
         instructions_ratio: comparison
-            .and_then(instruction_metric)
+            .and_then(Comparison::instruction_metric)
             .map(|m| m.median_ratio),
         detail,
     });
-}
-
-pub fn print(log: &BisectLog) {
-    println!("\n{}", steps_table(log, "{sha}"));
-    for note in &log.notes {
-        println!("note: {note}");
-    }
-    match (&log.culprit, &log.confirmation) {
-        (Some(c), Some(conf)) => println!(
-            "\nfirst bad commit: {} {}\neffect vs its parent: {}",
-            c.sha,
-            c.summary,
-            effect(conf)
-        ),
-        (Some(c), None) => println!(
-            "\nfirst bad commit: {} {} (not confirmed)",
-            c.sha, c.summary
-        ),
-        (None, _) if log.candidates.len() > 1 => {
-            println!("\nfirst bad commit is one of:");
-            for c in &log.candidates {
-                println!("  {} {}", c.sha, c.summary);
-            }
-        }
-        _ => {}
-    }
-    println!(
-        "steps: {}, builds: {}, wall time: {:.0} s",
-        log.steps.len(),
-        log.builds,
-        log.wall_s
-    );
-}
-
-/// Every metric of a comparison as "name +x% [interval lo, hi]" (the instruction tier's
-/// range holds every run), then the pair count.
-fn effect(c: &Comparison) -> String {
-    let pct = |r: f64| (r - 1.0) * 100.0;
-    let metrics: Vec<String> = c
-        .metrics()
-        .chain(instruction_metric(c))
-        .map(|m| {
-            format!(
-                "{} {:+.1}% [{:+.1}%, {:+.1}%]",
-                m.metric,
-                pct(m.median_ratio),
-                pct(m.ci_low_ratio),
-                pct(m.ci_high_ratio)
-            )
-        })
-        .collect();
-    format!("{} ({} pairs)", metrics.join(", "), c.pairs())
-}
-
-fn percent(ratio: Option<f64>) -> String {
-    ratio.map_or("-".into(), |r| format!("{:+.1}%", (r - 1.0) * 100.0))
-}
-
-fn steps_table(log: &BisectLog, url: &str) -> Table {
-    let mut table = Table::new();
-    table.load_preset(ASCII_MARKDOWN).set_header(vec![
-        "step",
-        "commit",
-        "position",
-        "vs good (throughput)",
-        "interval",
-        "p99",
-        "peak RSS",
-        "instructions",
-        "pairs",
-        "verdict",
-        "detail",
-    ]);
-    for (n, s) in log.steps.iter().enumerate() {
-        let commit = if url == "{sha}" {
-            s.commit.short().to_owned()
-        } else {
-            format!(
-                "[`{}`]({})",
-                s.commit.short(),
-                url.replace("{sha}", &s.commit.sha)
-            )
-        };
-        table.add_row(vec![
-            n.to_string(),
-            commit,
-            format!("{}/{}", s.index + 1, log.range.len()),
-            percent(s.throughput_ratio),
-            s.ci.map_or("-".into(), |(lo, hi)| {
-                format!("[{:+.1}%, {:+.1}%]", (lo - 1.0) * 100.0, (hi - 1.0) * 100.0)
-            }),
-            percent(s.p99_ratio),
-            percent(s.peak_rss_ratio),
-            s.instructions_ratio
-                .map_or("-".into(), |r| format!("{:+.2}%", (r - 1.0) * 100.0)),
-            s.pairs.to_string(),
-            format!("{:?}", s.verdict).to_lowercase(),
-            s.detail.clone().unwrap_or_default(),
-        ]);
-    }
-    table
-}
-
-/// The bisect section of a report: steps table and the steps drawn on the commit line.
-pub fn write_report_section(
-    md: &mut String,
-    log: &BisectLog,
-    out_dir: &Path,
-    url: &str,
-    fingerprint: &str,
-) -> Result<(), HarnessError> {
-    let _ = writeln!(
-        md,
-        "## Bisect `{}`: {} (good) .. {} (bad)\n",
-        log.workload,
-        log.good.short(),
-        log.bad.short()
-    );
-    let _ = writeln!(md, "{}\n", steps_table(log, url));
-    if let Some(c) = &log.culprit {
-        let _ = write!(
-            md,
-            "**First bad commit: [`{}`]({}) {}**",
-            c.short(),
-            url.replace("{sha}", &c.sha),
-            c.summary.replace('|', "\\|")
-        );
-        if let Some(conf) = &log.confirmation {
-            let _ = write!(md, ": vs its parent, {}", effect(conf));
-        }
-        let _ = writeln!(md, "\n");
-    }
-    for note in &log.notes {
-        let _ = writeln!(md, "> {note}\n");
-    }
-    let _ = writeln!(
-        md,
-        "{} steps, {} builds, {:.0} s wall time.\n",
-        log.steps.len(),
-        log.builds,
-        log.wall_s
-    );
-    let labels: Vec<String> = log
-        .range
-        .iter()
-        .map(|c| c.short()[..7].to_owned())
-        .collect();
-    // Draw the metric that decided the steps (throughput unless only memory or p99 moved).
-    let (metric, ratio): (&str, fn(&BisectStep) -> Option<f64>) =
-        match log.deciding.first().map(String::as_str) {
-            Some("p99") => ("p99", |s| s.p99_ratio),
-            Some("peak RSS") => ("peak RSS", |s| s.peak_rss_ratio),
-            _ => ("throughput", |s| s.throughput_ratio),
-        };
-    let mut values = vec![None; log.range.len()];
-    for s in &log.steps {
-        values[s.index] = ratio(s);
-    }
-    let name = format!("bisect-{}.svg", log.workload);
-    let pairs: usize = log.steps.iter().map(|s| s.pairs).sum();
-    let y_label = format!("{metric} / good");
-    crate::plots::per_commit(
-        &out_dir.join(&name),
-        &format!("bisect steps: {metric} relative to the good commit"),
-        &format!(
-            "machine: {fingerprint} | workload: {} | {} steps, {} pairs",
-            log.workload,
-            log.steps.len(),
-            pairs
-        ),
-        &crate::plots::CommitSeries {
-            labels: &labels,
-            values: &values,
-            y_label: &y_label,
-            lines: &[("good".into(), 1.0)],
-        },
-    )?;
-    let _ = writeln!(md, "![{name}]({name})\n");
-    Ok(())
 }
 
 #[cfg(test)]

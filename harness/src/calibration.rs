@@ -14,9 +14,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::compare::{CompareSettings, Comparison, ErrorControl};
+use crate::decision::Verdict;
 use crate::error::HarnessError;
 use crate::noise_bank::NoiseBank;
-use crate::stats::{Margins, MetricComparison, Verdict};
+use crate::stats::{Margins, MetricComparison};
 use crate::store::write_atomically;
 
 /// Margins tried, smallest first (fractions).
@@ -284,7 +285,7 @@ pub fn calibrate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compare::TrialSummary;
+    use crate::trial::TrialSummary;
     use rand::rngs::SmallRng;
     use rand::{Rng, SeedableRng};
 

@@ -3,159 +3,29 @@
 
 use std::path::Path;
 
+use chronik_bench_schema::provenance::Provenance;
 use comfy_table::{presets::ASCII_MARKDOWN, Table};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::calibration::{self, CalibratedMargins, Tuned};
-use crate::compare::{metric_count, CompareSettings, Comparison, TrialFailure, TrialSummary};
-use crate::error::{
-    HarnessError, EXIT_INCONCLUSIVE, EXIT_INFRA, EXIT_NO_BASELINE, EXIT_PASS, EXIT_REGRESSION,
+use crate::compare::{metric_count, CompareSettings, Comparison};
+use crate::decision::{
+    check_limits, does_not_build, failure_exit, gate_verdict, limits_verdict, verdict_exit_code,
+    GateResult, PairOutcome, Verdict, EXIT_INFRA, EXIT_PASS,
 };
+use crate::error::HarnessError;
 use crate::git::CommitInfo;
-use crate::instructions::{InstructionComparison, TierOutcome};
-use crate::noise_bank::{NoiseBank, ReplayRow, Shifted, NOISE_BANK_TRIALS_MIN};
+use crate::instructions::TierOutcome;
+use crate::noise_bank::{NoiseBank, ReplayRow, NOISE_BANK_TRIALS_MIN};
+use crate::render::{
+    comparison_table, degradation_line, instructions_line, limits_table, margins_table, pct,
+    replay_table, tier_line, tier_table,
+};
 use crate::session::{BuiltCommit, Session};
-use crate::stats::{median, median_interval, Verdict, DISPLAY_COVERAGE};
+use crate::stats::median;
 use crate::store::{load_baseline, save_baseline, Baseline, BASELINE_SCHEMA};
+use crate::trial::{Side, TrialSummary};
 use crate::workload::Workload;
-
-pub fn verdict_exit_code(verdict: Verdict) -> u8 {
-    match verdict {
-        Verdict::Pass => EXIT_PASS,
-        Verdict::Regression => EXIT_REGRESSION,
-        Verdict::Inconclusive => EXIT_INCONCLUSIVE,
-    }
-}
-
-fn pct(ratio: f64) -> String {
-    format!("{:+.1}%", (ratio - 1.0) * 100.0)
-}
-
-/// A markdown table of a comparison.
-pub fn comparison_table(c: &Comparison) -> Table {
-    let mut table = Table::new();
-    table.load_preset(ASCII_MARKDOWN).set_header(vec![
-        "metric",
-        "base median",
-        "head median",
-        "head/base (median)",
-        "interval (coverage)",
-        "limit",
-        "verdict",
-    ]);
-    let med = |v: &[TrialSummary], f: fn(&TrialSummary) -> f64| {
-        median(&v.iter().map(f).collect::<Vec<_>>())
-    };
-    // Median of a figure some trials may lack (NaN when none has it).
-    let known = |v: &[TrialSummary], f: fn(&TrialSummary) -> Option<f64>| {
-        let known: Vec<f64> = v.iter().filter_map(f).collect();
-        if known.is_empty() {
-            f64::NAN
-        } else {
-            median(&known)
-        }
-    };
-    let rss = |v: &[TrialSummary]| known(v, |t| t.peak_rss_mib);
-    let cpu = |v: &[TrialSummary]| known(v, |t| t.broker_cpu_us_per_msg);
-    let rows = [
-        (
-            Some(&c.throughput),
-            med(&c.base, |t| t.throughput),
-            med(&c.head, |t| t.throughput),
-            "msg/s",
-        ),
-        (
-            Some(&c.p99),
-            med(&c.base, |t| t.p99_ms),
-            med(&c.head, |t| t.p99_ms),
-            "ms",
-        ),
-        (c.peak_rss.as_ref(), rss(&c.base), rss(&c.head), "MiB"),
-        (c.cpu_per_msg.as_ref(), cpu(&c.base), cpu(&c.head), "µs CPU"),
-    ];
-    for (m, base, head, unit) in rows {
-        let Some(m) = m else { continue };
-        table.add_row(vec![
-            m.metric.clone(),
-            format!("{base:.1} {unit}"),
-            format!("{head:.1} {unit}"),
-            pct(m.median_ratio),
-            format!(
-                "[{}, {}] ({:.1}%)",
-                pct(m.ci_low_ratio),
-                pct(m.ci_high_ratio),
-                m.ci_coverage * 100.0
-            ),
-            pct(m.limit_ratio),
-            format!("{:?}", m.verdict).to_lowercase(),
-        ]);
-    }
-    match &c.instructions {
-        Some(TierOutcome::Compared(t)) => {
-            let m = &t.metric;
-            table.add_row(vec![
-                format!("{} (Valgrind)", m.metric),
-                format!("{:.0} instr", t.base.per_request()),
-                format!("{:.0} instr", t.head.per_request()),
-                pct(m.median_ratio),
-                format!(
-                    "[{}, {}] (every run)",
-                    pct(m.ci_low_ratio),
-                    pct(m.ci_high_ratio)
-                ),
-                pct(m.limit_ratio),
-                format!("{:?}", m.verdict).to_lowercase(),
-            ]);
-        }
-        Some(TierOutcome::NotMeasured { .. }) => {
-            table.add_row(vec![
-                "instructions/request (Valgrind)",
-                "-",
-                "-",
-                "-",
-                "not measured",
-                "-",
-                "inconclusive",
-            ]);
-        }
-        None => {}
-    }
-    table
-}
-
-/// The deterministic tier of a comparison in one line (`tier_line`).
-pub fn instructions_line(c: &Comparison) -> Option<String> {
-    tier_line(c.instructions.as_ref()?)
-}
-
-/// The deterministic tier in one line: what was replayed and how tightly runs repeated, or why
-/// it did not measure.
-fn tier_line(tier: &TierOutcome) -> Option<String> {
-    Some(match tier {
-        TierOutcome::Compared(t) => format!(
-            "deterministic tier: {} Valgrind (DHAT) runs per commit of a fixed stream of {} requests ({} messages, sha256 {}); run spread base {:.2}%, head {:.2}%; startup and shutdown ({:.2}M instructions) removed; heap allocations/request {:.1} -> {:.1}, bytes/request {:.0} -> {:.0}",
-            t.base.runs.len(),
-            t.base.requests,
-            t.base.messages,
-            &t.base.stream_sha256[..12.min(t.base.stream_sha256.len())],
-            t.base.spread() * 100.0,
-            t.head.spread() * 100.0,
-            t.base.startup as f64 / 1e6,
-            t.base.heap_blocks as f64 / t.base.requests.max(1) as f64,
-            t.head.heap_blocks as f64 / t.head.requests.max(1) as f64,
-            t.base.heap_bytes as f64 / t.base.requests.max(1) as f64,
-            t.head.heap_bytes as f64 / t.head.requests.max(1) as f64,
-        ),
-        TierOutcome::NotMeasured { reason } => {
-            format!("deterministic tier not measured: {reason}")
-        }
-    })
-}
-
-fn failure_exit(f: &TrialFailure) -> u8 {
-    eprintln!("{:?} side failed: {:?}: {}", f.side, f.status, f.detail);
-    EXIT_INFRA
-}
 
 #[derive(Debug, Serialize)]
 pub struct CompareOutput<'a> {
@@ -165,7 +35,7 @@ pub struct CompareOutput<'a> {
     pub comparison: &'a Comparison,
 }
 
-/// Builds both sides; a side that does not build is an infrastructure failure for compare.
+/// Builds both sides for the deterministic tier; a side that does not build is an error.
 fn build_pair(
     session: &Session,
     base: &CommitInfo,
@@ -173,12 +43,9 @@ fn build_pair(
 ) -> Result<(BuiltCommit, BuiltCommit), HarnessError> {
     let b = session.build(base)?;
     let h = session.build(head)?; // cached when head == base
-    for built in [&b, &h] {
+    for (side, built) in [(Side::Base, &b), (Side::Head, &h)] {
         if let crate::build::BuildOutcome::Failed { log_tail } = &built.outcome {
-            return Err(HarnessError::Infra(format!(
-                "{} does not build:\n{log_tail}",
-                built.commit.short()
-            )));
+            return Err(does_not_build(side, log_tail, base, head));
         }
     }
     Ok((b, h))
@@ -218,42 +85,6 @@ pub fn instructions(
     Ok((code, Some(tier)))
 }
 
-/// The deterministic tier's row alone, per run, for `instructions`.
-fn tier_table(t: &InstructionComparison) -> Table {
-    let mut table = Table::new();
-    table.load_preset(ASCII_MARKDOWN).set_header(vec![
-        "side",
-        "instructions per run (stream only)",
-        "median/request",
-        "spread",
-    ]);
-    for (side, s) in [("base", &t.base), ("head", &t.head)] {
-        let runs: Vec<String> = s.runs.iter().map(u64::to_string).collect();
-        table.add_row(vec![
-            side.to_owned(),
-            runs.join(" "),
-            format!("{:.0}", s.per_request()),
-            format!("{:.2}%", s.spread() * 100.0),
-        ]);
-    }
-    table.add_row(vec![
-        "head/base".to_owned(),
-        format!(
-            "[{}, {}] (every run)",
-            pct(t.metric.ci_low_ratio),
-            pct(t.metric.ci_high_ratio)
-        ),
-        pct(t.metric.median_ratio),
-        format!(
-            "limit {}: {:?}",
-            pct(t.metric.limit_ratio),
-            t.metric.verdict
-        )
-        .to_lowercase(),
-    ]);
-    table
-}
-
 pub fn compare(
     session: &Session,
     base: &CommitInfo,
@@ -261,8 +92,9 @@ pub fn compare(
     workload: &Workload,
     settings: &CompareSettings,
     role: &str,
-) -> Result<Result<Comparison, TrialFailure>, HarnessError> {
-    let (b, h) = build_pair(session, base, head)?;
+) -> Result<PairOutcome, HarnessError> {
+    let b = session.build(base)?;
+    let h = session.build(head)?; // cached when head == base
     Ok(session.compare_built(
         &b,
         &h,
@@ -292,132 +124,21 @@ pub fn print_comparison(workload: &Workload, base: &CommitInfo, head: &CommitInf
     println!("\nverdict: {:?}", c.verdict);
 }
 
-/// The seed's throttling pattern, one line: the head's per-second rate in the last third of
-/// its runs relative to the first third.
-pub fn degradation_line(c: &Comparison) -> Option<String> {
-    c.degradation.as_ref().map(|d| {
-        format!(
-            "in-run degradation (head, last third / first third of each run, median): {}{}",
-            pct(d.median_ratio),
-            if d.finding {
-                "  <- FINDING: throughput falls during the run"
-            } else {
-                ""
-            }
-        )
-    })
-}
-
-/// Absolute limits of a workload checked on the head's trials, three-state on the interval of
-/// the median (STATISTICS.md rule 6): a fail when the whole interval is beyond the limit, a pass
-/// when the whole interval is within it, inconclusive when the limit is inside the interval.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LimitCheck {
-    pub metric: String,
-    pub median: f64,
-    pub ci_low: f64,
-    pub ci_high: f64,
-    /// Exact coverage of [ci_low, ci_high].
-    pub ci_coverage: f64,
-    pub limit: f64,
-    pub verdict: Verdict,
-}
-
-pub fn check_limits(workload: &Workload, trials: &[TrialSummary]) -> Vec<LimitCheck> {
-    let mut checks = Vec::new();
-    let series = |f: fn(&TrialSummary) -> f64| trials.iter().map(f).collect::<Vec<_>>();
-    let check = |metric: &str, xs: Vec<f64>, limit: f64, at_least: bool| {
-        let interval = median_interval(&xs, DISPLAY_COVERAGE);
-        let (within, beyond) = if at_least {
-            (interval.low >= limit, interval.high < limit)
-        } else {
-            (interval.high <= limit, interval.low > limit)
-        };
-        LimitCheck {
-            metric: metric.to_owned(),
-            median: median(&xs),
-            ci_low: interval.low,
-            ci_high: interval.high,
-            ci_coverage: interval.coverage,
-            limit,
-            verdict: if beyond {
-                Verdict::Regression
-            } else if within {
-                Verdict::Pass
-            } else {
-                Verdict::Inconclusive
-            },
-        }
-    };
-    if let Some(min) = workload.limits.throughput_min_msgs_per_s {
-        checks.push(check(
-            "throughput msg/s (>=)",
-            series(|t| t.throughput),
-            min,
-            true,
-        ));
-    }
-    if let Some(max) = workload.limits.p99_max_ms {
-        checks.push(check("p99 ms (<=)", series(|t| t.p99_ms), max, false));
-    }
-    if let Some(max) = workload.limits.p999_max_ms {
-        // Trials recorded before p99.9 was kept have none: the check is left out, not failed.
-        let xs: Vec<f64> = trials.iter().filter_map(|t| t.p999_ms).collect();
-        if !xs.is_empty() {
-            checks.push(check("p99.9 ms (<=)", xs, max, false));
-        }
-    }
-    checks
-}
-
-/// The worst of the limit checks (pass when there are none).
-pub fn limits_verdict(checks: &[LimitCheck]) -> Verdict {
-    Verdict::worst(checks.iter().map(|c| c.verdict))
-}
-
-pub fn limits_table(checks: &[LimitCheck]) -> Table {
-    let mut table = Table::new();
-    table.load_preset(ASCII_MARKDOWN).set_header(vec![
-        "absolute limit",
-        "median",
-        "interval of the median (coverage)",
-        "limit",
-        "result",
-    ]);
-    for c in checks {
-        table.add_row(vec![
-            c.metric.clone(),
-            format!("{:.2}", c.median),
-            format!(
-                "[{:.2}, {:.2}] ({:.1}%)",
-                c.ci_low,
-                c.ci_high,
-                c.ci_coverage * 100.0
-            ),
-            format!("{:.2}", c.limit),
-            match c.verdict {
-                Verdict::Pass => "pass".into(),
-                Verdict::Regression => "FAIL".into(),
-                Verdict::Inconclusive => "inconclusive (limit inside the interval)".into(),
-            },
-        ]);
-    }
-    table
-}
-
-/// `run`: N trials of one commit, printed and stored.
+/// `run`: N trials of one commit, printed and stored. Returns the exit code, the valid
+/// trials' summaries and the load generator's provenance (from its reports).
 pub fn run(
     session: &Session,
     commit: &CommitInfo,
     workload: &Workload,
     trials: usize,
-) -> Result<(u8, Vec<TrialSummary>), HarnessError> {
+) -> Result<(u8, Vec<TrialSummary>, Option<Provenance>), HarnessError> {
     let built = session.build(commit)?;
     if let crate::build::BuildOutcome::Failed { log_tail } = &built.outcome {
         session.trial(&built, workload, "run")?;
         eprintln!("{} does not build:\n{log_tail}", commit.short());
-        return Ok((EXIT_INFRA, Vec::new()));
+        return Ok((EXIT_INFRA, Vec::new(), None));
     }
+    let mut provenance = None;
     let bar = session.progress_bar(trials as u64, &format!("{} trials", workload.name));
     let mut summaries = Vec::new();
     let mut table = Table::new();
@@ -454,6 +175,9 @@ pub fn run(
                 .unwrap_or("")
                 .to_owned(),
         ]);
+        if provenance.is_none() {
+            provenance = record.report.as_ref().map(|r| r.provenance.clone());
+        }
         match record.summary {
             Some(s) => summaries.push(s),
             None => code = EXIT_INFRA,
@@ -476,7 +200,7 @@ pub fn run(
             }
         }
     }
-    Ok((code, summaries))
+    Ok((code, summaries, provenance))
 }
 
 /// `baseline`: records `trials` trials of `commit` as the workload's baseline.
@@ -487,12 +211,11 @@ pub fn baseline(
     workload: &Workload,
     trials: usize,
 ) -> Result<u8, HarnessError> {
-    let (code, summaries) = run(session, commit, workload, trials)?;
-    if summaries.len() < trials {
+    let (code, summaries, provenance) = run(session, commit, workload, trials)?;
+    let Some(provenance) = provenance.filter(|_| summaries.len() == trials) else {
         eprintln!("not every trial was valid: baseline not written");
         return Ok(EXIT_INFRA);
-    }
-    let provenance = chronik_bench::provenance::Provenance::current();
+    };
     let baseline = Baseline {
         schema: BASELINE_SCHEMA.into(),
         workload: workload.name.clone(),
@@ -509,21 +232,6 @@ pub fn baseline(
     let path = save_baseline(baselines_dir, &baseline)?;
     println!("\nbaseline written to {}", path.display());
     Ok(code)
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct GateResult {
-    pub workload: String,
-    pub base: Option<CommitInfo>,
-    pub head: CommitInfo,
-    pub comparison: Option<Comparison>,
-    pub limits: Vec<LimitCheck>,
-    pub verdict: Verdict,
-    pub failure: Option<TrialFailure>,
-    pub note: Option<String>,
-    /// Where the wall-clock margins came from when a stored calibration was read.
-    #[serde(default)]
-    pub margins_source: Option<String>,
 }
 
 /// `gate` for one workload: absolute limits on the head plus, when a baseline commit is known,
@@ -574,7 +282,9 @@ pub fn gate_one(
         (None, None) => None,
     };
     let (comparison, failure, head_trials) = match &base {
-        Some(base) => match compare(session, base, head, workload, settings, "gate")? {
+        Some(base) => match compare(session, base, head, workload, settings, "gate")?
+            .into_result(base, head)?
+        {
             Ok(c) => {
                 let head_trials = c.head.clone();
                 (Some(c), None, head_trials)
@@ -587,8 +297,7 @@ pub fn gate_one(
             let mut trials = Vec::new();
             let mut failure = None;
             for _ in 0..settings.min_pairs {
-                match session.valid_trial(&built, workload, "gate-head", crate::compare::Side::Head)
-                {
+                match session.valid_trial(&built, workload, "gate-head", Side::Head) {
                     Ok(t) => trials.push(t),
                     Err(f) => {
                         failure = Some(f);
@@ -604,14 +313,7 @@ pub fn gate_one(
     } else {
         check_limits(workload, &head_trials)
     };
-    let verdict = if failure.is_some() {
-        Verdict::Inconclusive
-    } else {
-        Verdict::worst([
-            limits_verdict(&limits),
-            comparison.as_ref().map_or(Verdict::Pass, |c| c.verdict),
-        ])
-    };
+    let verdict = gate_verdict(failure.as_ref(), &limits, comparison.as_ref());
     Ok(GateResult {
         workload: workload.name.clone(),
         base,
@@ -690,19 +392,6 @@ pub fn record_gate(
         .insert_gate(&row, &result.workload, &json)
 }
 
-pub fn gate_exit_code(results: &[GateResult]) -> u8 {
-    if results.iter().any(|r| r.failure.is_some()) {
-        return EXIT_INFRA;
-    }
-    let verdict = Verdict::worst(results.iter().map(|r| r.verdict));
-    // A regression (an absolute limit) or an inconclusive comparison says more than the
-    // missing baseline; a pass without one is not a pass.
-    if verdict == Verdict::Pass && results.iter().any(|r| r.base.is_none()) {
-        return EXIT_NO_BASELINE;
-    }
-    verdict_exit_code(verdict)
-}
-
 #[derive(Debug, Serialize)]
 pub struct Calibration {
     pub workload: String,
@@ -748,7 +437,9 @@ pub fn calibrate(
             seed: settings.seed.wrapping_add(i as u64 * 7919),
             ..*settings
         };
-        match compare(session, commit, commit, workload, &s, "calibrate")? {
+        match compare(session, commit, commit, workload, &s, "calibrate")?
+            .into_result(commit, commit)?
+        {
             Ok(c) => {
                 session.say(&format!(
                     "A/A {}/{comparisons}: {:?} ({} pairs, ratio {})",
@@ -852,60 +543,6 @@ pub fn calibrate(
     Ok((EXIT_PASS, calibration))
 }
 
-/// The calibrated margins, one row per metric, next to the defaults.
-fn margins_table(margins: &CalibratedMargins, defaults: &CompareSettings) -> Table {
-    let mut table = Table::new();
-    table.load_preset(ASCII_MARKDOWN).set_header(vec![
-        "metric",
-        "default margin",
-        "calibrated margin",
-        "A/A pass",
-        "A/A regression",
-    ]);
-    for m in &margins.metrics {
-        table.add_row(vec![
-            m.metric.name().to_owned(),
-            format!("{:.1}%", m.metric.get(&defaults.margins) * 100.0),
-            m.margin.map_or("none up to 100%".to_owned(), |v| {
-                format!("{:.1}%", v * 100.0)
-            }),
-            format!("{:.1}%", m.aa_pass_rate * 100.0),
-            format!("{:.1}%", m.aa_regression_rate * 100.0),
-        ]);
-    }
-    table
-}
-
-/// The replayed rates, one row per shift.
-pub fn replay_table(rows: &[ReplayRow]) -> Table {
-    let mut table = Table::new();
-    table.load_preset(ASCII_MARKDOWN).set_header(vec![
-        "head made worse",
-        "replays",
-        "regression",
-        "pass",
-        "inconclusive",
-        "mean pairs",
-    ]);
-    for r in rows {
-        let what = match r.shifted {
-            Shifted::Nothing => "nothing (A/A)".to_owned(),
-            Shifted::Throughput => format!("throughput -{:.0}%", r.shift * 100.0),
-            Shifted::CpuPerMsg => format!("broker CPU/msg +{:.0}%", r.shift * 100.0),
-        };
-        let rate = |n: usize| format!("{:.1}%", r.rate(n) * 100.0);
-        table.add_row(vec![
-            what,
-            r.replays.to_string(),
-            rate(r.regression),
-            rate(r.pass),
-            rate(r.inconclusive),
-            format!("{:.1}", r.mean_pairs),
-        ]);
-    }
-    table
-}
-
 fn print_real_calibration(workload: &Workload, commit: &CommitInfo, calibration: &Calibration) {
     let (comparisons, false_alarms, inconclusive, median_ci_half_width) = (
         calibration.comparisons,
@@ -942,12 +579,5 @@ fn empty_calibration(workload: &Workload, commit: &CommitInfo) -> Calibration {
         design: String::new(),
         margins: None,
         calibrated_replay: Vec::new(),
-    }
-}
-
-pub fn compare_exit(result: &Result<Comparison, TrialFailure>) -> u8 {
-    match result {
-        Ok(c) => verdict_exit_code(c.verdict),
-        Err(f) => failure_exit(f),
     }
 }

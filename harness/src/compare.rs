@@ -9,44 +9,12 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use crate::decision::Verdict;
 use crate::instructions::TierOutcome;
 use crate::stats::{
-    compare_metric, last_vs_first_third, median, Levels, Margins, MetricComparison, Verdict,
+    compare_metric, last_vs_first_third, median, Levels, Margins, MetricComparison,
 };
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Side {
-    Base,
-    Head,
-}
-
-/// The numbers of one valid trial that the statistics use.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrialSummary {
-    pub throughput: f64,
-    pub p99_ms: f64,
-    /// Absent in trials recorded before it was kept.
-    #[serde(default)]
-    pub p999_ms: Option<f64>,
-    pub per_second: Vec<u64>,
-    /// The broker's peak resident set, when the platform reports it.
-    #[serde(default)]
-    pub peak_rss_mib: Option<f64>,
-    /// The broker's CPU time (user + system) while the load ran, per message of the run
-    /// (warm-up included), in microseconds. Far less sensitive to fsync and neighbour noise
-    /// than wall-clock throughput.
-    #[serde(default)]
-    pub broker_cpu_us_per_msg: Option<f64>,
-}
-
-/// Why a side could not produce a valid trial (no numbers; the comparison stops).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrialFailure {
-    pub side: Side,
-    pub status: crate::runner::TrialStatus,
-    pub detail: String,
-}
+use crate::trial::{Side, TrialFailure, TrialSummary};
 
 pub trait TrialSource {
     /// One valid trial of `side` (the source reruns invalid trials a bounded number of times).
@@ -171,6 +139,14 @@ pub struct Comparison {
 }
 
 impl Comparison {
+    /// The deterministic tier's metric, when it measured.
+    pub fn instruction_metric(&self) -> Option<&MetricComparison> {
+        self.instructions
+            .as_ref()
+            .and_then(|t| t.comparison())
+            .map(|t| &t.metric)
+    }
+
     pub fn pairs(&self) -> usize {
         self.base.len()
     }

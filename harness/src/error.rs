@@ -1,21 +1,8 @@
-//! Harness errors and exit codes.
+//! Harness errors (the exit codes they map to are in `decision`).
 
 use std::path::Path;
 
 use thiserror::Error;
-
-/// `gate` and `compare` exit codes (documented in the README).
-pub const EXIT_PASS: u8 = 0;
-pub const EXIT_REGRESSION: u8 = 1;
-pub const EXIT_INCONCLUSIVE: u8 = 2;
-pub const EXIT_INFRA: u8 = 3;
-/// `gate` found no baseline for a workload: only its absolute limits were checked, so a
-/// relative regression could not have been seen. Never a silent pass.
-pub const EXIT_NO_BASELINE: u8 = 4;
-/// `git bisect run` convention: this commit cannot be tested.
-pub const EXIT_BISECT_SKIP: u8 = 125;
-/// `git bisect run` aborts on codes >= 128: an infrastructure failure must never read as "bad".
-pub const EXIT_BISECT_ABORT: u8 = 128;
 
 #[derive(Debug, Error)]
 pub enum HarnessError {

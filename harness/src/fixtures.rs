@@ -1,158 +1,85 @@
 //! Regression fixtures: a small git history built from this repository's broker in which
-//! single commits reintroduce each root cause of the seed's regression, plus one that adds a
-//! small fixed slowdown, each followed by its revert. Patches are exact text substitutions
-//! that fail loudly when the broker's code no longer matches, so a fixture never silently
-//! tests nothing.
+//! single commits reintroduce each root cause of the seed's regression, plus ones that add a
+//! small fixed slowdown or graded CPU work, each followed by its revert.
+//!
+//! Each fault is a unified diff in `broker-under-test/fixtures/<name>.patch`, next to the code
+//! it patches (parsed with libgit2, each hunk's text matched exactly once): a broker change
+//! that breaks a patch fails `every_patch_applies_to_this_tree` (a unit test, in review)
+//! instead of silently testing nothing. `{SLOWDOWN_US}` and `{ROUNDS_PER_KIB}` in a patch are
+//! filled in first.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use git2::{IndexAddOption, Repository, Signature};
+use git2::{Diff, IndexAddOption, Repository, Signature};
 use serde::Serialize;
 
 use crate::error::HarnessError;
 use crate::git::{CommitInfo, TargetRepo};
 
-struct Patch {
-    file: &'static str,
-    find: &'static str,
-    replace: &'static str,
-}
-
 pub struct Fixture {
     pub name: &'static str,
     pub message: &'static str,
-    patches: &'static [Patch],
+    /// The fault, a unified diff against the repository root.
+    patch: &'static str,
 }
 
-const APPEND_START: &str =
-    "    pub async fn append(&self, request: ProduceRequest) -> AppendedProduce {\n        let acks = request.acks;\n";
-
-/// A graded fixture: deterministic CPU work per produce request, proportional to its record
-/// bytes (so it costs the same share per message whatever the batching): `percent` times
-/// `ROUNDS_PER_KIB_PER_PERCENT` hash rounds per KiB. No clock in it, so the deterministic tier
-/// counts it exactly, unlike the busy loop of `fixed-slowdown`.
-macro_rules! cpu_fixture {
-    ($name:literal, $message:literal, $percent:literal) => {
+/// The patch of fixture `$name`, compiled in (so an older commit gets today's faults).
+macro_rules! fixture {
+    ($name:literal, $message:literal) => {
         Fixture {
             name: $name,
             message: $message,
-            patches: &[Patch {
-                file: "broker-under-test/src/produce.rs",
-                find: APPEND_START,
-                replace: concat!(
-                    "    pub async fn append(&self, request: ProduceRequest) -> AppendedProduce {\n",
-                    "        let record_bytes: u64 = request.topic_data.iter().flat_map(|t| t.partition_data.iter()).map(|p| p.records.as_ref().map_or(0, |r| r.len() as u64)).sum();\n",
-                    "        let mut hash = 0xcbf2_9ce4_8422_2325u64;\n",
-                    "        for i in 0..record_bytes * ",
-                    $percent,
-                    " * {ROUNDS_PER_KIB} / 1024 {\n",
-                    "            hash = (hash ^ i).wrapping_mul(0x100_0000_01b3);\n",
-                    "        }\n",
-                    "        std::hint::black_box(hash);\n",
-                    "        let acks = request.acks;\n"
-                ),
-            }],
+            patch: include_str!(concat!(
+                "../../broker-under-test/fixtures/",
+                $name,
+                ".patch"
+            )),
         }
     };
 }
 
 pub const FIXTURES: &[Fixture] = &[
-    Fixture {
-        name: "produce-lock",
-        message: "perf(produce): guard produce with a broker-wide lock (fixture: the seed's RwLock)",
-        // The write guard is taken before the append and released after the response, so
-        // every produce request in the broker waits for the previous one's fsync.
-        patches: &[
-            Patch {
-                file: "broker-under-test/src/produce.rs",
-                find: "pub struct AppendedProduce {\n    acks: i16,",
-                replace: "pub struct AppendedProduce {\n    _serialized: tokio::sync::OwnedRwLockWriteGuard<()>,\n    acks: i16,",
-            },
-            Patch {
-                file: "broker-under-test/src/produce.rs",
-                find: APPEND_START,
-                replace: "    pub async fn append(&self, request: ProduceRequest) -> AppendedProduce {\n        static PRODUCE_LOCK: std::sync::LazyLock<Arc<tokio::sync::RwLock<()>>> =\n            std::sync::LazyLock::new(|| Arc::new(tokio::sync::RwLock::new(())));\n        let _serialized = PRODUCE_LOCK.clone().write_owned().await;\n        let acks = request.acks;\n",
-            },
-            Patch {
-                file: "broker-under-test/src/produce.rs",
-                find: "        AppendedProduce {\n            acks,\n",
-                replace: "        AppendedProduce {\n            _serialized,\n            acks,\n",
-            },
-            Patch {
-                file: "broker-under-test/src/produce.rs",
-                find: "        let AppendedProduce {\n            acks,\n",
-                replace: "        let AppendedProduce {\n            _serialized,\n            acks,\n",
-            },
-        ],
-    },
-    Fixture {
-        name: "early-return",
-        message: "feat(wal): write the WAL directly and return early (fixture: skips pending_batches)",
-        patches: &[
-            Patch {
-                file: "broker-under-test/src/log/mod.rs",
-                find: "    pub fn start_offset(&self) -> i64 {",
-                replace: "    pub fn dir(&self) -> &Path {\n        &self.dir\n    }\n\n    pub fn start_offset(&self) -> i64 {",
-            },
-            Patch {
-                file: "broker-under-test/src/partition.rs",
-                // The produce path's append (the follower's has no budget).
-                find: "        let durable = self\n            .enqueue(&mut state, wal, frames, stored_batches, next, Some(budget))\n",
-                replace: "        {\n            use std::io::Write as _;\n            let storage = |_| AppendError::Kafka(ResponseError::KafkaStorageError);\n            let path = state.log.dir().join(\"direct.wal\");\n            let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(storage)?;\n            for frame in &frames {\n                file.write_all(frame).map_err(storage)?;\n            }\n            file.sync_data().map_err(storage)?;\n            state.next_offset = next;\n            self.on_durable(next);\n            if next > 0 {\n                return Ok(Appended { base_offset: first_base.expect(\"one batch\"), end_offset: next, leader_epoch, durable: None });\n            }\n        }\n        let durable = self\n            .enqueue(&mut state, wal, frames, stored_batches, next, Some(budget))\n",
-            },
-        ],
-    },
-    Fixture {
-        name: "no-flush",
-        message: "refactor(produce): drop the flush call (fixture: flush_partition_if_needed never called)",
-        patches: &[
-            Patch {
-                file: "broker-under-test/src/produce.rs",
-                find: "        self.flush_partition_if_needed(partition);\n        response.log_start_offset",
-                replace: "        response.log_start_offset",
-            },
-            Patch {
-                file: "broker-under-test/src/wal/mod.rs",
-                find: "        partition.flush_if_needed(profile, have_closed, retention_bytes)?;\n        if have_closed {",
-                replace: "        if have_closed {",
-            },
-        ],
-    },
-    Fixture {
-        name: "fixed-slowdown",
-        message: "chore(produce): extra validation pass (fixture: {SLOWDOWN_US} us of CPU per produce request)",
-        patches: &[Patch {
-            file: "broker-under-test/src/produce.rs",
-            find: APPEND_START,
-            replace: "    pub async fn append(&self, request: ProduceRequest) -> AppendedProduce {\n        let busy_until = std::time::Instant::now() + std::time::Duration::from_micros({SLOWDOWN_US});\n        while std::time::Instant::now() < busy_until {\n            std::hint::spin_loop();\n        }\n        let acks = request.acks;\n",
-        }],
-    },
-    cpu_fixture!(
+    // The write guard is taken before the append and released after the response, so every
+    // produce request in the broker waits for the previous one's fsync.
+    fixture!(
+        "produce-lock",
+        "perf(produce): guard produce with a broker-wide lock (fixture: the seed's RwLock)"
+    ),
+    fixture!(
+        "early-return",
+        "feat(wal): write the WAL directly and return early (fixture: skips pending_batches)"
+    ),
+    fixture!(
+        "no-flush",
+        "refactor(produce): drop the flush call (fixture: flush_partition_if_needed never called)"
+    ),
+    // A busy loop: a sleep that short would last the timer slack (about 50 us) instead.
+    fixture!(
+        "fixed-slowdown",
+        "chore(produce): extra validation pass (fixture: {SLOWDOWN_US} us of CPU per produce request)"
+    ),
+    // The graded fixtures: deterministic CPU work per produce request, proportional to its
+    // record bytes (the same share per message whatever the batching): percent times
+    // `ROUNDS_PER_KIB_PER_PERCENT` hash rounds per KiB. No clock in it, so the deterministic
+    // tier counts it exactly, unlike the busy loop of `fixed-slowdown`.
+    fixture!(
         "cpu-2pct",
-        "perf(produce): checksum records once more (fixture: ~2% more CPU per message)",
-        "2"
+        "perf(produce): checksum records once more (fixture: ~2% more CPU per message)"
     ),
-    cpu_fixture!(
+    fixture!(
         "cpu-5pct",
-        "perf(produce): checksum records with a slower hash (fixture: ~5% more CPU per message)",
-        "5"
+        "perf(produce): checksum records with a slower hash (fixture: ~5% more CPU per message)"
     ),
-    cpu_fixture!(
+    fixture!(
         "cpu-10pct",
-        "perf(produce): validate every record twice (fixture: ~10% more CPU per message)",
-        "10"
+        "perf(produce): validate every record twice (fixture: ~10% more CPU per message)"
     ),
-    Fixture {
-        name: "replication-on-acks1",
-        message: "feat(replication): acknowledge once the followers have the batch (fixture: acks=1 waits for replication)",
-        // The seed's mistake in this design: replication awaited on the acks=1 path. Only a
-        // replicated workload (a cluster) can show it; a single broker has no followers.
-        patches: &[Patch {
-            file: "broker-under-test/src/produce.rs",
-            find: "        if acks == ACKS_ALL {\n            if let Some(replication) = partition.replication() {",
-            replace: "        if acks != 0 {\n            if let Some(replication) = partition.replication() {",
-        }],
-    },
+    // The seed's mistake in this design: replication awaited on the acks=1 path. Only a
+    // replicated workload (a cluster) can show it; a single broker has no followers.
+    fixture!(
+        "replication-on-acks1",
+        "feat(replication): acknowledge once the followers have the batch (fixture: acks=1 waits for replication)"
+    ),
 ];
 
 /// Hash rounds per KiB of record data that cost about 1% of the broker's work per message
@@ -177,8 +104,11 @@ pub struct FixtureCommits {
     pub bad: String,
 }
 
+fn git(e: git2::Error) -> HarnessError {
+    HarnessError::Git(e.message().to_owned())
+}
+
 fn commit_all(repo: &Repository, message: &str) -> Result<String, HarnessError> {
-    let git = |e: git2::Error| HarnessError::Git(e.message().to_owned());
     let mut index = repo.index().map_err(git)?;
     index
         .add_all(["*"], IndexAddOption::DEFAULT, None)
@@ -218,29 +148,80 @@ impl FixtureOptions {
     }
 }
 
-fn apply(
-    root: &Path,
-    patches: &[Patch],
-    reverse: bool,
-    options: &FixtureOptions,
-) -> Result<(), HarnessError> {
-    for p in patches {
-        let path = root.join(p.file);
-        let text = std::fs::read_to_string(&path).map_err(|e| HarnessError::io(&path, e))?;
-        let (patched, original) = (options.fill(p.replace), p.find.to_owned());
-        let (find, replace) = if reverse {
-            (patched.as_str(), original.as_str())
-        } else {
-            (original.as_str(), patched.as_str())
-        };
-        if find.is_empty() || text.matches(find).count() != 1 {
-            return Err(HarnessError::Config(format!(
-                "fixture patch does not apply to {}: the broker code changed; update harness/src/fixtures.rs",
-                p.file
-            )));
+/// Applies the fixture's patch to the files under `root`; returns the files it changed. Each
+/// hunk's old text (its context and removed lines) must occur exactly once in its file and
+/// becomes the hunk's new text: as strict as `git apply` without fuzz, but a hunk may have
+/// moved (libgit2's own apply insists on the recorded line numbers, so every edit above a
+/// hunk would break a fixture that still means the same).
+fn apply(root: &Path, f: &Fixture, options: &FixtureOptions) -> Result<Vec<PathBuf>, HarnessError> {
+    let stale = |what: String| {
+        HarnessError::Config(format!(
+            "fixture {} does not apply: {what}; the broker code changed: update broker-under-test/fixtures/{}.patch",
+            f.name, f.name
+        ))
+    };
+    let diff = Diff::from_buffer(options.fill(f.patch).as_bytes()).map_err(git)?;
+    let mut changed = Vec::new();
+    for (index, delta) in diff.deltas().enumerate() {
+        let path = delta
+            .new_file()
+            .path()
+            .ok_or_else(|| stale("a file without a path".into()))?
+            .to_owned();
+        let patch = git2::Patch::from_diff(&diff, index)
+            .map_err(git)?
+            .ok_or_else(|| stale(format!("{} has no text hunks", path.display())))?;
+        let file = root.join(&path);
+        let mut text = std::fs::read_to_string(&file).map_err(|e| HarnessError::io(&file, e))?;
+        for hunk in 0..patch.num_hunks() {
+            let (mut old, mut new) = (String::new(), String::new());
+            for line in 0..patch.num_lines_in_hunk(hunk).map_err(git)? {
+                let line = patch.line_in_hunk(hunk, line).map_err(git)?;
+                let content = String::from_utf8_lossy(line.content());
+                match line.origin() {
+                    ' ' => {
+                        old.push_str(&content);
+                        new.push_str(&content);
+                    }
+                    '-' => old.push_str(&content),
+                    '+' => new.push_str(&content),
+                    // End-of-file newline markers: every patched file ends with a newline.
+                    _ => {}
+                }
+            }
+            let found = text.matches(old.as_str()).count();
+            if found != 1 {
+                return Err(stale(format!(
+                    "hunk {} of {} found {found} times, not once",
+                    hunk + 1,
+                    path.display()
+                )));
+            }
+            text = text.replacen(old.as_str(), &new, 1);
         }
-        std::fs::write(&path, text.replacen(find, replace, 1))
-            .map_err(|e| HarnessError::io(&path, e))?;
+        std::fs::write(&file, text).map_err(|e| HarnessError::io(&file, e))?;
+        changed.push(path);
+    }
+    Ok(changed)
+}
+
+/// Puts `paths` back as they are in `commit` (the revert of a fixture's patch).
+fn restore(repo: &Repository, commit: &str, paths: &[PathBuf]) -> Result<(), HarnessError> {
+    let root = repo
+        .workdir()
+        .ok_or_else(|| HarnessError::Git("the fixture repository has no work tree".into()))?;
+    let tree = repo
+        .find_commit(git2::Oid::from_str(commit).map_err(git)?)
+        .and_then(|c| c.tree())
+        .map_err(git)?;
+    for path in paths {
+        let blob = tree
+            .get_path(path)
+            .and_then(|entry| entry.to_object(repo))
+            .and_then(|object| object.peel_to_blob())
+            .map_err(git)?;
+        let file = root.join(path);
+        std::fs::write(&file, blob.content()).map_err(|e| HarnessError::io(&file, e))?;
     }
     Ok(())
 }
@@ -273,7 +254,7 @@ pub fn generate(
         )));
     }
     source.export(from, out)?;
-    let repo = Repository::init(out).map_err(|e| HarnessError::Git(e.message().to_owned()))?;
+    let repo = Repository::init(out).map_err(git)?;
     let base = commit_all(
         &repo,
         &format!("fixture base: broker at {} {}", from.short(), from.summary),
@@ -286,7 +267,7 @@ pub fn generate(
         let good = repo
             .head()
             .and_then(|h| h.peel_to_commit())
-            .map_err(|e| HarnessError::Git(e.message().to_owned()))?
+            .map_err(git)?
             .id()
             .to_string();
         // Benign commits around the fault change the broker's source (a comment), so bisect
@@ -295,15 +276,15 @@ pub fn generate(
         touch_broker(out, &format!("{}: preparing", f.name))?;
         commit_all(&repo, &format!("refactor: comment before {}", f.name))?;
         touch_broker(out, &format!("{}: more notes", f.name))?;
-        commit_all(
+        let before = commit_all(
             &repo,
             &format!("refactor: another comment before {}", f.name),
         )?;
-        apply(out, f.patches, false, options)?;
+        let changed = apply(out, f, options)?;
         let culprit = commit_all(&repo, &options.fill(f.message))?;
         touch_broker(out, &format!("{}: after", f.name))?;
         let bad = commit_all(&repo, &format!("refactor: comment after {}", f.name))?;
-        apply(out, f.patches, true, options)?;
+        restore(&repo, &before, &changed)?;
         commit_all(&repo, &format!("revert: {} (fixture {i})", f.name))?;
         fixtures.push(FixtureCommits {
             name: f.name.to_owned(),
@@ -313,4 +294,73 @@ pub fn generate(
         });
     }
     Ok(FixtureHistory { base, fixtures })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every fixture's patch applies, with strict context, to the broker in this work tree: a
+    /// broker change that breaks one fails here, in seconds, not in the fixture bisects.
+    #[test]
+    fn every_patch_applies_to_this_tree() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let options = FixtureOptions { slowdown_us: 150 };
+        for f in FIXTURES {
+            let dir = tempfile::tempdir().unwrap();
+            let repo = Repository::init(dir.path()).unwrap();
+            let diff = Diff::from_buffer(options.fill(f.patch).as_bytes()).unwrap();
+            let files: Vec<PathBuf> = diff
+                .deltas()
+                .filter_map(|d| d.old_file().path().map(Path::to_owned))
+                .collect();
+            assert!(!files.is_empty(), "{}: the patch changes no file", f.name);
+            for file in &files {
+                let to = dir.path().join(file);
+                std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+                std::fs::copy(root.join(file), &to).unwrap();
+            }
+            let base = commit_all(&repo, "the broker files this patch changes").unwrap();
+            let changed = apply(dir.path(), f, &options).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(changed, files, "{}", f.name);
+            for file in &files {
+                assert_ne!(
+                    std::fs::read(dir.path().join(file)).unwrap(),
+                    std::fs::read(root.join(file)).unwrap(),
+                    "{}: the patch changes {}",
+                    f.name,
+                    file.display()
+                );
+            }
+            restore(&repo, &base, &changed).unwrap();
+            for file in &files {
+                assert_eq!(
+                    std::fs::read(dir.path().join(file)).unwrap(),
+                    std::fs::read(root.join(file)).unwrap(),
+                    "{}: the revert restores {}",
+                    f.name,
+                    file.display()
+                );
+            }
+        }
+    }
+
+    /// A patch whose code is gone says so and names its file; it never half-applies silently.
+    #[test]
+    fn a_stale_patch_is_refused() {
+        let options = FixtureOptions { slowdown_us: 150 };
+        let f = &FIXTURES[0];
+        let dir = tempfile::tempdir().unwrap();
+        let diff = Diff::from_buffer(options.fill(f.patch).as_bytes()).unwrap();
+        for delta in diff.deltas() {
+            let to = dir.path().join(delta.old_file().path().unwrap());
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::write(&to, "fn main() {}\n").unwrap();
+        }
+        let err = apply(dir.path(), f, &options).unwrap_err().to_string();
+        assert!(
+            err.contains("does not apply") && err.contains(&format!("fixtures/{}.patch", f.name)),
+            "{err}"
+        );
+    }
 }

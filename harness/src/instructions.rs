@@ -2,8 +2,8 @@
 //! counted by Valgrind (this VM has no hardware counters), plus the heap allocations it makes.
 //!
 //! Black-box, so it works for every commit, old ones included: the commit's own broker binary
-//! runs under Valgrind with its data directory on tmpfs, and `chronik_bench::replay` sends the
-//! stream over loopback one request at a time. What a run counts apart from the stream
+//! runs under Valgrind with its data directory on tmpfs, and `chronik-replay` (built with
+//! chronik-bench from the harness's tree) sends the stream over loopback one request at a time. What a run counts apart from the stream
 //! (startup, readiness probe, shutdown) is measured by a run without the stream and removed.
 //!
 //! Why DHAT and not cachegrind: under cachegrind the broker keeps glibc's allocator, whose work
@@ -31,11 +31,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use chronik_bench::replay::{self, ReplaySummary, StreamShape};
+use chronik_bench_schema::replay::{ReplaySummary, StreamShape};
 use serde::{Deserialize, Serialize};
 
+use crate::decision::Verdict;
 use crate::process::{tail, GroupChild};
-use crate::stats::{median, MetricComparison, Verdict};
+use crate::stats::{median, MetricComparison};
 use crate::target::TargetConfig;
 
 /// Default rise of instructions per request that counts as a regression (1%): ten times the
@@ -58,6 +59,9 @@ const READY_POLL: Duration = Duration::from_millis(50);
 const SETTLE: Duration = Duration::from_secs(1);
 /// A clean shutdown under Valgrind, including writing the counts.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
+/// The whole replayed stream: about 5 s under DHAT here; each response may take up to
+/// chronik-replay's own 60 s, so this only catches a replay that hangs as a whole.
+const REPLAY_TIMEOUT: Duration = Duration::from_secs(600);
 const STDERR_TAIL_LINES: usize = 15;
 
 /// Environment that makes the broker's work independent of thread timing (see the module docs).
@@ -176,7 +180,10 @@ fn min_max(v: &[u64]) -> (u64, u64) {
 pub struct InstructionTier {
     pub valgrind: PathBuf,
     pub runs: usize,
-    pub shape: StreamShape,
+    /// Produce requests of the seed-shaped stream `chronik-replay` sends.
+    pub produce_requests: u32,
+    /// The `chronik-replay` binary (next to chronik-bench).
+    pub replay_bin: PathBuf,
     pub target: TargetConfig,
     pub scratch: PathBuf,
     /// Samples by build key and broker arguments.
@@ -188,9 +195,16 @@ impl InstructionTier {
     pub fn new(
         valgrind: &Path,
         runs: usize,
+        replay_bin: PathBuf,
         target: TargetConfig,
         scratch: PathBuf,
     ) -> Result<Self, String> {
+        if !replay_bin.exists() {
+            return Err(format!(
+                "chronik-replay not found at {} (build it with `cargo build --release -p chronik-bench`)",
+                replay_bin.display()
+            ));
+        }
         if !target.start.contains("{binary}") {
             return Err("the target's start command does not name {binary}, so it cannot run under Valgrind (turn the tier off with --instruction-runs 0)".into());
         }
@@ -209,7 +223,8 @@ impl InstructionTier {
         Ok(Self {
             valgrind: valgrind.to_owned(),
             runs,
-            shape: StreamShape::seed(STREAM_PRODUCE_REQUESTS),
+            produce_requests: STREAM_PRODUCE_REQUESTS,
+            replay_bin,
             target,
             scratch,
             cache: Mutex::new(HashMap::new()),
@@ -228,13 +243,13 @@ impl InstructionTier {
         if let Some(sample) = self.cache.lock().expect("cache lock").get(&cache_key) {
             return Ok(sample.clone());
         }
-        let (startup, _) = self.count(binary, broker_args, None)?;
+        let (startup, _) = self.count(binary, broker_args, false)?;
         let mut runs = Vec::with_capacity(self.runs);
         let mut heap = Vec::with_capacity(self.runs);
         let mut summary = None;
         for i in 0..self.runs {
             on_run(&format!("Valgrind run {}/{}", i + 1, self.runs));
-            let (total, replayed) = self.count(binary, broker_args, Some(self.shape))?;
+            let (total, replayed) = self.count(binary, broker_args, true)?;
             runs.push(total.instructions.saturating_sub(startup.instructions));
             heap.push((
                 total.heap_blocks.saturating_sub(startup.heap_blocks),
@@ -267,7 +282,7 @@ impl InstructionTier {
         &self,
         binary: &Path,
         broker_args: &[String],
-        stream: Option<StreamShape>,
+        with_stream: bool,
     ) -> Result<(DhatTotals, Option<ReplaySummary>), String> {
         let dir = RunDir::create(tmpfs_dir().unwrap_or(&self.scratch))?;
         let counts = dir.path().join("dhat.json");
@@ -330,8 +345,8 @@ impl InstructionTier {
             std::thread::sleep(READY_POLL);
         }
         std::thread::sleep(SETTLE);
-        let replayed = match stream {
-            Some(shape) => match replay::replay(addr, shape) {
+        let replayed = if with_stream {
+            match self.replay(addr, dir.path()) {
                 Ok(summary) => Some(summary),
                 Err(e) => {
                     return Err(failed(
@@ -339,8 +354,9 @@ impl InstructionTier {
                         &mut broker,
                     ))
                 }
-            },
-            None => None,
+            }
+        } else {
+            None
         };
         crate::process::signal_group(broker.pgid, "TERM");
         let status = broker.wait_timeout(EXIT_TIMEOUT);
@@ -359,6 +375,57 @@ impl InstructionTier {
         let totals = DhatTotals::parse(&text)
             .map_err(|e| format!("{}: not a DHAT heap profile: {e}", counts.display()))?;
         Ok((totals, replayed))
+    }
+
+    /// Sends the stream to the broker at `addr` with `chronik-replay`; its summary.
+    fn replay(&self, addr: SocketAddr, dir: &Path) -> Result<ReplaySummary, String> {
+        let summary_path = dir.join("replay.json");
+        let stderr_path = dir.join("replay.stderr");
+        let stderr = std::fs::File::create(&stderr_path)
+            .map_err(|e| format!("creating chronik-replay's log: {e}"))?;
+        let mut command = Command::new(&self.replay_bin);
+        command
+            .arg("--bootstrap")
+            .arg(addr.to_string())
+            .arg("--produce-requests")
+            .arg(self.produce_requests.to_string())
+            .arg("--json-output")
+            .arg(&summary_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        let mut replay = GroupChild::spawn(command)
+            .map_err(|e| format!("starting {}: {e}", self.replay_bin.display()))?;
+        let status = replay.wait_timeout(REPLAY_TIMEOUT);
+        replay.stop();
+        match status {
+            Some(s) if s.success() => {}
+            Some(s) => {
+                return Err(format!(
+                    "chronik-replay {s}: {}",
+                    tail(&stderr_path, STDERR_TAIL_LINES)
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "chronik-replay did not finish within {} s",
+                    REPLAY_TIMEOUT.as_secs()
+                ))
+            }
+        }
+        let raw = std::fs::read(&summary_path)
+            .map_err(|e| format!("reading {}: {e}", summary_path.display()))?;
+        let summary: ReplaySummary = serde_json::from_slice(&raw)
+            .map_err(|e| format!("{}: not a replay summary: {e}", summary_path.display()))?;
+        // Another chronik-replay build could send another stream: counts would not compare.
+        let expected = StreamShape::seed(self.produce_requests);
+        if summary.shape != expected {
+            return Err(format!(
+                "chronik-replay sent {:?}, not the stream {expected:?} this harness counts",
+                summary.shape
+            ));
+        }
+        Ok(summary)
     }
 }
 

@@ -10,12 +10,17 @@
 //! - `store`: results history and baselines (JSON); `results_db`: every trial in SQLite.
 //! - `changepoint`: E-divisive means with a permutation test; `history`: series per host and
 //!   metric over commits, with their change points; `dashboard`: the static site of them.
-//! - `stats`: paired log-ratios, exact sign-test intervals of the median, three-state verdicts.
+//! - `stats`: paired log-ratios, exact sign-test intervals of the median against margins.
+//! - `decision`: verdicts and how they combine, a measured pair's typed outcome, absolute
+//!   limits, the gate's verdict, bisect's codes, every exit code.
 //! - `noise_bank`: same-commit trials from the store; the shipped rule replayed on them.
 //! - `calibration`: per-host margins searched on the noise bank, stored, read by `gate`.
+//! - `trial`: a valid trial's numbers (`TrialSummary`), or why a side gave none.
 //! - `compare`: interleaved A/B scheduling over a `TrialSource` trait.
 //! - `session`: the real `TrialSource`; `commands`: run/compare/gate/baseline/calibrate.
-//! - `bisect`: first-bad-commit search with the paired statistic; `report`/`plots`: markdown + SVG.
+//! - `bisect`: first-bad-commit search with the paired statistic.
+//! - `render`: the tables and one-line summaries every command prints and reports embed;
+//!   `report`/`plots`: markdown documents and SVG figures.
 
 pub mod bisect;
 pub mod build;
@@ -24,6 +29,7 @@ pub mod changepoint;
 pub mod commands;
 pub mod compare;
 pub mod dashboard;
+pub mod decision;
 pub mod error;
 pub mod fixtures;
 pub mod git;
@@ -32,6 +38,7 @@ pub mod instructions;
 pub mod noise_bank;
 pub mod plots;
 pub mod process;
+pub mod render;
 pub mod report;
 pub mod results_db;
 pub mod runner;
@@ -39,4 +46,5 @@ pub mod session;
 pub mod stats;
 pub mod store;
 pub mod target;
+pub mod trial;
 pub mod workload;

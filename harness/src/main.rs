@@ -7,9 +7,8 @@ use std::process::ExitCode;
 use chronik_harness::calibration::Tuned;
 use chronik_harness::commands;
 use chronik_harness::compare::{CompareSettings, ErrorControl};
-use chronik_harness::error::{
-    HarnessError, EXIT_BISECT_ABORT, EXIT_BISECT_SKIP, EXIT_INCONCLUSIVE, EXIT_INFRA,
-};
+use chronik_harness::decision::{self, EXIT_BISECT_ABORT, EXIT_INFRA};
+use chronik_harness::error::HarnessError;
 use chronik_harness::git::TargetRepo;
 use chronik_harness::history::{self, Metric};
 use chronik_harness::runner::default_bench_bin;
@@ -498,7 +497,8 @@ fn run(cli: Cli) -> Result<u8, HarnessError> {
                 s.repo.resolve(head)?,
                 load(workload)?,
             );
-            let result = commands::compare(&s, &base, &head, &workload, &settings, "compare")?;
+            let result = commands::compare(&s, &base, &head, &workload, &settings, "compare")?
+                .into_result(&base, &head)?;
             if let Ok(comparison) = &result {
                 commands::print_comparison(&workload, &base, &head, comparison);
                 write_json(
@@ -511,7 +511,7 @@ fn run(cli: Cli) -> Result<u8, HarnessError> {
                     },
                 )?;
             }
-            Ok(commands::compare_exit(&result))
+            Ok(decision::compare_exit(&result))
         }
         Cmd::Gate {
             head,
@@ -543,7 +543,7 @@ fn run(cli: Cli) -> Result<u8, HarnessError> {
             }
             println!("\ngate wall time: {:.0} s", started.elapsed().as_secs_f64());
             write_json(json_output, &results)?;
-            Ok(commands::gate_exit_code(&results))
+            Ok(decision::gate_exit_code(&results))
         }
         Cmd::Baseline {
             rev,
@@ -594,13 +594,9 @@ fn run(cli: Cli) -> Result<u8, HarnessError> {
                 }
             };
             let log = chronik_harness::bisect::bisect(&s, &good, &bad, &workload, &settings)?;
-            chronik_harness::bisect::print(&log);
+            chronik_harness::render::print_bisect(&log);
             write_json(json_output, &log)?;
-            Ok(if log.culprit.is_some() {
-                0
-            } else {
-                EXIT_INCONCLUSIVE
-            })
+            Ok(decision::bisect_exit_code(log.culprit.is_some()))
         }
         Cmd::BisectRun {
             good,
@@ -608,48 +604,9 @@ fn run(cli: Cli) -> Result<u8, HarnessError> {
             stats,
         } => {
             let settings = chronik_harness::bisect::step_settings(&stats.settings()?);
-            let outcome = (|| -> Result<u8, HarnessError> {
-                let s = session(c)?;
-                let good = s.repo.resolve(good)?;
-                let head = s.repo.resolve("HEAD")?;
-                if s.build_key(&good)? == s.build_key(&head)? {
-                    println!(
-                        "{} builds the same broker as {}: good without measuring",
-                        head.short(),
-                        good.short()
-                    );
-                    return Ok(0);
-                }
-                let result =
-                    commands::compare(&s, &good, &head, &load(workload)?, &settings, "bisect-run");
-                Ok(match result {
-                    Ok(Ok(cmp)) => {
-                        commands::print_comparison(&load(workload)?, &good, &head, &cmp);
-                        match cmp.verdict {
-                            chronik_harness::stats::Verdict::Pass => 0,
-                            chronik_harness::stats::Verdict::Regression => 1,
-                            chronik_harness::stats::Verdict::Inconclusive => EXIT_BISECT_SKIP,
-                        }
-                    }
-                    Ok(Err(f)) if f.side == chronik_harness::compare::Side::Head => {
-                        EXIT_BISECT_SKIP
-                    }
-                    Ok(Err(f)) => {
-                        return Err(HarnessError::Infra(format!(
-                            "good side failed: {}",
-                            f.detail
-                        )))
-                    }
-                    // compare() reports a head that does not build as an error; skip it.
-                    Err(HarnessError::Infra(msg))
-                        if msg.contains(&head.short().to_string())
-                            && msg.contains("does not build") =>
-                    {
-                        EXIT_BISECT_SKIP
-                    }
-                    Err(e) => return Err(e),
-                })
-            })();
+            let outcome = session(c).and_then(|s| {
+                chronik_harness::bisect::run_step(&s, good, &load(workload)?, &settings)
+            });
             Ok(outcome.unwrap_or_else(|e| {
                 eprintln!("chronik-harness: {e}");
                 EXIT_BISECT_ABORT

@@ -9,13 +9,17 @@ use comfy_table::{presets::ASCII_MARKDOWN, Table};
 use hdrhistogram::Histogram;
 
 use crate::bisect::BisectLog;
-use crate::commands::{comparison_table, limits_table, GateResult};
+use crate::decision::GateResult;
+use crate::decision::Verdict;
 use crate::error::HarnessError;
 use crate::git::CommitInfo;
 use crate::plots::{self, CommitSeries};
+use crate::render::{
+    bisect_effect, bisect_steps_table, comparison_table, degradation_line, instructions_line,
+    limits_table,
+};
 use crate::runner::TrialStatus;
 use crate::stats::median;
-use crate::stats::Verdict;
 use crate::store::{load_baseline, ResultStore, TrialRecord};
 use crate::workload::Workload;
 
@@ -121,7 +125,7 @@ fn escape(text: &str) -> String {
 pub fn write(input: &ReportInput<'_>) -> Result<PathBuf, HarnessError> {
     std::fs::create_dir_all(&input.out_dir).map_err(|e| HarnessError::io(&input.out_dir, e))?;
     let mut md = String::new();
-    let host = chronik_bench::provenance::HostInfo::current();
+    let host = chronik_bench_schema::provenance::HostInfo::current();
     let _ = writeln!(md, "# {}\n", input.title);
     let _ = writeln!(
         md,
@@ -135,7 +139,7 @@ pub fn write(input: &ReportInput<'_>) -> Result<PathBuf, HarnessError> {
         write_gate(&mut md, gate, &input.commit_url);
     }
     if let Some(bisect) = &input.bisect {
-        crate::bisect::write_report_section(
+        write_bisect_section(
             &mut md,
             bisect,
             &input.out_dir,
@@ -191,7 +195,7 @@ fn write_gate(md: &mut String, gate: &[GateResult], commit_url: &str) {
                 Some(crate::instructions::TierOutcome::NotMeasured { .. }) => "not measured".into(),
                 None => "-".into(),
             },
-            match crate::commands::limits_verdict(&g.limits) {
+            match crate::decision::limits_verdict(&g.limits) {
                 Verdict::Pass => "pass".into(),
                 Verdict::Regression => "**FAIL**".into(),
                 Verdict::Inconclusive => "inconclusive".into(),
@@ -211,12 +215,11 @@ fn write_gate(md: &mut String, gate: &[GateResult], commit_url: &str) {
                 limits_table(&g.limits)
             );
         }
-        for line in g.comparison.iter().flat_map(|c| {
-            [
-                crate::commands::instructions_line(c),
-                crate::commands::degradation_line(c),
-            ]
-        }) {
+        for line in g
+            .comparison
+            .iter()
+            .flat_map(|c| [instructions_line(c), degradation_line(c)])
+        {
             let Some(line) = line else { continue };
             let _ = writeln!(md, "{}: {}\n", g.workload, escape(&line));
         }
@@ -486,5 +489,83 @@ fn write_workload(
     for f in figures {
         let _ = writeln!(md, "![{f}]({f})\n");
     }
+    Ok(())
+}
+
+/// The bisect section of a report: steps table and the steps drawn on the commit line.
+pub fn write_bisect_section(
+    md: &mut String,
+    log: &BisectLog,
+    out_dir: &Path,
+    url: &str,
+    fingerprint: &str,
+) -> Result<(), HarnessError> {
+    let _ = writeln!(
+        md,
+        "## Bisect `{}`: {} (good) .. {} (bad)\n",
+        log.workload,
+        log.good.short(),
+        log.bad.short()
+    );
+    let _ = writeln!(md, "{}\n", bisect_steps_table(log, url));
+    if let Some(c) = &log.culprit {
+        let _ = write!(
+            md,
+            "**First bad commit: [`{}`]({}) {}**",
+            c.short(),
+            url.replace("{sha}", &c.sha),
+            c.summary.replace('|', "\\|")
+        );
+        if let Some(conf) = &log.confirmation {
+            let _ = write!(md, ": vs its parent, {}", bisect_effect(conf));
+        }
+        let _ = writeln!(md, "\n");
+    }
+    for note in &log.notes {
+        let _ = writeln!(md, "> {note}\n");
+    }
+    let _ = writeln!(
+        md,
+        "{} steps, {} builds, {:.0} s wall time.\n",
+        log.steps.len(),
+        log.builds,
+        log.wall_s
+    );
+    let labels: Vec<String> = log
+        .range
+        .iter()
+        .map(|c| c.short()[..7].to_owned())
+        .collect();
+    // Draw the metric that decided the steps (throughput unless only memory or p99 moved).
+    let (metric, ratio): (&str, fn(&crate::bisect::BisectStep) -> Option<f64>) =
+        match log.deciding.first().map(String::as_str) {
+            Some("p99") => ("p99", |s| s.p99_ratio),
+            Some("peak RSS") => ("peak RSS", |s| s.peak_rss_ratio),
+            _ => ("throughput", |s| s.throughput_ratio),
+        };
+    let mut values = vec![None; log.range.len()];
+    for s in &log.steps {
+        values[s.index] = ratio(s);
+    }
+    let name = format!("bisect-{}.svg", log.workload);
+    let pairs: usize = log.steps.iter().map(|s| s.pairs).sum();
+    let y_label = format!("{metric} / good");
+    crate::plots::per_commit(
+        &out_dir.join(&name),
+        &format!("bisect steps: {metric} relative to the good commit"),
+        &format!(
+            "machine: {fingerprint} | workload: {} | {} steps, {} pairs",
+            log.workload,
+            log.steps.len(),
+            pairs
+        ),
+        &crate::plots::CommitSeries {
+            labels: &labels,
+            values: &values,
+            y_label: &y_label,
+            lines: &[("good".into(), 1.0)],
+        },
+    )?;
+    let _ = writeln!(md, "![{name}]({name})\n");
     Ok(())
 }

@@ -327,9 +327,9 @@ impl ResultsDb {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::compare::TrialSummary;
     use crate::git::CommitInfo;
     use crate::runner::TrialStatus;
+    use crate::trial::TrialSummary;
 
     pub(crate) fn trial(id: &str, sha: &str, throughput: f64) -> TrialRecord {
         TrialRecord {

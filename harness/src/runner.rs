@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use chronik_bench::BenchReport;
+use chronik_bench_schema::BenchReport;
 use serde::{Deserialize, Serialize};
 
 use crate::process::{tail, GroupChild};
@@ -18,8 +18,8 @@ use crate::workload::Workload;
 const STDERR_TAIL_LINES: usize = 20;
 const READY_POLL: Duration = Duration::from_millis(50);
 /// chronik-bench exit codes the harness distinguishes.
-const BENCH_EXIT_UNREACHABLE: i32 = 3;
-const BENCH_EXIT_INVALID: i32 = 4;
+const BENCH_EXIT_UNREACHABLE: i32 = chronik_bench_schema::exit::EXIT_UNREACHABLE as i32;
+const BENCH_EXIT_INVALID: i32 = chronik_bench_schema::exit::EXIT_INVALID_RUN as i32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -348,7 +348,7 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 
 /// User plus system CPU time of a process in seconds.
 fn cpu_s(pid: u32) -> Option<f64> {
-    chronik_bench::cpu::cpu_seconds_of(&pid.to_string()).map(|(user, system)| user + system)
+    chronik_bench_schema::cpu::cpu_seconds_of(&pid.to_string()).map(|(user, system)| user + system)
 }
 
 /// The chronik-bench next to this executable (both are built from the harness's tree).

@@ -5,19 +5,19 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use chronik_bench::provenance::HostInfo;
+use chronik_bench_schema::provenance::HostInfo;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::build::{BuildOutcome, Builder};
-use crate::compare::{
-    run_compare, CompareSettings, Comparison, Side, TrialFailure, TrialSource, TrialSummary,
-};
+use crate::compare::{run_compare, CompareSettings, TrialSource};
+use crate::decision::PairOutcome;
 use crate::error::HarnessError;
 use crate::git::{CommitInfo, TargetRepo};
 use crate::instructions::{compare_counts, InstructionComparison, InstructionTier, TierOutcome};
 use crate::runner::{TrialRunner, TrialStatus};
 use crate::store::{now_rfc3339, ResultStore, TrialRecord, TRIAL_SCHEMA};
 use crate::target::TargetConfig;
+use crate::trial::{Side, TrialFailure, TrialSummary};
 use crate::workload::Workload;
 
 /// An invalid trial is rerun (never counted) at most this many times before the side fails.
@@ -67,6 +67,8 @@ impl Session {
             InstructionTier::new(
                 valgrind,
                 instruction_runs,
+                // Built with chronik-bench, from the same tree.
+                bench_bin.with_file_name("chronik-replay"),
                 target.clone(),
                 work_dir.join("instructions"),
             )
@@ -232,7 +234,9 @@ impl Session {
     }
 
     /// Interleaved pairs of two built commits (`compare::run_compare`), then the deterministic
-    /// tier on the same builds: the one way `compare`, `gate` and `bisect` measure a pair.
+    /// tier on the same builds: the one way `compare`, `gate`, `bisect` and `bisect-run`
+    /// measure a pair. A side that does not build or whose trial fails is an outcome, not an
+    /// error: each caller decides what it means (an error for `compare`, a skip for bisect).
     pub fn compare_built(
         &self,
         base: &BuiltCommit,
@@ -241,7 +245,15 @@ impl Session {
         settings: &CompareSettings,
         role: &str,
         label: &str,
-    ) -> Result<Comparison, TrialFailure> {
+    ) -> PairOutcome {
+        for (side, built) in [(Side::Base, base), (Side::Head, head)] {
+            if let BuildOutcome::Failed { log_tail } = &built.outcome {
+                return PairOutcome::DoesNotBuild {
+                    side,
+                    log_tail: log_tail.clone(),
+                };
+            }
+        }
         let mut source = PairSource {
             session: self,
             base,
@@ -251,17 +263,20 @@ impl Session {
             bar: self.progress_bar(settings.max_pairs as u64, label),
             pairs_done: 0,
         };
-        let mut result = run_compare(&mut source, settings);
+        let result = run_compare(&mut source, settings);
         source.bar.finish_and_clear();
-        if let Ok(c) = &mut result {
-            c.attach_instructions(self.instruction_outcome(
-                base,
-                head,
-                workload,
-                settings.margins.instructions_rise,
-            ));
+        match result {
+            Ok(mut c) => {
+                c.attach_instructions(self.instruction_outcome(
+                    base,
+                    head,
+                    workload,
+                    settings.margins.instructions_rise,
+                ));
+                PairOutcome::Compared(Box::new(c))
+            }
+            Err(failure) => PairOutcome::SideFailed(failure),
         }
-        result
     }
 
     /// The deterministic tier for `base` vs `head`: each build's counts (measured once per

@@ -1,5 +1,5 @@
-//! The decision rule of STATISTICS.md. The unit is the trial; base and head trials are paired;
-//! per pair r = ln(head / base). The interval of the median r comes from order statistics and
+//! The decision rule of docs/STATISTICS.md. The unit is the trial; base and head trials are
+//! paired; per pair r = ln(head / base). The interval of the median r comes from order statistics and
 //! the sign test, so its coverage is exact for any distribution of r at any number of pairs
 //! (given independent pairs): [r(k), r(n+1-k)] misses the true median on each side with
 //! probability P(Binomial(n, 1/2) <= k-1). A metric is a regression when its one-sided bound
@@ -8,6 +8,8 @@
 //! in `compare` (error spent over its looks and metrics).
 
 use serde::{Deserialize, Serialize};
+
+use crate::decision::Verdict;
 
 /// Coverage the displayed two-sided interval aims for (reached from 6 pairs on; below that the
 /// widest interval, [min, max], is shown with the coverage it has).
@@ -59,27 +61,6 @@ impl Default for Margins {
             cpu_per_msg_rise: default_cpu_per_msg_rise(),
             instructions_rise: default_instructions_rise(),
         }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Verdict {
-    Pass,
-    Regression,
-    Inconclusive,
-}
-
-impl Verdict {
-    /// Worst of several: regression > inconclusive > pass.
-    pub fn worst(verdicts: impl IntoIterator<Item = Verdict>) -> Verdict {
-        verdicts
-            .into_iter()
-            .fold(Verdict::Pass, |acc, v| match (acc, v) {
-                (Verdict::Regression, _) | (_, Verdict::Regression) => Verdict::Regression,
-                (Verdict::Inconclusive, _) | (_, Verdict::Inconclusive) => Verdict::Inconclusive,
-                _ => Verdict::Pass,
-            })
     }
 }
 
@@ -356,14 +337,6 @@ mod tests {
                 "n={n}: covered {observed:.3}, claims {claimed:.3}"
             );
         }
-    }
-
-    #[test]
-    fn worst_verdict_wins() {
-        use Verdict::*;
-        assert_eq!(Verdict::worst([Pass, Inconclusive, Pass]), Inconclusive);
-        assert_eq!(Verdict::worst([Pass, Regression, Inconclusive]), Regression);
-        assert_eq!(Verdict::worst([Pass, Pass]), Pass);
     }
 
     #[test]

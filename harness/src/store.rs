@@ -5,14 +5,14 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use chronik_bench::BenchReport;
+use chronik_bench_schema::BenchReport;
 use serde::{Deserialize, Serialize};
 
-use crate::compare::TrialSummary;
 use crate::error::HarnessError;
 use crate::git::CommitInfo;
 use crate::results_db::{ResultsDb, DB_FILE};
 use crate::runner::TrialStatus;
+use crate::trial::TrialSummary;
 
 pub const TRIAL_SCHEMA: &str = "chronik-harness/trial/v1";
 pub const BASELINE_SCHEMA: &str = "chronik-harness/baseline/v1";

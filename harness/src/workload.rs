@@ -154,7 +154,7 @@ impl Workload {
     /// How the settings a run reports (`BenchReport::config`) differ from what this workload
     /// asks for; empty when they agree. A trial that ran other settings (an old or patched
     /// generator, a property it overrode) measured another workload.
-    pub fn mismatches(&self, ran: &chronik_bench::BenchConfig) -> Vec<String> {
+    pub fn mismatches(&self, ran: &chronik_bench_schema::BenchConfig) -> Vec<String> {
         let mut out = Vec::new();
         let mut check = |what: &str, asked: String, used: String| {
             if asked != used {
@@ -235,13 +235,13 @@ mod tests {
     use clap::Parser;
 
     /// What chronik-bench makes of a workload's arguments.
-    fn ran(w: &Workload) -> chronik_bench::BenchConfig {
+    fn ran(w: &Workload) -> chronik_bench_schema::BenchConfig {
         let args = w.bench_args("127.0.0.1:9092", Path::new("out.json"));
-        let parsed = chronik_bench::BenchArgs::try_parse_from(
+        let parsed = chronik_bench_schema::BenchArgs::try_parse_from(
             std::iter::once("chronik-bench".to_owned()).chain(args),
         )
         .unwrap();
-        chronik_bench::BenchConfig::from_args(&parsed).unwrap()
+        chronik_bench_schema::BenchConfig::from_args(&parsed).unwrap()
     }
 
     #[test]

@@ -8,11 +8,11 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use chronik_harness::compare::TrialSummary;
 use chronik_harness::git::CommitInfo;
 use chronik_harness::results_db::{GateRow, ResultsDb, DB_FILE};
 use chronik_harness::runner::TrialStatus;
 use chronik_harness::store::{TrialRecord, TRIAL_SCHEMA};
+use chronik_harness::trial::TrialSummary;
 use git2::Repository;
 
 mod common;
@@ -58,7 +58,7 @@ fn harness(root: &Path, args: &[&str]) -> Output {
 
 /// This machine's fingerprint: `bisect --from-change-point` reads this host's series.
 fn host() -> String {
-    chronik_bench::provenance::HostInfo::current().fingerprint()
+    chronik_bench_schema::provenance::HostInfo::current().fingerprint()
 }
 
 fn trial(sha: &str, n: usize, throughput: f64, workload_hash: &str) -> TrialRecord {

@@ -11,9 +11,10 @@ use git2::Repository;
 mod common;
 use common::{bin_dir, commit, run_logged};
 
-const EXIT_REGRESSION: i32 = 1;
-const EXIT_INFRA: i32 = 3;
-const EXIT_NO_BASELINE: i32 = 4;
+/// The harness's exit codes, as a process reports them.
+const EXIT_REGRESSION: i32 = chronik_harness::decision::EXIT_REGRESSION as i32;
+const EXIT_INFRA: i32 = chronik_harness::decision::EXIT_INFRA as i32;
+const EXIT_NO_BASELINE: i32 = chronik_harness::decision::EXIT_NO_BASELINE as i32;
 
 const TARGET_TOML: &str = r#"
 build = "sh build.sh"

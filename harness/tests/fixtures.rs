@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const EXIT_PASS: i32 = 0;
+const EXIT_PASS: i32 = chronik_harness::decision::EXIT_PASS as i32;
 
 fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();

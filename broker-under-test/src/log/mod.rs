@@ -72,7 +72,7 @@ impl Unsynced {
             file.sync_data()?;
         }
         if self.sync_dir {
-            crate::wal::storage::sync_dir(&self.dir)?;
+            crate::durable_file::sync_dir(&self.dir)?;
         }
         Ok(())
     }
@@ -97,7 +97,7 @@ fn read_recovery_point(dir: &Path) -> Result<i64, LogError> {
 }
 
 fn write_recovery_point(dir: &Path, offset: i64) -> io::Result<()> {
-    crate::wal::storage::replace_file_durably(
+    crate::durable_file::replace_file_durably(
         &dir.join(RECOVERY_POINT_FILE),
         offset.to_string().as_bytes(),
     )
@@ -169,7 +169,7 @@ impl PartitionLog {
         if segments.is_empty() {
             segments.push(Segment::create(dir, 0).map_err(io_err)?);
             // The new file's directory entry must survive a power cut like its contents.
-            crate::wal::storage::sync_dir(dir).map_err(io_err)?;
+            crate::durable_file::sync_dir(dir).map_err(io_err)?;
         } else {
             // After an unclean exit the active segment's tail may exist only in the page
             // cache. The partition counts its whole log as synced (so checkpoints may delete
@@ -278,7 +278,7 @@ impl PartitionLog {
             .expect("a log always has an active segment")
             .truncate(offset)?;
         if removed {
-            crate::wal::storage::sync_dir(&self.dir)?;
+            crate::durable_file::sync_dir(&self.dir)?;
         }
         write_recovery_point(&self.dir, end)?;
         self.dirty = false;

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use crate::mutex::lock;
 use crate::partition::OffsetWatch;
-use crate::wal::group_commit::lock;
 
 /// What the leader knows of one follower.
 #[derive(Debug, Clone)]
@@ -169,7 +169,7 @@ impl Replication {
                 ElectError::Stale
             });
         }
-        crate::wal::storage::replace_file_durably(
+        crate::durable_file::replace_file_durably(
             &self.state_file,
             format!("{} {}", next.epoch, next.leader).as_bytes(),
         )

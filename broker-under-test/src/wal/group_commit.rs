@@ -15,6 +15,7 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::storage::WalStorage;
 use crate::fail_stop::FailStop;
+use crate::mutex::lock;
 use crate::partition::Partition;
 
 /// When the WAL calls fdatasync.
@@ -293,11 +294,4 @@ fn fail(mut append: WalAppend, reason: &Arc<str>) {
     if let Some(done) = append.done.take() {
         let _ = done.send(Err(WalFailed(reason.clone())));
     }
-}
-
-/// Locks a mutex; a poisoned lock means a thread panicked mid-update, an impossible state.
-pub fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .expect("mutex poisoned: a thread panicked while holding it")
 }

@@ -14,10 +14,11 @@ use std::sync::{Arc, Weak};
 use bytes::Bytes;
 use thiserror::Error;
 
+use crate::mutex::lock;
 use crate::partition::Partition;
 use crate::profile::ProduceFlushProfile;
 use crate::topics::TopicRegistry;
-use group_commit::{lock, ClosedSegment, WalShared};
+use group_commit::{ClosedSegment, WalShared};
 use record::{Decoded, WalEntry};
 
 #[derive(Debug, Error)]
@@ -76,7 +77,7 @@ fn read_durable_mark(dir: &Path) -> Result<DurableMark, WalRecoveryError> {
 }
 
 fn write_durable_mark(dir: &Path, mark: DurableMark) -> std::io::Result<()> {
-    storage::replace_file_durably(
+    crate::durable_file::replace_file_durably(
         &dir.join(DURABLE_MARK_FILE),
         format!("{} {}", mark.0, mark.1).as_bytes(),
     )
@@ -223,7 +224,7 @@ fn remove_unused_segments(
         removed = true;
     }
     if removed {
-        storage::sync_dir(dir).map_err(|source| WalRecoveryError::Io {
+        crate::durable_file::sync_dir(dir).map_err(|source| WalRecoveryError::Io {
             path: dir.to_path_buf(),
             source,
         })?;
@@ -277,7 +278,7 @@ pub fn checkpoint(
         deleted += 1;
     }
     if deleted > 0 {
-        storage::sync_dir(dir)?;
+        crate::durable_file::sync_dir(dir)?;
     }
     Ok(deleted)
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver};
 
 use super::record;
+use crate::durable_file::sync_dir;
 
 /// Append-only segmented storage for WAL frames.
 pub trait WalStorage: Send + 'static {
@@ -93,24 +94,6 @@ pub fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
     }
     seqs.sort_unstable();
     Ok(seqs)
-}
-
-/// fsyncs a directory so that a file created or removed in it survives power loss.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Replaces the file at `path` with `contents` so that after a power cut it holds either the
-/// old or the new contents, durably: write a sibling `.tmp`, fsync it, rename it over `path`,
-/// fsync the directory.
-pub fn replace_file_durably(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    fs::write(&tmp, contents)?;
-    File::open(&tmp)?.sync_all()?;
-    fs::rename(&tmp, path)?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
 impl FileWalStorage {

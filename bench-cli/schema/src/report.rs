@@ -11,7 +11,6 @@ use serde::{Deserialize, Serialize};
 use crate::config::BenchConfig;
 use crate::cpu::CpuUsage;
 use crate::provenance::Provenance;
-use crate::recorder::{Phases, Recorder};
 
 /// Version of the JSON layout; bump on any incompatible change.
 pub const SCHEMA: &str = "chronik-bench/v1";
@@ -48,6 +47,36 @@ impl Percentiles {
     }
 }
 
+/// Counts for one phase.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub acked: u64,
+    pub failed: u64,
+    pub timed_out: u64,
+    pub bytes: u64,
+}
+
+/// Counts per phase of a run; `window` is the measured part.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Phases {
+    pub window: Counts,
+    pub warmup: Counts,
+    pub drain: Counts,
+}
+
+impl Phases {
+    pub fn total_acked(&self) -> u64 {
+        self.warmup.acked + self.window.acked + self.drain.acked
+    }
+
+    pub fn total_failed(&self) -> u64 {
+        [self.warmup, self.window, self.drain]
+            .iter()
+            .map(|c| c.failed + c.timed_out)
+            .sum()
+    }
+}
+
 /// Results of one stream of outcomes (producer acks, consumed messages, metadata calls).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PhaseResults {
@@ -66,19 +95,6 @@ pub struct PhaseResults {
 }
 
 impl PhaseResults {
-    pub fn from_recorder(r: &Recorder, window_s: f64) -> Self {
-        Self {
-            window_s,
-            phases: r.phases,
-            rate_msgs_per_s: r.phases.window.acked as f64 / window_s,
-            bandwidth_mb_per_s: r.phases.window.bytes as f64 / window_s / 1_000_000.0,
-            latency_ms: Percentiles::from_histogram_us(&r.window_latency_us),
-            per_second: r.per_second.clone(),
-            histogram_us_b64: encode_histogram(&r.window_latency_us),
-            first_error: r.first_error.clone(),
-        }
-    }
-
     pub fn histogram(&self) -> Result<Histogram<u64>, String> {
         decode_histogram(&self.histogram_us_b64)
     }
@@ -261,7 +277,7 @@ mod tests {
 
     #[test]
     fn histogram_round_trips_through_base64() {
-        let mut h = crate::recorder::new_histogram();
+        let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).unwrap();
         for v in [1u64, 10, 100, 1_000, 123_456] {
             h.record(v).unwrap();
         }

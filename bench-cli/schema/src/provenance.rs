@@ -65,10 +65,12 @@ impl HostInfo {
 }
 
 impl Provenance {
-    pub fn current() -> Self {
+    /// This build's provenance on this host; the Kafka client's version is the caller's to
+    /// give (this crate does not link it).
+    pub fn new(librdkafka_version: String) -> Self {
         Self {
             bench_version: env!("CARGO_PKG_VERSION").to_owned(),
-            librdkafka_version: rdkafka::util::get_rdkafka_version().1,
+            librdkafka_version,
             host: HostInfo::current(),
         }
     }

@@ -1,0 +1,342 @@
+//! Every rule that turns measurements into a verdict, and a verdict into an exit code:
+//! the three states and how they combine, a measured pair's typed outcome, the absolute
+//! limits (docs/STATISTICS.md rule 6), the gate's verdict, bisect's codes and the exit codes
+//! documented in the README. The statistics under one metric's verdict (intervals against
+//! margins, the sequential design) are in `stats` and `compare`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::compare::Comparison;
+use crate::error::HarnessError;
+use crate::git::CommitInfo;
+use crate::stats::{median, median_interval, DISPLAY_COVERAGE};
+use crate::trial::{Side, TrialFailure, TrialSummary};
+use crate::workload::Workload;
+
+/// `gate` and `compare` exit codes (documented in the README).
+pub const EXIT_PASS: u8 = 0;
+pub const EXIT_REGRESSION: u8 = 1;
+pub const EXIT_INCONCLUSIVE: u8 = 2;
+pub const EXIT_INFRA: u8 = 3;
+/// `gate` found no baseline for a workload: only its absolute limits were checked, so a
+/// relative regression could not have been seen. Never a silent pass.
+pub const EXIT_NO_BASELINE: u8 = 4;
+/// `git bisect run` convention: this commit cannot be tested.
+pub const EXIT_BISECT_SKIP: u8 = 125;
+/// `git bisect run` aborts on codes >= 128: an infrastructure failure must never read as "bad".
+pub const EXIT_BISECT_ABORT: u8 = 128;
+
+/// The three states of every verdict (docs/STATISTICS.md rule 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Pass,
+    Regression,
+    Inconclusive,
+}
+
+impl Verdict {
+    /// Worst of several: regression > inconclusive > pass.
+    pub fn worst(verdicts: impl IntoIterator<Item = Verdict>) -> Verdict {
+        verdicts
+            .into_iter()
+            .fold(Verdict::Pass, |acc, v| match (acc, v) {
+                (Verdict::Regression, _) | (_, Verdict::Regression) => Verdict::Regression,
+                (Verdict::Inconclusive, _) | (_, Verdict::Inconclusive) => Verdict::Inconclusive,
+                _ => Verdict::Pass,
+            })
+    }
+}
+
+/// The exit code of `run`, `compare`, `gate` and `instructions` for a verdict.
+pub fn verdict_exit_code(verdict: Verdict) -> u8 {
+    match verdict {
+        Verdict::Pass => EXIT_PASS,
+        Verdict::Regression => EXIT_REGRESSION,
+        Verdict::Inconclusive => EXIT_INCONCLUSIVE,
+    }
+}
+
+/// What a bisect step says about its commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepVerdict {
+    Good,
+    Bad,
+    Skip,
+}
+
+/// A bisect step's answer from its deciding metrics' verdict: like the good commit, like the
+/// bad one, or untestable (inconclusive after the extra pairs).
+pub fn bisect_step(verdict: Verdict) -> StepVerdict {
+    match verdict {
+        Verdict::Regression => StepVerdict::Bad,
+        Verdict::Pass => StepVerdict::Good,
+        Verdict::Inconclusive => StepVerdict::Skip,
+    }
+}
+
+/// `bisect-run`'s answer to `git bisect run` for a step's verdict: good, bad, or skip.
+pub fn bisect_run_code(verdict: Verdict) -> u8 {
+    match verdict {
+        Verdict::Pass => EXIT_PASS,
+        Verdict::Regression => EXIT_REGRESSION,
+        Verdict::Inconclusive => EXIT_BISECT_SKIP,
+    }
+}
+
+/// `bisect`'s exit code: a culprit found, or no single culprit.
+pub fn bisect_exit_code(culprit_found: bool) -> u8 {
+    if culprit_found {
+        EXIT_PASS
+    } else {
+        EXIT_INCONCLUSIVE
+    }
+}
+
+/// What measuring a pair of commits came to.
+#[derive(Debug)]
+pub enum PairOutcome {
+    /// Both sides built and gave valid trials: the comparison decides.
+    Compared(Box<Comparison>),
+    /// A side does not build (the tail of its build log): no numbers.
+    DoesNotBuild { side: Side, log_tail: String },
+    /// A side built but a trial of it failed (crashed, timed out, stayed invalid).
+    SideFailed(TrialFailure),
+}
+
+impl PairOutcome {
+    /// For `compare` and `gate`, where a side that does not build is an infrastructure
+    /// failure: the comparison, or the failed trial for the caller to report.
+    pub fn into_result(
+        self,
+        base: &CommitInfo,
+        head: &CommitInfo,
+    ) -> Result<Result<Comparison, TrialFailure>, HarnessError> {
+        match self {
+            PairOutcome::Compared(c) => Ok(Ok(*c)),
+            PairOutcome::SideFailed(f) => Ok(Err(f)),
+            PairOutcome::DoesNotBuild { side, log_tail } => {
+                Err(does_not_build(side, &log_tail, base, head))
+            }
+        }
+    }
+}
+
+/// A side that does not build, as the error `compare`, `gate` and `instructions` report.
+pub fn does_not_build(
+    side: Side,
+    log_tail: &str,
+    base: &CommitInfo,
+    head: &CommitInfo,
+) -> HarnessError {
+    let commit = if side == Side::Base { base } else { head };
+    HarnessError::Infra(format!("{} does not build:\n{log_tail}", commit.short()))
+}
+
+/// `compare`'s exit code: the verdict's, or infrastructure when a side's trial failed.
+pub fn compare_exit(result: &Result<Comparison, TrialFailure>) -> u8 {
+    match result {
+        Ok(c) => verdict_exit_code(c.verdict),
+        Err(f) => failure_exit(f),
+    }
+}
+
+/// A side whose trial failed: the reason on stderr, and the infrastructure exit code.
+pub fn failure_exit(f: &TrialFailure) -> u8 {
+    eprintln!("{:?} side failed: {:?}: {}", f.side, f.status, f.detail);
+    EXIT_INFRA
+}
+
+/// Absolute limits of a workload checked on the head's trials, three-state on the interval of
+/// the median (docs/STATISTICS.md rule 6): a fail when the whole interval is beyond the limit,
+/// a pass when the whole interval is within it, inconclusive when the limit is inside it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LimitCheck {
+    pub metric: String,
+    pub median: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+    /// Exact coverage of [ci_low, ci_high].
+    pub ci_coverage: f64,
+    pub limit: f64,
+    pub verdict: Verdict,
+}
+
+pub fn check_limits(workload: &Workload, trials: &[TrialSummary]) -> Vec<LimitCheck> {
+    let mut checks = Vec::new();
+    let series = |f: fn(&TrialSummary) -> f64| trials.iter().map(f).collect::<Vec<_>>();
+    let check = |metric: &str, xs: Vec<f64>, limit: f64, at_least: bool| {
+        let interval = median_interval(&xs, DISPLAY_COVERAGE);
+        let (within, beyond) = if at_least {
+            (interval.low >= limit, interval.high < limit)
+        } else {
+            (interval.high <= limit, interval.low > limit)
+        };
+        LimitCheck {
+            metric: metric.to_owned(),
+            median: median(&xs),
+            ci_low: interval.low,
+            ci_high: interval.high,
+            ci_coverage: interval.coverage,
+            limit,
+            verdict: if beyond {
+                Verdict::Regression
+            } else if within {
+                Verdict::Pass
+            } else {
+                Verdict::Inconclusive
+            },
+        }
+    };
+    if let Some(min) = workload.limits.throughput_min_msgs_per_s {
+        checks.push(check(
+            "throughput msg/s (>=)",
+            series(|t| t.throughput),
+            min,
+            true,
+        ));
+    }
+    if let Some(max) = workload.limits.p99_max_ms {
+        checks.push(check("p99 ms (<=)", series(|t| t.p99_ms), max, false));
+    }
+    if let Some(max) = workload.limits.p999_max_ms {
+        // Trials recorded before p99.9 was kept have none: the check is left out, not failed.
+        let xs: Vec<f64> = trials.iter().filter_map(|t| t.p999_ms).collect();
+        if !xs.is_empty() {
+            checks.push(check("p99.9 ms (<=)", xs, max, false));
+        }
+    }
+    checks
+}
+
+/// The worst of the limit checks (pass when there are none).
+pub fn limits_verdict(checks: &[LimitCheck]) -> Verdict {
+    Verdict::worst(checks.iter().map(|c| c.verdict))
+}
+
+/// What the gate decided for one workload (`gate.json` holds one per workload).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct GateResult {
+    pub workload: String,
+    pub base: Option<CommitInfo>,
+    pub head: CommitInfo,
+    pub comparison: Option<Comparison>,
+    pub limits: Vec<LimitCheck>,
+    pub verdict: Verdict,
+    pub failure: Option<TrialFailure>,
+    pub note: Option<String>,
+    /// Where the wall-clock margins came from when a stored calibration was read.
+    #[serde(default)]
+    pub margins_source: Option<String>,
+}
+
+/// One workload's gate: a failed trial leaves it inconclusive; otherwise the worst of its
+/// absolute limits and its comparison with the baseline (when there is one).
+pub fn gate_verdict(
+    failure: Option<&TrialFailure>,
+    limits: &[LimitCheck],
+    comparison: Option<&Comparison>,
+) -> Verdict {
+    if failure.is_some() {
+        Verdict::Inconclusive
+    } else {
+        Verdict::worst([
+            limits_verdict(limits),
+            comparison.map_or(Verdict::Pass, |c| c.verdict),
+        ])
+    }
+}
+
+/// `gate`'s exit code over every workload: infrastructure when a trial failed, no baseline
+/// when everything passed but a workload had none, otherwise the worst verdict's.
+pub fn gate_exit_code(results: &[GateResult]) -> u8 {
+    if results.iter().any(|r| r.failure.is_some()) {
+        return EXIT_INFRA;
+    }
+    let verdict = Verdict::worst(results.iter().map(|r| r.verdict));
+    // A regression (an absolute limit) or an inconclusive comparison says more than the
+    // missing baseline; a pass without one is not a pass.
+    if verdict == Verdict::Pass && results.iter().any(|r| r.base.is_none()) {
+        return EXIT_NO_BASELINE;
+    }
+    verdict_exit_code(verdict)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate(verdict: Verdict, with_base: bool, failed: bool) -> GateResult {
+        let commit = CommitInfo {
+            sha: "0123456789abcdef".into(),
+            summary: "a commit".into(),
+        };
+        GateResult {
+            workload: "w".into(),
+            base: with_base.then(|| commit.clone()),
+            head: commit,
+            comparison: None,
+            limits: Vec::new(),
+            verdict,
+            failure: failed.then(|| TrialFailure {
+                side: Side::Head,
+                status: crate::runner::TrialStatus::Crashed,
+                detail: "exited".into(),
+            }),
+            note: None,
+            margins_source: None,
+        }
+    }
+
+    /// The gate's exit code: a failed trial beats every verdict, a regression or an
+    /// inconclusive result beats a missing baseline, and a pass without a baseline is not 0.
+    #[test]
+    fn gate_exit_codes_rank_failure_verdict_then_missing_baseline() {
+        use Verdict::*;
+        let code = |gates: &[GateResult]| gate_exit_code(gates);
+        assert_eq!(code(&[gate(Pass, true, false)]), EXIT_PASS);
+        assert_eq!(
+            code(&[gate(Pass, true, false), gate(Pass, false, false)]),
+            EXIT_NO_BASELINE
+        );
+        assert_eq!(
+            code(&[gate(Inconclusive, true, false), gate(Pass, false, false)]),
+            EXIT_INCONCLUSIVE
+        );
+        assert_eq!(code(&[gate(Regression, false, false)]), EXIT_REGRESSION);
+        assert_eq!(
+            code(&[
+                gate(Regression, true, false),
+                gate(Inconclusive, true, true)
+            ]),
+            EXIT_INFRA
+        );
+        // A failed trial leaves that workload's own verdict inconclusive.
+        let failure = gate(Pass, true, true).failure;
+        assert_eq!(gate_verdict(failure.as_ref(), &[], None), Inconclusive);
+        assert_eq!(gate_verdict(None, &[], None), Pass);
+    }
+
+    /// `git bisect run` reads 0 as good, 1 as bad and 125 as skip; a bisect step the same way.
+    #[test]
+    fn bisect_codes_follow_git_bisect_run() {
+        use Verdict::*;
+        assert_eq!(bisect_run_code(Pass), 0);
+        assert_eq!(bisect_run_code(Regression), 1);
+        assert_eq!(bisect_run_code(Inconclusive), 125);
+        assert_eq!(bisect_step(Pass), StepVerdict::Good);
+        assert_eq!(bisect_step(Regression), StepVerdict::Bad);
+        assert_eq!(bisect_step(Inconclusive), StepVerdict::Skip);
+        assert_eq!(bisect_exit_code(true), 0);
+        assert_eq!(bisect_exit_code(false), EXIT_INCONCLUSIVE);
+    }
+
+    #[test]
+    fn worst_verdict_wins() {
+        use Verdict::*;
+        assert_eq!(Verdict::worst([Pass, Inconclusive, Pass]), Inconclusive);
+        assert_eq!(Verdict::worst([Pass, Regression, Inconclusive]), Regression);
+        assert_eq!(Verdict::worst([Pass, Pass]), Pass);
+    }
+}

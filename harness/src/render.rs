@@ -1,0 +1,381 @@
+//! The harness's one rendering layer for what commands print and reports embed: the
+//! comparison, limit, tier and calibration tables (markdown through comfy-table) and their
+//! one-line summaries. Figures are drawn by `plots`, whole reports assembled by `report`,
+//! the history's page by `dashboard`; every number they show comes formatted from here or there.
+
+use comfy_table::{presets::ASCII_MARKDOWN, Table};
+
+use crate::bisect::BisectLog;
+use crate::calibration::CalibratedMargins;
+use crate::compare::{CompareSettings, Comparison};
+use crate::decision::{LimitCheck, Verdict};
+use crate::instructions::{InstructionComparison, TierOutcome};
+use crate::noise_bank::{ReplayRow, Shifted};
+use crate::stats::median;
+use crate::trial::TrialSummary;
+
+/// A head/base ratio as a signed percentage ("+2.5%").
+pub fn pct(ratio: f64) -> String {
+    format!("{:+.1}%", (ratio - 1.0) * 100.0)
+}
+
+/// A markdown table of a comparison.
+pub fn comparison_table(c: &Comparison) -> Table {
+    let mut table = Table::new();
+    table.load_preset(ASCII_MARKDOWN).set_header(vec![
+        "metric",
+        "base median",
+        "head median",
+        "head/base (median)",
+        "interval (coverage)",
+        "limit",
+        "verdict",
+    ]);
+    let med = |v: &[TrialSummary], f: fn(&TrialSummary) -> f64| {
+        median(&v.iter().map(f).collect::<Vec<_>>())
+    };
+    // Median of a figure some trials may lack (NaN when none has it).
+    let known = |v: &[TrialSummary], f: fn(&TrialSummary) -> Option<f64>| {
+        let known: Vec<f64> = v.iter().filter_map(f).collect();
+        if known.is_empty() {
+            f64::NAN
+        } else {
+            median(&known)
+        }
+    };
+    let rss = |v: &[TrialSummary]| known(v, |t| t.peak_rss_mib);
+    let cpu = |v: &[TrialSummary]| known(v, |t| t.broker_cpu_us_per_msg);
+    let rows = [
+        (
+            Some(&c.throughput),
+            med(&c.base, |t| t.throughput),
+            med(&c.head, |t| t.throughput),
+            "msg/s",
+        ),
+        (
+            Some(&c.p99),
+            med(&c.base, |t| t.p99_ms),
+            med(&c.head, |t| t.p99_ms),
+            "ms",
+        ),
+        (c.peak_rss.as_ref(), rss(&c.base), rss(&c.head), "MiB"),
+        (c.cpu_per_msg.as_ref(), cpu(&c.base), cpu(&c.head), "µs CPU"),
+    ];
+    for (m, base, head, unit) in rows {
+        let Some(m) = m else { continue };
+        table.add_row(vec![
+            m.metric.clone(),
+            format!("{base:.1} {unit}"),
+            format!("{head:.1} {unit}"),
+            pct(m.median_ratio),
+            format!(
+                "[{}, {}] ({:.1}%)",
+                pct(m.ci_low_ratio),
+                pct(m.ci_high_ratio),
+                m.ci_coverage * 100.0
+            ),
+            pct(m.limit_ratio),
+            format!("{:?}", m.verdict).to_lowercase(),
+        ]);
+    }
+    match &c.instructions {
+        Some(TierOutcome::Compared(t)) => {
+            let m = &t.metric;
+            table.add_row(vec![
+                format!("{} (Valgrind)", m.metric),
+                format!("{:.0} instr", t.base.per_request()),
+                format!("{:.0} instr", t.head.per_request()),
+                pct(m.median_ratio),
+                format!(
+                    "[{}, {}] (every run)",
+                    pct(m.ci_low_ratio),
+                    pct(m.ci_high_ratio)
+                ),
+                pct(m.limit_ratio),
+                format!("{:?}", m.verdict).to_lowercase(),
+            ]);
+        }
+        Some(TierOutcome::NotMeasured { .. }) => {
+            table.add_row(vec![
+                "instructions/request (Valgrind)",
+                "-",
+                "-",
+                "-",
+                "not measured",
+                "-",
+                "inconclusive",
+            ]);
+        }
+        None => {}
+    }
+    table
+}
+
+/// The deterministic tier of a comparison in one line (`tier_line`).
+pub fn instructions_line(c: &Comparison) -> Option<String> {
+    tier_line(c.instructions.as_ref()?)
+}
+
+/// The deterministic tier in one line: what was replayed and how tightly runs repeated, or why
+/// it did not measure.
+pub fn tier_line(tier: &TierOutcome) -> Option<String> {
+    Some(match tier {
+        TierOutcome::Compared(t) => format!(
+            "deterministic tier: {} Valgrind (DHAT) runs per commit of a fixed stream of {} requests ({} messages, sha256 {}); run spread base {:.2}%, head {:.2}%; startup and shutdown ({:.2}M instructions) removed; heap allocations/request {:.1} -> {:.1}, bytes/request {:.0} -> {:.0}",
+            t.base.runs.len(),
+            t.base.requests,
+            t.base.messages,
+            &t.base.stream_sha256[..12.min(t.base.stream_sha256.len())],
+            t.base.spread() * 100.0,
+            t.head.spread() * 100.0,
+            t.base.startup as f64 / 1e6,
+            t.base.heap_blocks as f64 / t.base.requests.max(1) as f64,
+            t.head.heap_blocks as f64 / t.head.requests.max(1) as f64,
+            t.base.heap_bytes as f64 / t.base.requests.max(1) as f64,
+            t.head.heap_bytes as f64 / t.head.requests.max(1) as f64,
+        ),
+        TierOutcome::NotMeasured { reason } => {
+            format!("deterministic tier not measured: {reason}")
+        }
+    })
+}
+
+/// The deterministic tier's row alone, per run, for `instructions`.
+pub fn tier_table(t: &InstructionComparison) -> Table {
+    let mut table = Table::new();
+    table.load_preset(ASCII_MARKDOWN).set_header(vec![
+        "side",
+        "instructions per run (stream only)",
+        "median/request",
+        "spread",
+    ]);
+    for (side, s) in [("base", &t.base), ("head", &t.head)] {
+        let runs: Vec<String> = s.runs.iter().map(u64::to_string).collect();
+        table.add_row(vec![
+            side.to_owned(),
+            runs.join(" "),
+            format!("{:.0}", s.per_request()),
+            format!("{:.2}%", s.spread() * 100.0),
+        ]);
+    }
+    table.add_row(vec![
+        "head/base".to_owned(),
+        format!(
+            "[{}, {}] (every run)",
+            pct(t.metric.ci_low_ratio),
+            pct(t.metric.ci_high_ratio)
+        ),
+        pct(t.metric.median_ratio),
+        format!(
+            "limit {}: {:?}",
+            pct(t.metric.limit_ratio),
+            t.metric.verdict
+        )
+        .to_lowercase(),
+    ]);
+    table
+}
+
+/// The seed's throttling pattern, one line: the head's per-second rate in the last third of
+/// its runs relative to the first third.
+pub fn degradation_line(c: &Comparison) -> Option<String> {
+    c.degradation.as_ref().map(|d| {
+        format!(
+            "in-run degradation (head, last third / first third of each run, median): {}{}",
+            pct(d.median_ratio),
+            if d.finding {
+                "  <- FINDING: throughput falls during the run"
+            } else {
+                ""
+            }
+        )
+    })
+}
+
+/// The absolute limits, one row each: median, its interval, the limit and the result.
+pub fn limits_table(checks: &[LimitCheck]) -> Table {
+    let mut table = Table::new();
+    table.load_preset(ASCII_MARKDOWN).set_header(vec![
+        "absolute limit",
+        "median",
+        "interval of the median (coverage)",
+        "limit",
+        "result",
+    ]);
+    for c in checks {
+        table.add_row(vec![
+            c.metric.clone(),
+            format!("{:.2}", c.median),
+            format!(
+                "[{:.2}, {:.2}] ({:.1}%)",
+                c.ci_low,
+                c.ci_high,
+                c.ci_coverage * 100.0
+            ),
+            format!("{:.2}", c.limit),
+            match c.verdict {
+                Verdict::Pass => "pass".into(),
+                Verdict::Regression => "FAIL".into(),
+                Verdict::Inconclusive => "inconclusive (limit inside the interval)".into(),
+            },
+        ]);
+    }
+    table
+}
+
+/// The calibrated margins, one row per metric, next to the defaults.
+pub fn margins_table(margins: &CalibratedMargins, defaults: &CompareSettings) -> Table {
+    let mut table = Table::new();
+    table.load_preset(ASCII_MARKDOWN).set_header(vec![
+        "metric",
+        "default margin",
+        "calibrated margin",
+        "A/A pass",
+        "A/A regression",
+    ]);
+    for m in &margins.metrics {
+        table.add_row(vec![
+            m.metric.name().to_owned(),
+            format!("{:.1}%", m.metric.get(&defaults.margins) * 100.0),
+            m.margin.map_or("none up to 100%".to_owned(), |v| {
+                format!("{:.1}%", v * 100.0)
+            }),
+            format!("{:.1}%", m.aa_pass_rate * 100.0),
+            format!("{:.1}%", m.aa_regression_rate * 100.0),
+        ]);
+    }
+    table
+}
+
+/// The replayed rates, one row per shift.
+pub fn replay_table(rows: &[ReplayRow]) -> Table {
+    let mut table = Table::new();
+    table.load_preset(ASCII_MARKDOWN).set_header(vec![
+        "head made worse",
+        "replays",
+        "regression",
+        "pass",
+        "inconclusive",
+        "mean pairs",
+    ]);
+    for r in rows {
+        let what = match r.shifted {
+            Shifted::Nothing => "nothing (A/A)".to_owned(),
+            Shifted::Throughput => format!("throughput -{:.0}%", r.shift * 100.0),
+            Shifted::CpuPerMsg => format!("broker CPU/msg +{:.0}%", r.shift * 100.0),
+        };
+        let rate = |n: usize| format!("{:.1}%", r.rate(n) * 100.0);
+        table.add_row(vec![
+            what,
+            r.replays.to_string(),
+            rate(r.regression),
+            rate(r.pass),
+            rate(r.inconclusive),
+            format!("{:.1}", r.mean_pairs),
+        ]);
+    }
+    table
+}
+
+/// A bisect's steps, notes and answer, as `bisect` prints them.
+pub fn print_bisect(log: &BisectLog) {
+    println!("\n{}", bisect_steps_table(log, "{sha}"));
+    for note in &log.notes {
+        println!("note: {note}");
+    }
+    match (&log.culprit, &log.confirmation) {
+        (Some(c), Some(conf)) => println!(
+            "\nfirst bad commit: {} {}\neffect vs its parent: {}",
+            c.sha,
+            c.summary,
+            bisect_effect(conf)
+        ),
+        (Some(c), None) => println!(
+            "\nfirst bad commit: {} {} (not confirmed)",
+            c.sha, c.summary
+        ),
+        (None, _) if log.candidates.len() > 1 => {
+            println!("\nfirst bad commit is one of:");
+            for c in &log.candidates {
+                println!("  {} {}", c.sha, c.summary);
+            }
+        }
+        _ => {}
+    }
+    println!(
+        "steps: {}, builds: {}, wall time: {:.0} s",
+        log.steps.len(),
+        log.builds,
+        log.wall_s
+    );
+}
+
+/// Every metric of a comparison as "name +x% [interval lo, hi]" (the instruction tier's
+/// range holds every run), then the pair count.
+pub fn bisect_effect(c: &Comparison) -> String {
+    let pct = |r: f64| (r - 1.0) * 100.0;
+    let metrics: Vec<String> = c
+        .metrics()
+        .chain(c.instruction_metric())
+        .map(|m| {
+            format!(
+                "{} {:+.1}% [{:+.1}%, {:+.1}%]",
+                m.metric,
+                pct(m.median_ratio),
+                pct(m.ci_low_ratio),
+                pct(m.ci_high_ratio)
+            )
+        })
+        .collect();
+    format!("{} ({} pairs)", metrics.join(", "), c.pairs())
+}
+
+fn percent(ratio: Option<f64>) -> String {
+    ratio.map_or("-".into(), pct)
+}
+
+/// The bisect steps, one row each; `url` links commits (`{sha}` alone: plain short ids).
+pub fn bisect_steps_table(log: &BisectLog, url: &str) -> Table {
+    let mut table = Table::new();
+    table.load_preset(ASCII_MARKDOWN).set_header(vec![
+        "step",
+        "commit",
+        "position",
+        "vs good (throughput)",
+        "interval",
+        "p99",
+        "peak RSS",
+        "instructions",
+        "pairs",
+        "verdict",
+        "detail",
+    ]);
+    for (n, s) in log.steps.iter().enumerate() {
+        let commit = if url == "{sha}" {
+            s.commit.short().to_owned()
+        } else {
+            format!(
+                "[`{}`]({})",
+                s.commit.short(),
+                url.replace("{sha}", &s.commit.sha)
+            )
+        };
+        table.add_row(vec![
+            n.to_string(),
+            commit,
+            format!("{}/{}", s.index + 1, log.range.len()),
+            percent(s.throughput_ratio),
+            s.ci.map_or("-".into(), |(lo, hi)| {
+                format!("[{:+.1}%, {:+.1}%]", (lo - 1.0) * 100.0, (hi - 1.0) * 100.0)
+            }),
+            percent(s.p99_ratio),
+            percent(s.peak_rss_ratio),
+            s.instructions_ratio
+                .map_or("-".into(), |r| format!("{:+.2}%", (r - 1.0) * 100.0)),
+            s.pairs.to_string(),
+            format!("{:?}", s.verdict).to_lowercase(),
+            s.detail.clone().unwrap_or_default(),
+        ]);
+    }
+    table
+}

@@ -1,0 +1,40 @@
+//! What one trial gives the statistics: its numbers when it was valid, or why a side could not
+//! give any. The scheduler (`compare`), the store, the noise bank and bisect all speak these.
+
+use serde::{Deserialize, Serialize};
+
+use crate::runner::TrialStatus;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    Base,
+    Head,
+}
+
+/// The numbers of one valid trial that the statistics use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrialSummary {
+    pub throughput: f64,
+    pub p99_ms: f64,
+    /// Absent in trials recorded before it was kept.
+    #[serde(default)]
+    pub p999_ms: Option<f64>,
+    pub per_second: Vec<u64>,
+    /// The broker's peak resident set, when the platform reports it.
+    #[serde(default)]
+    pub peak_rss_mib: Option<f64>,
+    /// The broker's CPU time (user + system) while the load ran, per message of the run
+    /// (warm-up included), in microseconds. Far less sensitive to fsync and neighbour noise
+    /// than wall-clock throughput.
+    #[serde(default)]
+    pub broker_cpu_us_per_msg: Option<f64>,
+}
+
+/// Why a side could not produce a valid trial (no numbers; the comparison stops).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrialFailure {
+    pub side: Side,
+    pub status: TrialStatus,
+    pub detail: String,
+}
