@@ -13,8 +13,9 @@ use std::path::PathBuf;
 
 use plotters::prelude::*;
 
+use crate::changepoint::Detector;
 use crate::error::HarnessError;
-use crate::history::{self, Metric, Series};
+use crate::history::{self, Metric, Scale, Series};
 use crate::results_db::GateRow;
 use crate::store::ResultStore;
 use crate::workload::Workload;
@@ -74,7 +75,10 @@ pub fn write(input: &DashboardInput<'_>) -> Result<Written, HarnessError> {
         "<h1>Broker performance history</h1>\n<p>Every trial in the results database, per \
          workload, metric and machine. Points of one series come from one machine (its \
          fingerprint is shown) but from different days: each point's tooltip says when its \
-         trials ran. Generated {}.</p>\n<table><tr><th>workload</th><th>what</th><th>commits</th>\
+         trials ran. Each metric is drawn twice: relative to the base commit the nightly gate \
+         measured beside each commit the same night (the machine's drift between nights \
+         cancels; the series to read first), and raw (what each night measured, drift \
+         included). Generated {}.</p>\n<table><tr><th>workload</th><th>what</th><th>commits</th>\
          <th>change points</th><th>gate verdicts</th></tr>\n{index_rows}</table>\n",
         crate::store::now_rfc3339()
     );
@@ -115,13 +119,16 @@ fn workload_page(
         let _ = writeln!(
             body,
             "<h2>{}</h2>\n<p class=\"host\">machine <code>{}</code>: {} commit(s), trials from {} to {}</p>",
-            escape(s.metric.label()),
+            escape(&s.label()),
             escape(&s.host),
             s.points.len(),
             escape(s.points.iter().map(|p| p.first_recorded_at.as_str()).min().unwrap_or("-")),
             escape(s.points.iter().map(|p| p.last_recorded_at.as_str()).max().unwrap_or("-")),
         );
         body.push_str(&chart(input, s, &host_gates)?);
+        if let Some(why) = s.too_short(&Detector::default()) {
+            let _ = writeln!(body, "<p class=\"host\">{}</p>", escape(&why));
+        }
         points += s.points.len();
         if !s.changes.is_empty() {
             body.push_str(
@@ -162,7 +169,15 @@ fn chart(
         .iter()
         .flat_map(|p| p.values.iter().copied())
         .collect();
-    let y_max = all.iter().copied().fold(0.0, f64::max) * 1.1 + 1e-9;
+    let high = all.iter().copied().fold(0.0, f64::max);
+    // A raw axis starts at zero, so a drop looks its size; ratios sit around 1 (the base).
+    let (y_min, y_max) = match s.scale {
+        Scale::Raw => (0.0, high * 1.1 + 1e-9),
+        Scale::RelativeTo { .. } => {
+            let low = all.iter().copied().fold(1.0, f64::min);
+            (low - 0.05, high.max(1.0) + 0.05)
+        }
+    };
     let mut svg = String::new();
     let mut overlay = String::new();
     {
@@ -178,14 +193,14 @@ fn chart(
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(80)
-            .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0.0..y_max)
+            .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), y_min..y_max)
             .map_err(plot_err)?;
         chart
             .configure_mesh()
             .x_labels(n.min(16))
             .x_label_formatter(&|x| crate::plots::commit_label(&labels, *x))
-            .y_desc(s.metric.label())
-            .y_label_formatter(&|y| history::format_value(*y))
+            .y_desc(s.label())
+            .y_label_formatter(&|y| s.format(*y))
             .light_line_style(RGBColor(242, 242, 242))
             .draw()
             .map_err(plot_err)?;
@@ -199,17 +214,25 @@ fn chart(
             );
             chart
                 .draw_series(std::iter::once(Rectangle::new(
-                    [(lo, 0.0), (hi, y_max)],
+                    [(lo, y_min), (hi, y_max)],
                     RGBColor(214, 39, 40).mix(0.10).filled(),
                 )))
                 .map_err(plot_err)?;
             let x = c.point as f64 - 0.5;
             chart
                 .draw_series(DashedLineSeries::new(
-                    vec![(x, 0.0), (x, y_max)],
+                    vec![(x, y_min), (x, y_max)],
                     6,
                     4,
                     RGBColor(214, 39, 40).into(),
+                ))
+                .map_err(plot_err)?;
+        }
+        if let Scale::RelativeTo { .. } = s.scale {
+            chart
+                .draw_series(LineSeries::new(
+                    vec![(-0.5, 1.0), (n as f64 - 0.5, 1.0)],
+                    RGBColor(90, 90, 90).stroke_width(1),
                 ))
                 .map_err(plot_err)?;
         }
@@ -250,11 +273,11 @@ fn chart(
             let (x, y) = chart.backend_coord(&(i as f64, p.median));
             let gate = gates.get(p.commit.sha.as_str());
             let title = format!(
-                "{} {}\nmedian {} {} of {} trial(s), recorded {} to {}{}",
+                "{} {}\nmedian {} ({}) of {} trial(s), recorded {} to {}{}",
                 p.commit.short(),
                 p.commit.summary,
-                history::format_value(p.median),
-                s.metric.label(),
+                s.format(p.median),
+                s.label(),
                 p.values.len(),
                 p.first_recorded_at,
                 p.last_recorded_at,

@@ -1,10 +1,19 @@
 //! Series over commits from the results database, one per host and metric (hosts are never
 //! mixed: a number from another machine is another series), with their change points.
 //!
-//! A point is a commit: every valid trial of it on that host, whatever the trial was for (gate,
-//! baseline, bisect, calibrate), under the workload's current definition. Commits are in the
-//! order of the repository's history; commits outside it (other branches) are left out, because
-//! a series needs an order.
+//! Two kinds of series (`Scale`):
+//! - **raw**: a point is a commit, every valid trial of it on that host, whatever the trial was
+//!   for (gate, baseline, bisect, calibrate), under the workload's current definition. Trials of
+//!   different commits ran at different times, so the series also draws the machine's drift
+//!   (on the 2-core VM the same binary lost 23% in 90 minutes: BENCHMARKS.md §10).
+//! - **relative to a base**: a point is a commit gated against that base; each of its gate
+//!   trials divided by the median of the base trials measured beside it in the same gate (same
+//!   host, same night, interleaved). Drift between nights cancels, which is why the nightly
+//!   measures the base every night. A series per base commit: ratios to different bases are
+//!   not comparable.
+//!
+//! Commits are in the order of the repository's history; commits outside it (other branches)
+//! are left out, because a series needs an order.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -16,6 +25,7 @@ use serde::Serialize;
 use crate::changepoint::{ChangePoint, Detector};
 use crate::error::HarnessError;
 use crate::git::CommitInfo;
+use crate::results_db::GateRow;
 use crate::runner::TrialStatus;
 use crate::stats::median;
 use crate::store::ResultStore;
@@ -110,16 +120,30 @@ pub struct Change {
     pub regression: bool,
 }
 
+/// What a series' values are (see the module's comment).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Scale {
+    /// The metric as measured.
+    Raw,
+    /// Each gate trial of a commit over the median of the base trials of the same gate.
+    RelativeTo { base: CommitInfo },
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Series {
     pub workload: String,
     pub host: String,
     pub metric: Metric,
+    pub scale: Scale,
     pub points: Vec<Point>,
     pub changes: Vec<Change>,
 }
 
-/// The series of `metric` for each host, from `records` (all trials of one workload). Only
+/// Role prefix of the trials a gate measures (`gate-head`, `gate-base`; see `session`).
+const GATE_ROLE: &str = "gate";
+
+/// The raw series of `metric` for each host, from `records` (all trials of one workload). Only
 /// trials of `workload_hash` count. `positions` orders commits (see `TargetRepo::history_positions`).
 pub fn series(
     records: &[TrialRecord],
@@ -137,52 +161,129 @@ pub fn series(
     hosts
         .into_iter()
         .filter_map(|host| {
-            let mut by_commit: HashMap<&str, Point> = HashMap::new();
-            for r in records.iter().filter(|r| {
-                r.host_fingerprint == host
-                    && r.workload_hash == workload_hash
-                    && r.status == TrialStatus::Ok
-                    && positions.contains_key(&r.commit.sha)
-            }) {
-                let Some(v) = metric.of(r) else { continue };
-                let point = by_commit.entry(&r.commit.sha).or_insert_with(|| Point {
-                    commit: r.commit.clone(),
-                    values: Vec::new(),
-                    median: 0.0,
-                    first_recorded_at: r.recorded_at.clone(),
-                    last_recorded_at: r.recorded_at.clone(),
-                });
-                point.values.push(v);
-                if r.recorded_at > point.last_recorded_at {
-                    point.last_recorded_at = r.recorded_at.clone();
-                }
-                if r.recorded_at < point.first_recorded_at {
-                    point.first_recorded_at = r.recorded_at.clone();
+            let mut points = Points::default();
+            for r in records
+                .iter()
+                .filter(|r| r.host_fingerprint == host && counts(r, workload_hash, positions))
+            {
+                if let Some(v) = metric.of(r) {
+                    points.add(r, v);
                 }
             }
-            let mut points: Vec<Point> = by_commit.into_values().collect();
-            if points.is_empty() {
-                return None;
-            }
-            points.sort_by_key(|p| positions[&p.commit.sha]);
-            for p in &mut points {
-                p.median = median(&p.values);
-            }
-            let groups: Vec<Vec<f64>> = points.iter().map(|p| p.values.clone()).collect();
-            let changes = detector
-                .describe(&groups)
-                .into_iter()
-                .map(|c| change(&points, &c, metric))
-                .collect();
-            Some(Series {
+            let series = Series {
                 workload: records[0].workload.clone(),
                 host: host.to_owned(),
                 metric,
-                points,
-                changes,
-            })
+                scale: Scale::Raw,
+                points: Vec::new(),
+                changes: Vec::new(),
+            };
+            series.with_points(points, positions, detector)
         })
         .collect()
+}
+
+/// The series of `metric` relative to each base commit, for each host, from `records` (all
+/// trials of one workload) and the gates that measured them (`gates`, oldest first). A gate's
+/// trials are the `gate-head` trials of its head and the `gate-base` trials of its base
+/// recorded on its host after the host's previous gate of this workload and by its verdict.
+pub fn relative_series(
+    records: &[TrialRecord],
+    gates: &[GateRow],
+    workload_hash: &str,
+    metric: Metric,
+    positions: &HashMap<String, usize>,
+    detector: &Detector,
+) -> Vec<Series> {
+    // (host, base sha) -> (base commit, points)
+    let mut by_base: Vec<((&str, &str), CommitInfo, Points)> = Vec::new();
+    let mut previous_gate: HashMap<&str, &str> = HashMap::new();
+    let head_role = format!("{GATE_ROLE}-head");
+    let base_role = format!("{GATE_ROLE}-base");
+    for g in gates {
+        let after = previous_gate.insert(&g.host, &g.decided_at).unwrap_or("");
+        let Some(base_sha) = g.base_sha.as_deref() else {
+            continue;
+        };
+        let of_gate = |role: &str, sha: &str| -> Vec<&TrialRecord> {
+            records
+                .iter()
+                .filter(|r| {
+                    r.role == role
+                        && r.commit.sha == sha
+                        && r.host_fingerprint == g.host
+                        && r.recorded_at.as_str() > after
+                        && r.recorded_at <= g.decided_at
+                        && counts(r, workload_hash, positions)
+                })
+                .collect()
+        };
+        let bases = of_gate(&base_role, base_sha);
+        let base_values: Vec<f64> = bases.iter().filter_map(|r| metric.of(r)).collect();
+        if base_values.is_empty() || g.head_sha == base_sha {
+            continue;
+        }
+        let base_commit = &bases[0].commit;
+        let base_median = median(&base_values);
+        let key = (g.host.as_str(), base_sha);
+        let at = match by_base.iter().position(|(k, ..)| *k == key) {
+            Some(at) => at,
+            None => {
+                by_base.push((key, base_commit.clone(), Points::default()));
+                by_base.len() - 1
+            }
+        };
+        for r in of_gate(&head_role, &g.head_sha) {
+            if let Some(v) = metric.of(r) {
+                by_base[at].2.add(r, v / base_median);
+            }
+        }
+    }
+    by_base
+        .into_iter()
+        .filter_map(|((host, _), base, points)| {
+            let series = Series {
+                workload: records.first()?.workload.clone(),
+                host: host.to_owned(),
+                metric,
+                scale: Scale::RelativeTo { base },
+                points: Vec::new(),
+                changes: Vec::new(),
+            };
+            series.with_points(points, positions, detector)
+        })
+        .collect()
+}
+
+/// Whether a trial belongs in a series: valid, of the workload's current definition, of a
+/// commit in this history.
+fn counts(r: &TrialRecord, workload_hash: &str, positions: &HashMap<String, usize>) -> bool {
+    r.workload_hash == workload_hash
+        && r.status == TrialStatus::Ok
+        && positions.contains_key(&r.commit.sha)
+}
+
+/// Points under construction, one per commit.
+#[derive(Default)]
+struct Points(HashMap<String, Point>);
+
+impl Points {
+    fn add(&mut self, r: &TrialRecord, value: f64) {
+        let point = self.0.entry(r.commit.sha.clone()).or_insert_with(|| Point {
+            commit: r.commit.clone(),
+            values: Vec::new(),
+            median: 0.0,
+            first_recorded_at: r.recorded_at.clone(),
+            last_recorded_at: r.recorded_at.clone(),
+        });
+        point.values.push(value);
+        if r.recorded_at > point.last_recorded_at {
+            point.last_recorded_at = r.recorded_at.clone();
+        }
+        if r.recorded_at < point.first_recorded_at {
+            point.first_recorded_at = r.recorded_at.clone();
+        }
+    }
 }
 
 fn change(points: &[Point], c: &ChangePoint, metric: Metric) -> Change {
@@ -201,6 +302,74 @@ fn change(points: &[Point], c: &ChangePoint, metric: Metric) -> Change {
 }
 
 impl Series {
+    /// The series with `points` in history order and its change points; None without points.
+    fn with_points(
+        mut self,
+        points: Points,
+        positions: &HashMap<String, usize>,
+        detector: &Detector,
+    ) -> Option<Self> {
+        let mut points: Vec<Point> = points.0.into_values().collect();
+        if points.is_empty() {
+            return None;
+        }
+        points.sort_by_key(|p| positions[&p.commit.sha]);
+        for p in &mut points {
+            p.median = median(&p.values);
+        }
+        let groups: Vec<Vec<f64>> = points.iter().map(|p| p.values.clone()).collect();
+        self.changes = detector
+            .describe(&groups)
+            .into_iter()
+            .map(|c| change(&points, &c, self.metric))
+            .collect();
+        self.points = points;
+        Some(self)
+    }
+
+    /// What the values are, for titles and axes.
+    pub fn label(&self) -> String {
+        match &self.scale {
+            Scale::Raw => self.metric.label().to_owned(),
+            Scale::RelativeTo { base } => format!(
+                "{} relative to {} measured beside it",
+                self.metric.label(),
+                base.short()
+            ),
+        }
+    }
+
+    /// The key change points are remembered under (see `change_points_markdown`).
+    pub fn key(&self) -> String {
+        match &self.scale {
+            Scale::Raw => self.metric.name().to_owned(),
+            Scale::RelativeTo { base } => format!("{}/{}", self.metric.name(), base.sha),
+        }
+    }
+
+    /// A value of this series as text: raw values in the metric's unit, ratios as a change.
+    pub fn format(&self, v: f64) -> String {
+        match self.scale {
+            Scale::Raw => format_value(v),
+            Scale::RelativeTo { .. } => format!("{:+.1}%", (v - 1.0) * 100.0),
+        }
+    }
+
+    /// Why no change point is to be expected in this series whatever its values, if so.
+    pub fn too_short(&self, detector: &Detector) -> Option<String> {
+        let n = self.points.len();
+        let needed = detector.min_groups_to_detect();
+        needed.is_none_or(|needed| n < needed).then(|| {
+            format!(
+                "too few commits to find a change: with {n}, even a clean step has p >= {:.3} \
+                 (significance {}; shuffles of whole commits), {} are needed",
+                detector.p_value_floor(n),
+                detector.significance,
+                needed.map_or("more permutations".to_owned(), |n| n.to_string())
+            )
+        })
+    }
+
     /// The newest change point (the one `bisect --from-change-point` searches).
     pub fn newest_change(&self) -> Option<&Change> {
         self.changes.iter().max_by_key(|c| c.point)
@@ -211,18 +380,21 @@ impl Series {
         let mut md = String::new();
         let _ = writeln!(
             md,
-            "**{}**, host `{}`: {} commit(s), {} change point(s).\n",
-            self.metric.label(),
+            "**{}**, host `{}`: {} commit(s), {} change point(s){}.\n",
+            self.label(),
             self.host,
             self.points.len(),
-            self.changes.len()
+            self.changes.len(),
+            self.too_short(&Detector::default())
+                .map(|why| format!("; {why}"))
+                .unwrap_or_default()
         );
         let mut table = Table::new();
         table.load_preset(ASCII_MARKDOWN).set_header(vec![
             "commit",
             "summary",
             "trials",
-            &format!("median {}", self.metric.label()),
+            &format!("median {}", self.label()),
             "change",
         ]);
         for (i, p) in self.points.iter().enumerate() {
@@ -245,7 +417,7 @@ impl Series {
                     .collect::<String>()
                     .replace('|', "\\|"),
                 p.values.len().to_string(),
-                format_value(p.median),
+                self.format(p.median),
                 mark,
             ]);
         }
@@ -275,7 +447,8 @@ pub fn format_value(v: f64) -> String {
     }
 }
 
-/// The series of each metric of `workload` from the store, per host.
+/// The series of each metric of `workload` from the store, per host: for each metric first
+/// those relative to a base (drift removed), then the raw one.
 pub fn load(
     store: &ResultStore,
     workload: &Workload,
@@ -283,11 +456,16 @@ pub fn load(
     positions: &HashMap<String, usize>,
 ) -> Result<Vec<Series>, HarnessError> {
     let records = store.load_workload(&workload.name)?;
+    let gates = store.db()?.gates(&workload.name)?;
     let hash = workload.hash();
     let detector = Detector::default();
     Ok(metrics
         .iter()
-        .flat_map(|&m| series(&records, &hash, m, positions, &detector))
+        .flat_map(|&m| {
+            let mut all = relative_series(&records, &gates, &hash, m, positions, &detector);
+            all.extend(series(&records, &hash, m, positions, &detector));
+            all
+        })
         .collect())
 }
 
@@ -309,9 +487,10 @@ pub fn change_points_markdown(
     let _ = writeln!(
         md,
         "E-divisive means over every recorded trial of each commit, one series per host and \
-         metric, {:.0}% significance (permutation test over whole commits). A range is where \
-         the change may be (90% of bootstrap resamples); `chronik-harness bisect \
-         --from-change-point` searches the newest one.\n",
+         metric, {:.0}% significance (permutation test over whole commits): the series relative \
+         to the base measured beside each commit (drift between nights removed) and the raw \
+         one. A range is where the change may be (90% of bootstrap resamples); \
+         `chronik-harness bisect --from-change-point` searches the newest one.\n",
         crate::changepoint::SIGNIFICANCE_DEFAULT * 100.0
     );
     let mut table = Table::new();
@@ -325,16 +504,16 @@ pub fn change_points_markdown(
     ]);
     let mut rows = 0;
     for s in series {
-        let reported = db.reported_change_points(&s.workload, &s.host, s.metric.name())?;
+        let reported = db.reported_change_points(&s.workload, &s.host, &s.key())?;
         for c in &s.changes {
             let new = !reported.contains(&c.at.sha);
             if new && record {
-                db.mark_reported(&s.workload, &s.host, s.metric.name(), &c.at.sha, &now)?;
+                db.mark_reported(&s.workload, &s.host, &s.key(), &c.at.sha, &now)?;
             }
             rows += 1;
             table.add_row(vec![
                 format!("`{}`", s.workload),
-                s.metric.label().to_owned(),
+                s.label(),
                 // The fingerprint holds '|', which would split a markdown table's cell.
                 format!("`{}`", s.host.replace('|', "\\|")),
                 format!(
@@ -347,9 +526,17 @@ pub fn change_points_markdown(
             ]);
         }
     }
-    let points: usize = series.iter().map(|s| s.points.len()).max().unwrap_or(0);
+    let longest = series.iter().max_by_key(|s| s.points.len());
     if rows == 0 {
-        let _ = writeln!(md, "None found (longest series: {points} commit(s)).\n");
+        let _ = writeln!(
+            md,
+            "None found (longest series: {} commit(s){}).\n",
+            longest.map_or(0, |s| s.points.len()),
+            longest
+                .and_then(|s| s.too_short(&crate::changepoint::Detector::default()))
+                .map(|why| format!("; {why}"))
+                .unwrap_or_default()
+        );
     } else {
         let _ = writeln!(md, "{table}\n");
     }
@@ -404,5 +591,78 @@ mod tests {
             "throughput rose from c07 on (history order)"
         );
         assert!(all[1].changes.is_empty(), "host b is flat");
+    }
+
+    fn gate_trial(sha: &str, role: &str, at: &str, throughput: f64) -> TrialRecord {
+        let mut r = trial(sha, "a", throughput);
+        r.id = format!("{at}-{sha}-{role}-{throughput}");
+        r.role = role.into();
+        r.recorded_at = at.into();
+        r
+    }
+
+    fn gate(head: &str, base: &str, decided_at: &str) -> GateRow {
+        GateRow {
+            decided_at: decided_at.into(),
+            host: "a".into(),
+            head_sha: head.into(),
+            base_sha: Some(base.into()),
+            verdict: "pass".into(),
+            report: None,
+        }
+    }
+
+    #[test]
+    fn the_relative_series_divides_each_gate_by_its_own_base_so_drift_cancels() {
+        let positions: HashMap<String, usize> = [("b", 0), ("c1", 1), ("c2", 2)]
+            .into_iter()
+            .map(|(s, i)| (s.to_owned(), i))
+            .collect();
+        // Night 1: the machine runs at 100; night 2 at 80 (drift), and c2 is 10% faster
+        // than the base beside it.
+        let records = vec![
+            gate_trial("c1", "gate-head", "2026-11-01T00:01:00Z", 100.0),
+            gate_trial("b", "gate-base", "2026-11-01T00:02:00Z", 100.0),
+            gate_trial("c1", "gate-head", "2026-11-01T00:03:00Z", 100.0),
+            gate_trial("b", "gate-base", "2026-11-01T00:04:00Z", 100.0),
+            gate_trial("c2", "gate-head", "2026-11-02T00:01:00Z", 88.0),
+            gate_trial("b", "gate-base", "2026-11-02T00:02:00Z", 80.0),
+            gate_trial("b", "gate-base", "2026-11-02T00:03:00Z", 80.0),
+            // Not part of a gate: a bisect trial of c2 after the night's gate.
+            gate_trial("c2", "bisect-head", "2026-11-02T00:09:00Z", 10.0),
+        ];
+        let gates = [
+            gate("c1", "b", "2026-11-01T00:05:00Z"),
+            gate("c2", "b", "2026-11-02T00:05:00Z"),
+        ];
+        let detector = Detector::default();
+        let relative = relative_series(
+            &records,
+            &gates,
+            "h",
+            Metric::Throughput,
+            &positions,
+            &detector,
+        );
+        assert_eq!(relative.len(), 1);
+        let r = &relative[0];
+        assert_eq!(
+            r.scale,
+            Scale::RelativeTo {
+                base: records[1].commit.clone()
+            }
+        );
+        let medians: Vec<(&str, f64)> = r
+            .points
+            .iter()
+            .map(|p| (p.commit.sha.as_str(), p.median))
+            .collect();
+        assert_eq!(medians, [("c1", 1.0), ("c2", 1.1)]);
+        assert_eq!(r.format(1.1), "+10.0%");
+        assert_eq!(r.key(), "throughput/b");
+        let raw = series(&records, "h", Metric::Throughput, &positions, &detector);
+        let c2 = raw[0].points.iter().find(|p| p.commit.sha == "c2").unwrap();
+        assert_eq!(c2.values, [88.0, 10.0], "the raw series keeps every trial");
+        assert!(r.too_short(&detector).is_some());
     }
 }

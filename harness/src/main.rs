@@ -417,7 +417,7 @@ fn run(cli: Cli) -> Result<u8, HarnessError> {
                 println!("no valid trials of these workloads on commits of this history");
             }
             for series in &all {
-                println!("## {} — {}\n", series.workload, series.metric.label());
+                println!("## {} — {}\n", series.workload, series.label());
                 print!("{}", series.markdown(commit_url));
                 for change in &series.changes {
                     println!("change point: {}", history::describe(change));
@@ -573,10 +573,11 @@ fn run(cli: Cli) -> Result<u8, HarnessError> {
                     let positions = s.repo.history_positions()?;
                     let host = s.host.fingerprint();
                     let all = history::load(&s.store, &workload, &[*metric], &positions)?;
+                    // Relative series come first: their change points are free of drift.
                     let change = all
                         .iter()
-                        .find(|series| series.host == host)
-                        .and_then(|series| series.newest_change())
+                        .filter(|series| series.host == host)
+                        .find_map(|series| series.newest_change())
                         .ok_or_else(|| {
                             HarnessError::Usage(format!(
                                 "no change point in the {} history of {} on this host ({host}); see `chronik-harness history --workload {}`",
