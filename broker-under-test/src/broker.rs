@@ -14,6 +14,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::api::ApiContext;
 use crate::config::BrokerConfig;
 use crate::fail_stop::FailStop;
+use crate::flush::Flusher;
 use crate::groups::GroupCoordinator;
 use crate::log::LogError;
 use crate::produce::ProduceHandler;
@@ -227,13 +228,15 @@ pub async fn start_with_storage(
                 group_commit_linger: config.profile.group_commit_linger,
                 group_commit_bytes_max: config.group_commit_bytes_max,
                 segment_bytes_max: config.wal_segment_bytes,
+                queued_bytes_max: config.wal_queued_bytes_max,
             },
             recovered.closed,
             fail_stop.clone(),
         )
         .map_err(storage_err(&wal_dir))?,
     );
-    let produce = ProduceHandler::new(topics.clone(), wal.clone(), &config, fail_stop.clone());
+    let flusher = Arc::new(Flusher::new(topics.clone(), &config, fail_stop.clone()));
+    let produce = ProduceHandler::new(topics.clone(), wal.clone(), flusher.clone(), &config);
     let groups = Arc::new(
         GroupCoordinator::open(
             &config.data_dir,
@@ -334,10 +337,9 @@ pub async fn start_with_storage(
                     }
                 },
                 _ = ticker.tick() => {
-                    let (topics, wal, config) = (topics.clone(), wal.clone(), config.clone());
-                    let dir = wal_dir.clone();
+                    let (flusher, wal, dir) = (flusher.clone(), wal.clone(), wal_dir.clone());
                     let result = tokio::task::spawn_blocking(move || {
-                        wal::checkpoint(&dir, wal.shared(), &topics, &config.profile, config.retention_bytes)
+                        flusher.checkpoint(&dir, wal.shared())
                     }).await;
                     // Fail-stop, as for the WAL: a failed fsync is never retried, and a
                     // checkpoint that panicked left its partition in an unknown state. Out of
@@ -365,24 +367,7 @@ pub async fn start_with_storage(
         writeback.abort();
         // After a fail-stop nothing more is written: recovery starts from what is durable.
         if !fail_stop.stopped() {
-            let topics = topics.clone();
-            let retention = config.retention_bytes;
-            let profile = config.profile;
-            let _ = tokio::task::spawn_blocking(move || {
-                for partition in topics.all_partitions() {
-                    if let Err(err) = partition
-                        .flush_if_needed(&profile, true, retention)
-                        .and_then(|()| partition.sync_log())
-                    {
-                        tracing::error!(
-                            "final flush of {}-{} failed: {err}",
-                            partition.topic,
-                            partition.index
-                        );
-                    }
-                }
-            })
-            .await;
+            let _ = tokio::task::spawn_blocking(move || flusher.final_flush()).await;
         }
         // Before the data-dir lock goes with this task: the WAL writer and its storage stop.
         let _ = tokio::task::spawn_blocking(move || wal.close()).await;

@@ -4,9 +4,12 @@
 //! - `server`: listener and connection tasks (framing limits, ordered pipelined responses).
 //! - `api`: the handler table (`SUPPORTED_APIS`) and one function per Kafka API.
 //! - `batch`: record batch v2 header view: CRC-32C, size limits, base-offset patching.
-//! - `produce`: `ProduceHandler` (validate, append, wait durable, `flush_partition_if_needed`).
+//! - `produce`: `ProduceHandler` (validate, append, wait durable, `Flusher::after_produce`).
 //! - `partition`: offsets, `pending_batches`, idempotent-producer state, high watermark.
-//! - `wal`: record framing, storage trait, `GroupCommitWal`, recovery, checkpoints.
+//! - `wal`: record framing, storage trait, `GroupCommitWal` (knows a partition only as a
+//!   `DurableLog`; owns the byte budget of its queue), recovery, its durable mark.
+//! - `flush`: `Flusher`, the one place that moves pending batches to segment logs and fsyncs
+//!   them: after a produce response, at each checkpoint, at shutdown.
 //! - `log`: per-partition segment files with a sparse offset index.
 //! - `profile`: `ProduceFlushProfile` and its named constants.
 //! - `topics`: lock-free topic registry (`ArcSwap` snapshots).
@@ -30,6 +33,7 @@ pub mod cluster;
 pub mod config;
 pub mod durable_file;
 pub mod fail_stop;
+pub mod flush;
 pub mod groups;
 pub mod leader_epochs;
 pub mod log;

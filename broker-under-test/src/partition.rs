@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
-use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit};
+use tokio::sync::{oneshot, Notify};
 
 use crate::batch::{self, BatchHeader, BatchView};
 use crate::leader_epochs::EpochHistory;
@@ -22,7 +22,7 @@ use crate::log::{read_batches, PartitionLog, ReadPlan};
 use crate::mutex::lock;
 use crate::profile::ProduceFlushProfile;
 use crate::replication::Replication;
-use crate::wal::group_commit::{GroupCommitWal, WalAppend, WalFailed};
+use crate::wal::group_commit::{DurableLog, GroupCommitWal, WalAppend, WalFailed, WalReservation};
 use crate::wal::record;
 
 /// Batches remembered per producer for duplicate detection (Kafka keeps the last five).
@@ -220,23 +220,8 @@ impl Partition {
         self.replication.as_ref().is_none_or(|r| r.is_leader())
     }
 
-    /// The WAL made everything below `end_offset` durable (called by its writer thread).
-    /// Without replication that is the high watermark too; with it, the keeper is woken to
-    /// advance the high watermark under the follower table, off this thread.
-    pub fn on_durable(&self, end_offset: i64) {
-        self.durable_end.advance(end_offset);
-        match &self.replication {
-            None => self.high_watermark.advance(end_offset),
-            Some(replication) => replication.durable_advanced(),
-        }
-    }
-
     pub fn log_start(&self) -> i64 {
         self.log_start.load(Ordering::Acquire)
-    }
-
-    pub fn synced_end(&self) -> i64 {
-        self.synced_end.load(Ordering::Acquire)
     }
 
     /// Feeds a stored batch to the idempotence table (recovery and replay).
@@ -279,7 +264,7 @@ impl Partition {
         self: &Arc<Self>,
         batches: &[BatchView],
         wal: &GroupCommitWal,
-        budget: OwnedSemaphorePermit,
+        reservation: WalReservation,
     ) -> Result<Appended, AppendError> {
         let mut state = lock(&self.state);
         // Read under the partition lock, which a truncation holds: an append that passes here
@@ -339,7 +324,14 @@ impl Partition {
             stored_batches.push(stored);
         }
         let durable = self
-            .enqueue(&mut state, wal, frames, stored_batches, next, Some(budget))
+            .enqueue(
+                &mut state,
+                wal,
+                frames,
+                stored_batches,
+                next,
+                Some(reservation),
+            )
             .map_err(AppendError::Wal)?;
         if !staged.is_empty() {
             state.producers.extend(staged);
@@ -363,15 +355,15 @@ impl Partition {
         frames: Vec<Bytes>,
         stored_batches: Vec<Bytes>,
         end_offset: i64,
-        budget: Option<OwnedSemaphorePermit>,
+        reservation: Option<WalReservation>,
     ) -> Result<oneshot::Receiver<Result<(), WalFailed>>, WalFailed> {
         let (done_tx, done_rx) = oneshot::channel();
         wal.submit(WalAppend {
             frames,
-            partition: self.clone(),
+            log: self.clone(),
             end_offset,
             done: Some(done_tx),
-            budget,
+            reservation,
         })?;
         state.next_offset = end_offset;
         for stored in stored_batches {
@@ -473,10 +465,10 @@ impl Partition {
         let (done_tx, done_rx) = oneshot::channel();
         wal.submit(WalAppend {
             frames: vec![record::encode_truncation(self.topic_id, self.index, offset)],
-            partition: self.clone(),
+            log: self.clone(),
             end_offset: offset,
             done: Some(done_tx),
-            budget: None,
+            reservation: None,
         })
         .map_err(|e| e.to_string())?;
         match tokio::time::timeout(TRUNCATION_DURABLE_WAIT, done_rx).await {
@@ -813,4 +805,20 @@ fn remember_producer_batch(producers: &mut HashMap<i64, ProducerState>, stored: 
         base_offset: batch::base_offset(stored),
         end_offset: batch::last_offset(stored) + 1,
     });
+}
+
+impl DurableLog for Partition {
+    /// Without replication the durable end is the high watermark too; with it, the keeper is
+    /// woken to advance the high watermark under the follower table, off the WAL's thread.
+    fn on_durable(&self, end_offset: i64) {
+        self.durable_end.advance(end_offset);
+        match &self.replication {
+            None => self.high_watermark.advance(end_offset),
+            Some(replication) => replication.durable_advanced(),
+        }
+    }
+
+    fn synced_end(&self) -> i64 {
+        self.synced_end.load(Ordering::Acquire)
+    }
 }

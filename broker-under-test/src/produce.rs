@@ -1,7 +1,7 @@
 //! `ProduceHandler`: the produce path of docs/ARCHITECTURE.md, in order, with no layer skipped:
 //! validate -> assign offsets + append to the WAL + push onto `pending_batches` -> wait until
 //! durable (acks != 0) -> with acks=all on a replicated partition, wait until the high watermark
-//! passes the batch -> `flush_partition_if_needed` -> respond. acks=0/1 never wait for
+//! passes the batch -> `Flusher::after_produce` -> respond. acks=0/1 never wait for
 //! followers and touch no replication state beyond one atomic load (the leader check).
 //!
 //! The path has two halves. `append` assigns offsets and queues the WAL write; a connection
@@ -17,27 +17,21 @@ use std::sync::Arc;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
-use tokio::sync::Semaphore;
 
 use crate::batch::{self, BatchError};
 use crate::config::BrokerConfig;
-use crate::fail_stop::FailStop;
+use crate::flush::Flusher;
 use crate::partition::{AppendError, Appended, Partition};
-use crate::profile::ProduceFlushProfile;
 use crate::topics::TopicRegistry;
 use crate::wal::group_commit::GroupCommitWal;
 
 pub struct ProduceHandler {
     topics: Arc<TopicRegistry>,
     wal: Arc<GroupCommitWal>,
-    profile: ProduceFlushProfile,
-    /// Bytes queued for the WAL writer; an append waits here when the writer falls behind.
-    wal_budget: Arc<Semaphore>,
+    flusher: Arc<Flusher>,
     batch_bytes_max: usize,
-    retention_bytes: Option<u64>,
     /// acks=all succeeds only with at least this many in-sync replicas.
     min_insync_replicas: usize,
-    fail_stop: FailStop,
 }
 
 enum Slot {
@@ -76,18 +70,15 @@ impl ProduceHandler {
     pub fn new(
         topics: Arc<TopicRegistry>,
         wal: Arc<GroupCommitWal>,
+        flusher: Arc<Flusher>,
         config: &BrokerConfig,
-        fail_stop: FailStop,
     ) -> Self {
         Self {
             topics,
             wal,
-            profile: config.profile,
-            wal_budget: Arc::new(Semaphore::new(config.wal_queued_bytes_max)),
+            flusher,
             batch_bytes_max: config.batch_bytes_max,
-            retention_bytes: config.retention_bytes,
             min_insync_replicas: config.min_insync_replicas,
-            fail_stop,
         }
     }
 
@@ -179,12 +170,9 @@ impl ProduceHandler {
                 return Slot::Done(partition_error(index, batch_error_code(&err)));
             }
         };
-        let bytes = u32::try_from(records.len()).unwrap_or(u32::MAX);
-        let Ok(budget) = self.wal_budget.clone().acquire_many_owned(bytes).await else {
-            return Slot::Done(partition_error(index, ResponseError::KafkaStorageError));
-        };
+        let reservation = self.wal.reserve(records.len()).await;
         let started = std::time::Instant::now();
-        let appended = partition.append(&batches, &self.wal, budget);
+        let appended = partition.append(&batches, &self.wal, reservation);
         if started.elapsed() >= SLOW_STEP_LOGGED {
             tracing::debug!(target: "timeline", event = "slow_append", us = started.elapsed().as_micros() as u64);
         }
@@ -263,41 +251,9 @@ impl ProduceHandler {
                 }
             }
         }
-        self.flush_partition_if_needed(partition);
+        self.flusher.after_produce(partition);
         response.log_start_offset = partition.log_start();
         response
-    }
-
-    /// Moves pending batches to the segment log when the flush profile says so, on the
-    /// blocking pool: the write may take milliseconds, which would hold up every request on
-    /// this async worker, and the response need not wait for it (the WAL made the batches
-    /// durable). One flush per partition is queued or running at a time. A failed write is
-    /// fail-stop like the WAL's: the batches stay pending (and in the WAL, which no checkpoint
-    /// deletes before the segment is synced), and recovery rebuilds the segment. Out of file
-    /// descriptors, nothing was written: the batches stay pending for a later flush.
-    fn flush_partition_if_needed(&self, partition: &Arc<Partition>) {
-        if !partition.claim_flush(&self.profile) {
-            return;
-        }
-        let partition = partition.clone();
-        let (profile, retention_bytes) = (self.profile, self.retention_bytes);
-        let fail_stop = self.fail_stop.clone();
-        tokio::task::spawn_blocking(move || {
-            let flushed = partition.flush_if_needed(&profile, false, retention_bytes);
-            partition.release_flush();
-            match flushed {
-                Ok(()) => {}
-                Err(err) if crate::fail_stop::out_of_descriptors(&err) => tracing::warn!(
-                    "{}-{}: flush to segments postponed: {err}",
-                    partition.topic,
-                    partition.index
-                ),
-                Err(err) => fail_stop.stop(format!(
-                    "{}-{}: flush to segments failed: {err}",
-                    partition.topic, partition.index
-                )),
-            }
-        });
     }
 }
 

@@ -2,6 +2,9 @@
 //! into one write and one fdatasync, then releases each waiter. A waiter is released only when
 //! its bytes are durable; a failed write or fsync is fail-stop (never retried: after a failed
 //! fsync Linux may mark the dirty pages clean, so a retry would "succeed" and lie).
+//!
+//! The WAL knows a partition only as a `DurableLog`: told when its appends are durable, asked
+//! how far its own files are synced. It owns the byte budget that bounds its queue.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,12 +14,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use thiserror::Error;
-use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::storage::WalStorage;
 use crate::fail_stop::FailStop;
 use crate::mutex::lock;
-use crate::partition::Partition;
 
 /// When the WAL calls fdatasync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -33,6 +35,22 @@ pub enum FsyncPolicy {
 #[error("WAL failed and stopped accepting writes: {0}")]
 pub struct WalFailed(pub Arc<str>);
 
+/// A log whose appends the WAL makes durable (a partition): all the WAL knows of it.
+pub trait DurableLog: Send + Sync {
+    /// Everything appended below `end_offset` is durable (called by the writer thread, in
+    /// order of the log's appends).
+    fn on_durable(&self, end_offset: i64);
+    /// The log's own files hold everything below this offset durably: a closed WAL segment
+    /// may go once every log it holds is synced past what it wrote there.
+    fn synced_end(&self) -> i64;
+}
+
+/// Bytes of the WAL's queue taken by one append until its bytes are durable.
+pub struct WalReservation {
+    /// Returned to the budget when the reservation is dropped.
+    _permit: OwnedSemaphorePermit,
+}
+
 /// Settings of the writer thread.
 #[derive(Debug, Clone)]
 pub struct WalWriterConfig {
@@ -43,23 +61,30 @@ pub struct WalWriterConfig {
     pub group_commit_bytes_max: usize,
     /// The active segment rolls once it holds this many bytes.
     pub segment_bytes_max: u64,
+    /// Bytes queued for the writer across all appends; `reserve` waits beyond it.
+    pub queued_bytes_max: usize,
 }
 
 /// One produce request's frames for one partition.
 pub struct WalAppend {
     pub frames: Vec<Bytes>,
-    pub partition: Arc<Partition>,
+    pub log: Arc<dyn DurableLog>,
     /// Offset after the last record of these frames.
     pub end_offset: i64,
     pub done: Option<oneshot::Sender<Result<(), WalFailed>>>,
     /// Held until the bytes are durable: bounds the bytes queued for the writer.
-    pub budget: Option<OwnedSemaphorePermit>,
+    pub reservation: Option<WalReservation>,
 }
 
-/// A closed WAL segment and, per partition, the end offset of the last record it holds.
+/// A closed WAL segment and, per log, the end offset of the last record it holds.
 pub struct ClosedSegment {
     pub seq: u64,
-    pub coverage: Vec<(Weak<Partition>, i64)>,
+    pub coverage: Vec<(Weak<dyn DurableLog>, i64)>,
+}
+
+/// Identity of a log for the coverage maps (its address; the data pointer, not the vtable).
+pub fn log_key(log: &Arc<dyn DurableLog>) -> usize {
+    Arc::as_ptr(log) as *const () as usize
 }
 
 /// State shared between the writer thread, the produce path and the checkpointer.
@@ -77,6 +102,13 @@ pub struct WalShared {
     pub recorded: Mutex<(u64, u64)>,
 }
 
+impl WalShared {
+    /// Whether closed segments wait to be retired (a checkpoint then syncs every log).
+    pub fn has_closed_segments(&self) -> bool {
+        !lock(&self.closed).is_empty()
+    }
+}
+
 /// Group commits at least this slow are written to the `timeline` log target (debug level).
 const SLOW_COMMIT_LOGGED: Duration = Duration::from_millis(1);
 
@@ -84,6 +116,9 @@ const SLOW_COMMIT_LOGGED: Duration = Duration::from_millis(1);
 pub struct GroupCommitWal {
     tx: Sender<WalAppend>,
     shared: Arc<WalShared>,
+    /// Bytes queued for the writer (`WalWriterConfig::queued_bytes_max`).
+    budget: Arc<Semaphore>,
+    queued_bytes_max: usize,
     /// Taken by `close`, never on the produce path.
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -105,6 +140,8 @@ impl GroupCommitWal {
             closed: Mutex::new(closed),
             ..WalShared::default()
         });
+        let budget = Arc::new(Semaphore::new(config.queued_bytes_max));
+        let queued_bytes_max = config.queued_bytes_max;
         let writer = Writer {
             storage,
             config,
@@ -118,8 +155,25 @@ impl GroupCommitWal {
         Ok(Self {
             tx,
             shared,
+            budget,
+            queued_bytes_max,
             writer: Mutex::new(Some(writer)),
         })
+    }
+
+    /// Takes `bytes` of the writer's queue, waiting while the writer is that far behind; the
+    /// reservation goes with an append and returns when its bytes are durable. An append
+    /// larger than the whole queue takes all of it (and waits for an empty queue).
+    pub async fn reserve(&self, bytes: usize) -> WalReservation {
+        let bytes = u32::try_from(bytes.min(self.queued_bytes_max)).unwrap_or(u32::MAX);
+        WalReservation {
+            _permit: self
+                .budget
+                .clone()
+                .acquire_many_owned(bytes)
+                .await
+                .expect("the WAL's budget is never closed"),
+        }
     }
 
     /// Stops the writer once its queue is empty and waits until it and its storage (with any
@@ -133,7 +187,9 @@ impl GroupCommitWal {
         }
     }
 
-    /// Queues an append; never blocks (the byte budget in the request bounds the queue).
+    /// Queues an append; never blocks (a produce append carries a `reserve`d share of the
+    /// queue; replica appends and cuts carry none: a fetcher waits for one fetch's appends to be
+    /// durable before the next).
     pub fn submit(&self, append: WalAppend) -> Result<(), WalFailed> {
         if self.shared.failed.load(Ordering::Acquire) {
             return Err(WalFailed("an earlier write or fsync failed".into()));
@@ -152,8 +208,8 @@ struct Writer {
     storage: Box<dyn WalStorage>,
     config: WalWriterConfig,
     shared: Arc<WalShared>,
-    /// Per partition (by address), the end offset written into the active segment.
-    coverage: HashMap<usize, (Weak<Partition>, i64)>,
+    /// Per log (`log_key`), the end offset written into the active segment.
+    coverage: HashMap<usize, (Weak<dyn DurableLog>, i64)>,
     buf: Vec<u8>,
 }
 
@@ -203,16 +259,15 @@ impl Writer {
         }
     }
 
-    /// Durable: advances each partition's durable end and answers the waiting requests.
+    /// Durable: advances each log's durable end and answers the waiting requests.
     fn acknowledge(&mut self, group: &mut Vec<WalAppend>) {
         for mut append in group.drain(..) {
-            let key = Arc::as_ptr(&append.partition) as usize;
             let entry = self
                 .coverage
-                .entry(key)
-                .or_insert_with(|| (Arc::downgrade(&append.partition), append.end_offset));
+                .entry(log_key(&append.log))
+                .or_insert_with(|| (Arc::downgrade(&append.log), append.end_offset));
             entry.1 = entry.1.max(append.end_offset);
-            append.partition.on_durable(append.end_offset);
+            append.log.on_durable(append.end_offset);
             if let Some(done) = append.done.take() {
                 let _ = done.send(Ok(()));
             }

@@ -1,5 +1,6 @@
 //! The write-ahead log: framing (`record`), storage (`storage`), the group-commit writer
-//! (`group_commit`), and here recovery on start and checkpointing while running.
+//! (`group_commit`), and here recovery on start and the WAL's part of a checkpoint (its
+//! durable mark, retiring segments every log has synced past; the rest is `flush`).
 
 pub mod group_commit;
 pub mod record;
@@ -15,10 +16,8 @@ use bytes::Bytes;
 use thiserror::Error;
 
 use crate::mutex::lock;
-use crate::partition::Partition;
-use crate::profile::ProduceFlushProfile;
 use crate::topics::TopicRegistry;
-use group_commit::{ClosedSegment, WalShared};
+use group_commit::{log_key, ClosedSegment, DurableLog, WalShared};
 use record::{Decoded, WalEntry};
 
 #[derive(Debug, Error)]
@@ -126,7 +125,7 @@ pub fn recover(dir: &Path, topics: &TopicRegistry) -> Result<RecoveredWal, WalRe
     for (i, &seq) in seqs.iter().enumerate() {
         let path = storage::segment_path(dir, seq);
         let data = Bytes::from(fs::read(&path).map_err(io_err(&path))?);
-        let mut coverage: HashMap<usize, (Weak<Partition>, i64)> = HashMap::new();
+        let mut coverage: HashMap<usize, (Weak<dyn DurableLog>, i64)> = HashMap::new();
         let mut pos = 0;
         while pos < data.len() {
             match record::decode(&data.slice(pos..)) {
@@ -146,9 +145,10 @@ pub fn recover(dir: &Path, topics: &TopicRegistry) -> Result<RecoveredWal, WalRe
                                 end
                             }
                         };
+                        let log: Arc<dyn DurableLog> = partition;
                         let entry = coverage
-                            .entry(Arc::as_ptr(&partition) as usize)
-                            .or_insert_with(|| (Arc::downgrade(&partition), end));
+                            .entry(log_key(&log))
+                            .or_insert_with(|| (Arc::downgrade(&log), end));
                         entry.1 = entry.1.max(end);
                     }
                     pos += used;
@@ -232,55 +232,40 @@ fn remove_unused_segments(
     Ok(())
 }
 
-/// Periodic housekeeping: records the WAL's durable mark; flushes aged `pending_batches` to the
-/// segment logs; when closed WAL segments exist, flushes and fsyncs every log and deletes the
-/// segments they fully cover.
-pub fn checkpoint(
-    dir: &Path,
-    shared: &WalShared,
-    topics: &TopicRegistry,
-    profile: &ProduceFlushProfile,
-    retention_bytes: Option<u64>,
-) -> std::io::Result<usize> {
-    let started = std::time::Instant::now();
+/// Writes the WAL's durable mark (what the writer last fsynced) if it moved since the last
+/// call: recovery reads it to tell a torn tail from damaged durable data. Part of every
+/// checkpoint (`flush::Flusher::checkpoint`).
+pub fn record_durable_mark(dir: &Path, shared: &WalShared) -> std::io::Result<()> {
     let synced = *lock(&shared.synced);
     let mut recorded = lock(&shared.recorded);
     if synced > *recorded {
         write_durable_mark(dir, synced)?;
         *recorded = synced;
     }
-    drop(recorded);
-    let marked = started.elapsed();
-    let partitions = topics.all_partitions();
-    let have_closed = !lock(&shared.closed).is_empty();
-    for partition in &partitions {
-        partition.flush_if_needed(profile, have_closed, retention_bytes)?;
-        if have_closed {
-            partition.sync_log()?;
-        }
-    }
-    tracing::debug!(target: "timeline", event = "checkpoint", mark_us = marked.as_micros() as u64, logs_us = started.elapsed().as_micros() as u64, synced_logs = have_closed);
-    if !have_closed {
-        return Ok(0);
-    }
+    Ok(())
+}
+
+/// Retires the oldest closed segments whose logs are each synced past what the segment holds
+/// of them (`DurableLog::synced_end`); returns how many went.
+pub fn retire_covered_segments(dir: &Path, shared: &WalShared) -> std::io::Result<usize> {
     let mut closed = lock(&shared.closed);
-    let mut deleted = 0;
+    let mut retired = 0;
     while let Some(oldest) = closed.first() {
         let covered = oldest
             .coverage
             .iter()
-            .all(|(weak, end)| weak.upgrade().is_none_or(|p| p.synced_end() >= *end));
+            .all(|(weak, end)| weak.upgrade().is_none_or(|log| log.synced_end() >= *end));
         if !covered {
             break;
         }
         storage::retire(dir, oldest.seq)?;
         closed.remove(0);
-        deleted += 1;
+        retired += 1;
     }
-    if deleted > 0 {
+    if retired > 0 {
         crate::durable_file::sync_dir(dir)?;
     }
-    Ok(deleted)
+    Ok(retired)
 }
 
 #[cfg(test)]
