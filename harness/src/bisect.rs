@@ -11,7 +11,8 @@ use crate::build::BuildOutcome;
 use crate::commands;
 use crate::compare::{CompareSettings, Comparison, ErrorControl};
 use crate::decision::{
-    bisect_run_code, bisect_step, PairOutcome, StepVerdict, Verdict, EXIT_BISECT_SKIP,
+    bisect_run_code, bisect_step, good_does_not_build, PairOutcome, StepVerdict, Verdict,
+    EXIT_BISECT_SKIP,
 };
 use crate::error::HarnessError;
 use crate::git::CommitInfo;
@@ -111,10 +112,7 @@ pub fn run_step(
             Ok(EXIT_BISECT_SKIP)
         }
         PairOutcome::SideFailed(f) if f.side == Side::Head => Ok(EXIT_BISECT_SKIP),
-        PairOutcome::DoesNotBuild { log_tail, .. } => Err(HarnessError::Infra(format!(
-            "the good commit {} does not build:\n{log_tail}",
-            good.short()
-        ))),
+        PairOutcome::DoesNotBuild { log_tail, .. } => Err(good_does_not_build(&good, &log_tail)),
         PairOutcome::SideFailed(f) => Err(HarnessError::Infra(format!(
             "good side failed: {}",
             f.detail
@@ -302,10 +300,7 @@ fn measure(
                 log_tail.lines().next().unwrap_or("")
             )),
         )),
-        PairOutcome::DoesNotBuild { log_tail, .. } => Err(HarnessError::Infra(format!(
-            "the good commit {} does not build: {log_tail}",
-            good.short()
-        ))),
+        PairOutcome::DoesNotBuild { log_tail, .. } => Err(good_does_not_build(good, &log_tail)),
         // The candidate's broker crashed or never produced a valid trial: untestable, skip.
         PairOutcome::SideFailed(f) if f.side == Side::Head => Ok((
             StepVerdict::Skip,

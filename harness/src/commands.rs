@@ -43,10 +43,8 @@ fn build_pair(
 ) -> Result<(BuiltCommit, BuiltCommit), HarnessError> {
     let b = session.build(base)?;
     let h = session.build(head)?; // cached when head == base
-    for (side, built) in [(Side::Base, &b), (Side::Head, &h)] {
-        if let crate::build::BuildOutcome::Failed { log_tail } = &built.outcome {
-            return Err(does_not_build(side, log_tail, base, head));
-        }
+    if let Some((side, log_tail)) = crate::session::first_unbuilt(&b, &h) {
+        return Err(does_not_build(side, log_tail, base, head));
     }
     Ok((b, h))
 }

@@ -134,6 +134,14 @@ pub fn does_not_build(
     HarnessError::Infra(format!("{} does not build:\n{log_tail}", commit.short()))
 }
 
+/// Bisect's good end that does not build: no step can be decided against it.
+pub fn good_does_not_build(good: &CommitInfo, log_tail: &str) -> HarnessError {
+    HarnessError::Infra(format!(
+        "the good commit {} does not build:\n{log_tail}",
+        good.short()
+    ))
+}
+
 /// `compare`'s exit code: the verdict's, or infrastructure when a side's trial failed.
 pub fn compare_exit(result: &Result<Comparison, TrialFailure>) -> u8 {
     match result {

@@ -246,13 +246,11 @@ impl Session {
         role: &str,
         label: &str,
     ) -> PairOutcome {
-        for (side, built) in [(Side::Base, base), (Side::Head, head)] {
-            if let BuildOutcome::Failed { log_tail } = &built.outcome {
-                return PairOutcome::DoesNotBuild {
-                    side,
-                    log_tail: log_tail.clone(),
-                };
-            }
+        if let Some((side, log_tail)) = first_unbuilt(base, head) {
+            return PairOutcome::DoesNotBuild {
+                side,
+                log_tail: log_tail.to_owned(),
+            };
         }
         let mut source = PairSource {
             session: self,
@@ -378,4 +376,14 @@ impl TrialSource for PairSource<'_> {
         self.bar.set_length(max_pairs as u64);
         self.bar.set_position(pairs as u64);
     }
+}
+
+/// The first side of a pair that does not build, with the tail of its build log.
+pub fn first_unbuilt<'a>(base: &'a BuiltCommit, head: &'a BuiltCommit) -> Option<(Side, &'a str)> {
+    [(Side::Base, base), (Side::Head, head)]
+        .into_iter()
+        .find_map(|(side, built)| match &built.outcome {
+            BuildOutcome::Failed { log_tail } => Some((side, log_tail.as_str())),
+            BuildOutcome::Built { .. } => None,
+        })
 }
