@@ -142,7 +142,7 @@ const LOG_WRITEBACK_INTERVAL: Duration = Duration::from_millis(20);
 const LOG_WRITEBACK_BYTES_MIN: u64 = 1 << 20;
 
 /// Runs until aborted: `Partition::write_back` of every partition, every
-/// `LOG_WRITEBACK_INTERVAL`. A failed write-out is fail-stop, as every failed disk write.
+/// `LOG_WRITEBACK_INTERVAL`. A failed fdatasync is fail-stop, as everywhere.
 async fn write_back_logs(topics: Arc<TopicRegistry>, fail_stop: FailStop) {
     let mut ticker = tokio::time::interval(LOG_WRITEBACK_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -642,8 +642,8 @@ impl Partition {
         let started = Instant::now();
         for file in files {
             // A failure is returned, never retried (the caller fail-stops): after a failed
-            // write-out the kernel may have marked the pages clean.
-            crate::durable_file::write_out(&file)?;
+            // fsync the kernel may have marked the pages clean.
+            file.sync_data()?;
         }
         tracing::debug!(target: "timeline", event = "writeback", us = started.elapsed().as_micros() as u64);
         Ok(())

@@ -330,7 +330,7 @@ impl PartitionLog {
     }
 
     /// The files written since the last call once at least `min_bytes` were appended: the
-    /// caller writes them out outside the partition lock so that segment data reaches the disk
+    /// caller fdatasyncs them outside the partition lock so that segment data reaches the disk
     /// a little at a time, not all at once at the checkpoint's fsync, where the burst would
     /// sit in the disk's queue in front of the WAL's fdatasync.
     pub fn take_writeback(&mut self, min_bytes: u64) -> Option<Vec<Arc<File>>> {
