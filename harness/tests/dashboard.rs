@@ -2,7 +2,8 @@
 //! older results directory holds them) show a 30% drop at one commit: `import` loads them,
 //! `history` finds the change point and reports it new once, and the dashboard page, opened in
 //! a real headless browser (Debian's `chromium`; `.ci/run` installs it), loads without a
-//! console message and lays out every point.
+//! console message and lays out every point. Two commits were gated against the first one,
+//! with base trials beside them: their series relative to the base is drawn too.
 
 use std::fs;
 use std::path::Path;
@@ -23,6 +24,8 @@ const DROP_AT: usize = 8;
 const TRIALS_PER_COMMIT: usize = 5;
 /// The page's default metrics: throughput, p99, p99.9.
 const METRICS_ON_PAGE: usize = 3;
+/// Commits gated against the first commit (the one before the drop, and the drop).
+const GATED: [usize; 2] = [DROP_AT - 1, DROP_AT];
 const BROWSER_TIMEOUT_S: &str = "120";
 
 const WORKLOAD: &str = r#"
@@ -115,35 +118,41 @@ fn history_finds_the_drop_and_the_dashboard_shows_every_point_in_a_browser() {
     let workload = chronik_harness::workload::Workload::find("w", &root.join("workloads")).unwrap();
     let exports = root.join("results/w");
     fs::create_dir_all(&exports).unwrap();
+    let mut records = Vec::new();
     for (i, sha) in shas.iter().enumerate() {
         let level = if i < DROP_AT { 100_000.0 } else { 70_000.0 };
         for t in 0..TRIALS_PER_COMMIT {
             let noise = 1.0 + 0.03 * ((t * 7 + i * 3) % 5) as f64 / 4.0 - 0.015;
-            let record = trial(
-                sha,
-                i * TRIALS_PER_COMMIT + t,
-                level * noise,
-                &workload.hash(),
-            );
-            fs::write(
-                exports.join(format!("{}.json", record.id)),
-                serde_json::to_vec(&record).unwrap(),
-            )
-            .unwrap();
+            let n = i * TRIALS_PER_COMMIT + t;
+            let mut record = trial(sha, n, level * noise, &workload.hash());
+            if GATED.contains(&i) {
+                // Measured by that night's gate, beside the base (the first commit).
+                record.role = "gate-head".into();
+                let mut base = trial(&shas[0], n, 100_000.0 * noise, &workload.hash());
+                base.id = format!("{}-base-{n}", shas[0]);
+                base.role = "gate-base".into();
+                base.recorded_at = record.recorded_at.replace("T02:00:", "T02:30:");
+                records.push(base);
+            }
+            records.push(record);
         }
+    }
+    for record in &records {
+        fs::write(
+            exports.join(format!("{}.json", record.id)),
+            serde_json::to_vec(record).unwrap(),
+        )
+        .unwrap();
     }
 
     let imported = harness(root, &["import"]);
     assert!(imported.status.success());
     let said = String::from_utf8_lossy(&imported.stdout);
-    assert!(
-        said.contains(&format!("{} new", COMMITS * TRIALS_PER_COMMIT)),
-        "{said}"
-    );
+    assert!(said.contains(&format!("{} new", records.len())), "{said}");
 
     // Gate verdicts as `gate` stores them: the dashboard rings them and links the report.
     let mut db = ResultsDb::open(&root.join("results").join(DB_FILE)).unwrap();
-    for (i, verdict) in [(DROP_AT - 1, "pass"), (DROP_AT, "regression")] {
+    for (i, verdict) in GATED.into_iter().zip(["pass", "regression"]) {
         let row = GateRow {
             decided_at: format!("2026-11-{:02}T03:00:00Z", i + 1),
             host: host(),
@@ -199,11 +208,21 @@ fn history_finds_the_drop_and_the_dashboard_shows_every_point_in_a_browser() {
     assert!(written.status.success());
     let page = site.join("w.html");
     let html = fs::read_to_string(&page).unwrap();
+    // Per metric: the series relative to the base (the two gated commits), then the raw one.
+    let points = (GATED.len() + COMMITS) * METRICS_ON_PAGE;
+    assert_eq!(html.matches("class=\"pt\"").count(), points);
     assert_eq!(
-        html.matches("class=\"pt\"").count(),
-        COMMITS * METRICS_ON_PAGE
+        html.matches("class=\"gate\"").count(),
+        2 * GATED.len() * METRICS_ON_PAGE
     );
-    assert_eq!(html.matches("class=\"gate\"").count(), 2 * METRICS_ON_PAGE);
+    assert!(
+        html.contains(&format!("relative to {}", &shas[0][..10])),
+        "the relative series' title"
+    );
+    assert!(
+        html.contains("median -30.0% (msg/s relative to"),
+        "the drop as a ratio to the base measured beside it"
+    );
     assert!(
         html.contains(&format!("--bad {}", &shas[DROP_AT][..10])),
         "the change point's bisect command"
@@ -230,10 +249,7 @@ fn history_finds_the_drop_and_the_dashboard_shows_every_point_in_a_browser() {
     let console: Vec<&str> = log.lines().filter(|l| l.contains(":CONSOLE")).collect();
     assert!(console.is_empty(), "console messages: {console:?}");
     assert!(
-        dom.contains(&format!(
-            "data-points-shown=\"{}\"",
-            COMMITS * METRICS_ON_PAGE
-        )),
+        dom.contains(&format!("data-points-shown=\"{points}\"")),
         "every point laid out: {}",
         dom.lines().find(|l| l.contains("<body")).unwrap_or("")
     );
