@@ -24,7 +24,7 @@ use crate::render::{
 use crate::session::{BuiltCommit, Session};
 use crate::stats::median;
 use crate::store::{load_baseline, save_baseline, Baseline, BASELINE_SCHEMA};
-use crate::trial::{Side, TrialSummary};
+use crate::trial::{Side, TrialSummary, GATE};
 use crate::workload::Workload;
 
 #[derive(Debug, Serialize)]
@@ -280,22 +280,22 @@ pub fn gate_one(
         (None, None) => None,
     };
     let (comparison, failure, head_trials) = match &base {
-        Some(base) => match compare(session, base, head, workload, settings, "gate")?
-            .into_result(base, head)?
-        {
-            Ok(c) => {
-                let head_trials = c.head.clone();
-                (Some(c), None, head_trials)
+        Some(base) => {
+            match compare(session, base, head, workload, settings, GATE)?.into_result(base, head)? {
+                Ok(c) => {
+                    let head_trials = c.head.clone();
+                    (Some(c), None, head_trials)
+                }
+                Err(f) => (None, Some(f), Vec::new()),
             }
-            Err(f) => (None, Some(f), Vec::new()),
-        },
+        }
         None => {
             note = Some("no baseline for this workload: absolute limits only".into());
             let built = session.build(head)?;
             let mut trials = Vec::new();
             let mut failure = None;
             for _ in 0..settings.min_pairs {
-                match session.valid_trial(&built, workload, "gate-head", Side::Head) {
+                match session.valid_trial(&built, workload, &Side::Head.role(GATE), Side::Head) {
                     Ok(t) => trials.push(t),
                     Err(f) => {
                         failure = Some(f);

@@ -13,7 +13,6 @@ use std::path::PathBuf;
 
 use plotters::prelude::*;
 
-use crate::changepoint::Detector;
 use crate::error::HarnessError;
 use crate::history::{self, Metric, Scale, Series};
 use crate::results_db::GateRow;
@@ -126,8 +125,8 @@ fn workload_page(
             escape(s.points.iter().map(|p| p.last_recorded_at.as_str()).max().unwrap_or("-")),
         );
         body.push_str(&chart(input, s, &host_gates)?);
-        if let Some(why) = s.too_short(&Detector::default()) {
-            let _ = writeln!(body, "<p class=\"host\">{}</p>", escape(&why));
+        if let Some(why) = &s.too_short {
+            let _ = writeln!(body, "<p class=\"host\">{}</p>", escape(why));
         }
         points += s.points.len();
         if !s.changes.is_empty() {

@@ -30,6 +30,7 @@ use crate::runner::TrialStatus;
 use crate::stats::median;
 use crate::store::ResultStore;
 use crate::store::TrialRecord;
+use crate::trial::{Side, GATE};
 use crate::workload::Workload;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum, Serialize)]
@@ -138,10 +139,10 @@ pub struct Series {
     pub scale: Scale,
     pub points: Vec<Point>,
     pub changes: Vec<Change>,
+    /// Why the detector that searched this series could not find a change point whatever
+    /// its values, if so (too few commits).
+    pub too_short: Option<String>,
 }
-
-/// Role prefix of the trials a gate measures (`gate-head`, `gate-base`; see `session`).
-const GATE_ROLE: &str = "gate";
 
 /// The raw series of `metric` for each host, from `records` (all trials of one workload). Only
 /// trials of `workload_hash` count. `positions` orders commits (see `TargetRepo::history_positions`).
@@ -170,15 +171,14 @@ pub fn series(
                     points.add(r, v);
                 }
             }
-            let series = Series {
-                workload: records[0].workload.clone(),
-                host: host.to_owned(),
+            points.into_series(
+                &records[0].workload,
+                host,
                 metric,
-                scale: Scale::Raw,
-                points: Vec::new(),
-                changes: Vec::new(),
-            };
-            series.with_points(points, positions, detector)
+                Scale::Raw,
+                positions,
+                detector,
+            )
         })
         .collect()
 }
@@ -198,8 +198,8 @@ pub fn relative_series(
     // (host, base sha) -> (base commit, points)
     let mut by_base: Vec<((&str, &str), CommitInfo, Points)> = Vec::new();
     let mut previous_gate: HashMap<&str, &str> = HashMap::new();
-    let head_role = format!("{GATE_ROLE}-head");
-    let base_role = format!("{GATE_ROLE}-base");
+    let head_role = Side::Head.role(GATE);
+    let base_role = Side::Base.role(GATE);
     for g in gates {
         let after = previous_gate.insert(&g.host, &g.decided_at).unwrap_or("");
         let Some(base_sha) = g.base_sha.as_deref() else {
@@ -242,15 +242,14 @@ pub fn relative_series(
     by_base
         .into_iter()
         .filter_map(|((host, _), base, points)| {
-            let series = Series {
-                workload: records.first()?.workload.clone(),
-                host: host.to_owned(),
+            points.into_series(
+                &records.first()?.workload,
+                host,
                 metric,
-                scale: Scale::RelativeTo { base },
-                points: Vec::new(),
-                changes: Vec::new(),
-            };
-            series.with_points(points, positions, detector)
+                Scale::RelativeTo { base },
+                positions,
+                detector,
+            )
         })
         .collect()
 }
@@ -284,6 +283,57 @@ impl Points {
             point.first_recorded_at = r.recorded_at.clone();
         }
     }
+
+    /// The series of these points, in history order, with its change points; None without
+    /// points.
+    fn into_series(
+        self,
+        workload: &str,
+        host: &str,
+        metric: Metric,
+        scale: Scale,
+        positions: &HashMap<String, usize>,
+        detector: &Detector,
+    ) -> Option<Series> {
+        let mut points: Vec<Point> = self.0.into_values().collect();
+        if points.is_empty() {
+            return None;
+        }
+        points.sort_by_key(|p| positions[&p.commit.sha]);
+        for p in &mut points {
+            p.median = median(&p.values);
+        }
+        let groups: Vec<Vec<f64>> = points.iter().map(|p| p.values.clone()).collect();
+        let changes = detector
+            .describe(&groups)
+            .into_iter()
+            .map(|c| change(&points, &c, metric))
+            .collect();
+        let too_short = too_short(points.len(), detector);
+        Some(Series {
+            workload: workload.to_owned(),
+            host: host.to_owned(),
+            metric,
+            scale,
+            points,
+            changes,
+            too_short,
+        })
+    }
+}
+
+/// Why `detector` cannot find a change point in `n` commits whatever their values, if so.
+fn too_short(n: usize, detector: &Detector) -> Option<String> {
+    let needed = detector.min_groups_to_detect();
+    needed.is_none_or(|needed| n < needed).then(|| {
+        format!(
+            "too few commits to find a change: with {n}, even a clean step has p >= {:.3} \
+             (significance {}; shuffles of whole commits), {} are needed",
+            detector.p_value_floor(n),
+            detector.significance,
+            needed.map_or("more permutations".to_owned(), |n| n.to_string())
+        )
+    })
 }
 
 fn change(points: &[Point], c: &ChangePoint, metric: Metric) -> Change {
@@ -302,31 +352,6 @@ fn change(points: &[Point], c: &ChangePoint, metric: Metric) -> Change {
 }
 
 impl Series {
-    /// The series with `points` in history order and its change points; None without points.
-    fn with_points(
-        mut self,
-        points: Points,
-        positions: &HashMap<String, usize>,
-        detector: &Detector,
-    ) -> Option<Self> {
-        let mut points: Vec<Point> = points.0.into_values().collect();
-        if points.is_empty() {
-            return None;
-        }
-        points.sort_by_key(|p| positions[&p.commit.sha]);
-        for p in &mut points {
-            p.median = median(&p.values);
-        }
-        let groups: Vec<Vec<f64>> = points.iter().map(|p| p.values.clone()).collect();
-        self.changes = detector
-            .describe(&groups)
-            .into_iter()
-            .map(|c| change(&points, &c, self.metric))
-            .collect();
-        self.points = points;
-        Some(self)
-    }
-
     /// What the values are, for titles and axes.
     pub fn label(&self) -> String {
         match &self.scale {
@@ -355,21 +380,6 @@ impl Series {
         }
     }
 
-    /// Why no change point is to be expected in this series whatever its values, if so.
-    pub fn too_short(&self, detector: &Detector) -> Option<String> {
-        let n = self.points.len();
-        let needed = detector.min_groups_to_detect();
-        needed.is_none_or(|needed| n < needed).then(|| {
-            format!(
-                "too few commits to find a change: with {n}, even a clean step has p >= {:.3} \
-                 (significance {}; shuffles of whole commits), {} are needed",
-                detector.p_value_floor(n),
-                detector.significance,
-                needed.map_or("more permutations".to_owned(), |n| n.to_string())
-            )
-        })
-    }
-
     /// The newest change point (the one `bisect --from-change-point` searches).
     pub fn newest_change(&self) -> Option<&Change> {
         self.changes.iter().max_by_key(|c| c.point)
@@ -385,7 +395,8 @@ impl Series {
             self.host,
             self.points.len(),
             self.changes.len(),
-            self.too_short(&Detector::default())
+            self.too_short
+                .as_ref()
                 .map(|why| format!("; {why}"))
                 .unwrap_or_default()
         );
@@ -533,7 +544,7 @@ pub fn change_points_markdown(
             "None found (longest series: {} commit(s){}).\n",
             longest.map_or(0, |s| s.points.len()),
             longest
-                .and_then(|s| s.too_short(&crate::changepoint::Detector::default()))
+                .and_then(|s| s.too_short.as_ref())
                 .map(|why| format!("; {why}"))
                 .unwrap_or_default()
         );
@@ -663,6 +674,6 @@ mod tests {
         let raw = series(&records, "h", Metric::Throughput, &positions, &detector);
         let c2 = raw[0].points.iter().find(|p| p.commit.sha == "c2").unwrap();
         assert_eq!(c2.values, [88.0, 10.0], "the raw series keeps every trial");
-        assert!(r.too_short(&detector).is_some());
+        assert!(r.too_short.is_some());
     }
 }

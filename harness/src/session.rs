@@ -343,11 +343,13 @@ pub struct PairSource<'a> {
 
 impl TrialSource for PairSource<'_> {
     fn trial(&mut self, side: Side) -> Result<TrialSummary, TrialFailure> {
-        let (built, role) = match side {
-            Side::Base => (self.base, format!("{}-base", self.role)),
-            Side::Head => (self.head, format!("{}-head", self.role)),
+        let built = match side {
+            Side::Base => self.base,
+            Side::Head => self.head,
         };
-        let result = self.session.valid_trial(built, self.workload, &role, side);
+        let result = self
+            .session
+            .valid_trial(built, self.workload, &side.role(self.role), side);
         // One line per trial, above the bar on a terminal and alone in a CI log, where the bar
         // is hidden and a gate would otherwise be silent for many minutes.
         if !self.session.quiet {

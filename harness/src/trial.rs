@@ -12,6 +12,21 @@ pub enum Side {
     Head,
 }
 
+/// What a gate's trials are recorded for (`gate-base`, `gate-head`): `history` finds each
+/// night's pairs by it.
+pub const GATE: &str = "gate";
+
+impl Side {
+    /// The role a trial of this side is recorded under when a comparison runs for `purpose`
+    /// (`gate`, `bisect`, ...): `<purpose>-base` or `<purpose>-head`.
+    pub fn role(self, purpose: &str) -> String {
+        match self {
+            Side::Base => format!("{purpose}-base"),
+            Side::Head => format!("{purpose}-head"),
+        }
+    }
+}
+
 /// The numbers of one valid trial that the statistics use.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrialSummary {
