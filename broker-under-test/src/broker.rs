@@ -95,9 +95,11 @@ impl StartError {
     pub fn exit_code(&self) -> u8 {
         match self {
             StartError::Log(LogError::Corrupt { .. })
-            | StartError::Wal(WalRecoveryError::Corrupt { .. } | WalRecoveryError::Replay(_)) => {
-                EXIT_DATA_CORRUPT
-            }
+            | StartError::Wal(
+                WalRecoveryError::Corrupt { .. }
+                | WalRecoveryError::Replay(_)
+                | WalRecoveryError::Format { .. },
+            ) => EXIT_DATA_CORRUPT,
             StartError::Log(_) | StartError::Wal(_) | StartError::Storage { .. } => {
                 EXIT_STORAGE_FAILED
             }

@@ -21,6 +21,11 @@ fn wal_segments(data_dir: &Path) -> Vec<std::path::PathBuf> {
     segments
 }
 
+/// The sequence number a WAL segment's frames are stamped with: its file name.
+fn segment_seq(path: &Path) -> u64 {
+    path.file_stem().unwrap().to_str().unwrap().parse().unwrap()
+}
+
 fn newest_nonempty_wal(data_dir: &Path) -> std::path::PathBuf {
     wal_segments(data_dir)
         .into_iter()
@@ -152,11 +157,12 @@ fn every_truncation_of_the_wal_recovers_exactly_the_whole_records_before_it() {
     drop_segment_files(dir.path(), "cut");
     let wal = newest_nonempty_wal(dir.path());
     let full = bytes::Bytes::from(fs::read(&wal).unwrap());
+    let seq = segment_seq(&wal);
     // Where each record ends, read with the broker's own decoder.
     let mut ends = Vec::new();
     let mut pos = 0;
     while pos < full.len() {
-        match chronik_broker::wal::record::decode(&full.slice(pos..)) {
+        match chronik_broker::wal::record::decode(&full.slice(pos..), seq) {
             chronik_broker::wal::record::Decoded::Record(_, used) => {
                 pos += used;
                 ends.push(pos);
@@ -228,7 +234,7 @@ fn damage_in_fsynced_wal_data_refuses_to_start() {
     // A checkpoint records how much of the WAL is fsynced (every 500 ms); wait for it to cover
     // the whole segment, so the damage below lies in data known to be durable.
     let wal = newest_nonempty_wal(dir.path());
-    let seq: u64 = wal.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    let seq = segment_seq(&wal);
     let len = fs::metadata(&wal).unwrap().len();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while fs::read_to_string(dir.path().join("wal/durable")).ok() != Some(format!("{seq} {len}")) {
@@ -254,10 +260,11 @@ fn wal_holds_topic(data_dir: &Path, topic: &str) -> bool {
     let id_hex = fs::read_to_string(data_dir.join("topics").join(topic).join("topic.id")).unwrap();
     let id = u128::from_str_radix(id_hex.trim(), 16).unwrap();
     wal_segments(data_dir).into_iter().any(|path| {
-        let data = bytes::Bytes::from(fs::read(path).unwrap_or_default());
+        let data = bytes::Bytes::from(fs::read(&path).unwrap_or_default());
+        let seq = segment_seq(&path);
         let mut pos = 0;
         while pos < data.len() {
-            match chronik_broker::wal::record::decode(&data.slice(pos..)) {
+            match chronik_broker::wal::record::decode(&data.slice(pos..), seq) {
                 chronik_broker::wal::record::Decoded::Record(rec, used) => {
                     if rec.topic_id == id {
                         return true;

@@ -2,7 +2,9 @@
 //! remembers how much of each segment was fsynced and, at a seeded write or fsync, loses power:
 //! that call and everything after it fail. The test then does what the power cut does to the
 //! disk: each WAL segment keeps what was fsynced plus a seeded prefix of what was not (a torn
-//! tail), or all of it but one lost page (pages of an unsynced write persist in any order), and
+//! tail), or all of it but one lost page (pages of an unsynced write persist in any order).
+//! Where a write is lost, the file shows what it held before: zeros in a new segment, the
+//! records of an earlier segment in a reused one. And
 //! each partition's active segment keeps what lies below its recovery point plus a seeded
 //! part of the rest. After a restart every acked record must be at its acked offset, and no
 //! offset may hold two values. A third of the cases end the first life with a process crash
@@ -43,13 +45,34 @@ const RECOVERED_CHECKPOINTS_WAIT: Duration = Duration::from_millis(60);
 /// How long a restart may wait for the previous broker's data-dir lock to be released.
 const START_RETRY: Duration = Duration::from_secs(5);
 
-/// Bytes of each WAL segment (by sequence number) known to be on disk.
-type Synced = Arc<Mutex<HashMap<u64, u64>>>;
+/// What the disk holds of one WAL segment for sure.
+#[derive(Default)]
+struct SegmentOnDisk {
+    /// The file's bytes when it became the active segment (a reused file holds an earlier
+    /// segment's records): a lost write shows these again.
+    before: Vec<u8>,
+    /// How many bytes written since are fsynced.
+    durable: u64,
+}
+
+/// The WAL segments this life of the broker wrote, by sequence number.
+type Synced = Arc<Mutex<HashMap<u64, SegmentOnDisk>>>;
+
+/// Records segment `seq` of `dir` as it is before the broker writes into it.
+fn track(synced: &Synced, dir: &Path, seq: u64, durable: u64) -> io::Result<()> {
+    let before = std::fs::read(segment_path(dir, seq))?;
+    synced
+        .lock()
+        .unwrap()
+        .insert(seq, SegmentOnDisk { before, durable });
+    Ok(())
+}
 
 /// The file storage until the power goes: the `calls_left`-th append or fsync from now fails,
 /// and so does everything after.
 struct PowerCut {
     inner: FileWalStorage,
+    dir: std::path::PathBuf,
     calls_left: u64,
     off: bool,
     synced: Synced,
@@ -83,7 +106,9 @@ impl WalStorage for PowerCut {
         }
         self.inner.sync()?;
         let (seq, len) = (self.inner.active_seq(), self.inner.active_len());
-        self.synced.lock().unwrap().insert(seq, len);
+        if let Some(segment) = self.synced.lock().unwrap().get_mut(&seq) {
+            segment.durable = len;
+        }
         Ok(())
     }
     fn active_len(&self) -> u64 {
@@ -98,9 +123,10 @@ impl WalStorage for PowerCut {
         }
         let (old, len) = (self.inner.active_seq(), self.inner.active_len());
         let next = self.inner.roll()?; // closes the old segment durably first
-        let mut synced = self.synced.lock().unwrap();
-        synced.insert(old, len + SEGMENT_END_BYTES as u64);
-        synced.insert(next, 0);
+        if let Some(segment) = self.synced.lock().unwrap().get_mut(&old) {
+            segment.durable = len + SEGMENT_END_BYTES as u64;
+        }
+        track(&self.synced, &self.dir, next, 0)?;
         Ok(next)
     }
 }
@@ -135,9 +161,10 @@ fn start(
             Ok(match cut {
                 None => Box::new(inner),
                 Some((calls_left, synced)) => {
-                    synced.lock().unwrap().insert(seq, inner.active_len());
+                    track(&synced, wal_dir, seq, inner.active_len())?;
                     Box::new(PowerCut {
                         inner,
+                        dir: wal_dir.to_path_buf(),
                         calls_left,
                         off: false,
                         synced,
@@ -160,31 +187,37 @@ fn start(
 }
 
 /// What the power cut leaves on disk: WAL segments keep their fsynced bytes plus a seeded
-/// prefix of the rest; each partition's active segment keeps everything below its recovery
-/// point plus a seeded prefix of the rest.
+/// prefix of the rest, or lose one page of the rest, and show their old bytes where a write
+/// was lost; each partition's active segment keeps everything below its recovery point plus a
+/// seeded prefix of the rest.
 fn cut_power(dir: &Path, synced: &Synced, rng: &mut Rng) {
     let wal_dir = dir.join("wal");
-    for (&seq, &durable) in synced.lock().unwrap().iter() {
+    for (&seq, segment) in synced.lock().unwrap().iter() {
         let path = segment_path(&wal_dir, seq);
-        let Ok(len) = std::fs::metadata(&path).map(|m| m.len()) else {
-            continue; // deleted by a checkpoint (after the logs it covered were synced)
+        let Ok(mut data) = std::fs::read(&path) else {
+            continue; // retired by a checkpoint (after the logs it covered were synced)
         };
-        if durable < len && rng.below(4) == 0 {
+        let (durable, len) = (segment.durable, data.len() as u64);
+        if durable >= len {
+            continue;
+        }
+        let lost = if rng.below(4) == 0 {
             // Pages of an unsynced write reach the disk in any order: one in the middle of
             // the unsynced part is lost while the pages after it persist.
             let page = durable / LOST_PAGE_BYTES * LOST_PAGE_BYTES
                 + rng.below((len - durable) / LOST_PAGE_BYTES + 1) * LOST_PAGE_BYTES;
-            let start = page.max(durable);
-            let end = (page + LOST_PAGE_BYTES).min(len);
-            if start < end {
-                let mut data = std::fs::read(&path).unwrap();
-                data[start as usize..end as usize].fill(0);
-                std::fs::write(&path, data).unwrap();
-            }
+            page.max(durable)..(page + LOST_PAGE_BYTES).min(len)
         } else {
-            let keep = durable + rng.below(len.saturating_sub(durable) + 1);
-            truncate(&path, keep.min(len));
+            durable + rng.below(len - durable + 1)..len
+        };
+        for at in lost.clone() {
+            data[at as usize] = segment.before.get(at as usize).copied().unwrap_or(0);
         }
+        if lost.end == len {
+            // A file the writes made longer is as long as its persisted part.
+            data.truncate(lost.start.max(segment.before.len() as u64) as usize);
+        }
+        std::fs::write(&path, data).unwrap();
     }
     for p in 0..PARTITIONS {
         let part = dir.join("topics").join(TOPIC).join(p.to_string());

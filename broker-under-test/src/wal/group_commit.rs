@@ -16,6 +16,7 @@ use bytes::Bytes;
 use thiserror::Error;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
+use super::record;
 use super::storage::WalStorage;
 use crate::fail_stop::FailStop;
 use crate::mutex::lock;
@@ -304,10 +305,14 @@ impl Writer {
         Ok(())
     }
 
+    /// Writes the group's frames, each stamped for the active segment (`record::stamp`).
     fn write(&mut self, group: &[WalAppend]) -> std::io::Result<()> {
         self.buf.clear();
+        let seq = self.storage.active_seq();
         for frame in group.iter().flat_map(|a| a.frames.iter()) {
+            let start = self.buf.len();
             self.buf.extend_from_slice(frame);
+            record::stamp(&mut self.buf[start..], seq);
         }
         self.storage.append(&self.buf)
     }

@@ -8,7 +8,6 @@ pub mod storage;
 
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 
@@ -32,6 +31,8 @@ pub enum WalRecoveryError {
     Corrupt { path: PathBuf, position: u64 },
     #[error("WAL replay failed: {0}")]
     Replay(String),
+    #[error("WAL directory {} holds segments of format {found}, and this broker reads format {FORMAT} only (each record's CRC includes its segment's number): start the broker version that wrote them, or move the data directory away", dir.display())]
+    Format { dir: PathBuf, found: String },
 }
 
 /// What recovery found, for the start-up log line.
@@ -54,6 +55,39 @@ pub struct RecoveredWal {
 /// without reading what follows the damage (those are bytes a client chose, and after a power
 /// cut a page in the middle of the last unsynced write may be lost while later ones persist).
 const DURABLE_MARK_FILE: &str = "durable";
+
+/// `<wal dir>/format`: how the segments are written. Format 2 stamps every frame's CRC with
+/// its segment's number (`record::stamp`), so segment files are reused without zeroing. A
+/// directory written before (format 1, no file) would read as damaged data, so a broker
+/// refuses it by name instead.
+const FORMAT_FILE: &str = "format";
+const FORMAT: &str = "2";
+
+/// Checks the directory's format, and records it in a directory without segments.
+fn check_format(dir: &Path, has_segments: bool) -> Result<(), WalRecoveryError> {
+    let path = dir.join(FORMAT_FILE);
+    let io_err = |source| WalRecoveryError::Io {
+        path: path.clone(),
+        source,
+    };
+    let found = match fs::read_to_string(&path) {
+        Ok(text) => text.trim().to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !has_segments => {
+            return crate::durable_file::replace_file_durably(&path, FORMAT.as_bytes())
+                .map_err(io_err);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "1".to_string(),
+        Err(source) => return Err(io_err(source)),
+    };
+    if found == FORMAT {
+        Ok(())
+    } else {
+        Err(WalRecoveryError::Format {
+            dir: dir.to_path_buf(),
+            found,
+        })
+    }
+}
 
 /// A position in the WAL: (segment sequence number, byte in that segment).
 pub type DurableMark = (u64, u64);
@@ -92,6 +126,7 @@ pub fn recover(dir: &Path, topics: &TopicRegistry) -> Result<RecoveredWal, WalRe
     };
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let mut seqs = storage::list_segments(dir).map_err(io_err(dir))?;
+    check_format(dir, !seqs.is_empty())?;
     let mark = read_durable_mark(dir)?;
     // Sequence numbers only grow, whatever is removed below: the durable mark and the
     // retired files name segments of earlier lives.
@@ -109,7 +144,7 @@ pub fn recover(dir: &Path, topics: &TopicRegistry) -> Result<RecoveredWal, WalRe
     for &seq in &seqs {
         let path = storage::segment_path(dir, seq);
         let data = Bytes::from(fs::read(&path).map_err(io_err(&path))?);
-        for (topic_id, partition, end) in record::truncations(&data) {
+        for (topic_id, partition, end) in record::truncations(&data, seq) {
             let cut = earliest_cut.entry((topic_id, partition)).or_insert(end);
             *cut = (*cut).min(end);
         }
@@ -128,7 +163,7 @@ pub fn recover(dir: &Path, topics: &TopicRegistry) -> Result<RecoveredWal, WalRe
         let mut coverage: HashMap<usize, (Weak<dyn DurableLog>, i64)> = HashMap::new();
         let mut pos = 0;
         while pos < data.len() {
-            match record::decode(&data.slice(pos..)) {
+            match record::decode(&data.slice(pos..), seq) {
                 Decoded::Record(rec, used) => {
                     report.records += 1;
                     if let Some(partition) = topics.by_id(rec.topic_id, rec.partition) {
@@ -192,8 +227,9 @@ pub fn recover(dir: &Path, topics: &TopicRegistry) -> Result<RecoveredWal, WalRe
     })
 }
 
-/// Removes trailing segments that hold no record and no durable byte: prepared in advance
-/// (`storage::FileWalStorage`) and never written, or torn in their first write.
+/// Removes trailing segments that hold no record of their own and no durable byte: prepared
+/// in advance (`storage::FileWalStorage`, maybe from a file that holds records of an earlier
+/// segment) and never written, or torn in their first write.
 fn remove_unused_segments(
     dir: &Path,
     seqs: &mut Vec<u64>,
@@ -206,15 +242,11 @@ fn remove_unused_segments(
             path: path.clone(),
             source,
         };
-        // No frame starts with a zero length.
-        let mut head = Vec::with_capacity(record::FRAME_HEADER_BYTES);
-        fs::File::open(&path)
-            .and_then(|file| {
-                file.take(record::FRAME_HEADER_BYTES as u64)
-                    .read_to_end(&mut head)
-            })
-            .map_err(io_err)?;
-        let written = head.iter().any(|&b| b != 0);
+        let data = Bytes::from(fs::read(&path).map_err(io_err)?);
+        let written = matches!(
+            record::decode(&data, seq),
+            Decoded::Record(..) | Decoded::SegmentEnd
+        );
         let durable = mark.0 == seq && mark.1 > 0;
         if written || durable {
             break;
@@ -277,11 +309,14 @@ mod tests {
     use crate::cluster::Cluster;
     use crate::topics::Placement;
 
-    /// Records of a topic no broker has: recovery checks and counts them, replays nothing.
-    fn frames(count: usize) -> Vec<u8> {
+    /// Records of a topic no broker has, as written into segment `seq`: recovery checks and
+    /// counts them, replays nothing.
+    fn frames(count: usize, seq: u64) -> Vec<u8> {
         let mut out = Vec::new();
         for i in 0..count {
+            let start = out.len();
             out.extend_from_slice(&record::encode(7, 0, &[1u8; 70], i as i64, 0).0);
+            record::stamp(&mut out[start..], seq);
         }
         out
     }
@@ -303,24 +338,33 @@ mod tests {
 
     /// Writes segment `seq`: `data`, then zeros up to `preallocated` bytes.
     fn segment(dir: &Path, seq: u64, data: &[u8], preallocated: usize) {
+        segment_over(dir, seq, data, &vec![0; preallocated]);
+    }
+
+    /// Writes segment `seq` as a reused file whose old bytes were `old`: `data`, then the rest
+    /// of `old`.
+    fn segment_over(dir: &Path, seq: u64, data: &[u8], old: &[u8]) {
         let wal = dir.join("wal");
         fs::create_dir_all(&wal).unwrap();
+        fs::write(wal.join(FORMAT_FILE), FORMAT).unwrap();
         let mut bytes = data.to_vec();
-        bytes.resize(preallocated.max(data.len()), 0);
+        if old.len() > data.len() {
+            bytes.extend_from_slice(&old[data.len()..]);
+        }
         fs::write(storage::segment_path(&wal, seq), bytes).unwrap();
     }
 
-    fn closed(count: usize) -> Vec<u8> {
-        let mut data = frames(count);
-        data.extend_from_slice(&record::encode_segment_end());
+    fn closed(count: usize, seq: u64) -> Vec<u8> {
+        let mut data = frames(count, seq);
+        data.extend_from_slice(&record::encode_segment_end(seq));
         data
     }
 
     #[test]
     fn closed_active_and_prepared_segments_recover() {
         let dir = tempfile::tempdir().unwrap();
-        segment(dir.path(), 1, &closed(3), 4096);
-        segment(dir.path(), 2, &frames(2), 4096);
+        segment(dir.path(), 1, &closed(3, 1), 4096);
+        segment(dir.path(), 2, &frames(2, 2), 4096);
         segment(dir.path(), 3, &[], 4096); // prepared, never written
         let recovered = recover_in(dir.path()).unwrap();
         assert_eq!(recovered.report.records, 5);
@@ -328,15 +372,15 @@ mod tests {
         assert!(!storage::segment_path(&dir.path().join("wal"), 3).exists());
         // The active segment's zero tail was past the durable mark (none recorded): cut.
         let active = fs::metadata(storage::segment_path(&dir.path().join("wal"), 2)).unwrap();
-        assert_eq!(active.len(), frames(2).len() as u64);
+        assert_eq!(active.len(), frames(2, 2).len() as u64);
     }
 
     #[test]
     fn a_closed_segment_that_ends_exactly_at_a_frame_recovers() {
         // As written before segments were preallocated: no end frame, no zeros.
         let dir = tempfile::tempdir().unwrap();
-        segment(dir.path(), 1, &frames(3), 0);
-        segment(dir.path(), 2, &frames(1), 0);
+        segment(dir.path(), 1, &frames(3, 1), 0);
+        segment(dir.path(), 2, &frames(1, 2), 0);
         assert_eq!(recover_in(dir.path()).unwrap().report.records, 4);
     }
 
@@ -345,9 +389,9 @@ mod tests {
         // Its tail was lost: zeros where the end frame (and maybe records) were.
         for lost in [1, record::SEGMENT_END_BYTES, record::SEGMENT_END_BYTES + 40] {
             let dir = tempfile::tempdir().unwrap();
-            let data = closed(3);
+            let data = closed(3, 1);
             segment(dir.path(), 1, &data[..data.len() - lost], 4096);
-            segment(dir.path(), 2, &frames(1), 4096);
+            segment(dir.path(), 2, &frames(1, 2), 4096);
             match recover_in(dir.path()) {
                 Err(WalRecoveryError::Corrupt { path, .. }) => {
                     assert_eq!(path, storage::segment_path(&dir.path().join("wal"), 1))
@@ -363,12 +407,66 @@ mod tests {
         // The durable mark says bytes of segment 2 were fsynced: zeros there are damage, not a
         // prepared segment.
         let dir = tempfile::tempdir().unwrap();
-        segment(dir.path(), 1, &closed(2), 4096);
+        segment(dir.path(), 1, &closed(2, 1), 4096);
         segment(dir.path(), 2, &[], 4096);
         write_durable_mark(&dir.path().join("wal"), (2, 200)).unwrap();
         assert!(matches!(
             recover_in(dir.path()),
             Err(WalRecoveryError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn a_reused_file_shows_only_the_records_of_its_new_segment() {
+        // Segments 1 and 2 are files of earlier segments 5 and 6, reused as they were.
+        // Segment 1 ended; 2 is the active one, 3 was prepared and never written.
+        let dir = tempfile::tempdir().unwrap();
+        let old = [closed(40, 5), closed(40, 6), closed(40, 7)];
+        segment_over(dir.path(), 1, &closed(3, 1), &old[0]);
+        segment_over(dir.path(), 2, &frames(2, 2), &old[1]);
+        segment_over(dir.path(), 3, &[], &old[2]);
+        let recovered = recover_in(dir.path()).unwrap();
+        assert_eq!(recovered.report.records, 5, "no record of segments 5-7");
+        assert!(!storage::segment_path(&dir.path().join("wal"), 3).exists());
+        let active = fs::metadata(storage::segment_path(&dir.path().join("wal"), 2)).unwrap();
+        assert_eq!(active.len(), frames(2, 2).len() as u64, "old records cut");
+        assert_eq!(
+            recovered.report.torn_bytes_cut,
+            (old[1].len() - frames(2, 2).len()) as u64
+        );
+    }
+
+    #[test]
+    fn a_reused_closed_segment_that_lost_its_end_refuses_to_start() {
+        // Old records follow where the end frame was: they are not the segment's.
+        let dir = tempfile::tempdir().unwrap();
+        let data = closed(3, 1);
+        let end = data.len() - record::SEGMENT_END_BYTES;
+        segment_over(dir.path(), 1, &data[..end], &closed(40, 9));
+        segment(dir.path(), 2, &frames(1, 2), 4096);
+        assert!(matches!(
+            recover_in(dir.path()),
+            Err(WalRecoveryError::Corrupt { position, .. }) if position == end as u64
+        ));
+    }
+
+    #[test]
+    fn a_directory_of_another_format_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        recover_in(dir.path()).unwrap();
+        let format = dir.path().join("wal").join(FORMAT_FILE);
+        assert_eq!(
+            fs::read_to_string(&format).unwrap(),
+            FORMAT,
+            "a new WAL says its format"
+        );
+        segment(dir.path(), 1, &frames(2, 1), 4096);
+        assert_eq!(recover_in(dir.path()).unwrap().report.records, 2);
+        fs::remove_file(&format).unwrap();
+        match recover_in(dir.path()) {
+            Err(WalRecoveryError::Format { found, .. }) => assert_eq!(found, "1"),
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("recovered a WAL of format 1"),
+        }
     }
 }

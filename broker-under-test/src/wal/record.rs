@@ -1,11 +1,19 @@
-//! WAL record framing: `[u32 payload length][u32 CRC-32C of payload][payload]`, where the payload
-//! is `[u128 topic id][i32 partition][record batch with its assigned base offset]`. The topic id
+//! WAL record framing: `[u32 payload length][u32 CRC-32C][payload]`, where the payload is
+//! `[u128 topic id][i32 partition][record batch with its assigned base offset]`. The topic id
 //! (not the name) ties a record to one incarnation of a topic, so a topic deleted and created
 //! again under the same name never receives the old topic's records on replay.
 //!
 //! A payload whose third part is 8 bytes instead of a batch (a batch has at least 61) is a
 //! truncation: a follower cut its log at that offset to follow a new leader, and replay must cut
 //! there too before it appends what the WAL holds after it.
+//!
+//! On disk the CRC covers the payload and then the number of the segment the frame is in (8
+//! bytes, big-endian), which is not stored. A frame leaves the produce path with the CRC of its
+//! payload alone (`encode`); the WAL writer `stamp`s it for the segment it lands in. A segment
+//! file is reused without being zeroed (`storage`), and a record it held in an earlier life then
+//! fails its CRC in the new segment, so it reads as the end of the segment's data, never as a
+//! record. RocksDB's recyclable log format keeps its log number in each record for the same
+//! reason.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -71,11 +79,21 @@ pub fn encode_truncation(topic_id: u128, partition: i32, end_offset: i64) -> Byt
     seal(buf)
 }
 
-/// Frames the end of a segment: the writer closed it here, and what follows is preallocated
-/// space. Recovery requires it in every segment but the last, so a closed segment whose tail
-/// was lost is told apart from one that ended.
-pub fn encode_segment_end() -> Bytes {
-    seal(frame_start(0, SEGMENT_END_PARTITION, 0))
+/// Frames the end of segment `seq`, stamped: the writer closed it here, and what follows is
+/// preallocated space. Recovery requires it in every segment but the last, so a closed
+/// segment whose tail was lost is told apart from one that ended.
+pub fn encode_segment_end(seq: u64) -> Bytes {
+    let mut frame = seal(frame_start(0, SEGMENT_END_PARTITION, 0)).to_vec();
+    stamp(&mut frame, seq);
+    Bytes::from(frame)
+}
+
+/// Turns the CRC of a complete frame at the start of `frame`, as `encode` wrote it (payload
+/// only), into its CRC in segment `seq` (payload, then `seq`). Applied once per frame written.
+pub fn stamp(frame: &mut [u8], seq: u64) {
+    let crc = u32::from_be_bytes(frame[4..8].try_into().expect("4"));
+    let stamped = crc32c::crc32c_append(crc, &seq.to_be_bytes());
+    frame[4..8].copy_from_slice(&stamped.to_be_bytes());
 }
 
 /// A frame's header (CRC still zero) and payload prefix, with room for `body_len` more bytes.
@@ -109,8 +127,8 @@ pub enum Decoded {
     Invalid,
 }
 
-/// Decodes the frame at the start of `buf`.
-pub fn decode(buf: &Bytes) -> Decoded {
+/// Decodes the frame at the start of `buf`, read from segment `seq`.
+pub fn decode(buf: &Bytes, seq: u64) -> Decoded {
     if buf.len() < FRAME_HEADER_BYTES {
         return Decoded::Incomplete;
     }
@@ -124,7 +142,7 @@ pub fn decode(buf: &Bytes) -> Decoded {
     }
     let expected = u32::from_be_bytes(buf[4..8].try_into().expect("4"));
     let payload = &buf[FRAME_HEADER_BYTES..total];
-    if crc32c::crc32c(payload) != expected {
+    if crc32c::crc32c_append(crc32c::crc32c(payload), &seq.to_be_bytes()) != expected {
         return Decoded::Invalid;
     }
     let topic_id = u128::from_be_bytes(payload[..TOPIC_ID_BYTES].try_into().expect("16"));
@@ -154,35 +172,17 @@ pub fn decode(buf: &Bytes) -> Decoded {
     )
 }
 
-/// The truncations framed in `buf`, in order: (topic id, partition, end offset). Walks the
-/// frames by their lengths and decodes only truncation-sized ones; stops where the framing
-/// ends or is damaged (recovery's full pass reports that).
-pub fn truncations(buf: &Bytes) -> Vec<(u128, i32, i64)> {
+/// The truncations recorded in `buf`, segment `seq`, in order: (topic id, partition, end
+/// offset). Stops at the first frame that is not a record: the segment's end, or where its
+/// data ends or is damaged (recovery's full pass tells which).
+pub fn truncations(buf: &Bytes, seq: u64) -> Vec<(u128, i32, i64)> {
     let mut found = Vec::new();
     let mut pos = 0;
-    while buf.len() - pos >= FRAME_HEADER_BYTES {
-        let payload_len = u32::from_be_bytes(buf[pos..pos + 4].try_into().expect("4")) as usize;
-        if !(PAYLOAD_PREFIX_BYTES..=RECORD_BYTES_MAX).contains(&payload_len) {
-            break;
+    while let Decoded::Record(record, used) = decode(&buf.slice(pos..), seq) {
+        if let WalEntry::Truncation(end) = record.entry {
+            found.push((record.topic_id, record.partition, end));
         }
-        let total = FRAME_HEADER_BYTES + payload_len;
-        if payload_len == PAYLOAD_PREFIX_BYTES + TRUNCATION_BYTES {
-            match decode(&buf.slice(pos..)) {
-                Decoded::Record(
-                    WalRecord {
-                        topic_id,
-                        partition,
-                        entry: WalEntry::Truncation(end),
-                    },
-                    _,
-                ) => found.push((topic_id, partition, end)),
-                _ => break,
-            }
-        }
-        pos += total;
-        if pos > buf.len() {
-            break;
-        }
+        pos += used;
     }
     found
 }
@@ -191,11 +191,21 @@ pub fn truncations(buf: &Bytes) -> Vec<(u128, i32, i64)> {
 mod tests {
     use super::*;
 
+    const SEQ: u64 = 7;
+
+    /// `frame` as the writer writes it into segment `seq`.
+    fn stamped(frame: &[u8], seq: u64) -> Bytes {
+        let mut frame = frame.to_vec();
+        stamp(&mut frame, seq);
+        Bytes::from(frame)
+    }
+
     #[test]
     fn round_trip() {
         let (frame, stored) = encode(7, 3, b"offset__lengEPOC+batch", 0x0102, 0x0a0b);
         assert_eq!(&stored[..], b"\0\0\0\0\0\0\x01\x02leng\0\0\x0a\x0b+batch");
-        match decode(&frame) {
+        let frame = stamped(&frame, SEQ);
+        match decode(&frame, SEQ) {
             Decoded::Record(rec, used) => {
                 assert_eq!(used, frame.len());
                 assert_eq!(rec.topic_id, 7);
@@ -204,8 +214,8 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        let frame = encode_truncation(7, 3, 1234);
-        match decode(&frame) {
+        let frame = stamped(&encode_truncation(7, 3, 1234), SEQ);
+        match decode(&frame, SEQ) {
             Decoded::Record(rec, used) => {
                 assert_eq!(used, frame.len());
                 assert_eq!((rec.topic_id, rec.partition), (7, 3));
@@ -216,33 +226,67 @@ mod tests {
     }
 
     #[test]
-    fn a_segment_end_is_told_from_an_empty_batch_and_from_zeros() {
-        let end = encode_segment_end();
-        assert_eq!(end.len(), SEGMENT_END_BYTES);
-        assert_eq!(decode(&end), Decoded::SegmentEnd);
-        let empty = seal(frame_start(0, 0, 0));
-        assert!(matches!(decode(&empty), Decoded::Record(..)));
-        assert_eq!(decode(&Bytes::from(vec![0u8; 64])), Decoded::Invalid);
+    fn a_frame_is_a_record_only_in_the_segment_it_was_stamped_for() {
+        // A recycled segment file still holds the frames of its earlier lives.
+        let (frame, _) = encode(1, 0, &[7u8; 70], 0, 0);
+        for seq in [0, 1, 2, 1 << 40, u64::MAX] {
+            let frame = stamped(&frame, seq);
+            assert!(matches!(decode(&frame, seq), Decoded::Record(..)));
+            for other in [seq.wrapping_add(1), seq.wrapping_sub(1), seq ^ (1 << 63)] {
+                assert_eq!(
+                    decode(&frame, other),
+                    Decoded::Invalid,
+                    "{seq} read as {other}"
+                );
+            }
+        }
+        let end = encode_segment_end(SEQ);
+        assert_eq!(decode(&end, SEQ + 1), Decoded::Invalid);
+        assert_eq!(decode(&frame, SEQ), Decoded::Invalid, "never stamped");
     }
 
     #[test]
-    fn truncations_are_found_among_batches_in_order() {
+    fn a_segment_end_is_told_from_an_empty_batch_and_from_zeros() {
+        let end = encode_segment_end(SEQ);
+        assert_eq!(end.len(), SEGMENT_END_BYTES);
+        assert_eq!(decode(&end, SEQ), Decoded::SegmentEnd);
+        let empty = stamped(&seal(frame_start(0, 0, 0)), SEQ);
+        assert!(matches!(decode(&empty, SEQ), Decoded::Record(..)));
+        assert_eq!(decode(&Bytes::from(vec![0u8; 64]), SEQ), Decoded::Invalid);
+    }
+
+    #[test]
+    fn truncations_are_found_among_batches_in_order_up_to_the_first_non_record() {
         let mut wal = Vec::new();
-        wal.extend_from_slice(&encode(1, 0, &[7u8; 70], 0, 0).0);
-        wal.extend_from_slice(&encode_truncation(1, 0, 40));
-        wal.extend_from_slice(&encode(2, 3, &[7u8; 90], 5, 1).0);
-        wal.extend_from_slice(&encode_truncation(2, 3, 9));
-        let torn = encode_truncation(1, 0, 1);
+        wal.extend_from_slice(&stamped(&encode(1, 0, &[7u8; 70], 0, 0).0, SEQ));
+        wal.extend_from_slice(&stamped(&encode_truncation(1, 0, 40), SEQ));
+        wal.extend_from_slice(&stamped(&encode(2, 3, &[7u8; 90], 5, 1).0, SEQ));
+        wal.extend_from_slice(&stamped(&encode_truncation(2, 3, 9), SEQ));
+        let torn = stamped(&encode_truncation(1, 0, 1), SEQ);
+        let whole = Bytes::from(wal.clone());
         wal.extend_from_slice(&torn[..torn.len() - 1]);
-        assert_eq!(truncations(&Bytes::from(wal)), [(1, 0, 40), (2, 3, 9)]);
+        assert_eq!(truncations(&Bytes::from(wal), SEQ), [(1, 0, 40), (2, 3, 9)]);
+        // Nothing past the segment's end, nor past a damaged frame, nor of an earlier life.
+        let mut damaged_batch = stamped(&encode(1, 0, &[7u8; 70], 0, 0).0, SEQ).to_vec();
+        damaged_batch[40] ^= 1;
+        for stop in [
+            encode_segment_end(SEQ).to_vec(),
+            damaged_batch,
+            stamped(&encode(1, 0, &[7u8; 70], 0, 0).0, SEQ - 1).to_vec(),
+        ] {
+            let mut wal = whole.to_vec();
+            wal.extend_from_slice(&stop);
+            wal.extend_from_slice(&stamped(&encode_truncation(1, 0, 2), SEQ));
+            assert_eq!(truncations(&Bytes::from(wal), SEQ), [(1, 0, 40), (2, 3, 9)]);
+        }
     }
 
     #[test]
     fn every_truncation_is_incomplete_and_every_bit_flip_is_invalid() {
-        let (frame, _) = encode(1, 0, b"0123456789abcdef", 0, 0);
+        let frame = stamped(&encode(1, 0, b"0123456789abcdef", 0, 0).0, SEQ);
         for cut in 0..frame.len() {
             assert_eq!(
-                decode(&frame.slice(..cut)),
+                decode(&frame.slice(..cut), SEQ),
                 Decoded::Incomplete,
                 "cut {cut}"
             );
@@ -250,7 +294,11 @@ mod tests {
         for byte in FRAME_HEADER_BYTES..frame.len() {
             let mut raw = frame.to_vec();
             raw[byte] ^= 0x40;
-            assert_eq!(decode(&Bytes::from(raw)), Decoded::Invalid, "byte {byte}");
+            assert_eq!(
+                decode(&Bytes::from(raw), SEQ),
+                Decoded::Invalid,
+                "byte {byte}"
+            );
         }
     }
 }

@@ -28,11 +28,14 @@ pub trait WalStorage: Send + 'static {
 /// WAL segments as files `NNNNNNNNNNNNNNNNNNNN.wal` in one directory.
 ///
 /// Once the active segment is half full, a thread prepares the next one: a retired segment
-/// (`retire`) or a new file, zero-filled to its full size and fsynced, then renamed into place
-/// and its directory fsynced. Writes into it then never change the
-/// file's size or block map, so the commit path's fdatasync flushes data only (no filesystem
-/// journal commit, which would wait for every other file's metadata), and a roll writes the
-/// segment-end frame and swaps a handle instead of creating a file and fsyncing a directory.
+/// (`retire`), renamed as it is, or else a new file zero-filled to its full size and fsynced;
+/// then its directory is fsynced. Writes into it then never change the file's size or block
+/// map, so the commit path's fdatasync flushes data only (no filesystem journal commit, which
+/// would wait for every other file's metadata), and a roll writes the segment-end frame and
+/// swaps a handle instead of creating a file and fsyncing a directory. A retired file keeps
+/// its old records: they were stamped for another segment (`record::stamp`) and read as the
+/// end of this one's data, so reusing it writes nothing (zero-filling wrote as many bytes as
+/// the WAL itself; BENCHMARKS.md §9).
 pub struct FileWalStorage {
     dir: PathBuf,
     segment_bytes: u64,
@@ -43,8 +46,8 @@ pub struct FileWalStorage {
     next: Option<Receiver<io::Result<File>>>,
 }
 
-/// Zeros are written and fsynced this much at a time while a segment is prepared, so the disk
-/// never holds more than this in front of the WAL's own fdatasync.
+/// Zeros are written and fsynced this much at a time while a new segment file is prepared, so
+/// the disk never holds more than this in front of the WAL's own fdatasync.
 const ZERO_FILL_CHUNK_BYTES: usize = 1 << 20;
 
 /// Retired segments kept for reuse: overwriting a file's blocks needs no allocation, and not
@@ -126,8 +129,10 @@ impl FileWalStorage {
             .spawn(move || {
                 let started = std::time::Instant::now();
                 let prepared = prepare_segment(&dir, seq, len);
-                tracing::debug!(target: "timeline", event = "wal_prepare", seq, us = started.elapsed().as_micros() as u64);
-                let _ = tx.send(prepared);
+                if let Ok(prepared) = &prepared {
+                    tracing::debug!(target: "timeline", event = "wal_prepare", seq, zeroed_bytes = prepared.zeroed_bytes, us = started.elapsed().as_micros() as u64);
+                }
+                let _ = tx.send(prepared.map(|prepared| prepared.file));
             })?;
         self.next = Some(rx);
         Ok(())
@@ -144,12 +149,20 @@ impl Drop for FileWalStorage {
     }
 }
 
-/// Makes segment `seq` of at least `len` zero bytes, durably (file and directory entry), from
-/// a retired segment when there is one. Zeroed before it gets its name: a segment's name never
-/// shows old records. Recovery removes a trailing segment that holds no record yet, so one
-/// prepared and never used is harmless.
-fn prepare_segment(dir: &Path, seq: u64, len: u64) -> io::Result<File> {
-    // A new file is made under a retired name too: one left half-zeroed by a crash is reused.
+/// A segment file ready to become the active one.
+struct Prepared {
+    file: File,
+    /// Zeros written to make it (none when a retired file of full size was reused).
+    zeroed_bytes: u64,
+}
+
+/// Makes segment `seq`, at least `len` bytes, durably (file and directory entry): a retired
+/// segment under its new name, or a new file. Bytes past a file's old length are zero-filled
+/// and fsynced, so every block is allocated before the WAL writes it. Recovery removes a
+/// trailing segment that holds no record of its own yet, so one prepared and never used is
+/// harmless.
+fn prepare_segment(dir: &Path, seq: u64, len: u64) -> io::Result<Prepared> {
+    // A new file is made under a retired name: one left half-made by a crash is reused.
     let source = list_retired(dir)?
         .pop()
         .unwrap_or_else(|| dir.join(format!("{seq:020}{RETIRED_SUFFIX}")));
@@ -158,19 +171,24 @@ fn prepare_segment(dir: &Path, seq: u64, len: u64) -> io::Result<File> {
         .truncate(false)
         .write(true)
         .open(&source)?;
-    let len = len.max(file.metadata()?.len());
-    let zeros = vec![0u8; ZERO_FILL_CHUNK_BYTES];
-    let mut pos = 0;
+    let old_len = file.metadata()?.len();
+    let zeros = vec![0u8; ZERO_FILL_CHUNK_BYTES.min(len.saturating_sub(old_len) as usize)];
+    let mut pos = old_len;
     while pos < len {
         let chunk = (len - pos).min(ZERO_FILL_CHUNK_BYTES as u64);
         file.write_all_at(&zeros[..chunk as usize], pos)?;
         file.sync_data()?;
         pos += chunk;
     }
-    file.sync_all()?;
+    if old_len < len {
+        file.sync_all()?;
+    }
     fs::rename(&source, segment_path(dir, seq))?;
     sync_dir(dir)?;
-    Ok(file)
+    Ok(Prepared {
+        file,
+        zeroed_bytes: len.saturating_sub(old_len),
+    })
 }
 
 impl WalStorage for FileWalStorage {
@@ -196,7 +214,7 @@ impl WalStorage for FileWalStorage {
     }
 
     fn roll(&mut self) -> io::Result<u64> {
-        self.append(&record::encode_segment_end())?;
+        self.append(&record::encode_segment_end(self.active_seq))?;
         self.active.sync_data()?;
         if self.next.is_none() {
             self.start_preparing()?;
@@ -230,14 +248,14 @@ mod tests {
     }
 
     #[test]
-    fn rolls_into_zeroed_segments_and_reuses_retired_ones() {
+    fn rolls_into_zeroed_new_segments_and_reuses_retired_ones_as_they_are() {
         let dir = tempfile::tempdir().unwrap();
         let dir = dir.path();
         let mut storage = FileWalStorage::create(dir, 1, SEGMENT_BYTES).unwrap();
         fill(&mut storage, 0xaa);
         assert_eq!(storage.roll().unwrap(), 2);
         let closed = fs::read(segment_path(dir, 1)).unwrap();
-        assert!(closed.ends_with(&record::encode_segment_end()));
+        assert!(closed.ends_with(&record::encode_segment_end(1)));
         let fresh = fs::read(segment_path(dir, 2)).unwrap();
         assert_eq!(fresh.len() as u64, SEGMENT_BYTES);
         assert!(fresh.iter().all(|&b| b == 0));
@@ -249,11 +267,39 @@ mod tests {
         assert_eq!(retired(dir), 0, "segment 1's file became segment 3");
         assert!(!segment_path(dir, 1).exists());
         let reused = fs::read(segment_path(dir, 3)).unwrap();
-        assert!(reused.len() as u64 >= SEGMENT_BYTES);
-        assert!(reused.iter().all(|&b| b == 0), "no old record shows");
+        // Segment 1 was the file the storage started on, shorter than a segment: its old
+        // bytes are kept, and it is zero-filled past them.
+        assert_eq!(reused.len() as u64, SEGMENT_BYTES);
+        assert!(
+            reused.starts_with(&closed),
+            "old bytes kept: nothing written"
+        );
+        assert!(reused[closed.len()..].iter().all(|&b| b == 0));
+        let end = record::encode_segment_end(1);
+        let end_at = closed.len() - end.len();
+        assert_eq!(
+            record::decode(&bytes::Bytes::from(reused).slice(end_at..), 3),
+            record::Decoded::Invalid,
+            "segment 1's frames are not segment 3's"
+        );
+
+        // A short retired file (a tail cut by recovery) is zero-filled to full size.
+        let short = dir.join(format!("{:020}{RETIRED_SUFFIX}", 2));
+        fs::rename(segment_path(dir, 2), &short).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&short)
+            .unwrap()
+            .set_len(100)
+            .unwrap();
+        fill(&mut storage, 0xcc);
+        assert_eq!(storage.roll().unwrap(), 4);
+        let grown = fs::read(segment_path(dir, 4)).unwrap();
+        assert_eq!(grown.len() as u64, SEGMENT_BYTES);
+        assert!(grown[100..].iter().all(|&b| b == 0));
 
         // Only a few are kept; the rest are deleted.
-        for seq in 2..=3 {
+        for seq in 3..=4 {
             fill(&mut storage, 0xcc);
             storage.roll().unwrap();
             retire(dir, seq).unwrap();
