@@ -305,14 +305,14 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes the group's frames, each stamped for the active segment (`record::stamp`).
+    /// Writes the group's frames, each stamped for the active segment (`record::SegmentStamp`).
     fn write(&mut self, group: &[WalAppend]) -> std::io::Result<()> {
         self.buf.clear();
-        let seq = self.storage.active_seq();
+        let stamp = record::SegmentStamp::of(self.storage.active_seq());
         for frame in group.iter().flat_map(|a| a.frames.iter()) {
             let start = self.buf.len();
             self.buf.extend_from_slice(frame);
-            record::stamp(&mut self.buf[start..], seq);
+            stamp.apply(&mut self.buf[start..]);
         }
         self.storage.append(&self.buf)
     }

@@ -57,7 +57,7 @@ pub struct RecoveredWal {
 const DURABLE_MARK_FILE: &str = "durable";
 
 /// `<wal dir>/format`: how the segments are written. Format 2 stamps every frame's CRC with
-/// its segment's number (`record::stamp`), so segment files are reused without zeroing. A
+/// its segment's number (`record::SegmentStamp`), so segment files are reused without zeroing. A
 /// directory written before (format 1, no file) would read as damaged data, so a broker
 /// refuses it by name instead.
 const FORMAT_FILE: &str = "format";
@@ -316,7 +316,7 @@ mod tests {
         for i in 0..count {
             let start = out.len();
             out.extend_from_slice(&record::encode(7, 0, &[1u8; 70], i as i64, 0).0);
-            record::stamp(&mut out[start..], seq);
+            record::SegmentStamp::of(seq).apply(&mut out[start..]);
         }
         out
     }
