@@ -33,9 +33,9 @@ pub trait WalStorage: Send + 'static {
 /// map, so the commit path's fdatasync flushes data only (no filesystem journal commit, which
 /// would wait for every other file's metadata), and a roll writes the segment-end frame and
 /// swaps a handle instead of creating a file and fsyncing a directory. A retired file keeps
-/// its old records: they were stamped for another segment (`record::SegmentStamp`) and read as the
-/// end of this one's data, so reusing it writes nothing (zero-filling wrote as many bytes as
-/// the WAL itself; BENCHMARKS.md §9).
+/// its old records: they were stamped for another segment (`record::SegmentStamp`) and read
+/// as the end of this one's data, so reusing it writes nothing (zero-filling wrote as many
+/// bytes as the WAL itself; BENCHMARKS.md §9).
 pub struct FileWalStorage {
     dir: PathBuf,
     segment_bytes: u64,
