@@ -172,23 +172,21 @@ fn prepare_segment(dir: &Path, seq: u64, len: u64) -> io::Result<Prepared> {
         .write(true)
         .open(&source)?;
     let old_len = file.metadata()?.len();
-    let zeros = vec![0u8; ZERO_FILL_CHUNK_BYTES.min(len.saturating_sub(old_len) as usize)];
-    let mut pos = old_len;
-    while pos < len {
-        let chunk = (len - pos).min(ZERO_FILL_CHUNK_BYTES as u64);
-        file.write_all_at(&zeros[..chunk as usize], pos)?;
-        file.sync_data()?;
-        pos += chunk;
-    }
-    if old_len < len {
+    let zeroed_bytes = len.saturating_sub(old_len);
+    if zeroed_bytes > 0 {
+        let zeros = vec![0u8; ZERO_FILL_CHUNK_BYTES.min(zeroed_bytes as usize)];
+        let mut pos = old_len;
+        while pos < len {
+            let chunk = (len - pos).min(ZERO_FILL_CHUNK_BYTES as u64);
+            file.write_all_at(&zeros[..chunk as usize], pos)?;
+            file.sync_data()?;
+            pos += chunk;
+        }
         file.sync_all()?;
     }
     fs::rename(&source, segment_path(dir, seq))?;
     sync_dir(dir)?;
-    Ok(Prepared {
-        file,
-        zeroed_bytes: len.saturating_sub(old_len),
-    })
+    Ok(Prepared { file, zeroed_bytes })
 }
 
 impl WalStorage for FileWalStorage {
