@@ -20,6 +20,7 @@ use crate::log::LogError;
 use crate::produce::ProduceHandler;
 use crate::producer_ids::ProducerIds;
 use crate::replication::fetcher::Fetcher;
+use crate::request_times::RequestTimes;
 use crate::server::RequestBudget;
 use crate::topics::{Placement, TopicRegistry};
 use crate::wal::group_commit::{GroupCommitWal, WalWriterConfig};
@@ -306,6 +307,8 @@ pub async fn start_with_storage(
     let connections_max = connections_max(config.connections_max);
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
     let writeback = tokio::spawn(write_back_logs(topics.clone(), fail_stop.clone()));
+    let times = RequestTimes::when_logged();
+    let times_report = times.clone().map(|times| tokio::spawn(times.report()));
     let task = tokio::spawn(async move {
         let _lock = lock_file;
         let mut connections = JoinSet::new();
@@ -324,7 +327,7 @@ pub async fn start_with_storage(
                             accept_failing = false;
                             tracing::info!("accepting connections again");
                         }
-                        connections.spawn(crate::server::serve_connection(stream, ctx.clone(), budget.clone()));
+                        connections.spawn(crate::server::serve_connection(stream, ctx.clone(), budget.clone(), times.clone()));
                     }
                     Err(err) => {
                         // Out of file descriptors, typically: accepting again at once would spin.
@@ -367,6 +370,7 @@ pub async fn start_with_storage(
         connections.shutdown().await;
         replication.shutdown().await;
         writeback.abort();
+        times_report.iter().for_each(JoinHandle::abort);
         // After a fail-stop nothing more is written: recovery starts from what is durable.
         if !fail_stop.stopped() {
             let _ = tokio::task::spawn_blocking(move || flusher.final_flush()).await;

@@ -2,6 +2,7 @@
 //!
 //! Map of the modules, in the order a produce request meets them:
 //! - `server`: listener and connection tasks (framing limits, ordered pipelined responses).
+//! - `request_times`: where a produce request's time goes in the broker (timeline log only).
 //! - `api`: the handler table (`SUPPORTED_APIS`) and one function per Kafka API.
 //! - `batch`: record batch v2 header view: CRC-32C, size limits, base-offset patching.
 //! - `produce`: `ProduceHandler` (validate, append, wait durable, `Flusher::after_produce`).
@@ -45,6 +46,7 @@ pub mod producer_ids;
 pub mod profile;
 pub mod promote;
 pub mod replication;
+pub mod request_times;
 pub mod server;
 pub mod topics;
 pub mod wal;

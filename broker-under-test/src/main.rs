@@ -5,7 +5,7 @@
 //! Exit codes: 0 clean shutdown; 2 bad arguments; 65 stored data corrupt (refused to start);
 //! 69 address or data directory unavailable; 74 storage failure (write/fsync failed).
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use chronik_broker::broker::EXIT_STORAGE_FAILED;
@@ -21,9 +21,12 @@ fn main() -> ExitCode {
     let args = BrokerArgs::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: a log written to a file (the harness keeps each trial's) is
+    // read by scripts and tests.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let config = match BrokerConfig::from_args(args) {
         Ok(config) => config,

@@ -10,9 +10,10 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::ApiKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
@@ -20,6 +21,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::api::{ApiContext, RequestError};
+use crate::request_times::{ConnectionTimes, Marks, RequestTimes};
 
 /// A client that started a frame must finish it within this time.
 const FRAME_BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -29,7 +31,9 @@ const BODY_READ_CHUNK_BYTES: usize = 16 << 10;
 /// A response that cannot be written within this time closes the connection.
 const RESPONSE_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
-type Pending = JoinHandle<Result<Option<Bytes>, RequestError>>;
+/// A request's response and, when the request is timed, when it passed each point before the
+/// connection's writer took it.
+type Pending = JoinHandle<(Result<Option<Bytes>, RequestError>, Option<Marks>)>;
 
 /// Request bytes held in memory across every connection (Kafka's `queued.max.request.bytes`).
 #[derive(Clone)]
@@ -79,16 +83,24 @@ async fn read_body(
     Ok((body.freeze(), held.expect("a frame has at least one byte")))
 }
 
-/// Serves one client connection until it closes, misbehaves or stays idle too long.
-pub async fn serve_connection(stream: TcpStream, ctx: Arc<ApiContext>, budget: RequestBudget) {
+/// Serves one client connection until it closes, misbehaves or stays idle too long. With
+/// `times`, its produce requests are timed (see `request_times`).
+pub async fn serve_connection(
+    stream: TcpStream,
+    ctx: Arc<ApiContext>,
+    budget: RequestBudget,
+    times: Option<Arc<RequestTimes>>,
+) {
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
     let frame_bytes_max = ctx.config.frame_bytes_max;
     let (mut reader, mut writer) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Pending>(ctx.config.connection_requests_in_flight_max);
+    let timed = times.is_some();
     let write_loop = tokio::spawn(async move {
+        let mut times = times.map(ConnectionTimes::new);
         while let Some(pending) = rx.recv().await {
-            let outcome = match pending.await {
+            let (outcome, marks) = match pending.await {
                 Ok(outcome) => outcome,
                 Err(join_err) if join_err.is_cancelled() => return, // the client went away
                 Err(join_err) => {
@@ -96,6 +108,7 @@ pub async fn serve_connection(stream: TcpStream, ctx: Arc<ApiContext>, budget: R
                     return;
                 }
             };
+            let dequeued = marks.map(|_| Instant::now());
             match outcome {
                 Ok(Some(frame)) => {
                     let write =
@@ -103,6 +116,11 @@ pub async fn serve_connection(stream: TcpStream, ctx: Arc<ApiContext>, budget: R
                             .await;
                     if !matches!(write, Ok(Ok(()))) {
                         return;
+                    }
+                    if let (Some(times), Some(marks), Some(dequeued)) =
+                        (times.as_mut(), marks, dequeued)
+                    {
+                        times.record(marks, dequeued, Instant::now());
                     }
                 }
                 Ok(None) => {}
@@ -143,12 +161,26 @@ pub async fn serve_connection(stream: TcpStream, ctx: Arc<ApiContext>, budget: R
             client_gone = true;
             break;
         };
+        let read_at = timed.then(Instant::now);
         let started = ctx.start(body).await;
         let failed = started.is_err();
+        // Only produce requests are timed: a fetch's long poll is not a delay.
+        let read_and_started = read_at
+            .filter(|_| matches!(&started, Ok(s) if s.api() == ApiKey::Produce))
+            .map(|read_at| (read_at, Instant::now()));
         let ctx = ctx.clone();
         let handle = tokio::spawn(async move {
             let _held = held; // the request's bytes count until it has finished
-            started?.finish(&ctx).await
+            let outcome = match started {
+                Ok(started) => started.finish(&ctx).await,
+                Err(err) => Err(err),
+            };
+            let marks = read_and_started.map(|(read, started)| Marks {
+                read,
+                started,
+                finished: Instant::now(),
+            });
+            (outcome, marks)
         });
         in_flight.retain(|h| !h.is_finished());
         in_flight.push_back(handle.abort_handle());

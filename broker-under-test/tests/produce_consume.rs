@@ -54,6 +54,56 @@ fn every_acks_setting_stores_every_message_in_order() {
 
 /// librdkafka pipelines many produce requests on one connection; the broker must give them
 /// offsets in the order they were sent, as Kafka does. Tiny batches make many requests.
+/// With the `timeline` log target on, the broker writes where its produce requests' time went
+/// (`request_times`); the stages of a window never exceed its total.
+#[test]
+fn produce_request_times_reach_the_timeline_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("broker.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let data = dir.path().join("data");
+    let broker = Broker::start_logging_to(&data, &["--log-level=warn,timeline=debug"], log);
+    let topic = "timed";
+    let p = producer(&broker.bootstrap(), &[("acks", "1")]);
+    produce_all(&p, topic, Some(0), &values(topic, 200));
+    // A connection adds its times to the broker's window once a second while it is busy, and
+    // when it closes.
+    drop(p);
+    let deadline = Instant::now() + CLIENT_TIMEOUT;
+    let line = loop {
+        let text = std::fs::read_to_string(&log_path).unwrap();
+        if let Some(line) = text.lines().find(|l| l.contains("event=\"produce_times\"")) {
+            break line.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no produce_times event in the log"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let field = |name: &str| -> u64 {
+        let start = line
+            .find(&format!(" {name}="))
+            .unwrap_or_else(|| panic!("{name} in {line}"));
+        let value = &line[start + name.len() + 2..];
+        let end = value.find(' ').unwrap_or(value.len());
+        value[..end]
+            .trim_end_matches(|c: char| !c.is_ascii_digit())
+            .parse()
+            .unwrap()
+    };
+    assert!(field("requests") >= 1);
+    let total = field("total_max_us");
+    for stage in [
+        "local_max_us",
+        "remote_max_us",
+        "queue_max_us",
+        "send_max_us",
+    ] {
+        assert!(field(stage) <= total, "{stage} above the total in {line}");
+    }
+}
+
 #[test]
 fn pipelined_requests_on_one_connection_keep_send_order() {
     let dir = tempfile::tempdir().unwrap();

@@ -222,6 +222,10 @@ enum Work {
 }
 
 impl Started {
+    pub fn api(&self) -> ApiKey {
+        self.api
+    }
+
     /// The response frame, or `None` when the request gets no response.
     pub async fn finish(self, ctx: &ApiContext) -> Result<Option<Bytes>, RequestError> {
         let response = match self.work {

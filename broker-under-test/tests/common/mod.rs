@@ -47,7 +47,12 @@ fn command(limits: &[&str]) -> Command {
     command
 }
 
-fn spawn(data_dir: &Path, args: &[String], limits: &[&str]) -> std::io::Result<Child> {
+fn spawn(
+    data_dir: &Path,
+    args: &[String],
+    limits: &[&str],
+    stderr: Stdio,
+) -> std::io::Result<Child> {
     let mut command = command(limits);
     // A cluster member listens on its address in the cluster file.
     if !args.iter().any(|a| a.starts_with("--cluster")) {
@@ -61,7 +66,7 @@ fn spawn(data_dir: &Path, args: &[String], limits: &[&str]) -> std::io::Result<C
             std::env::var("CHRONIK_TEST_BROKER_LOG").unwrap_or("warn".into()),
         )
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .process_group(0)
         .spawn()
 }
@@ -98,8 +103,18 @@ impl Broker {
 
     /// Starts the broker with resource limits (`prlimit` options); a restart drops them.
     pub fn start_limited(data_dir: &Path, args: &[&str], limits: &[&str]) -> Self {
+        Self::start_with(data_dir, args, limits, Stdio::inherit())
+    }
+
+    /// Starts the broker with its log (stderr) written to `log`; a restart logs to the test's
+    /// stderr again.
+    pub fn start_logging_to(data_dir: &Path, args: &[&str], log: std::fs::File) -> Self {
+        Self::start_with(data_dir, args, &[], Stdio::from(log))
+    }
+
+    fn start_with(data_dir: &Path, args: &[&str], limits: &[&str], stderr: Stdio) -> Self {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let mut child = spawn(data_dir, &args, limits).expect("spawn chronik-broker");
+        let mut child = spawn(data_dir, &args, limits, stderr).expect("spawn chronik-broker");
         let addr = match wait_listening(&mut child) {
             Ok(addr) => addr,
             Err(err) => {
@@ -118,7 +133,7 @@ impl Broker {
 
     /// Starts the broker expecting it to refuse; returns its exit status.
     pub fn start_expecting_failure(data_dir: &Path) -> ExitStatus {
-        let mut child = spawn(data_dir, &[], &[]).expect("spawn chronik-broker");
+        let mut child = spawn(data_dir, &[], &[], Stdio::inherit()).expect("spawn chronik-broker");
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
