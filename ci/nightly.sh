@@ -2,7 +2,7 @@
 # The nightly job: build the harness and chronik-bench once, gate HEAD against the stored
 # baseline commit of each workload (both rebuilt from git and measured side by side on this
 # machine), look for change points over every night recorded so far, then write the markdown
-# report with figures. Every trial goes into results/results.sqlite (and a JSON export beside
+# report with figures and the disk's own fdatasync latency (`disk-probe`). Every trial goes into results/results.sqlite (and a JSON export beside
 # it): keep that file between nights (ci/nightly.yml keeps it on a data branch) and the report
 # in $OUT as an artifact.
 #
@@ -50,6 +50,16 @@ if [ -f "$out/gate.json" ]; then
     cat "$out/change-points.md" >> "$out/report.md"
   else
     echo "nightly: change-point search failed (see above); the report has no history section" >&2
+  fi
+  # The disk's own append + fdatasync latency, measured after the trials: a p99.9 or max
+  # limit below it is a limit on this host, not on the broker.
+  if "$harness" -q disk-probe > "$out/disk-probe.md"; then
+    {
+      printf '\n## The disk of this host, without a broker (`chronik-harness disk-probe`, after the trials)\n\nA broker that acks only after fdatasync cannot have a shorter tail than its disk.\n\n'
+      cat "$out/disk-probe.md"
+    } >> "$out/report.md"
+  else
+    echo "nightly: disk-probe failed (see above); the report has no disk section" >&2
   fi
   if [ -n "${GITHUB_STEP_SUMMARY:-}" ]; then
     cat "$out/report.md" >> "$GITHUB_STEP_SUMMARY"

@@ -30,6 +30,7 @@ pub mod commands;
 pub mod compare;
 pub mod dashboard;
 pub mod decision;
+pub mod disk_probe;
 pub mod error;
 pub mod fixtures;
 pub mod git;

@@ -301,6 +301,26 @@ enum Cmd {
     },
     /// List the workload files.
     Workloads,
+    /// The disk's own append + fdatasync latency with no broker, alone and then beside a
+    /// background writer: the floor under any broker's tail on this host (defaults: about the
+    /// seed workload's WAL commits and segment write-back).
+    DiskProbe {
+        /// A directory on the disk to probe (default: the work dir, where trials keep their
+        /// broker's data).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Length of each phase.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        #[arg(long, default_value_t = 2000)]
+        syncs_per_second: u32,
+        #[arg(long, default_value_t = 16384)]
+        append_bytes: usize,
+        /// The second phase's background writer, fdatasynced after every MiB (0: no second
+        /// phase).
+        #[arg(long, default_value_t = 60)]
+        background_mib_per_second: u32,
+    },
     /// Load JSON trial files (exports, or results from before the database) into the results
     /// database. Trials already there are left as they are.
     Import {
@@ -465,6 +485,50 @@ fn run(cli: Cli) -> Result<u8, HarnessError> {
                 println!("{name}: {points} point(s) in {}", path.display());
             }
             println!("dashboard written to {}", written.index.display());
+            Ok(0)
+        }
+        Cmd::DiskProbe {
+            dir,
+            duration,
+            syncs_per_second,
+            append_bytes,
+            background_mib_per_second,
+        } => {
+            use chronik_harness::disk_probe::{self, ProbeSettings, PHASE_MAX};
+            if *duration > PHASE_MAX || duration.is_zero() || *syncs_per_second == 0 {
+                return Err(HarnessError::Usage(format!(
+                    "--duration must be above 0 and at most {PHASE_MAX:?}, --syncs-per-second above 0"
+                )));
+            }
+            let dir = dir.clone().unwrap_or_else(|| c.work_dir.clone());
+            std::fs::create_dir_all(&dir).map_err(|e| HarnessError::io(&dir, e))?;
+            let phases = [0, *background_mib_per_second]
+                .into_iter()
+                .enumerate()
+                .filter(|&(i, rate)| i == 0 || rate > 0)
+                .map(|(_, rate)| ProbeSettings {
+                    duration: *duration,
+                    syncs_per_second: *syncs_per_second,
+                    append_bytes: *append_bytes,
+                    background_mib_per_second: rate,
+                });
+            let mut results = Vec::new();
+            for settings in phases {
+                if !c.quiet {
+                    eprintln!(
+                        "probing {} for {duration:?}: {} B appends + fdatasync, {}/s, beside {} MiB/s of background writes",
+                        dir.display(),
+                        settings.append_bytes,
+                        settings.syncs_per_second,
+                        settings.background_mib_per_second
+                    );
+                }
+                results.push(
+                    disk_probe::run_phase(&dir, &settings)
+                        .map_err(|e| HarnessError::io(&dir, e))?,
+                );
+            }
+            println!("{}", disk_probe::table(&results));
             Ok(0)
         }
         Cmd::Workloads => {
