@@ -143,6 +143,11 @@ impl RunningBroker {
 /// the disk's queue in front of the WAL's fdatasync (measured in BENCHMARKS.md §9).
 const LOG_WRITEBACK_INTERVAL: Duration = Duration::from_millis(20);
 const LOG_WRITEBACK_BYTES_MIN: u64 = 1 << 20;
+/// After a write-back step, a partition's segment data leaves the page cache but for this many
+/// of its newest bytes, which consumers reading the tail still find in memory. On this host a
+/// page cache grown by a few GiB made every fdatasync slower, the WAL's with them, for the rest
+/// of the run (BENCHMARKS.md §9, session 13). PostgreSQL drops its closed WAL files the same way.
+const LOG_CACHE_KEPT_BYTES: u64 = 8 << 20;
 
 /// Runs until aborted: `Partition::write_back` of every partition, every
 /// `LOG_WRITEBACK_INTERVAL`. A failed fdatasync is fail-stop, as everywhere.
@@ -154,7 +159,7 @@ async fn write_back_logs(topics: Arc<TopicRegistry>, fail_stop: FailStop) {
         let topics = topics.clone();
         let result = tokio::task::spawn_blocking(move || {
             for partition in topics.all_partitions() {
-                partition.write_back(LOG_WRITEBACK_BYTES_MIN)?;
+                partition.write_back(LOG_WRITEBACK_BYTES_MIN, LOG_CACHE_KEPT_BYTES)?;
             }
             Ok::<_, std::io::Error>(())
         })

@@ -633,17 +633,22 @@ impl Partition {
     }
 
     /// Starts moving segment data to disk once `min_bytes` were written since the last call
-    /// (`PartitionLog::take_writeback`). Nothing is recorded: `sync_log` still decides what
-    /// the WAL may drop, and finds less to do.
-    pub fn write_back(&self, min_bytes: u64) -> io::Result<()> {
-        let Some(files) = lock(&self.state).log.take_writeback(min_bytes) else {
+    /// (`PartitionLog::take_writeback`), then lets the page cache drop what is on disk but the
+    /// newest `cache_kept_bytes`. Nothing is recorded: `sync_log` still decides what the WAL
+    /// may drop, and finds less to do.
+    pub fn write_back(&self, min_bytes: u64, cache_kept_bytes: u64) -> io::Result<()> {
+        let Some(files) = lock(&self.state)
+            .log
+            .take_writeback(min_bytes, cache_kept_bytes)
+        else {
             return Ok(());
         };
         let started = Instant::now();
-        for file in files {
+        for (file, cached_from) in files {
             // A failure is returned, never retried (the caller fail-stops): after a failed
             // fsync the kernel may have marked the pages clean.
             file.sync_data()?;
+            drop_from_page_cache(&file, cached_from);
         }
         tracing::debug!(target: "timeline", event = "writeback", us = started.elapsed().as_micros() as u64);
         Ok(())
@@ -820,5 +825,19 @@ impl DurableLog for Partition {
 
     fn synced_end(&self) -> i64 {
         self.synced_end.load(Ordering::Acquire)
+    }
+}
+
+/// Advises the kernel to drop `file`'s cached pages below `end` (`None`: all of them). Only
+/// clean pages go; it is advice, so a refusal changes nothing but the cache and is not an
+/// error.
+fn drop_from_page_cache(file: &std::fs::File, end: Option<u64>) {
+    let len = match end {
+        Some(0) => return,
+        Some(end) => std::num::NonZeroU64::new(end),
+        None => None,
+    };
+    if let Err(err) = rustix::fs::fadvise(file, 0, len, rustix::fs::Advice::DontNeed) {
+        tracing::debug!("page cache advice refused: {err}");
     }
 }

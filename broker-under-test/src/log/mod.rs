@@ -332,14 +332,28 @@ impl PartitionLog {
     /// The files written since the last call once at least `min_bytes` were appended: the
     /// caller fdatasyncs them outside the partition lock so that segment data reaches the disk
     /// a little at a time, not all at once at the checkpoint's fsync, where the burst would
-    /// sit in the disk's queue in front of the WAL's fdatasync.
-    pub fn take_writeback(&mut self, min_bytes: u64) -> Option<Vec<Arc<File>>> {
+    /// sit in the disk's queue in front of the WAL's fdatasync. With each file, the end of
+    /// what may then leave the page cache (`None`: all of it): closed segments whole, the
+    /// active one but for its newest `cache_kept_bytes`.
+    pub fn take_writeback(
+        &mut self,
+        min_bytes: u64,
+        cache_kept_bytes: u64,
+    ) -> Option<Vec<(Arc<File>, Option<u64>)>> {
         if self.unwritten_bytes < min_bytes {
             return None;
         }
         self.unwritten_bytes = 0;
-        let mut files = self.closed_unsynced.clone();
-        files.push(self.active().file());
+        let mut files: Vec<_> = self
+            .closed_unsynced
+            .iter()
+            .map(|f| (f.clone(), None))
+            .collect();
+        let active = self.active();
+        files.push((
+            active.file(),
+            Some(active.size.saturating_sub(cache_kept_bytes)),
+        ));
         Some(files)
     }
 
