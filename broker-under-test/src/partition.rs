@@ -644,11 +644,11 @@ impl Partition {
             return Ok(());
         };
         let started = Instant::now();
-        for (file, cached_from) in files {
+        for (file, uncached_end) in files {
             // A failure is returned, never retried (the caller fail-stops): after a failed
             // fsync the kernel may have marked the pages clean.
             file.sync_data()?;
-            drop_from_page_cache(&file, cached_from);
+            drop_from_page_cache(&file, uncached_end);
         }
         tracing::debug!(target: "timeline", event = "writeback", us = started.elapsed().as_micros() as u64);
         Ok(())

@@ -502,11 +502,11 @@ fn run(cli: Cli) -> Result<u8, HarnessError> {
             }
             let dir = dir.clone().unwrap_or_else(|| c.work_dir.clone());
             std::fs::create_dir_all(&dir).map_err(|e| HarnessError::io(&dir, e))?;
-            let phases = [0, *background_mib_per_second]
-                .into_iter()
-                .enumerate()
-                .filter(|&(i, rate)| i == 0 || rate > 0)
-                .map(|(_, rate)| ProbeSettings {
+            // Alone first, then beside the background writer unless it is off.
+            let background = (*background_mib_per_second > 0).then_some(*background_mib_per_second);
+            let phases = std::iter::once(0)
+                .chain(background)
+                .map(|rate| ProbeSettings {
                     duration: *duration,
                     syncs_per_second: *syncs_per_second,
                     append_bytes: *append_bytes,
