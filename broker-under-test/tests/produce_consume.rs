@@ -57,31 +57,36 @@ fn every_acks_setting_stores_every_message_in_order() {
 /// With the `timeline` log target on, the broker writes where its produce requests' time went
 /// (`request_times`); the stages of a window never exceed its total.
 #[test]
-fn produce_request_times_reach_the_timeline_log() {
+fn produce_and_wal_commit_times_reach_the_timeline_log() {
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("broker.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let data = dir.path().join("data");
     let broker = Broker::start_logging_to(&data, &["--log-level=warn,timeline=debug"], log);
+    let started = Instant::now();
     let topic = "timed";
     let p = producer(&broker.bootstrap(), &[("acks", "1")]);
     produce_all(&p, topic, Some(0), &values(topic, 200));
+    // The WAL writer sums up its commits at its first commit a second after the last summary
+    // (or its start).
+    std::thread::sleep(Duration::from_secs(1).saturating_sub(started.elapsed()));
+    produce_all(&p, topic, Some(0), &values(topic, 10));
     // A connection adds its times to the broker's window once a second while it is busy, and
     // when it closes.
     drop(p);
-    let deadline = Instant::now() + CLIENT_TIMEOUT;
-    let line = loop {
-        let text = std::fs::read_to_string(&log_path).unwrap();
-        if let Some(line) = text.lines().find(|l| l.contains("event=\"produce_times\"")) {
-            break line.to_owned();
+    let line_of = |event: &str| {
+        let deadline = Instant::now() + CLIENT_TIMEOUT;
+        loop {
+            let text = std::fs::read_to_string(&log_path).unwrap();
+            let tag = format!("event=\"{event}\"");
+            if let Some(line) = text.lines().find(|l| l.contains(&tag)) {
+                break line.to_owned();
+            }
+            assert!(Instant::now() < deadline, "no {event} event in the log");
+            std::thread::sleep(Duration::from_millis(100));
         }
-        assert!(
-            Instant::now() < deadline,
-            "no produce_times event in the log"
-        );
-        std::thread::sleep(Duration::from_millis(100));
     };
-    let field = |name: &str| -> u64 {
+    let field = |line: &str, name: &str| -> u64 {
         let start = line
             .find(&format!(" {name}="))
             .unwrap_or_else(|| panic!("{name} in {line}"));
@@ -92,16 +97,29 @@ fn produce_request_times_reach_the_timeline_log() {
             .parse()
             .unwrap()
     };
-    assert!(field("requests") >= 1);
-    let total = field("total_max_us");
+    let produce = line_of("produce_times");
+    assert!(field(&produce, "requests") >= 1);
+    let total = field(&produce, "total_max_us");
     for stage in [
         "local_max_us",
         "remote_max_us",
         "queue_max_us",
         "send_max_us",
     ] {
-        assert!(field(stage) <= total, "{stage} above the total in {line}");
+        assert!(
+            field(&produce, stage) <= total,
+            "{stage} above the total in {produce}"
+        );
     }
+    let wal = line_of("wal_times");
+    assert!(field(&wal, "window_ms") >= 1_000, "{wal}");
+    let commits = field(&wal, "commits");
+    assert!(commits >= 1 && field(&wal, "appends") >= commits, "{wal}");
+    assert!(field(&wal, "bytes") > 0, "{wal}");
+    assert!(
+        field(&wal, "sync_p50_us") <= field(&wal, "sync_max_us"),
+        "{wal}"
+    );
 }
 
 #[test]

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use thiserror::Error;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
+use super::commit_times::CommitTimes;
 use super::record;
 use super::storage::WalStorage;
 use crate::fail_stop::FailStop;
@@ -149,6 +150,7 @@ impl GroupCommitWal {
             shared: shared.clone(),
             coverage: HashMap::new(),
             buf: Vec::new(),
+            commit_times: CommitTimes::when_logged(),
         };
         let writer = std::thread::Builder::new()
             .name("wal-writer".into())
@@ -212,6 +214,8 @@ struct Writer {
     /// Per log (`log_key`), the end offset written into the active segment.
     coverage: HashMap<usize, (Weak<dyn DurableLog>, i64)>,
     buf: Vec<u8>,
+    /// Per-second commit summaries, when the `timeline` target is on.
+    commit_times: Option<CommitTimes>,
 }
 
 impl Writer {
@@ -277,26 +281,33 @@ impl Writer {
 
     fn commit(&mut self, group: &[WalAppend]) -> std::io::Result<()> {
         match self.config.fsync {
-            FsyncPolicy::PerAppend => {
-                for append in group {
-                    self.write(std::slice::from_ref(append))?;
-                    self.sync()?;
-                }
-                Ok(())
-            }
-            FsyncPolicy::Group => {
-                let started = Instant::now();
-                self.write(group)?;
-                let written = started.elapsed();
-                self.sync()?;
-                let synced = started.elapsed();
-                if synced >= SLOW_COMMIT_LOGGED {
-                    tracing::debug!(target: "timeline", event = "wal_commit", appends = group.len(), bytes = self.buf.len(), write_us = written.as_micros() as u64, total_us = synced.as_micros() as u64);
-                }
-                Ok(())
-            }
+            FsyncPolicy::PerAppend => group
+                .iter()
+                .try_for_each(|append| self.write_durably(std::slice::from_ref(append))),
+            FsyncPolicy::Group => self.write_durably(group),
             FsyncPolicy::Never => self.write(group),
         }
+    }
+
+    /// One write and one fdatasync, timed for the `timeline` target.
+    fn write_durably(&mut self, appends: &[WalAppend]) -> std::io::Result<()> {
+        let started = Instant::now();
+        self.write(appends)?;
+        let written = Instant::now();
+        self.sync()?;
+        let synced = Instant::now();
+        let total = synced - started;
+        if total >= SLOW_COMMIT_LOGGED {
+            tracing::debug!(target: "timeline", event = "wal_commit", appends = appends.len(), bytes = self.buf.len(), write_us = (written - started).as_micros() as u64, total_us = total.as_micros() as u64);
+        }
+        if let Some(times) = &mut self.commit_times {
+            if let Some(summary) =
+                times.record(appends.len(), self.buf.len(), synced - written, synced)
+            {
+                summary.log();
+            }
+        }
+        Ok(())
     }
 
     fn sync(&mut self) -> std::io::Result<()> {

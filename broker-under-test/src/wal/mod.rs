@@ -1,7 +1,9 @@
 //! The write-ahead log: framing (`record`), storage (`storage`), the group-commit writer
-//! (`group_commit`), and here recovery on start and the WAL's part of a checkpoint (its
-//! durable mark, retiring segments every log has synced past; the rest is `flush`).
+//! (`group_commit`) and its per-second commit times (`commit_times`), and here recovery on
+//! start and the WAL's part of a checkpoint (its durable mark, retiring segments every log has
+//! synced past; the rest is `flush`).
 
+mod commit_times;
 pub mod group_commit;
 pub mod record;
 pub mod storage;
