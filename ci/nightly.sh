@@ -51,11 +51,12 @@ if [ -f "$out/gate.json" ]; then
   else
     echo "nightly: change-point search failed (see above); the report has no history section" >&2
   fi
-  # The disk's own append + fdatasync latency, measured after the trials: a p99.9 or max
-  # limit below it is a limit on this host, not on the broker.
+  # The disk's own append + fdatasync latency and closed-loop rate, measured after the trials:
+  # a p99.9 or max limit below it, or a flatness limit tighter than its own, is a limit on
+  # this host, not on the broker.
   if "$harness" -q disk-probe > "$out/disk-probe.md"; then
     {
-      printf '\n## The disk of this host, without a broker (`chronik-harness disk-probe`, after the trials)\n\nA broker that acks only after fdatasync cannot have a shorter tail than its disk.\n\n'
+      printf '\n## The disk of this host, without a broker (`chronik-harness disk-probe`, after the trials)\n\nA broker that acks only after fdatasync cannot have a shorter tail than its disk, nor a closed-loop rate flatter than the disk'"'"'s own (last row: its rate in the last third of the window against the first).\n\n'
       cat "$out/disk-probe.md"
     } >> "$out/report.md"
   else

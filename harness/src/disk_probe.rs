@@ -4,6 +4,10 @@
 //! shorter tail than its disk, so a latency limit below the probe's figures is a limit on the
 //! machine, not on the broker; the probe says which one a missed limit is.
 //!
+//! A closed-loop phase (each append right after the last one's fdatasync) gives the same floor
+//! for flatness: a closed-loop producer's rate follows its commit time, so if the disk's own
+//! rate differs between a window's first and last third, a broker's cannot be flatter.
+//!
 //! Like fio's `--fdatasync=1` job, but paced at a broker's commit rate and with the numbers a
 //! latency limit is written in (p99, p99.9, max over a workload's window).
 
@@ -34,7 +38,8 @@ const LATENCY_RECORDED_MAX_US: u64 = 60_000_000;
 #[derive(Clone, Debug)]
 pub struct ProbeSettings {
     pub duration: Duration,
-    pub syncs_per_second: u32,
+    /// None: a closed loop, each append right after the last one's fdatasync.
+    pub syncs_per_second: Option<u32>,
     pub append_bytes: usize,
     /// 0: no background writer.
     pub background_mib_per_second: u32,
@@ -48,6 +53,9 @@ pub struct PhaseResult {
     /// over a workload's window.
     pub p99_first_third_us: u64,
     pub p99_last_third_us: u64,
+    /// Appends started in the first and in the last third: a closed loop's rate in each.
+    pub appends_first_third: u64,
+    pub appends_last_third: u64,
     pub background_written_bytes: u64,
 }
 
@@ -74,18 +82,20 @@ pub fn run_phase(dir: &Path, settings: &ProbeSettings) -> std::io::Result<PhaseR
             let rate = settings.background_mib_per_second;
             scope.spawn(move || write_in_background(dir, rate, stop))
         });
-        let appends = paced_appends(&file, settings);
+        let appends = timed_appends(&file, settings);
         stop.store(true, Ordering::Relaxed);
         let background_written_bytes = match background {
             Some(handle) => handle.join().expect("the background writer panicked")?,
             None => 0,
         };
-        let (latencies_us, p99_first_third_us, p99_last_third_us) = appends?;
+        let Thirds { all, first, last } = appends?;
         Ok(PhaseResult {
             settings: settings.clone(),
-            latencies_us,
-            p99_first_third_us,
-            p99_last_third_us,
+            latencies_us: all,
+            p99_first_third_us: first.value_at_quantile(0.99),
+            p99_last_third_us: last.value_at_quantile(0.99),
+            appends_first_third: first.len(),
+            appends_last_third: last.len(),
             background_written_bytes,
         })
     })
@@ -100,14 +110,20 @@ fn preallocate(file: &File) -> std::io::Result<()> {
     file.sync_all()
 }
 
-/// Appends at the settings' pace (a late append does not make the next one early) and returns
-/// the histogram of the whole phase and the p99 of its first and last thirds.
-fn paced_appends(
-    file: &File,
-    settings: &ProbeSettings,
-) -> std::io::Result<(Histogram<u64>, u64, u64)> {
+/// Latencies of a whole phase and of its first and last thirds (by when an append started).
+struct Thirds {
+    all: Histogram<u64>,
+    first: Histogram<u64>,
+    last: Histogram<u64>,
+}
+
+/// Appends at the settings' pace (a late append does not make the next one early), or in a
+/// closed loop.
+fn timed_appends(file: &File, settings: &ProbeSettings) -> std::io::Result<Thirds> {
     let data: Vec<u8> = (0..settings.append_bytes).map(|i| i as u8).collect();
-    let interval = Duration::from_secs(1) / settings.syncs_per_second.max(1);
+    let interval = settings
+        .syncs_per_second
+        .map_or(Duration::ZERO, |rate| Duration::from_secs(1) / rate.max(1));
     let third = settings.duration / 3;
     let (mut all, mut first, mut last) = (histogram(), histogram(), histogram());
     let started = Instant::now();
@@ -132,11 +148,7 @@ fn paced_appends(
         offset = (offset + data.len() as u64) % (APPEND_FILE_BYTES - data.len() as u64);
         next = (next + interval).max(after);
     }
-    Ok((
-        all,
-        first.value_at_quantile(0.99),
-        last.value_at_quantile(0.99),
-    ))
+    Ok(Thirds { all, first, last })
 }
 
 /// Appends `mib_per_second` in 1 MiB steps, each fdatasynced, until `stop`; new files as it
@@ -181,6 +193,7 @@ pub fn table(results: &[PhaseResult]) -> String {
         "max ms",
         "p99 first third ms",
         "p99 last third ms",
+        "appends, last third vs first",
     ]);
     let ms = |us: u64| format!("{:.2}", us as f64 / 1000.0);
     for r in results {
@@ -190,11 +203,19 @@ pub fn table(results: &[PhaseResult]) -> String {
             0 => "alone".to_owned(),
             rate => format!("beside {rate} MiB/s fdatasynced per MiB"),
         };
-        table.add_row(vec![
-            format!(
-                "{} B x {}/s, {}",
-                s.append_bytes, s.syncs_per_second, background
+        let pace = match s.syncs_per_second {
+            Some(rate) => format!("x {rate}/s"),
+            None => "closed loop".to_owned(),
+        };
+        let rate_change = match r.appends_first_third {
+            0 => "-".to_owned(),
+            first => format!(
+                "{:+.1}%",
+                (r.appends_last_third as f64 / first as f64 - 1.0) * 100.0
             ),
+        };
+        table.add_row(vec![
+            format!("{} B {pace}, {background}", s.append_bytes),
             h.len().to_string(),
             ms(h.value_at_quantile(0.5)),
             ms(h.value_at_quantile(0.99)),
@@ -202,6 +223,7 @@ pub fn table(results: &[PhaseResult]) -> String {
             ms(h.max()),
             ms(r.p99_first_third_us),
             ms(r.p99_last_third_us),
+            rate_change,
         ]);
     }
     table.to_string()
@@ -216,7 +238,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let settings = ProbeSettings {
             duration: Duration::from_millis(300),
-            syncs_per_second: 100,
+            syncs_per_second: Some(100),
             append_bytes: 4096,
             background_mib_per_second: 20,
         };
@@ -231,5 +253,23 @@ mod tests {
             0,
             "the probe removes its files"
         );
+    }
+
+    #[test]
+    fn a_closed_loop_phase_counts_its_thirds_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = ProbeSettings {
+            duration: Duration::from_millis(300),
+            syncs_per_second: None,
+            append_bytes: 4096,
+            background_mib_per_second: 0,
+        };
+        let result = run_phase(dir.path(), &settings).unwrap();
+        let appends = result.latencies_us.len();
+        assert!(appends >= 1);
+        assert!(result.appends_first_third + result.appends_last_third <= appends);
+        assert_eq!(result.background_written_bytes, 0);
+        let table = table(&[result]);
+        assert!(table.contains("4096 B closed loop, alone"), "{table}");
     }
 }

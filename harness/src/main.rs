@@ -301,9 +301,10 @@ enum Cmd {
     },
     /// List the workload files.
     Workloads,
-    /// The disk's own append + fdatasync latency with no broker, alone and then beside a
-    /// background writer: the floor under any broker's tail on this host (defaults: about the
-    /// seed workload's WAL commits and segment write-back).
+    /// The disk's own append + fdatasync latency with no broker, alone, then beside a
+    /// background writer, then in a closed loop: the floor under any broker's tail and
+    /// flatness on this host (defaults: about the seed workload's WAL commits and segment
+    /// write-back).
     DiskProbe {
         /// A directory on the disk to probe (default: the work dir, where trials keep their
         /// broker's data).
@@ -320,6 +321,10 @@ enum Cmd {
         /// phase).
         #[arg(long, default_value_t = 60)]
         background_mib_per_second: u32,
+        /// The last phase: appends in a closed loop, alone, whose rate in the last third
+        /// against the first is the floor under a closed-loop workload's flatness.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        closed_loop: bool,
     },
     /// Load JSON trial files (exports, or results from before the database) into the results
     /// database. Trials already there are left as they are.
@@ -493,6 +498,7 @@ fn run(cli: Cli) -> Result<u8, HarnessError> {
             syncs_per_second,
             append_bytes,
             background_mib_per_second,
+            closed_loop,
         } => {
             use chronik_harness::disk_probe::{self, ProbeSettings, PHASE_MAX};
             if *duration > PHASE_MAX || duration.is_zero() || *syncs_per_second == 0 {
@@ -502,24 +508,28 @@ fn run(cli: Cli) -> Result<u8, HarnessError> {
             }
             let dir = dir.clone().unwrap_or_else(|| c.work_dir.clone());
             std::fs::create_dir_all(&dir).map_err(|e| HarnessError::io(&dir, e))?;
-            // Alone first, then beside the background writer unless it is off.
-            let background = (*background_mib_per_second > 0).then_some(*background_mib_per_second);
-            let phases = std::iter::once(0)
-                .chain(background)
-                .map(|rate| ProbeSettings {
+            // Paced alone first, then beside the background writer, then in a closed loop alone
+            // (each unless it is off).
+            let paced = Some(*syncs_per_second);
+            let phases = std::iter::once((paced, 0))
+                .chain(
+                    (*background_mib_per_second > 0).then_some((paced, *background_mib_per_second)),
+                )
+                .chain(closed_loop.then_some((None, 0)))
+                .map(|(pace, background)| ProbeSettings {
                     duration: *duration,
-                    syncs_per_second: *syncs_per_second,
+                    syncs_per_second: pace,
                     append_bytes: *append_bytes,
-                    background_mib_per_second: rate,
+                    background_mib_per_second: background,
                 });
             let mut results = Vec::new();
             for settings in phases {
                 if !c.quiet {
                     eprintln!(
-                        "probing {} for {duration:?}: {} B appends + fdatasync, {}/s, beside {} MiB/s of background writes",
+                        "probing {} for {duration:?}: {} B appends + fdatasync, {}, beside {} MiB/s of background writes",
                         dir.display(),
                         settings.append_bytes,
-                        settings.syncs_per_second,
+                        settings.syncs_per_second.map_or("in a closed loop".to_owned(), |rate| format!("{rate}/s")),
                         settings.background_mib_per_second
                     );
                 }
