@@ -55,8 +55,57 @@ fn acked_messages_survive_kill_9_in_order_without_gaps_or_duplicates() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(KILL9_CYCLES_DEFAULT);
+    kill9_cycles(&[], cycles, |_| {}, |_| {});
+}
+
+#[test]
+fn restarts_on_files_from_the_pool_keep_every_acked_message() {
+    // Small WAL segments: every round rolls many, and checkpoints retire them into the pool.
+    // Each restart then starts its first segment on a retired file holding older records.
+    const SEGMENT_BYTES: u64 = 4096;
+    let retired_files = |data_dir: &Path| {
+        fs::read_dir(data_dir.join("wal"))
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                name.to_string_lossy().ends_with(".retired")
+            })
+            .count()
+    };
+    kill9_cycles(
+        &["--wal-segment-bytes=4096"],
+        KILL9_CYCLES_DEFAULT,
+        |data_dir| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while retired_files(data_dir) == 0 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no checkpoint retired a WAL segment"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        },
+        |data_dir| {
+            let first = wal_segments(data_dir).pop().unwrap();
+            assert_eq!(
+                fs::metadata(&first).unwrap().len(),
+                SEGMENT_BYTES,
+                "the restarted broker's first segment is a file from the pool"
+            );
+        },
+    );
+}
+
+/// Rounds of 700 acked messages, each followed by `before_kill`, kill -9, a restart and
+/// `after_restart`; then every acked message is read back once, in order, at dense offsets.
+fn kill9_cycles(
+    args: &[&str],
+    cycles: usize,
+    before_kill: impl Fn(&Path),
+    after_restart: impl Fn(&Path),
+) {
     let dir = tempfile::tempdir().unwrap();
-    let mut broker = Broker::start(dir.path(), &[]);
+    let mut broker = Broker::start(dir.path(), args);
     let mut all = Vec::new();
     for round in 0..cycles {
         let batch = values(&format!("crash{round}"), 700);
@@ -67,8 +116,10 @@ fn acked_messages_survive_kill_9_in_order_without_gaps_or_duplicates() {
             &batch,
         );
         all.extend(batch);
+        before_kill(dir.path());
         broker.kill9();
         broker.restart();
+        after_restart(dir.path());
     }
     // The end offset says no record beyond the acked ones exists; then read exactly those.
     assert_eq!(
