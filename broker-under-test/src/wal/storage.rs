@@ -216,19 +216,18 @@ fn prepare_segment(dir: &Path, seq: u64, len: u64) -> io::Result<Prepared> {
     let source = list_retired(dir)?
         .pop()
         .unwrap_or_else(|| dir.join(format!("{seq:020}{RETIRED_SUFFIX}")));
+    let (file, zeroed_bytes) = fill_and_rename(dir, &source, len, &segment_path(dir, seq))?;
+    Ok(Prepared { file, zeroed_bytes })
+}
+
+/// Opens (or creates) `source`, zero-fills it from its length up to `len` bytes, and renames
+/// it to `target`, all durably; returns the file and the zeros written.
+fn fill_and_rename(dir: &Path, source: &Path, len: u64, target: &Path) -> io::Result<(File, u64)> {
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&source)?;
-    let zeroed_bytes = zero_fill_to(&file, len)?;
-    fs::rename(&source, segment_path(dir, seq))?;
-    sync_dir(dir)?;
-    Ok(Prepared { file, zeroed_bytes })
-}
-
-/// Zero-fills `file` from its length up to `len` bytes, durably; returns the zeros written.
-fn zero_fill_to(file: &File, len: u64) -> io::Result<u64> {
+        .open(source)?;
     let old_len = file.metadata()?.len();
     let zeroed_bytes = len.saturating_sub(old_len);
     if zeroed_bytes > 0 {
@@ -242,7 +241,9 @@ fn zero_fill_to(file: &File, len: u64) -> io::Result<u64> {
         }
         file.sync_all()?;
     }
-    Ok(zeroed_bytes)
+    fs::rename(source, target)?;
+    sync_dir(dir)?;
+    Ok((file, zeroed_bytes))
 }
 
 /// Puts one zero-filled file of `len` bytes into the pool of retired segments, durably, unless
@@ -256,14 +257,7 @@ fn make_spare(dir: &Path, len: u64) -> io::Result<u64> {
             _ => Ok(0),
         };
     }
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&partial)?;
-    let zeroed_bytes = zero_fill_to(&file, len)?;
-    fs::rename(&partial, dir.join(SPARE_RETIRED_NAME))?;
-    sync_dir(dir)?;
+    let (_, zeroed_bytes) = fill_and_rename(dir, &partial, len, &dir.join(SPARE_RETIRED_NAME))?;
     Ok(zeroed_bytes)
 }
 
