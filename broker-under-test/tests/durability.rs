@@ -72,8 +72,9 @@ fn restarts_on_files_from_the_pool_keep_every_acked_message() {
             })
             .count()
     };
+    let segment_arg = format!("--wal-segment-bytes={SEGMENT_BYTES}");
     kill9_cycles(
-        &["--wal-segment-bytes=4096"],
+        &[&segment_arg],
         KILL9_CYCLES_DEFAULT,
         |data_dir| {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);

@@ -67,7 +67,8 @@ const ZERO_FILL_CHUNK_BYTES: usize = 1 << 20;
 const RETIRED_SEGMENTS_KEPT: usize = 2;
 const RETIRED_SUFFIX: &str = ".retired";
 /// A spare is zero-filled under this name, where no preparation picks it up half-made, and then
-/// renamed into the pool. One left by a crash is finished by the next spare made here.
+/// renamed into the pool. One left by a crash is finished by the next spare made here, or
+/// removed when the pool needs no spare.
 const SPARE_PARTIAL_NAME: &str = "spare.partial";
 const SPARE_RETIRED_NAME: &str = "spare.retired";
 
