@@ -14,9 +14,13 @@
 #                      stall; add produce-rf2-c128-s256-30s to gate the replicated cluster too)
 #   CHRONIK_OUT        report directory (default reports/nightly-<UTC date>)
 #   CHRONIK_METRICS    metrics searched for change points (default: throughput p99)
-# Exit code: the gate's (0 pass, 1 regression, 2 inconclusive, 3 invalid/infrastructure,
-# 4 no baseline for a workload). Change points do not change it: they are reported, and
-# `chronik-harness bisect --from-change-point` searches the newest.
+#   CHRONIK_MEASURED_TESTS  1 (default) runs the measured test tier after the report: the
+#                      regression fixtures bisected to their commits and a real build of this
+#                      repository, the checks that the detector still sees on this runner; 0
+#                      skips it
+# Exit code: the gate's (0 pass, 1 regression, 3 invalid/infrastructure, 4 no baseline for a
+# workload, 5 inconclusive, 64 usage error; the README's table). Change points do not change
+# it: they are reported, and `chronik-harness bisect --from-change-point` searches the newest.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 
@@ -66,5 +70,15 @@ if [ -f "$out/gate.json" ]; then
     cat "$out/report.md" >> "$GITHUB_STEP_SUMMARY"
   fi
   echo "report: $out/report.md"
+fi
+
+# The measured test tier (README), after the gate so its builds never overlap a measurement.
+# A failure means the harness no longer finds faults it must find here: the night is red
+# unless the gate already said something redder.
+if [ "${CHRONIK_MEASURED_TESTS:-1}" = 1 ]; then
+  if ! cargo test --release --locked --workspace -- --ignored; then
+    echo "nightly: the measured test tier failed (see above)" >&2
+    case "$gate_code" in 0 | 5) gate_code=3 ;; esac
+  fi
 fi
 exit "$gate_code"

@@ -10,11 +10,9 @@ use serde::{Deserialize, Serialize};
 use crate::build::BuildOutcome;
 use crate::commands;
 use crate::compare::{CompareSettings, Comparison, ErrorControl};
-use crate::decision::{
-    bisect_run_code, bisect_step, good_does_not_build, PairOutcome, StepVerdict, Verdict,
-    EXIT_BISECT_SKIP,
-};
+use crate::decision::{bisect_step, good_does_not_build, PairOutcome, StepVerdict, Verdict};
 use crate::error::HarnessError;
+use crate::exit::{self, EXIT_BISECT_SKIP};
 use crate::git::CommitInfo;
 use crate::session::Session;
 use crate::stats::MetricComparison;
@@ -103,7 +101,7 @@ pub fn run_step(
     match commands::compare(session, &good, &head, workload, settings, "bisect-run")? {
         PairOutcome::Compared(cmp) => {
             commands::print_comparison(workload, &good, &head, &cmp);
-            Ok(bisect_run_code(cmp.verdict))
+            Ok(exit::for_bisect_step(cmp.verdict))
         }
         PairOutcome::DoesNotBuild {
             side: Side::Head, ..

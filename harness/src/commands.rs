@@ -10,10 +10,10 @@ use serde::Serialize;
 use crate::calibration::{self, CalibratedMargins, Tuned};
 use crate::compare::{metric_count, CompareSettings, Comparison};
 use crate::decision::{
-    check_limits, does_not_build, failure_exit, gate_verdict, limits_verdict, verdict_exit_code,
-    GateResult, PairOutcome, Verdict, EXIT_INFRA, EXIT_PASS,
+    check_limits, does_not_build, gate_verdict, limits_verdict, GateResult, PairOutcome, Verdict,
 };
 use crate::error::HarnessError;
+use crate::exit::{self, EXIT_INFRA, EXIT_PASS};
 use crate::git::CommitInfo;
 use crate::instructions::TierOutcome;
 use crate::noise_bank::{NoiseBank, ReplayRow, NOISE_BANK_TRIALS_MIN};
@@ -72,7 +72,7 @@ pub fn instructions(
                 head.short(),
                 tier_table(t)
             );
-            verdict_exit_code(t.metric.verdict)
+            exit::for_verdict(t.metric.verdict)
         }
         TierOutcome::NotMeasured { .. } => EXIT_INFRA,
     };
@@ -194,7 +194,7 @@ pub fn run(
         if !checks.is_empty() {
             println!("\n{}", limits_table(&checks));
             if code == EXIT_PASS {
-                code = verdict_exit_code(limits_verdict(&checks));
+                code = exit::for_verdict(limits_verdict(&checks));
             }
         }
     }
@@ -453,7 +453,7 @@ pub fn calibrate(
                     c.throughput.ci_high_ratio,
                 ));
             }
-            Err(f) => return Ok((failure_exit(&f), empty_calibration(workload, commit))),
+            Err(f) => return Ok((exit::for_failure(&f), empty_calibration(workload, commit))),
         }
     }
     let false_alarms = results

@@ -13,19 +13,6 @@ use crate::stats::{median, median_interval, DISPLAY_COVERAGE};
 use crate::trial::{Side, TrialFailure, TrialSummary};
 use crate::workload::Workload;
 
-/// `gate` and `compare` exit codes (documented in the README).
-pub const EXIT_PASS: u8 = 0;
-pub const EXIT_REGRESSION: u8 = 1;
-pub const EXIT_INCONCLUSIVE: u8 = 2;
-pub const EXIT_INFRA: u8 = 3;
-/// `gate` found no baseline for a workload: only its absolute limits were checked, so a
-/// relative regression could not have been seen. Never a silent pass.
-pub const EXIT_NO_BASELINE: u8 = 4;
-/// `git bisect run` convention: this commit cannot be tested.
-pub const EXIT_BISECT_SKIP: u8 = 125;
-/// `git bisect run` aborts on codes >= 128: an infrastructure failure must never read as "bad".
-pub const EXIT_BISECT_ABORT: u8 = 128;
-
 /// The three states of every verdict (docs/STATISTICS.md rule 4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -48,15 +35,6 @@ impl Verdict {
     }
 }
 
-/// The exit code of `run`, `compare`, `gate` and `instructions` for a verdict.
-pub fn verdict_exit_code(verdict: Verdict) -> u8 {
-    match verdict {
-        Verdict::Pass => EXIT_PASS,
-        Verdict::Regression => EXIT_REGRESSION,
-        Verdict::Inconclusive => EXIT_INCONCLUSIVE,
-    }
-}
-
 /// What a bisect step says about its commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -73,24 +51,6 @@ pub fn bisect_step(verdict: Verdict) -> StepVerdict {
         Verdict::Regression => StepVerdict::Bad,
         Verdict::Pass => StepVerdict::Good,
         Verdict::Inconclusive => StepVerdict::Skip,
-    }
-}
-
-/// `bisect-run`'s answer to `git bisect run` for a step's verdict: good, bad, or skip.
-pub fn bisect_run_code(verdict: Verdict) -> u8 {
-    match verdict {
-        Verdict::Pass => EXIT_PASS,
-        Verdict::Regression => EXIT_REGRESSION,
-        Verdict::Inconclusive => EXIT_BISECT_SKIP,
-    }
-}
-
-/// `bisect`'s exit code: a culprit found, or no single culprit.
-pub fn bisect_exit_code(culprit_found: bool) -> u8 {
-    if culprit_found {
-        EXIT_PASS
-    } else {
-        EXIT_INCONCLUSIVE
     }
 }
 
@@ -140,20 +100,6 @@ pub fn good_does_not_build(good: &CommitInfo, log_tail: &str) -> HarnessError {
         "the good commit {} does not build:\n{log_tail}",
         good.short()
     ))
-}
-
-/// `compare`'s exit code: the verdict's, or infrastructure when a side's trial failed.
-pub fn compare_exit(result: &Result<Comparison, TrialFailure>) -> u8 {
-    match result {
-        Ok(c) => verdict_exit_code(c.verdict),
-        Err(f) => failure_exit(f),
-    }
-}
-
-/// A side whose trial failed: the reason on stderr, and the infrastructure exit code.
-pub fn failure_exit(f: &TrialFailure) -> u8 {
-    eprintln!("{:?} side failed: {:?}: {}", f.side, f.status, f.detail);
-    EXIT_INFRA
 }
 
 /// Absolute limits of a workload checked on the head's trials, three-state on the interval of
@@ -256,88 +202,32 @@ pub fn gate_verdict(
     }
 }
 
-/// `gate`'s exit code over every workload: infrastructure when a trial failed, no baseline
-/// when everything passed but a workload had none, otherwise the worst verdict's.
-pub fn gate_exit_code(results: &[GateResult]) -> u8 {
-    if results.iter().any(|r| r.failure.is_some()) {
-        return EXIT_INFRA;
-    }
-    let verdict = Verdict::worst(results.iter().map(|r| r.verdict));
-    // A regression (an absolute limit) or an inconclusive comparison says more than the
-    // missing baseline; a pass without one is not a pass.
-    if verdict == Verdict::Pass && results.iter().any(|r| r.base.is_none()) {
-        return EXIT_NO_BASELINE;
-    }
-    verdict_exit_code(verdict)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn gate(verdict: Verdict, with_base: bool, failed: bool) -> GateResult {
-        let commit = CommitInfo {
-            sha: "0123456789abcdef".into(),
-            summary: "a commit".into(),
+    /// A failed trial leaves that workload's own verdict inconclusive.
+    #[test]
+    fn a_failed_trial_is_no_pass() {
+        let failure = TrialFailure {
+            side: Side::Head,
+            status: crate::runner::TrialStatus::Crashed,
+            detail: "exited".into(),
         };
-        GateResult {
-            workload: "w".into(),
-            base: with_base.then(|| commit.clone()),
-            head: commit,
-            comparison: None,
-            limits: Vec::new(),
-            verdict,
-            failure: failed.then(|| TrialFailure {
-                side: Side::Head,
-                status: crate::runner::TrialStatus::Crashed,
-                detail: "exited".into(),
-            }),
-            note: None,
-            margins_source: None,
-        }
+        assert_eq!(
+            gate_verdict(Some(&failure), &[], None),
+            Verdict::Inconclusive
+        );
+        assert_eq!(gate_verdict(None, &[], None), Verdict::Pass);
     }
 
-    /// The gate's exit code: a failed trial beats every verdict, a regression or an
-    /// inconclusive result beats a missing baseline, and a pass without a baseline is not 0.
+    /// A bisect step reads a regression as bad, a pass as good, inconclusive as skip.
     #[test]
-    fn gate_exit_codes_rank_failure_verdict_then_missing_baseline() {
+    fn bisect_steps_follow_the_verdict() {
         use Verdict::*;
-        let code = |gates: &[GateResult]| gate_exit_code(gates);
-        assert_eq!(code(&[gate(Pass, true, false)]), EXIT_PASS);
-        assert_eq!(
-            code(&[gate(Pass, true, false), gate(Pass, false, false)]),
-            EXIT_NO_BASELINE
-        );
-        assert_eq!(
-            code(&[gate(Inconclusive, true, false), gate(Pass, false, false)]),
-            EXIT_INCONCLUSIVE
-        );
-        assert_eq!(code(&[gate(Regression, false, false)]), EXIT_REGRESSION);
-        assert_eq!(
-            code(&[
-                gate(Regression, true, false),
-                gate(Inconclusive, true, true)
-            ]),
-            EXIT_INFRA
-        );
-        // A failed trial leaves that workload's own verdict inconclusive.
-        let failure = gate(Pass, true, true).failure;
-        assert_eq!(gate_verdict(failure.as_ref(), &[], None), Inconclusive);
-        assert_eq!(gate_verdict(None, &[], None), Pass);
-    }
-
-    /// `git bisect run` reads 0 as good, 1 as bad and 125 as skip; a bisect step the same way.
-    #[test]
-    fn bisect_codes_follow_git_bisect_run() {
-        use Verdict::*;
-        assert_eq!(bisect_run_code(Pass), 0);
-        assert_eq!(bisect_run_code(Regression), 1);
-        assert_eq!(bisect_run_code(Inconclusive), 125);
         assert_eq!(bisect_step(Pass), StepVerdict::Good);
         assert_eq!(bisect_step(Regression), StepVerdict::Bad);
         assert_eq!(bisect_step(Inconclusive), StepVerdict::Skip);
-        assert_eq!(bisect_exit_code(true), 0);
-        assert_eq!(bisect_exit_code(false), EXIT_INCONCLUSIVE);
     }
 
     #[test]

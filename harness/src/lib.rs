@@ -12,7 +12,8 @@
 //!   metric over commits, with their change points; `dashboard`: the static site of them.
 //! - `stats`: paired log-ratios, exact sign-test intervals of the median against margins.
 //! - `decision`: verdicts and how they combine, a measured pair's typed outcome, absolute
-//!   limits, the gate's verdict, bisect's codes, every exit code.
+//!   limits, the gate's verdict.
+//! - `exit`: every exit code, and how verdicts and errors map to them.
 //! - `noise_bank`: same-commit trials from the store; the shipped rule replayed on them.
 //! - `calibration`: per-host margins searched on the noise bank, stored, read by `gate`.
 //! - `trial`: a valid trial's numbers (`TrialSummary`), or why a side gave none.
@@ -32,6 +33,7 @@ pub mod dashboard;
 pub mod decision;
 pub mod disk_probe;
 pub mod error;
+pub mod exit;
 pub mod fixtures;
 pub mod git;
 pub mod history;

@@ -1,5 +1,4 @@
-//! `chronik-harness` command line. Exit codes (compare, gate, run, calibrate): 0 pass,
-//! 1 regression (or an absolute limit failed), 2 inconclusive, 3 invalid/infrastructure error.
+//! `chronik-harness` command line. Exit codes: `exit` (and the README's table).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,8 +6,8 @@ use std::process::ExitCode;
 use chronik_harness::calibration::Tuned;
 use chronik_harness::commands;
 use chronik_harness::compare::{CompareSettings, ErrorControl};
-use chronik_harness::decision::{self, EXIT_BISECT_ABORT, EXIT_INFRA};
 use chronik_harness::error::HarnessError;
+use chronik_harness::exit::{self, EXIT_BISECT_ABORT};
 use chronik_harness::git::TargetRepo;
 use chronik_harness::history::{self, Metric};
 use chronik_harness::runner::default_bench_bin;
@@ -585,7 +584,7 @@ fn run(cli: Cli) -> Result<u8, HarnessError> {
                     },
                 )?;
             }
-            Ok(decision::compare_exit(&result))
+            Ok(exit::for_comparison(&result))
         }
         Cmd::Gate {
             head,
@@ -617,7 +616,7 @@ fn run(cli: Cli) -> Result<u8, HarnessError> {
             }
             println!("\ngate wall time: {:.0} s", started.elapsed().as_secs_f64());
             write_json(json_output, &results)?;
-            Ok(decision::gate_exit_code(&results))
+            Ok(exit::for_gate(&results))
         }
         Cmd::Baseline {
             rev,
@@ -671,15 +670,18 @@ fn run(cli: Cli) -> Result<u8, HarnessError> {
             let log = chronik_harness::bisect::bisect(&s, &good, &bad, &workload, &settings)?;
             chronik_harness::render::print_bisect(&log);
             write_json(json_output, &log)?;
-            Ok(decision::bisect_exit_code(log.culprit.is_some()))
+            Ok(exit::for_bisect(log.culprit.is_some()))
         }
         Cmd::BisectRun {
             good,
             workload,
             stats,
         } => {
-            let settings = chronik_harness::bisect::step_settings(&stats.settings()?);
-            let outcome = session(c).and_then(|s| {
+            // Every failure that is not a verdict, a usage error included, aborts `git bisect
+            // run` (128): any other code from 1 to 127 would read as "bad".
+            let outcome = stats.settings().and_then(|settings| {
+                let settings = chronik_harness::bisect::step_settings(&settings);
+                let s = session(c)?;
                 chronik_harness::bisect::run_step(&s, good, &load(workload)?, &settings)
             });
             Ok(outcome.unwrap_or_else(|e| {
@@ -778,12 +780,24 @@ fn run(cli: Cli) -> Result<u8, HarnessError> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        // clap's own exit code for a bad command line is 2, which no verdict may share.
+        Err(err) => {
+            let _ = err.print();
+            return ExitCode::from(if err.use_stderr() {
+                exit::for_parse_error(&args)
+            } else {
+                exit::EXIT_PASS // --help, --version
+            });
+        }
+    };
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             eprintln!("chronik-harness: {err}");
-            ExitCode::from(EXIT_INFRA)
+            ExitCode::from(exit::for_error(&err))
         }
     }
 }

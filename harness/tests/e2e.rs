@@ -12,9 +12,10 @@ mod common;
 use common::{bin_dir, commit, run_logged};
 
 /// The harness's exit codes, as a process reports them.
-const EXIT_REGRESSION: i32 = chronik_harness::decision::EXIT_REGRESSION as i32;
-const EXIT_INFRA: i32 = chronik_harness::decision::EXIT_INFRA as i32;
-const EXIT_NO_BASELINE: i32 = chronik_harness::decision::EXIT_NO_BASELINE as i32;
+const EXIT_REGRESSION: i32 = chronik_harness::exit::EXIT_REGRESSION as i32;
+const EXIT_INFRA: i32 = chronik_harness::exit::EXIT_INFRA as i32;
+const EXIT_NO_BASELINE: i32 = chronik_harness::exit::EXIT_NO_BASELINE as i32;
+const EXIT_USAGE: i32 = chronik_harness::exit::EXIT_USAGE as i32;
 
 const TARGET_TOML: &str = r#"
 build = "sh build.sh"
@@ -206,8 +207,12 @@ const FEW_PAIRS: &[&str] = &[
     "--instruction-runs=1",
 ];
 
+/// What holds whatever this machine's noise: identical brokers are no regression, an absolute
+/// limit no broker reaches fails the gate, a gate without a baseline is no pass, calibrated
+/// margins are stored and read, every trial reaches the database, a build failure and a crash
+/// mid-run are recorded with their exit codes, and no process is left behind.
 #[test]
-fn compare_gate_build_failures_and_crashes_on_a_scripted_history() {
+fn gate_records_build_failures_crashes_and_missing_baselines_on_a_scripted_history() {
     let f = Fixture::new();
 
     let same = f.harness(
@@ -242,35 +247,6 @@ fn compare_gate_build_failures_and_crashes_on_a_scripted_history() {
         "{tier_row}"
     );
 
-    let slow = f.harness(
-        &[
-            &["compare", f.sha("base"), f.sha("slow"), "--workload=e2e"],
-            FEW_PAIRS,
-        ]
-        .concat(),
-    );
-    assert_eq!(
-        slow.status.code(),
-        Some(EXIT_REGRESSION),
-        "the slow flush profile is a regression"
-    );
-
-    let gate_slow = f.harness(
-        &[
-            &[
-                "gate",
-                "--base",
-                f.sha("base"),
-                "--head",
-                f.sha("slow"),
-                "--workload=e2e",
-            ],
-            FEW_PAIRS,
-        ]
-        .concat(),
-    );
-    assert_eq!(gate_slow.status.code(), Some(EXIT_REGRESSION));
-
     let gate_limit = f.harness(
         &[
             &[
@@ -302,46 +278,17 @@ fn compare_gate_build_failures_and_crashes_on_a_scripted_history() {
     assert_eq!(unguarded.status.code(), Some(EXIT_NO_BASELINE));
     assert!(String::from_utf8_lossy(&unguarded.stdout).contains("no baseline"));
 
-    // A stored baseline stands in for --base: the slow commit is caught against it.
-    let recorded = f.harness(&[
-        "baseline",
-        "--rev",
-        f.sha("base"),
-        "--workload=e2e",
-        "--trials=3",
-    ]);
-    assert!(recorded.status.success());
     // `calibrate` searches this host's margins on the base's stored trials (no broker runs) and
     // stores them; `gate` reads those not given on its command line, and says so.
-    let calibrated = f.harness(
-        &[
-            &[
-                "calibrate",
-                "--rev",
-                f.sha("base"),
-                "--workload=e2e",
-                "--comparisons=0",
-                "--replays=200",
-            ],
-            FEW_PAIRS,
-        ]
-        .concat(),
-    );
-    let said = String::from_utf8_lossy(&calibrated.stdout);
-    assert!(calibrated.status.success(), "{said}");
-    assert!(said.contains("stored in"), "{said}");
+    record_baseline_and_calibrate(&f);
     let gated = f.harness(
         &[
-            &["gate", "--head", f.sha("slow"), "--workload=e2e"],
+            &["gate", "--head", f.sha("same"), "--workload=e2e"],
             FEW_PAIRS,
         ]
         .concat(),
     );
-    assert_eq!(
-        gated.status.code(),
-        Some(EXIT_REGRESSION),
-        "gate against the stored baseline"
-    );
+    assert_ne!(gated.status.code(), Some(EXIT_NO_BASELINE));
     let said = String::from_utf8_lossy(&gated.stdout);
     assert!(said.contains("margins calibrated on this host"), "{said}");
 
@@ -357,7 +304,7 @@ fn compare_gate_build_failures_and_crashes_on_a_scripted_history() {
     let history = f.harness(&["history", "--workload=e2e", "--metric=throughput"]);
     let said = String::from_utf8_lossy(&history.stdout);
     assert!(history.status.success(), "{said}");
-    for name in ["base", "slow"] {
+    for name in ["base", "same"] {
         assert!(
             said.contains(&f.sha(name)[..10]),
             "{name} in the history: {said}"
@@ -416,8 +363,100 @@ fn compare_gate_build_failures_and_crashes_on_a_scripted_history() {
     assert!(crashed[0]["summary"].is_null());
 
     let unknown = f.harness(&["run", "--rev", "no-such-branch", "--workload=e2e"]);
-    assert_eq!(unknown.status.code(), Some(EXIT_INFRA));
+    assert_eq!(unknown.status.code(), Some(EXIT_USAGE));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown revision"));
+
+    // Each distinct broker was built once, whatever the number of trials (`same` shares the
+    // base's build; `broken` has none).
+    let bins = fs::read_dir(f.root().join("work/bin")).unwrap().count();
+    assert_eq!(bins, 2);
+    assert!(
+        f.leftover_processes().is_empty(),
+        "left behind: {:?}",
+        f.leftover_processes()
+    );
+}
+
+/// Stores a baseline of `base` (3 trials) and calibrates this host's margins on its trials.
+fn record_baseline_and_calibrate(f: &Fixture) {
+    let recorded = f.harness(&[
+        "baseline",
+        "--rev",
+        f.sha("base"),
+        "--workload=e2e",
+        "--trials=3",
+    ]);
+    assert!(recorded.status.success());
+    let calibrated = f.harness(
+        &[
+            &[
+                "calibrate",
+                "--rev",
+                f.sha("base"),
+                "--workload=e2e",
+                "--comparisons=0",
+                "--replays=200",
+            ],
+            FEW_PAIRS,
+        ]
+        .concat(),
+    );
+    let said = String::from_utf8_lossy(&calibrated.stdout);
+    assert!(calibrated.status.success(), "{said}");
+    assert!(said.contains("stored in"), "{said}");
+}
+
+/// A measured effect: a broker that lingers 2 ms before every group commit is a regression to
+/// `compare`, to `gate` against a base and against a stored baseline, and `git bisect run`
+/// with the `bisect-run` predicate names its commit. Large as the effect is, whether it shows
+/// depends on this machine's measurements: the second test tier (README).
+#[test]
+#[ignore = "measured: run with the measured tier (`cargo test --release --workspace -- --ignored`)"]
+fn a_slower_flush_is_caught_by_compare_gate_and_git_bisect_run() {
+    let f = Fixture::new();
+    let slow = f.harness(
+        &[
+            &["compare", f.sha("base"), f.sha("slow"), "--workload=e2e"],
+            FEW_PAIRS,
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        slow.status.code(),
+        Some(EXIT_REGRESSION),
+        "the slow flush profile is a regression"
+    );
+
+    let gate_slow = f.harness(
+        &[
+            &[
+                "gate",
+                "--base",
+                f.sha("base"),
+                "--head",
+                f.sha("slow"),
+                "--workload=e2e",
+            ],
+            FEW_PAIRS,
+        ]
+        .concat(),
+    );
+    assert_eq!(gate_slow.status.code(), Some(EXIT_REGRESSION));
+
+    // A stored baseline stands in for --base: the slow commit is caught against it.
+    record_baseline_and_calibrate(&f);
+    let gated = f.harness(
+        &[
+            &["gate", "--head", f.sha("slow"), "--workload=e2e"],
+            FEW_PAIRS,
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        gated.status.code(),
+        Some(EXIT_REGRESSION),
+        "gate against the stored baseline"
+    );
 
     // `git bisect run` with the predicate finds the slow commit: `same` builds the base's
     // broker (exit 0 without trials), `slow` is the known-bad end.
@@ -453,10 +492,6 @@ fn compare_gate_build_failures_and_crashes_on_a_scripted_history() {
     );
     git(&["bisect", "reset"]);
 
-    // Each distinct broker was built once, whatever the number of trials (`same` shares the
-    // base's build).
-    let bins = fs::read_dir(f.root().join("work/bin")).unwrap().count();
-    assert_eq!(bins, 4);
     assert!(
         f.leftover_processes().is_empty(),
         "left behind: {:?}",

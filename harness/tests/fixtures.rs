@@ -1,12 +1,14 @@
 //! Tests that build real commits of this repository with cargo through the harness: a plain
 //! run of HEAD, and the regression fixtures whose faults noise cannot undo bisected to the
 //! commit that introduced them (one cargo build per distinct broker source, cached; real
-//! trials of the smoke workload and the deterministic tier under Valgrind).
+//! trials of the smoke workload and the deterministic tier under Valgrind). Their outcome
+//! depends on measured effects and they take about half an hour: they are the measured test
+//! tier (README), which `ci/nightly.sh` runs, not the suite every change must pass.
 
 use std::path::PathBuf;
 use std::process::Command;
 
-const EXIT_PASS: i32 = chronik_harness::decision::EXIT_PASS as i32;
+const EXIT_PASS: i32 = chronik_harness::exit::EXIT_PASS as i32;
 
 fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -98,6 +100,7 @@ const BISECTED: &[(&str, &str, &str, f64)] = &[
 ];
 
 #[test]
+#[ignore = "measured: run with the measured tier (`cargo test --release --workspace -- --ignored`)"]
 fn faults_beyond_what_noise_can_undo_bisect_to_their_commit() {
     let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
@@ -177,6 +180,7 @@ fn faults_beyond_what_noise_can_undo_bisect_to_their_commit() {
 
 /// The slower test: builds a real commit of this repository with cargo through the harness.
 #[test]
+#[ignore = "builds this repository with cargo: run with the measured tier (`cargo test --release --workspace -- --ignored`)"]
 fn builds_and_runs_a_real_commit_of_this_repository() {
     let _serial = serial();
     let work = tempfile::tempdir().unwrap();
