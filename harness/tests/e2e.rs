@@ -367,9 +367,9 @@ fn gate_records_build_failures_crashes_and_missing_baselines_on_a_scripted_histo
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown revision"));
 
     // Each distinct broker was built once, whatever the number of trials (`same` shares the
-    // base's build; `broken` has none).
+    // base's build; `broken`'s entry records its failed build, so it is not retried).
     let bins = fs::read_dir(f.root().join("work/bin")).unwrap().count();
-    assert_eq!(bins, 2);
+    assert_eq!(bins, 3);
     assert!(
         f.leftover_processes().is_empty(),
         "left behind: {:?}",
