@@ -140,13 +140,13 @@ impl RunningBroker {
 
 /// How often partitions are asked to move written segment data to disk, and how much must
 /// have been written for one to do it: small steps, so no fsync of many megabytes ever sits in
-/// the disk's queue in front of the WAL's fdatasync (measured in BENCHMARKS.md §9).
+/// the disk's queue in front of the WAL's fdatasync (measured in BENCHMARKS.md, "Tail latency").
 const LOG_WRITEBACK_INTERVAL: Duration = Duration::from_millis(20);
 const LOG_WRITEBACK_BYTES_MIN: u64 = 1 << 20;
 /// After a write-back step, a partition's segment data leaves the page cache but for this many
 /// of its newest bytes, which consumers reading the tail still find in memory. On this host a
 /// page cache grown by a few GiB made every fdatasync slower, the WAL's with them, for the rest
-/// of the run (BENCHMARKS.md §9, session 13). PostgreSQL drops its closed WAL files the same way.
+/// of the run (BENCHMARKS.md, "Tail latency", 2026-11-28). PostgreSQL drops its closed WAL files the same way.
 const LOG_CACHE_KEPT_BYTES: u64 = 8 << 20;
 
 /// Runs until aborted: `Partition::write_back` of every partition, every
@@ -217,7 +217,7 @@ pub async fn start_with_storage(
         },
     )?);
     let wal_dir = config.data_dir.join("wal");
-    let recovered = wal::recover(&wal_dir, &topics)?;
+    let recovered = wal::recover(&wal_dir, topics.as_ref())?;
     tracing::info!(
         "recovered {} topic(s); WAL: {} segment(s), {} record(s), {} torn byte(s) cut, in {:?}",
         topics.snapshot().len(),

@@ -15,8 +15,11 @@
 //! - `profile`: `ProduceFlushProfile` and its named constants.
 //! - `topics`: lock-free topic registry (`ArcSwap` snapshots).
 //! - `cluster`: the static cluster file and the deterministic replica assignment.
-//! - `replication`: followers fetching from leaders, in-sync sets, high watermarks, acks=all,
-//!   elections (leader epochs) learned from peers.
+//! - `offset_watch`: an offset that only grows, with waiters (durable end, high watermark).
+//! - `replica_state`: one partition's replicas, leader and epoch, followers' durable ends and
+//!   in-sync set, elections (leader epochs) learned from peers.
+//! - `replication`: followers fetching from leaders, the leader's keeper (high watermark after
+//!   local commits, lag), topics announced to peers.
 //! - `leader_epochs`: where each leader epoch starts in a partition's log (truncation on fetch).
 //! - `promote`: the `chronik-broker promote` failover command.
 //! - `groups`: consumer-group coordinator (membership, rebalances, commit rules).
@@ -40,11 +43,13 @@ pub mod leader_epochs;
 pub mod log;
 pub mod mutex;
 pub mod offset_log;
+pub mod offset_watch;
 pub mod partition;
 pub mod produce;
 pub mod producer_ids;
 pub mod profile;
 pub mod promote;
+pub mod replica_state;
 pub mod replication;
 pub mod request_times;
 pub mod server;

@@ -14,16 +14,18 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 
 use crate::batch::{self, BatchHeader, BatchView};
 use crate::leader_epochs::EpochHistory;
 use crate::log::{read_batches, PartitionLog, ReadPlan};
 use crate::mutex::lock;
+use crate::offset_watch::OffsetWatch;
 use crate::profile::ProduceFlushProfile;
-use crate::replication::Replication;
+use crate::replica_state::Replication;
 use crate::wal::group_commit::{DurableLog, GroupCommitWal, WalAppend, WalFailed, WalReservation};
 use crate::wal::record;
+use crate::wal::ReplayLog;
 
 /// Batches remembered per producer for duplicate detection (Kafka keeps the last five).
 const PRODUCER_RECENT_BATCHES_MAX: usize = 5;
@@ -33,44 +35,6 @@ const TRUNCATION_DURABLE_WAIT: Duration = Duration::from_secs(30);
 /// forgotten (Kafka expires producer state by age; a client inventing producer ids must not
 /// grow this map without bound).
 const PRODUCERS_PER_PARTITION_MAX: usize = 10_000;
-
-/// An offset that only grows, with waiters: a partition's durable end and its high watermark.
-#[derive(Default)]
-pub struct OffsetWatch {
-    offset: AtomicI64,
-    advanced: Notify,
-}
-
-impl OffsetWatch {
-    pub fn get(&self) -> i64 {
-        self.offset.load(Ordering::Acquire)
-    }
-
-    pub fn advance(&self, end_offset: i64) {
-        if self.offset.fetch_max(end_offset, Ordering::AcqRel) < end_offset {
-            self.advanced.notify_waiters();
-        }
-    }
-
-    /// Moves the offset back to at most `end_offset`: only when the log is cut there.
-    fn cut(&self, end_offset: i64) {
-        self.offset.fetch_min(end_offset, Ordering::AcqRel);
-    }
-
-    /// Waits until the offset passes `offset`, or `timeout` elapses.
-    pub async fn wait_past(&self, offset: i64, timeout: Duration) {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let notified = self.advanced.notified();
-            if self.get() > offset {
-                return;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return;
-            }
-        }
-    }
-}
 
 #[derive(Clone)]
 struct RecentBatch {
@@ -839,5 +803,14 @@ fn drop_from_page_cache(file: &std::fs::File, end: Option<u64>) {
     };
     if let Err(err) = rustix::fs::fadvise(file, 0, len, rustix::fs::Advice::DontNeed) {
         tracing::debug!("page cache advice refused: {err}");
+    }
+}
+impl ReplayLog for Partition {
+    fn replay(&self, batch: Bytes) -> Result<(), String> {
+        Partition::replay(self, batch)
+    }
+
+    fn replay_truncation(&self, end_offset: i64) -> Result<(), String> {
+        Partition::replay_truncation(self, end_offset)
     }
 }

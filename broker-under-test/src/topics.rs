@@ -22,12 +22,13 @@ use kafka_protocol::error::ResponseError;
 use tokio::sync::Notify;
 
 use crate::cluster::Cluster;
-use crate::replication::Replication;
+use crate::replica_state::Replication;
 
 use crate::leader_epochs::EpochHistory;
 use crate::log::{LogError, PartitionLog};
 use crate::mutex::lock;
 use crate::partition::Partition;
+use crate::wal::{ReplayLog, ReplayLogs};
 
 /// Kafka's limit on topic name length.
 const TOPIC_NAME_CHARS_MAX: usize = 249;
@@ -66,7 +67,7 @@ impl Placement {
             local,
             self.replica_lag_time_max,
             self.keeper.clone(),
-            dir.join(crate::replication::state::LEADER_EPOCH_FILE),
+            dir.join(crate::replica_state::LEADER_EPOCH_FILE),
         )
         .map(|r| Some(Arc::new(r)))
     }
@@ -392,4 +393,11 @@ fn open_partition(
         partition.remember_stored(&header);
     }
     Ok(partition)
+}
+
+impl ReplayLogs for TopicRegistry {
+    fn log(&self, topic_id: u128, partition: i32) -> Option<Arc<dyn ReplayLog>> {
+        self.by_id(topic_id, partition)
+            .map(|p| p as Arc<dyn ReplayLog>)
+    }
 }

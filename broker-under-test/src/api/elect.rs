@@ -18,8 +18,8 @@ use kafka_protocol::messages::elect_leaders_response::{PartitionResult, ReplicaE
 use kafka_protocol::messages::{ApiVersionsRequest, ElectLeadersRequest, ElectLeadersResponse};
 
 use super::{str_bytes, ApiContext};
+use crate::replica_state::{ElectError, Leadership};
 use crate::replication::peer::Peer;
-use crate::replication::state::{ElectError, Leadership};
 
 /// Kafka's election types.
 const ELECTION_IN_SYNC: i8 = 0;

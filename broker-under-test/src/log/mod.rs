@@ -2,8 +2,10 @@
 //! index. Batches arrive here from `pending_batches` when the flush profile says so; the WAL
 //! already made them durable, so segments are fsynced only at WAL checkpoints.
 
+mod error;
 mod segment;
 
+pub use error::LogError;
 pub use segment::{read_batches, ReadPlan};
 
 use std::fs::{self, File};
@@ -12,26 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use thiserror::Error;
 
 use crate::batch;
 use segment::Segment;
-
-#[derive(Debug, Error)]
-pub enum LogError {
-    #[error("I/O error in partition log {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("partition log {path} is corrupt at byte {position}: {reason} (the damage is in data already durable, which the WAL no longer holds: cutting it would lose acked records and hand their offsets out again; restore the data directory)")]
-    Corrupt {
-        path: PathBuf,
-        position: u64,
-        reason: String,
-    },
-}
 
 /// Segments of one partition, oldest first; the last one is active.
 pub struct PartitionLog {

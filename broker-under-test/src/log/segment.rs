@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::LogError;
+use super::error::LogError;
 use crate::batch;
 
 /// One index entry per this many bytes of log: a read scans at most this far.

@@ -27,7 +27,7 @@ use super::peer::{Peer, PeerError};
 use crate::batch;
 use crate::cluster::ClusterBroker;
 use crate::partition::Partition;
-use crate::replication::state::Leadership;
+use crate::replica_state::Leadership;
 use crate::topics::TopicRegistry;
 use crate::wal::group_commit::{GroupCommitWal, WalFailed};
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use super::state::IsrChange;
+use crate::replica_state::IsrChange;
 use crate::topics::TopicRegistry;
 
 /// How often the in-sync sets are checked for lagging followers when nothing is committed.

@@ -1,4 +1,5 @@
-//! Replication, the Kafka way: followers pull from the leader with Fetch requests that carry
+//! Replication, the Kafka way (each partition's replicas, roles, follower positions and
+//! in-sync set are its `replica_state::Replication`): followers pull from the leader with Fetch requests that carry
 //! their broker id, append the leader's batches at the same offsets to their own WAL, and report
 //! how far they have made the log durable through the offset of their next fetch. The leader
 //! keeps the in-sync set (`replica.lag.time.max.ms` semantics) and the high watermark: the
@@ -10,7 +11,6 @@
 //! table: a follower's fetch, and the keeper after a local group commit or a lag check. No lock
 //! here is ever taken by a produce request.
 //!
-//! - `state`: one partition's replicas, roles, follower positions, in-sync set.
 //! - `announce`: a created topic is sent to every other broker with its id.
 //! - `peer`: a Kafka-protocol client connection to another broker (kafka-protocol codecs).
 //! - `fetcher`: the follower side, one task per leader broker; also learns topics from peers.
@@ -20,6 +20,3 @@ pub mod announce;
 pub mod fetcher;
 pub mod keeper;
 pub mod peer;
-pub mod state;
-
-pub use state::Replication;

@@ -17,7 +17,6 @@ use bytes::Bytes;
 use thiserror::Error;
 
 use crate::mutex::lock;
-use crate::topics::TopicRegistry;
 use group_commit::{log_key, ClosedSegment, DurableLog, WalShared};
 use record::{Decoded, WalEntry};
 
@@ -121,7 +120,21 @@ fn write_durable_mark(dir: &Path, mark: DurableMark) -> std::io::Result<()> {
 /// Replays every WAL segment into the partitions of `topics`. Damage past the durable mark in
 /// the last segment is a torn tail (never acked) and is cut; damage in fsynced data (any
 /// earlier segment, or before the mark) refuses the start.
-pub fn recover(dir: &Path, topics: &TopicRegistry) -> Result<RecoveredWal, WalRecoveryError> {
+/// A log the WAL replays into on start: each of its records in the WAL is appended again, or
+/// cut there for a recorded truncation, in WAL order.
+pub trait ReplayLog: DurableLog {
+    fn replay(&self, batch: Bytes) -> Result<(), String>;
+    fn replay_truncation(&self, end_offset: i64) -> Result<(), String>;
+}
+
+/// Where recovery finds the log of a WAL record (the topics known at start). The WAL knows
+/// the logs it replays into only through this, as it knows them only as `DurableLog`s while
+/// it writes.
+pub trait ReplayLogs {
+    fn log(&self, topic_id: u128, partition: i32) -> Option<Arc<dyn ReplayLog>>;
+}
+
+pub fn recover(dir: &Path, logs: &dyn ReplayLogs) -> Result<RecoveredWal, WalRecoveryError> {
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| WalRecoveryError::Io { path, source }
@@ -152,7 +165,7 @@ pub fn recover(dir: &Path, topics: &TopicRegistry) -> Result<RecoveredWal, WalRe
         }
     }
     for ((topic_id, index), end) in earliest_cut {
-        if let Some(partition) = topics.by_id(topic_id, index) {
+        if let Some(partition) = logs.log(topic_id, index) {
             partition
                 .replay_truncation(end)
                 .map_err(WalRecoveryError::Replay)?;
@@ -168,7 +181,7 @@ pub fn recover(dir: &Path, topics: &TopicRegistry) -> Result<RecoveredWal, WalRe
             match record::decode(&data.slice(pos..), seq) {
                 Decoded::Record(rec, used) => {
                     report.records += 1;
-                    if let Some(partition) = topics.by_id(rec.topic_id, rec.partition) {
+                    if let Some(partition) = logs.log(rec.topic_id, rec.partition) {
                         let end = match rec.entry {
                             WalEntry::Batch(batch) => {
                                 let end = crate::batch::last_offset(&batch) + 1;
@@ -309,7 +322,7 @@ mod tests {
 
     use super::*;
     use crate::cluster::Cluster;
-    use crate::topics::Placement;
+    use crate::topics::{Placement, TopicRegistry};
 
     /// Records of a topic no broker has, as written into segment `seq`: recovery checks and
     /// counts them, replays nothing.

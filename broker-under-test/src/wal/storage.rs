@@ -36,7 +36,7 @@ pub trait WalStorage: Send + 'static {
 /// swaps a handle instead of creating a file and fsyncing a directory. A retired file keeps
 /// its old records: they were stamped for another segment (`record::SegmentStamp`) and read
 /// as the end of this one's data, so reusing it writes nothing (zero-filling wrote as many
-/// bytes as the WAL itself; BENCHMARKS.md §9).
+/// bytes as the WAL itself; BENCHMARKS.md, "Tail latency").
 ///
 /// The first preparation also makes one spare file for the pool once the next segment is
 /// ready, when the pool is empty. A fresh directory has no retired file, and the checkpoint that
@@ -63,7 +63,7 @@ const ZERO_FILL_CHUNK_BYTES: usize = 1 << 20;
 
 /// Retired segments kept for reuse: overwriting a file's blocks needs no allocation, and not
 /// deleting one spares the filesystem freeing (and, mounted with `discard`, trimming) 64 MiB
-/// at once, which stalls every fsync behind it (BENCHMARKS.md §9).
+/// at once, which stalls every fsync behind it (BENCHMARKS.md, "Tail latency").
 const RETIRED_SEGMENTS_KEPT: usize = 2;
 const RETIRED_SUFFIX: &str = ".retired";
 /// A spare is zero-filled under this name, where no preparation picks it up half-made, and then

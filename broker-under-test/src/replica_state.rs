@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use crate::mutex::lock;
-use crate::partition::OffsetWatch;
+use crate::offset_watch::OffsetWatch;
 
 /// What the leader knows of one follower.
 #[derive(Debug, Clone)]
