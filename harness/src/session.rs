@@ -8,17 +8,20 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use chronik_bench_schema::provenance::HostInfo;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::build::{BuildOutcome, Builder};
-use crate::compare::{run_compare, CompareSettings, TrialSource};
-use crate::decision::PairOutcome;
+use crate::build::builder::{BuildOutcome, Builder};
+use crate::build::git::{CommitInfo, TargetRepo};
+use crate::build::target::TargetConfig;
 use crate::error::HarnessError;
-use crate::git::{CommitInfo, TargetRepo};
-use crate::instructions::{compare_counts, InstructionComparison, InstructionTier, TierOutcome};
-use crate::runner::{TrialRunner, TrialStatus};
-use crate::store::{now_rfc3339, ResultStore, TrialRecord, TRIAL_SCHEMA};
-use crate::target::TargetConfig;
-use crate::trial::{Side, TrialFailure, TrialSummary};
-use crate::workload::Workload;
+use crate::store::files::{now_rfc3339, ResultStore};
+use crate::store::record::{TrialRecord, TRIAL_SCHEMA};
+use crate::trial::runner::{TrialRunner, TrialStatus};
+use crate::trial::summary::{Side, TrialFailure, TrialSummary};
+use crate::trial::workload::Workload;
+use crate::verdict::compare::{run_compare, CompareSettings, TrialSource};
+use crate::verdict::decision::PairOutcome;
+use crate::verdict::instructions::{
+    compare_counts, InstructionComparison, InstructionTier, TierOutcome,
+};
 
 /// An invalid trial is rerun (never counted) at most this many times before the side fails.
 const INVALID_RERUNS_MAX: usize = 2;
@@ -110,7 +113,7 @@ impl Session {
             work_dir: self.work_dir.clone(),
         };
         let outcome = builder.build(commit)?;
-        self.say(&format!("  {}", crate::build::describe(&outcome)));
+        self.say(&format!("  {}", crate::build::builder::describe(&outcome)));
         Ok(BuiltCommit {
             commit: commit.clone(),
             outcome,
@@ -231,6 +234,28 @@ impl Session {
                 last.unwrap_or_default()
             ),
         })
+    }
+
+    /// Builds both commits (each once; cached when they build the same broker) and measures
+    /// them as a pair (`compare_built`).
+    pub fn measure(
+        &self,
+        base: &CommitInfo,
+        head: &CommitInfo,
+        workload: &Workload,
+        settings: &CompareSettings,
+        role: &str,
+    ) -> Result<PairOutcome, HarnessError> {
+        let b = self.build(base)?;
+        let h = self.build(head)?;
+        Ok(self.compare_built(
+            &b,
+            &h,
+            workload,
+            settings,
+            role,
+            &format!("{} pairs", workload.name),
+        ))
     }
 
     /// Interleaved pairs of two built commits (`compare::run_compare`), then the deterministic

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use chronik_harness::exit::{EXIT_BISECT_ABORT, EXIT_PASS, EXIT_USAGE};
+use chronik_harness::cmd::exit::{EXIT_BISECT_ABORT, EXIT_PASS, EXIT_USAGE};
 use git2::Repository;
 
 mod common;
@@ -75,12 +75,13 @@ fn values_the_harness_refuses_are_usage_errors_and_abort_a_bisect_run() {
     let usage = Some(i32::from(EXIT_USAGE));
     let abort = Some(i32::from(EXIT_BISECT_ABORT));
     for (args, code) in [
-        (&["compare", "HEAD", "HEAD", "--min-pairs=1"][..], usage),
-        (&["compare", "HEAD", "HEAD", "--alpha=1.5"], usage),
+        (&["compare", "--base=HEAD", "--min-pairs=1"][..], usage),
+        (&["compare", "--base=HEAD", "--alpha=1.5"], usage),
         (&["gate", "--max-pairs=1"], usage),
         (&["run", "--rev=no-such-branch", "--trials=1"], usage),
         (&["run", "--workload=no-such-workload", "--trials=1"], usage),
-        (&["compare", "HEAD", "HEAD", "--seed=not-a-number"], usage),
+        (&["compare", "--base=HEAD", "--seed=not-a-number"], usage),
+        (&["compare", "HEAD", "HEAD"], usage),
         (&["bisect-run", "--good=HEAD", "--min-pairs=1"], abort),
         (&["bisect-run", "--good=no-such-branch"], abort),
         (&["bisect-run"], abort),

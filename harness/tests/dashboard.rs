@@ -9,11 +9,11 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use chronik_harness::git::CommitInfo;
-use chronik_harness::results_db::{GateRow, ResultsDb, DB_FILE};
-use chronik_harness::runner::TrialStatus;
-use chronik_harness::store::{TrialRecord, TRIAL_SCHEMA};
-use chronik_harness::trial::TrialSummary;
+use chronik_harness::build::git::CommitInfo;
+use chronik_harness::store::db::{GateRow, ResultsDb, DB_FILE};
+use chronik_harness::store::record::{TrialRecord, TRIAL_SCHEMA};
+use chronik_harness::trial::runner::TrialStatus;
+use chronik_harness::trial::summary::TrialSummary;
 use git2::Repository;
 
 mod common;
@@ -115,7 +115,8 @@ fn history_finds_the_drop_and_the_dashboard_shows_every_point_in_a_browser() {
         .collect();
 
     // The workload's hash, as the harness computes it (series keep only the current definition).
-    let workload = chronik_harness::workload::Workload::find("w", &root.join("workloads")).unwrap();
+    let workload =
+        chronik_harness::trial::workload::Workload::find("w", &root.join("workloads")).unwrap();
     let exports = root.join("results/w");
     fs::create_dir_all(&exports).unwrap();
     let mut records = Vec::new();

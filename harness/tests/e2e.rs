@@ -12,10 +12,10 @@ mod common;
 use common::{bin_dir, commit, run_logged};
 
 /// The harness's exit codes, as a process reports them.
-const EXIT_REGRESSION: i32 = chronik_harness::exit::EXIT_REGRESSION as i32;
-const EXIT_INFRA: i32 = chronik_harness::exit::EXIT_INFRA as i32;
-const EXIT_NO_BASELINE: i32 = chronik_harness::exit::EXIT_NO_BASELINE as i32;
-const EXIT_USAGE: i32 = chronik_harness::exit::EXIT_USAGE as i32;
+const EXIT_REGRESSION: i32 = chronik_harness::cmd::exit::EXIT_REGRESSION as i32;
+const EXIT_INFRA: i32 = chronik_harness::cmd::exit::EXIT_INFRA as i32;
+const EXIT_NO_BASELINE: i32 = chronik_harness::cmd::exit::EXIT_NO_BASELINE as i32;
+const EXIT_USAGE: i32 = chronik_harness::cmd::exit::EXIT_USAGE as i32;
 
 const TARGET_TOML: &str = r#"
 build = "sh build.sh"
@@ -217,7 +217,14 @@ fn gate_records_build_failures_crashes_and_missing_baselines_on_a_scripted_histo
 
     let same = f.harness(
         &[
-            &["compare", f.sha("base"), f.sha("same"), "--workload=e2e"],
+            &[
+                "compare",
+                "--base",
+                f.sha("base"),
+                "--head",
+                f.sha("same"),
+                "--workload=e2e",
+            ],
             FEW_PAIRS,
         ]
         .concat(),
@@ -416,7 +423,14 @@ fn a_slower_flush_is_caught_by_compare_gate_and_git_bisect_run() {
     let f = Fixture::new();
     let slow = f.harness(
         &[
-            &["compare", f.sha("base"), f.sha("slow"), "--workload=e2e"],
+            &[
+                "compare",
+                "--base",
+                f.sha("base"),
+                "--head",
+                f.sha("slow"),
+                "--workload=e2e",
+            ],
             FEW_PAIRS,
         ]
         .concat(),

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const EXIT_PASS: i32 = chronik_harness::exit::EXIT_PASS as i32;
+const EXIT_PASS: i32 = chronik_harness::cmd::exit::EXIT_PASS as i32;
 
 fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();

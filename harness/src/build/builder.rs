@@ -9,10 +9,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::build::git::{CommitInfo, TargetRepo};
+use crate::build::process::{tail, GroupChild};
+use crate::build::target::TargetConfig;
 use crate::error::HarnessError;
-use crate::git::{CommitInfo, TargetRepo};
-use crate::process::{tail, GroupChild};
-use crate::target::TargetConfig;
 
 /// Lines of build log kept in a `build_failed` record.
 const BUILD_LOG_TAIL_LINES: usize = 40;

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use git2::{Diff, IndexAddOption, Repository, Signature};
 use serde::Serialize;
 
+use crate::build::git::{CommitInfo, TargetRepo};
 use crate::error::HarnessError;
-use crate::git::{CommitInfo, TargetRepo};
 
 pub struct Fixture {
     pub name: &'static str,
@@ -30,7 +30,7 @@ macro_rules! fixture {
             name: $name,
             message: $message,
             patch: include_str!(concat!(
-                "../../broker-under-test/fixtures/",
+                "../../../broker-under-test/fixtures/",
                 $name,
                 ".patch"
             )),

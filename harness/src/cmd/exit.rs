@@ -6,10 +6,12 @@
 //! verdict. Usage errors exit 64 (sysexits' EX_USAGE), except under `bisect-run`, where every
 //! failure that is not a verdict aborts `git bisect run` (128) instead of reading as "bad".
 
-use crate::compare::Comparison;
-use crate::decision::{GateResult, Verdict};
+use crate::bisect::BisectLog;
 use crate::error::HarnessError;
-use crate::trial::TrialFailure;
+use crate::trial::summary::TrialFailure;
+use crate::verdict::compare::Comparison;
+use crate::verdict::decision::GateResult;
+use crate::verdict::state::Verdict;
 
 pub const EXIT_PASS: u8 = 0;
 /// A regression, or an absolute limit failed.
@@ -25,6 +27,9 @@ pub const EXIT_INCONCLUSIVE: u8 = 5;
 /// `bisect` found no single culprit: no regression between the ends, or skips left several
 /// candidates.
 pub const EXIT_NO_CULPRIT: u8 = 6;
+/// `bisect`'s steps pointed at one commit, but its confirmation against its parent did not
+/// show the regression: it is not named as the culprit.
+pub const EXIT_CULPRIT_UNCONFIRMED: u8 = 7;
 /// The command line was wrong: an unknown flag, a bad value, an unknown revision or workload.
 pub const EXIT_USAGE: u8 = 64;
 /// `git bisect run` convention: this commit cannot be tested.
@@ -73,10 +78,13 @@ pub fn for_bisect_step(verdict: Verdict) -> u8 {
     }
 }
 
-/// `bisect`'s exit code: a culprit found, or no single culprit.
-pub fn for_bisect(culprit_found: bool) -> u8 {
-    if culprit_found {
+/// `bisect`'s exit code: a confirmed culprit, one the confirmation did not confirm, or no
+/// single commit.
+pub fn for_bisect(log: &BisectLog) -> u8 {
+    if log.culprit.is_some() {
         EXIT_PASS
+    } else if log.unconfirmed.is_some() {
+        EXIT_CULPRIT_UNCONFIRMED
     } else {
         EXIT_NO_CULPRIT
     }
@@ -94,6 +102,23 @@ pub fn for_comparison(result: &Result<Comparison, TrialFailure>) -> u8 {
 pub fn for_failure(f: &TrialFailure) -> u8 {
     eprintln!("{:?} side failed: {:?}: {}", f.side, f.status, f.detail);
     EXIT_INFRA
+}
+
+/// The code of several results of one command (one per workload): a regression anywhere wins,
+/// then the codes that stop a job (infrastructure, no baseline, usage), then inconclusive,
+/// then pass.
+pub fn worst(codes: impl IntoIterator<Item = u8>) -> u8 {
+    let severity = |code: u8| match code {
+        EXIT_PASS => 0,
+        EXIT_INCONCLUSIVE => 1,
+        EXIT_NO_BASELINE => 2,
+        EXIT_REGRESSION => 4,
+        _ => 3,
+    };
+    codes
+        .into_iter()
+        .max_by_key(|&code| severity(code))
+        .unwrap_or(EXIT_PASS)
 }
 
 /// `gate`'s exit code over every workload. A regression anywhere wins: it is what the night
@@ -116,8 +141,8 @@ pub fn for_gate(results: &[GateResult]) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::git::CommitInfo;
-    use crate::trial::Side;
+    use crate::build::git::CommitInfo;
+    use crate::trial::summary::Side;
 
     fn gate(verdict: Verdict, with_base: bool, failed: bool) -> GateResult {
         let commit = CommitInfo {
@@ -133,7 +158,7 @@ mod tests {
             verdict,
             failure: failed.then(|| TrialFailure {
                 side: Side::Head,
-                status: crate::runner::TrialStatus::Crashed,
+                status: crate::trial::runner::TrialStatus::Crashed,
                 detail: "exited".into(),
             }),
             note: None,
@@ -174,6 +199,23 @@ mod tests {
         );
     }
 
+    /// Several workloads' codes: a regression wins over a failed trial, which wins over
+    /// inconclusive, which wins over pass.
+    #[test]
+    fn the_worst_of_several_codes_ranks_regression_first() {
+        assert_eq!(worst([EXIT_PASS, EXIT_INCONCLUSIVE]), EXIT_INCONCLUSIVE);
+        assert_eq!(
+            worst([EXIT_INFRA, EXIT_REGRESSION, EXIT_PASS]),
+            EXIT_REGRESSION
+        );
+        assert_eq!(worst([EXIT_INCONCLUSIVE, EXIT_INFRA]), EXIT_INFRA);
+        assert_eq!(
+            worst([EXIT_NO_BASELINE, EXIT_INCONCLUSIVE]),
+            EXIT_NO_BASELINE
+        );
+        assert_eq!(worst([]), EXIT_PASS);
+    }
+
     /// `git bisect run` reads 0 as good, 1 as bad and 125 as skip.
     #[test]
     fn bisect_codes_follow_git_bisect_run() {
@@ -181,8 +223,6 @@ mod tests {
         assert_eq!(for_bisect_step(Pass), 0);
         assert_eq!(for_bisect_step(Regression), 1);
         assert_eq!(for_bisect_step(Inconclusive), 125);
-        assert_eq!(for_bisect(true), EXIT_PASS);
-        assert_eq!(for_bisect(false), EXIT_NO_CULPRIT);
     }
 
     #[test]
@@ -193,6 +233,7 @@ mod tests {
             EXIT_INCONCLUSIVE,
             EXIT_NO_BASELINE,
             EXIT_NO_CULPRIT,
+            EXIT_CULPRIT_UNCONFIRMED,
         ];
         for v in verdicts {
             assert_ne!(v, 2, "2 is what clap and bash exit with on misuse");
@@ -203,7 +244,7 @@ mod tests {
         all.extend([EXIT_INFRA, EXIT_USAGE, EXIT_BISECT_SKIP, EXIT_BISECT_ABORT]);
         all.sort_unstable();
         all.dedup();
-        assert_eq!(all.len(), 9, "every code means one thing");
+        assert_eq!(all.len(), 10, "every code means one thing");
     }
 
     #[test]

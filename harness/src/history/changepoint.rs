@@ -19,7 +19,7 @@ use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use crate::stats::median;
+use crate::verdict::stats::median;
 
 /// How hard the detector looks.
 #[derive(Debug, Clone, Copy, PartialEq)]

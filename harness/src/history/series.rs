@@ -5,7 +5,7 @@
 //! - **raw**: a point is a commit, every valid trial of it on that host, whatever the trial was
 //!   for (gate, baseline, bisect, calibrate), under the workload's current definition. Trials of
 //!   different commits ran at different times, so the series also draws the machine's drift
-//!   (on the 2-core VM the same binary lost 23% in 90 minutes: BENCHMARKS.md §10).
+//!   (on the 2-core VM the same binary lost 23% in 90 minutes: BENCHMARKS.md, "History").
 //! - **relative to a base**: a point is a commit gated against that base; each of its gate
 //!   trials divided by the median of the base trials measured beside it in the same gate (same
 //!   host, same night, interleaved). Drift between nights cancels, which is why the nightly
@@ -22,16 +22,16 @@ use clap::ValueEnum;
 use comfy_table::{presets::ASCII_MARKDOWN, Table};
 use serde::Serialize;
 
-use crate::changepoint::{ChangePoint, Detector};
+use crate::build::git::CommitInfo;
 use crate::error::HarnessError;
-use crate::git::CommitInfo;
-use crate::results_db::GateRow;
-use crate::runner::TrialStatus;
-use crate::stats::median;
-use crate::store::ResultStore;
-use crate::store::TrialRecord;
-use crate::trial::{Side, GATE};
-use crate::workload::Workload;
+use crate::history::changepoint::{ChangePoint, Detector};
+use crate::store::db::GateRow;
+use crate::store::files::ResultStore;
+use crate::store::record::TrialRecord;
+use crate::trial::runner::TrialStatus;
+use crate::trial::summary::{Side, GATE};
+use crate::trial::workload::Workload;
+use crate::verdict::stats::median;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -489,7 +489,7 @@ pub fn change_points_markdown(
     record: bool,
 ) -> Result<String, HarnessError> {
     let mut db = store.db()?;
-    let now = crate::store::now_rfc3339();
+    let now = crate::store::files::now_rfc3339();
     let mut md = String::from(
         "## Change points over the nights
 
@@ -502,7 +502,7 @@ pub fn change_points_markdown(
          to the base measured beside each commit (drift between nights removed) and the raw \
          one. A range is where the change may be (90% of bootstrap resamples); \
          `chronik-harness bisect --from-change-point` searches the newest one.\n",
-        crate::changepoint::SIGNIFICANCE_DEFAULT * 100.0
+        crate::history::changepoint::SIGNIFICANCE_DEFAULT * 100.0
     );
     let mut table = Table::new();
     table.load_preset(ASCII_MARKDOWN).set_header(vec![
@@ -559,8 +559,7 @@ mod tests {
     use super::*;
 
     fn trial(sha: &str, host: &str, throughput: f64) -> TrialRecord {
-        let mut r =
-            crate::results_db::tests::trial(&format!("{sha}-{throughput}"), sha, throughput);
+        let mut r = crate::store::db::tests::trial(&format!("{sha}-{throughput}"), sha, throughput);
         r.host_fingerprint = host.into();
         r
     }

@@ -14,10 +14,10 @@ use std::path::PathBuf;
 use plotters::prelude::*;
 
 use crate::error::HarnessError;
-use crate::history::{self, Metric, Scale, Series};
-use crate::results_db::GateRow;
-use crate::store::ResultStore;
-use crate::workload::Workload;
+use crate::history::series::{self, Metric, Scale, Series};
+use crate::store::db::GateRow;
+use crate::store::files::ResultStore;
+use crate::trial::workload::Workload;
 
 const CHART_WIDTH_PX: u32 = 960;
 const CHART_HEIGHT_PX: u32 = 360;
@@ -51,7 +51,7 @@ pub fn write(input: &DashboardInput<'_>) -> Result<Written, HarnessError> {
     let mut pages = Vec::new();
     let mut index_rows = String::new();
     for workload in &input.workloads {
-        let series = history::load(input.store, workload, &input.metrics, &input.positions)?;
+        let series = series::load(input.store, workload, &input.metrics, &input.positions)?;
         let gates = db.gates(&workload.name)?;
         let file = format!("{}.html", workload.name);
         let (html, points) = workload_page(input, workload, &series, &gates)?;
@@ -79,7 +79,7 @@ pub fn write(input: &DashboardInput<'_>) -> Result<Written, HarnessError> {
          cancels; the series to read first), and raw (what each night measured, drift \
          included). Generated {}.</p>\n<table><tr><th>workload</th><th>what</th><th>commits</th>\
          <th>change points</th><th>gate verdicts</th></tr>\n{index_rows}</table>\n",
-        crate::store::now_rfc3339()
+        crate::store::files::now_rfc3339()
     );
     std::fs::write(&index, page("Broker performance history", &body))
         .map_err(|e| HarnessError::io(&index, e))?;
@@ -137,7 +137,7 @@ fn workload_page(
                 let _ = writeln!(
                     body,
                     "<tr><td>{}</td><td><a href=\"{}\">{}</a> {}</td><td><code>chronik-harness bisect --good {} --bad {} --workload {}</code></td></tr>",
-                    escape(&history::describe(c)),
+                    escape(&series::describe(c)),
                     escape(&input.commit_url.replace("{sha}", &c.at.sha)),
                     escape(c.at.short()),
                     escape(&c.at.summary),
@@ -197,7 +197,7 @@ fn chart(
         chart
             .configure_mesh()
             .x_labels(n.min(16))
-            .x_label_formatter(&|x| crate::plots::commit_label(&labels, *x))
+            .x_label_formatter(&|x| crate::output::plots::commit_label(&labels, *x))
             .y_desc(s.label())
             .y_label_formatter(&|y| s.format(*y))
             .light_line_style(RGBColor(242, 242, 242))

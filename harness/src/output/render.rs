@@ -6,13 +6,14 @@
 use comfy_table::{presets::ASCII_MARKDOWN, Table};
 
 use crate::bisect::BisectLog;
-use crate::calibration::CalibratedMargins;
-use crate::compare::{CompareSettings, Comparison};
-use crate::decision::{LimitCheck, Verdict};
-use crate::instructions::{InstructionComparison, TierOutcome};
-use crate::noise_bank::{ReplayRow, Shifted};
-use crate::stats::median;
-use crate::trial::TrialSummary;
+use crate::trial::summary::TrialSummary;
+use crate::verdict::calibration::CalibratedMargins;
+use crate::verdict::compare::{CompareSettings, Comparison};
+use crate::verdict::decision::LimitCheck;
+use crate::verdict::instructions::{InstructionComparison, TierOutcome};
+use crate::verdict::noise_bank::{ReplayRow, Shifted};
+use crate::verdict::state::Verdict;
+use crate::verdict::stats::median;
 
 /// A head/base ratio as a signed percentage ("+2.5%").
 pub fn pct(ratio: f64) -> String {
@@ -290,10 +291,19 @@ pub fn print_bisect(log: &BisectLog) {
             c.summary,
             bisect_effect(conf)
         ),
-        (Some(c), None) => println!(
-            "\nfirst bad commit: {} {} (not confirmed)",
-            c.sha, c.summary
-        ),
+        // A culprit is named only when its confirmation showed the regression.
+        (Some(c), None) => println!("\nfirst bad commit: {} {}", c.sha, c.summary),
+        (None, _) if log.unconfirmed.is_some() => {
+            let c = log.unconfirmed.as_ref().expect("checked");
+            println!(
+                "\nno culprit named: the steps pointed at {} {}, which its confirmation did not confirm{}",
+                c.sha,
+                c.summary,
+                log.confirmation
+                    .as_ref()
+                    .map_or(String::new(), |conf| format!(" ({})", bisect_effect(conf)))
+            );
+        }
         (None, _) if log.candidates.len() > 1 => {
             println!("\nfirst bad commit is one of:");
             for c in &log.candidates {

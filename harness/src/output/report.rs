@@ -9,19 +9,20 @@ use comfy_table::{presets::ASCII_MARKDOWN, Table};
 use hdrhistogram::Histogram;
 
 use crate::bisect::BisectLog;
-use crate::decision::GateResult;
-use crate::decision::Verdict;
+use crate::build::git::CommitInfo;
 use crate::error::HarnessError;
-use crate::git::CommitInfo;
-use crate::plots::{self, CommitSeries};
-use crate::render::{
+use crate::output::plots::{self, CommitSeries};
+use crate::output::render::{
     bisect_effect, bisect_steps_table, comparison_table, degradation_line, instructions_line,
     limits_table,
 };
-use crate::runner::TrialStatus;
-use crate::stats::median;
-use crate::store::{load_baseline, ResultStore, TrialRecord};
-use crate::workload::Workload;
+use crate::store::files::{load_baseline, ResultStore};
+use crate::store::record::TrialRecord;
+use crate::trial::runner::TrialStatus;
+use crate::trial::workload::Workload;
+use crate::verdict::decision::GateResult;
+use crate::verdict::state::Verdict;
+use crate::verdict::stats::median;
 
 pub struct ReportInput<'a> {
     pub title: String,
@@ -172,7 +173,7 @@ fn write_gate(md: &mut String, gate: &[GateResult], commit_url: &str) {
     ]);
     for g in gate {
         let cmp = g.comparison.as_ref();
-        let ratio = |m: Option<&crate::stats::MetricComparison>| {
+        let ratio = |m: Option<&crate::verdict::stats::MetricComparison>| {
             m.map_or("-".into(), |m| {
                 format!(
                     "{:+.1}% [{:+.1}%, {:+.1}%]",
@@ -191,11 +192,15 @@ fn write_gate(md: &mut String, gate: &[GateResult], commit_url: &str) {
             ratio(cmp.map(|c| &c.p99)),
             ratio(cmp.and_then(|c| c.peak_rss.as_ref())),
             match cmp.and_then(|c| c.instructions.as_ref()) {
-                Some(crate::instructions::TierOutcome::Compared(t)) => ratio(Some(&t.metric)),
-                Some(crate::instructions::TierOutcome::NotMeasured { .. }) => "not measured".into(),
+                Some(crate::verdict::instructions::TierOutcome::Compared(t)) => {
+                    ratio(Some(&t.metric))
+                }
+                Some(crate::verdict::instructions::TierOutcome::NotMeasured { .. }) => {
+                    "not measured".into()
+                }
                 None => "-".into(),
             },
-            match crate::decision::limits_verdict(&g.limits) {
+            match crate::verdict::decision::limits_verdict(&g.limits) {
                 Verdict::Pass => "pass".into(),
                 Verdict::Regression => "**FAIL**".into(),
                 Verdict::Inconclusive => "inconclusive".into(),
@@ -521,6 +526,19 @@ pub fn write_bisect_section(
         }
         let _ = writeln!(md, "\n");
     }
+    if let Some(c) = &log.unconfirmed {
+        let _ = write!(
+            md,
+            "**No culprit named:** the steps pointed at [`{}`]({}) {}, which its confirmation against its parent did not confirm",
+            c.short(),
+            url.replace("{sha}", &c.sha),
+            c.summary.replace('|', "\\|")
+        );
+        if let Some(conf) = &log.confirmation {
+            let _ = write!(md, " ({})", bisect_effect(conf));
+        }
+        let _ = writeln!(md, ".\n");
+    }
     for note in &log.notes {
         let _ = writeln!(md, "> {note}\n");
     }
@@ -550,7 +568,7 @@ pub fn write_bisect_section(
     let name = format!("bisect-{}.svg", log.workload);
     let pairs: usize = log.steps.iter().map(|s| s.pairs).sum();
     let y_label = format!("{metric} / good");
-    crate::plots::per_commit(
+    crate::output::plots::per_commit(
         &out_dir.join(&name),
         &format!("bisect steps: {metric} relative to the good commit"),
         &format!(
@@ -559,7 +577,7 @@ pub fn write_bisect_section(
             log.steps.len(),
             pairs
         ),
-        &crate::plots::CommitSeries {
+        &crate::output::plots::CommitSeries {
             labels: &labels,
             values: &values,
             y_label: &y_label,

@@ -19,7 +19,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::HarnessError;
-use crate::store::{TrialRecord, TRIAL_SCHEMA};
+use crate::store::record::{TrialRecord, TRIAL_SCHEMA};
 
 pub const DB_FILE: &str = "results.sqlite";
 
@@ -327,9 +327,9 @@ impl ResultsDb {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::git::CommitInfo;
-    use crate::runner::TrialStatus;
-    use crate::trial::TrialSummary;
+    use crate::build::git::CommitInfo;
+    use crate::trial::runner::TrialStatus;
+    use crate::trial::summary::TrialSummary;
 
     pub(crate) fn trial(id: &str, sha: &str, throughput: f64) -> TrialRecord {
         TrialRecord {

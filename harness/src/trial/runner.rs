@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use chronik_bench_schema::BenchReport;
 use serde::{Deserialize, Serialize};
 
-use crate::process::{tail, GroupChild};
-use crate::target::TargetConfig;
-use crate::workload::Workload;
+use crate::build::process::{tail, GroupChild};
+use crate::build::target::TargetConfig;
+use crate::trial::workload::Workload;
 
 /// Lines of broker stderr kept with a `crashed` trial.
 const STDERR_TAIL_LINES: usize = 20;

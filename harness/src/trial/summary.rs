@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::runner::TrialStatus;
+use crate::trial::runner::TrialStatus;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -224,14 +224,45 @@ impl Workload {
 /// The seed's workload (128 in flight, 256 B, 30 s): the default of every subcommand.
 pub const SEED_WORKLOAD: &str = "produce-c128-s256-30s";
 
-/// The directory of workload files shipped with the harness.
-pub fn default_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("workloads")
+/// Where workload files live in a checkout of this repository.
+const IN_REPOSITORY: &str = "harness/workloads";
+
+/// The directory of workload files when `--workload-dir` is not given: `harness/workloads` of
+/// the target repository, else `workloads/` beside the executable (an installed harness),
+/// else `harness/workloads` of the checkout whose `target/<profile>/` holds the executable.
+/// Never a path of the machine that built the binary.
+pub fn find_dir(repo: &Path) -> Result<PathBuf, HarnessError> {
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf));
+    let mut candidates = vec![repo.join(IN_REPOSITORY)];
+    if let Some(dir) = &exe_dir {
+        candidates.push(dir.join("workloads"));
+        if let Some(checkout) = dir.parent().and_then(Path::parent) {
+            candidates.push(checkout.join(IN_REPOSITORY));
+        }
+    }
+    candidates
+        .iter()
+        .find(|dir| dir.is_dir())
+        .cloned()
+        .ok_or_else(|| {
+            let tried: Vec<String> = candidates.iter().map(|d| d.display().to_string()).collect();
+            HarnessError::Usage(format!(
+                "no workload directory found (tried {}); pass --workload-dir",
+                tried.join(", ")
+            ))
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The workload files of this checkout.
+    fn shipped() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("workloads")
+    }
     use clap::Parser;
 
     /// What chronik-bench makes of a workload's arguments.
@@ -246,7 +277,7 @@ mod tests {
 
     #[test]
     fn every_shipped_workload_runs_the_settings_it_asks_for() {
-        let dir = default_dir();
+        let dir = shipped();
         let names = Workload::list(&dir);
         assert!(names.len() >= 5, "{names:?}");
         for name in names {
@@ -259,7 +290,7 @@ mod tests {
     fn single_broker_workloads_keep_their_hash() {
         // The hash ties stored results and baselines to a workload: the cluster fields,
         // at their defaults, must not change it.
-        let w = Workload::find(SEED_WORKLOAD, &default_dir()).unwrap();
+        let w = Workload::find(SEED_WORKLOAD, &shipped()).unwrap();
         assert_eq!(w.brokers, 1);
         let json = serde_json::to_string(&w).unwrap();
         assert!(!json.contains("brokers") && !json.contains("replication_factor"));
@@ -273,7 +304,7 @@ mod tests {
 
     #[test]
     fn a_run_with_other_client_settings_is_named() {
-        let w = Workload::find(SEED_WORKLOAD, &default_dir()).unwrap();
+        let w = Workload::find(SEED_WORKLOAD, &shipped()).unwrap();
         let mut config = ran(&w);
         let key = w
             .client

@@ -13,12 +13,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::compare::{CompareSettings, Comparison, ErrorControl};
-use crate::decision::Verdict;
 use crate::error::HarnessError;
-use crate::noise_bank::NoiseBank;
-use crate::stats::{Margins, MetricComparison};
-use crate::store::write_atomically;
+use crate::store::files::write_atomically;
+use crate::verdict::compare::{CompareSettings, Comparison, ErrorControl};
+use crate::verdict::noise_bank::NoiseBank;
+use crate::verdict::state::Verdict;
+use crate::verdict::stats::{Margins, MetricComparison};
 
 /// Margins tried, smallest first (fractions).
 pub const MARGIN_CANDIDATES: [f64; 12] = [
@@ -32,7 +32,7 @@ pub const AA_REGRESSION_MAX: f64 = 0.01;
 pub const SEARCH_REPLAYS: usize = 500;
 
 /// The wall-clock metrics whose margins are calibrated. Instructions per request is not: its
-/// spread is a tenth of its margin (BENCHMARKS.md §7) and the noise bank does not hold it.
+/// spread is a tenth of its margin (BENCHMARKS.md, "Deterministic tier") and the noise bank does not hold it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Tuned {
@@ -272,7 +272,7 @@ pub fn calibrate(
         workload_hash: workload_hash.to_owned(),
         host_fingerprint: host_fingerprint.to_owned(),
         commit: commit.to_owned(),
-        calibrated_at: crate::store::now_rfc3339(),
+        calibrated_at: crate::store::files::now_rfc3339(),
         bank_trials: bank.trials.len(),
         replays_per_candidate: SEARCH_REPLAYS,
         min_pairs: settings.min_pairs,
@@ -285,7 +285,7 @@ pub fn calibrate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trial::TrialSummary;
+    use crate::trial::summary::TrialSummary;
     use rand::rngs::SmallRng;
     use rand::{Rng, SeedableRng};
 

@@ -9,12 +9,12 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::decision::Verdict;
-use crate::instructions::TierOutcome;
-use crate::stats::{
+use crate::trial::summary::{Side, TrialFailure, TrialSummary};
+use crate::verdict::instructions::TierOutcome;
+use crate::verdict::state::Verdict;
+use crate::verdict::stats::{
     compare_metric, last_vs_first_third, median, Levels, Margins, MetricComparison,
 };
-use crate::trial::{Side, TrialFailure, TrialSummary};
 
 pub trait TrialSource {
     /// One valid trial of `side` (the source reruns invalid trials a bounded number of times).
@@ -93,7 +93,7 @@ impl CompareSettings {
     /// The design and its error rates, one line, for output next to a verdict.
     pub fn describe(&self, metrics: usize) -> String {
         let looks: Vec<String> = self.looks().iter().map(usize::to_string).collect();
-        match self.error {
+        let design = match self.error {
             ErrorControl::FamilyWise { alpha } => format!(
                 "design: looks at {} pairs x {metrics} metrics; a change exactly at the margin is called a regression (anywhere) with probability <= {:.1}% and a pass (per metric) <= {:.1}%; sign-test bounds, Bonferroni over looks and metrics",
                 looks.join(", "),
@@ -105,7 +105,13 @@ impl CompareSettings {
                 looks.join(", "),
                 tail * 100.0
             ),
-        }
+        };
+        // The order of each pair is drawn at random (counterbalanced on average); its seed
+        // replays the same order sequence.
+        format!(
+            "{design}; A/B order per pair from seed {} (--seed {} replays it)",
+            self.seed, self.seed
+        )
     }
 }
 
@@ -289,7 +295,7 @@ pub fn run_compare(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runner::TrialStatus;
+    use crate::trial::runner::TrialStatus;
 
     /// Draws trials from fixed distributions; remembers the order it was asked in.
     struct Mock {

@@ -6,34 +6,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::compare::Comparison;
+use crate::build::git::CommitInfo;
 use crate::error::HarnessError;
-use crate::git::CommitInfo;
-use crate::stats::{median, median_interval, DISPLAY_COVERAGE};
-use crate::trial::{Side, TrialFailure, TrialSummary};
-use crate::workload::Workload;
-
-/// The three states of every verdict (docs/STATISTICS.md rule 4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Verdict {
-    Pass,
-    Regression,
-    Inconclusive,
-}
-
-impl Verdict {
-    /// Worst of several: regression > inconclusive > pass.
-    pub fn worst(verdicts: impl IntoIterator<Item = Verdict>) -> Verdict {
-        verdicts
-            .into_iter()
-            .fold(Verdict::Pass, |acc, v| match (acc, v) {
-                (Verdict::Regression, _) | (_, Verdict::Regression) => Verdict::Regression,
-                (Verdict::Inconclusive, _) | (_, Verdict::Inconclusive) => Verdict::Inconclusive,
-                _ => Verdict::Pass,
-            })
-    }
-}
+use crate::trial::summary::{Side, TrialFailure, TrialSummary};
+use crate::trial::workload::Workload;
+use crate::verdict::compare::Comparison;
+use crate::verdict::state::Verdict;
+use crate::verdict::stats::{median, median_interval, DISPLAY_COVERAGE};
 
 /// What a bisect step says about its commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,7 +190,7 @@ mod tests {
     fn a_failed_trial_is_no_pass() {
         let failure = TrialFailure {
             side: Side::Head,
-            status: crate::runner::TrialStatus::Crashed,
+            status: crate::trial::runner::TrialStatus::Crashed,
             detail: "exited".into(),
         };
         assert_eq!(
@@ -228,13 +207,5 @@ mod tests {
         assert_eq!(bisect_step(Pass), StepVerdict::Good);
         assert_eq!(bisect_step(Regression), StepVerdict::Bad);
         assert_eq!(bisect_step(Inconclusive), StepVerdict::Skip);
-    }
-
-    #[test]
-    fn worst_verdict_wins() {
-        use Verdict::*;
-        assert_eq!(Verdict::worst([Pass, Inconclusive, Pass]), Inconclusive);
-        assert_eq!(Verdict::worst([Pass, Regression, Inconclusive]), Regression);
-        assert_eq!(Verdict::worst([Pass, Pass]), Pass);
     }
 }

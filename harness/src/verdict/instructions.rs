@@ -34,14 +34,10 @@ use std::time::{Duration, Instant};
 use chronik_bench_schema::replay::{ReplaySummary, StreamShape};
 use serde::{Deserialize, Serialize};
 
-use crate::decision::Verdict;
-use crate::process::{tail, GroupChild};
-use crate::stats::{median, MetricComparison};
-use crate::target::TargetConfig;
-
-/// Default rise of instructions per request that counts as a regression (1%): ten times the
-/// run-to-run spread measured here (0.1% over 8 runs, BENCHMARKS.md).
-pub const INSTRUCTIONS_RISE_DEFAULT: f64 = 0.01;
+use crate::build::process::{tail, GroupChild};
+use crate::build::target::TargetConfig;
+use crate::verdict::state::Verdict;
+use crate::verdict::stats::{median, MetricComparison};
 
 /// Produce requests of the replayed stream (16 records of 256 B each). About 235M instructions
 /// at today's broker, about 5 s per run under DHAT on this machine.
@@ -358,7 +354,7 @@ impl InstructionTier {
         } else {
             None
         };
-        crate::process::signal_group(broker.pgid, "TERM");
+        crate::build::process::signal_group(broker.pgid, "TERM");
         let status = broker.wait_timeout(EXIT_TIMEOUT);
         broker.stop();
         match status {

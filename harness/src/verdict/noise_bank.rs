@@ -14,10 +14,10 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::compare::{run_compare, CompareSettings, Comparison, TrialSource};
-use crate::decision::Verdict;
-use crate::store::TrialRecord;
-use crate::trial::{Side, TrialFailure, TrialSummary};
+use crate::store::record::TrialRecord;
+use crate::trial::summary::{Side, TrialFailure, TrialSummary};
+use crate::verdict::compare::{run_compare, CompareSettings, Comparison, TrialSource};
+use crate::verdict::state::Verdict;
 
 /// Fewer valid trials than this make a bank too small to resample from.
 pub const NOISE_BANK_TRIALS_MIN: usize = 10;

@@ -1,0 +1,258 @@
+//! `calibrate`: real A/A comparisons of one commit against itself, then the shipped rule
+//! replayed on every stored trial of it (the noise bank); margins searched there are stored
+//! for `gate`.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde::Serialize;
+
+use crate::build::git::CommitInfo;
+use crate::cmd::args::{session, write_json, Common, Statistics};
+use crate::cmd::exit::{self, EXIT_PASS};
+use crate::error::HarnessError;
+use crate::output::render::{margins_table, pct, replay_table};
+use crate::session::Session;
+use crate::trial::workload::{Workload, SEED_WORKLOAD};
+use crate::verdict::calibration::{self, CalibratedMargins};
+use crate::verdict::compare::{metric_count, CompareSettings};
+use crate::verdict::noise_bank::{NoiseBank, ReplayRow, NOISE_BANK_TRIALS_MIN};
+use crate::verdict::state::Verdict;
+use crate::verdict::stats::median;
+
+#[derive(Args)]
+pub struct CalibrateArgs {
+    #[arg(long, default_value = "HEAD")]
+    rev: String,
+    /// Workloads to calibrate, one after the other (repeatable).
+    #[arg(long, default_values_t = vec![SEED_WORKLOAD.to_string()])]
+    workload: Vec<String>,
+    /// Real A/A comparisons to run (0: only replay the stored noise bank).
+    #[arg(long, default_value_t = 10)]
+    comparisons: usize,
+    /// Replays of the shipped rule per shift on the noise bank.
+    #[arg(long, default_value_t = 2000)]
+    replays: usize,
+    #[command(flatten)]
+    stats: Statistics,
+    /// Write the calibrations as JSON (an array, one per workload).
+    #[arg(long)]
+    json_output: Option<PathBuf>,
+}
+
+impl CalibrateArgs {
+    pub fn run(&self, c: &Common) -> Result<u8, HarnessError> {
+        let settings = self.stats.settings()?;
+        let workloads = c.workloads(&self.workload)?;
+        let s = session(c)?;
+        let commit = s.repo.resolve(&self.rev)?;
+        let mut codes = Vec::new();
+        let mut calibrations = Vec::new();
+        for workload in &workloads {
+            let (code, calibration) = calibrate(
+                &s,
+                &c.baselines_dir,
+                &commit,
+                workload,
+                self.comparisons,
+                self.replays,
+                &settings,
+            )?;
+            codes.push(code);
+            calibrations.push(calibration);
+        }
+        write_json(&self.json_output, &calibrations)?;
+        Ok(exit::worst(codes))
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Calibration {
+    pub workload: String,
+    pub commit: CommitInfo,
+    pub comparisons: usize,
+    pub false_alarms: usize,
+    pub inconclusive: usize,
+    pub false_alarm_rate: f64,
+    /// Median half-width of the throughput interval (fraction): noise the default pairs see.
+    pub median_ci_half_width: f64,
+    /// Smallest drop the defaults flag reliably: the margin plus the typical half-width.
+    pub smallest_reliable_drop: f64,
+    pub results: Vec<(Verdict, f64, f64, f64)>,
+    /// Valid trials of this commit, workload and host in the store: the noise bank.
+    pub bank_trials: usize,
+    /// The shipped rule replayed on the noise bank (empty when the bank is too small).
+    pub replay: Vec<ReplayRow>,
+    /// The design the verdicts were reached with.
+    pub design: String,
+    /// Margins searched on the noise bank and stored for `gate` (none when the bank is small).
+    #[serde(default)]
+    pub margins: Option<CalibratedMargins>,
+    /// The rule replayed again with those margins.
+    #[serde(default)]
+    pub calibrated_replay: Vec<ReplayRow>,
+}
+
+/// `calibrate`: `comparisons` real A/A comparisons of one commit against itself, then the
+/// shipped rule replayed `replays` times per shift on the noise bank (every valid trial of the
+/// commit on this host, the ones just run included).
+fn calibrate(
+    session: &Session,
+    baselines_dir: &Path,
+    commit: &CommitInfo,
+    workload: &Workload,
+    comparisons: usize,
+    replays: usize,
+    settings: &CompareSettings,
+) -> Result<(u8, Calibration), HarnessError> {
+    let mut results = Vec::new();
+    for i in 0..comparisons {
+        let s = CompareSettings {
+            seed: settings.seed.wrapping_add(i as u64 * 7919),
+            ..*settings
+        };
+        match session
+            .measure(commit, commit, workload, &s, "calibrate")?
+            .into_result(commit, commit)?
+        {
+            Ok(c) => {
+                session.say(&format!(
+                    "A/A {}/{comparisons}: {:?} ({} pairs, ratio {})",
+                    i + 1,
+                    c.verdict,
+                    c.pairs(),
+                    pct(c.throughput.median_ratio)
+                ));
+                results.push((
+                    c.verdict,
+                    c.throughput.median_ratio,
+                    c.throughput.ci_low_ratio,
+                    c.throughput.ci_high_ratio,
+                ));
+            }
+            Err(f) => return Ok((exit::for_failure(&f), empty_calibration(workload, commit))),
+        }
+    }
+    let false_alarms = results
+        .iter()
+        .filter(|r| r.0 == Verdict::Regression)
+        .count();
+    let inconclusive = results
+        .iter()
+        .filter(|r| r.0 == Verdict::Inconclusive)
+        .count();
+    let half_widths: Vec<f64> = results.iter().map(|r| (r.3 - r.2) / 2.0).collect();
+    let median_ci_half_width = if half_widths.is_empty() {
+        0.0
+    } else {
+        median(&half_widths)
+    };
+    let calibration = Calibration {
+        workload: workload.name.clone(),
+        commit: commit.clone(),
+        comparisons,
+        false_alarms,
+        inconclusive,
+        false_alarm_rate: false_alarms as f64 / comparisons.max(1) as f64,
+        median_ci_half_width,
+        smallest_reliable_drop: settings.margins.throughput_drop + median_ci_half_width,
+        results,
+        bank_trials: 0,
+        replay: Vec::new(),
+        design: String::new(),
+        margins: None,
+        calibrated_replay: Vec::new(),
+    };
+    let mut calibration = calibration;
+    if comparisons > 0 {
+        print_real_calibration(workload, commit, &calibration);
+    }
+    let bank = NoiseBank::from_records(
+        &session.store.load_workload(&workload.name)?,
+        &commit.sha,
+        &workload.hash(),
+        &session.host.fingerprint(),
+    );
+    calibration.bank_trials = bank.trials.len();
+    calibration.design = settings.describe(metric_count(true, bank.has_cpu()));
+    if bank.trials.len() < NOISE_BANK_TRIALS_MIN {
+        println!(
+            "\nnoise bank: {} valid trial(s) of {} on this host (< {NOISE_BANK_TRIALS_MIN}): no replay; run calibrate with --comparisons to fill it",
+            bank.trials.len(),
+            commit.short()
+        );
+    } else if replays > 0 {
+        calibration.replay = bank.replay(settings, replays, settings.seed);
+        println!(
+            "\nshipped rule replayed {replays} times per row on a noise bank of {} trials of {} on this host ({}):\n{}\n{}",
+            bank.trials.len(),
+            commit.short(),
+            session.host.fingerprint(),
+            replay_table(&calibration.replay),
+            calibration.design
+        );
+        let margins = calibration::calibrate(
+            &bank,
+            settings,
+            (
+                &workload.name,
+                &workload.hash(),
+                &session.host.fingerprint(),
+                commit.short(),
+            ),
+        );
+        let path = calibration::save(baselines_dir, &margins)?;
+        let (tuned, _) = margins.apply(settings, &[]);
+        calibration.calibrated_replay = bank.replay(&tuned, replays, settings.seed);
+        println!(
+            "\nmargins searched on the bank (the smallest at which an unchanged commit passes the metric in >= {:.0}% of {} replays and is called a regression in <= {:.0}%), stored in {} for gate:\n{}\n\nshipped rule with these margins, replayed {replays} times per row:\n{}",
+            calibration::AA_PASS_TARGET * 100.0,
+            calibration::SEARCH_REPLAYS,
+            calibration::AA_REGRESSION_MAX * 100.0,
+            path.display(),
+            margins_table(&margins, settings),
+            replay_table(&calibration.calibrated_replay)
+        );
+        calibration.margins = Some(margins);
+    }
+    Ok((EXIT_PASS, calibration))
+}
+
+fn print_real_calibration(workload: &Workload, commit: &CommitInfo, calibration: &Calibration) {
+    let (comparisons, false_alarms, inconclusive, median_ci_half_width) = (
+        calibration.comparisons,
+        calibration.false_alarms,
+        calibration.inconclusive,
+        calibration.median_ci_half_width,
+    );
+    println!(
+        "\nA/A calibration of {} on {}: {} comparisons, {} false alarms ({:.0}%), {} inconclusive; median half-width of the throughput interval {:.2}%; smallest throughput drop flagged reliably ~{:.1}%",
+        workload.name,
+        commit.short(),
+        comparisons,
+        false_alarms,
+        calibration.false_alarm_rate * 100.0,
+        inconclusive,
+        median_ci_half_width * 100.0,
+        calibration.smallest_reliable_drop * 100.0
+    );
+}
+
+fn empty_calibration(workload: &Workload, commit: &CommitInfo) -> Calibration {
+    Calibration {
+        workload: workload.name.clone(),
+        commit: commit.clone(),
+        comparisons: 0,
+        false_alarms: 0,
+        inconclusive: 0,
+        false_alarm_rate: 0.0,
+        median_ci_half_width: 0.0,
+        smallest_reliable_drop: 0.0,
+        results: Vec::new(),
+        bank_trials: 0,
+        replay: Vec::new(),
+        design: String::new(),
+        margins: None,
+        calibrated_replay: Vec::new(),
+    }
+}

@@ -1,0 +1,8 @@
+//! One measurement: workload files (`workload`), a fresh broker and one chronik-bench run
+//! (`runner`), what a trial gives the statistics (`summary`), and the
+//! disk's own fdatasync floor with no broker (`disk_probe`).
+
+pub mod disk_probe;
+pub mod runner;
+pub mod summary;
+pub mod workload;

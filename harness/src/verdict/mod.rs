@@ -1,0 +1,12 @@
+//! Measurements into verdicts: the three states (`state`), paired statistics (`stats`),
+//! interleaved A/B scheduling over a trial source (`compare`), the deterministic tier
+//! (`instructions`), limits and gate verdicts (`decision`), and margins calibrated on the
+//! noise bank (`noise_bank`, `calibration`).
+
+pub mod calibration;
+pub mod compare;
+pub mod decision;
+pub mod instructions;
+pub mod noise_bank;
+pub mod state;
+pub mod stats;
