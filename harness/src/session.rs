@@ -20,7 +20,7 @@ use crate::trial::workload::Workload;
 use crate::verdict::compare::{run_compare, CompareSettings, TrialSource};
 use crate::verdict::decision::PairOutcome;
 use crate::verdict::instructions::{
-    compare_counts, InstructionComparison, InstructionTier, TierOutcome,
+    compare_counts, InstructionComparison, InstructionTier, TierError, TierOutcome,
 };
 
 /// An invalid trial is rerun (never counted) at most this many times before the side fails.
@@ -35,7 +35,7 @@ pub struct Session {
     pub quiet: bool,
     /// The deterministic tier: `None` when turned off (`--instruction-runs 0`), an error when
     /// asked for but it cannot run here (every comparison then says "not measured").
-    pub instructions: Option<Result<InstructionTier, String>>,
+    pub instructions: Option<Result<InstructionTier, TierError>>,
     trial_counter: AtomicU64,
 }
 
@@ -315,7 +315,7 @@ impl Session {
             Ok(tier) => tier,
             Err(reason) => {
                 return Some(TierOutcome::NotMeasured {
-                    reason: reason.clone(),
+                    reason: reason.to_string(),
                 })
             }
         };

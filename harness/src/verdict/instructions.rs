@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use chronik_bench_schema::replay::{ReplaySummary, StreamShape};
 use serde::{Deserialize, Serialize};
+use thiserror::Error;
 
 use crate::build::process::{tail, GroupChild};
 use crate::build::target::TargetConfig;
@@ -194,27 +195,30 @@ impl InstructionTier {
         replay_bin: PathBuf,
         target: TargetConfig,
         scratch: PathBuf,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, TierError> {
         if !replay_bin.exists() {
-            return Err(format!(
+            return Err(TierError::Unavailable(format!(
                 "chronik-replay not found at {} (build it with `cargo build --release -p chronik-bench`)",
                 replay_bin.display()
-            ));
+            )));
         }
         if !target.start.contains("{binary}") {
-            return Err("the target's start command does not name {binary}, so it cannot run under Valgrind (turn the tier off with --instruction-runs 0)".into());
+            return Err(TierError::Unavailable("the target's start command does not name {binary}, so it cannot run under Valgrind (turn the tier off with --instruction-runs 0)".into()));
         }
         let version = Command::new(valgrind)
             .arg("--version")
             .output()
             .map_err(|e| {
-                format!(
+                TierError::Unavailable(format!(
                     "{} not runnable ({e}); install valgrind (apt install valgrind)",
                     valgrind.display()
-                )
+                ))
             })?;
         if !version.status.success() {
-            return Err(format!("{} --version failed", valgrind.display()));
+            return Err(TierError::Unavailable(format!(
+                "{} --version failed",
+                valgrind.display()
+            )));
         }
         Ok(Self {
             valgrind: valgrind.to_owned(),
@@ -234,7 +238,7 @@ impl InstructionTier {
         binary: &Path,
         broker_args: &[String],
         on_run: &dyn Fn(&str),
-    ) -> Result<InstructionSample, String> {
+    ) -> Result<InstructionSample, TierError> {
         let cache_key = format!("{key}|{}", broker_args.join(" "));
         if let Some(sample) = self.cache.lock().expect("cache lock").get(&cache_key) {
             return Ok(sample.clone());
@@ -253,7 +257,7 @@ impl InstructionTier {
             ));
             summary = replayed;
         }
-        let summary = summary.ok_or("no run replayed the stream")?;
+        let summary = summary.ok_or_else(|| TierError::Run("no run replayed the stream".into()))?;
         heap.sort_unstable();
         let (heap_blocks, heap_bytes) = heap[heap.len() / 2];
         let sample = InstructionSample {
@@ -279,12 +283,12 @@ impl InstructionTier {
         binary: &Path,
         broker_args: &[String],
         with_stream: bool,
-    ) -> Result<(DhatTotals, Option<ReplaySummary>), String> {
+    ) -> Result<(DhatTotals, Option<ReplaySummary>), TierError> {
         let dir = RunDir::create(tmpfs_dir().unwrap_or(&self.scratch))?;
         let counts = dir.path().join("dhat.json");
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
-            .map_err(|e| format!("finding a free port: {e}"))?
+            .map_err(io("finding a free port"))?
             .port();
         let under_valgrind = format!(
             // Children are followed so a start script that execs the broker is measured
@@ -301,8 +305,8 @@ impl InstructionTier {
             .replace("{port}", &port.to_string())
             .replace("{data_dir}", &dir.path().join("data").display().to_string());
         let stderr_path = dir.path().join("stderr");
-        let stderr = std::fs::File::create(&stderr_path)
-            .map_err(|e| format!("creating the broker's log: {e}"))?;
+        let stderr =
+            std::fs::File::create(&stderr_path).map_err(io("creating the broker's log"))?;
         let mut command = Command::new("sh");
         command
             .arg("-c")
@@ -311,11 +315,13 @@ impl InstructionTier {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
-        let mut broker =
-            GroupChild::spawn(command).map_err(|e| format!("starting Valgrind: {e}"))?;
+        let mut broker = GroupChild::spawn(command).map_err(io("starting Valgrind"))?;
         let failed = |what: &str, broker: &mut GroupChild| {
             broker.stop();
-            format!("{what}:\n{}", tail(&stderr_path, STDERR_TAIL_LINES))
+            TierError::Run(format!(
+                "{what}:\n{}",
+                tail(&stderr_path, STDERR_TAIL_LINES)
+            ))
         };
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = Instant::now() + READY_TIMEOUT;
@@ -360,25 +366,29 @@ impl InstructionTier {
         match status {
             Some(s) if s.success() => {}
             other => {
-                return Err(format!(
+                return Err(TierError::Run(format!(
                     "the broker under Valgrind did not stop cleanly ({other:?}):\n{}",
                     tail(&stderr_path, STDERR_TAIL_LINES)
-                ))
+                )))
             }
         }
         let text = std::fs::read_to_string(&counts)
-            .map_err(|e| format!("reading {}: {e}", counts.display()))?;
-        let totals = DhatTotals::parse(&text)
-            .map_err(|e| format!("{}: not a DHAT heap profile: {e}", counts.display()))?;
+            .map_err(io(format!("reading {}", counts.display())))?;
+        let totals = DhatTotals::parse(&text).map_err(|e| {
+            TierError::Run(format!(
+                "{}: not a DHAT heap profile: {e}",
+                counts.display()
+            ))
+        })?;
         Ok((totals, replayed))
     }
 
     /// Sends the stream to the broker at `addr` with `chronik-replay`; its summary.
-    fn replay(&self, addr: SocketAddr, dir: &Path) -> Result<ReplaySummary, String> {
+    fn replay(&self, addr: SocketAddr, dir: &Path) -> Result<ReplaySummary, TierError> {
         let summary_path = dir.join("replay.json");
         let stderr_path = dir.join("replay.stderr");
-        let stderr = std::fs::File::create(&stderr_path)
-            .map_err(|e| format!("creating chronik-replay's log: {e}"))?;
+        let stderr =
+            std::fs::File::create(&stderr_path).map_err(io("creating chronik-replay's log"))?;
         let mut command = Command::new(&self.replay_bin);
         command
             .arg("--bootstrap")
@@ -391,52 +401,80 @@ impl InstructionTier {
             .stdout(Stdio::null())
             .stderr(stderr);
         let mut replay = GroupChild::spawn(command)
-            .map_err(|e| format!("starting {}: {e}", self.replay_bin.display()))?;
+            .map_err(io(format!("starting {}", self.replay_bin.display())))?;
         let status = replay.wait_timeout(REPLAY_TIMEOUT);
         replay.stop();
         match status {
             Some(s) if s.success() => {}
             Some(s) => {
-                return Err(format!(
+                return Err(TierError::Run(format!(
                     "chronik-replay {s}: {}",
                     tail(&stderr_path, STDERR_TAIL_LINES)
-                ))
+                )))
             }
             None => {
-                return Err(format!(
+                return Err(TierError::Run(format!(
                     "chronik-replay did not finish within {} s",
                     REPLAY_TIMEOUT.as_secs()
-                ))
+                )))
             }
         }
         let raw = std::fs::read(&summary_path)
-            .map_err(|e| format!("reading {}: {e}", summary_path.display()))?;
-        let summary: ReplaySummary = serde_json::from_slice(&raw)
-            .map_err(|e| format!("{}: not a replay summary: {e}", summary_path.display()))?;
+            .map_err(io(format!("reading {}", summary_path.display())))?;
+        let summary: ReplaySummary = serde_json::from_slice(&raw).map_err(|e| {
+            TierError::Run(format!(
+                "{}: not a replay summary: {e}",
+                summary_path.display()
+            ))
+        })?;
         // Another chronik-replay build could send another stream: counts would not compare.
         let expected = StreamShape::seed(self.produce_requests);
         if summary.shape != expected {
-            return Err(format!(
+            return Err(TierError::Run(format!(
                 "chronik-replay sent {:?}, not the stream {expected:?} this harness counts",
                 summary.shape
-            ));
+            )));
         }
         Ok(summary)
     }
+}
+
+/// Why the deterministic tier could not measure: what a `NotMeasured` outcome says.
+#[derive(Debug, Error)]
+pub enum TierError {
+    /// The tier cannot run with this target or on this machine.
+    #[error("{0}")]
+    Unavailable(String),
+    /// An operation of a run failed.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A run gave no count: a process failed or stalled, or its output did not parse.
+    #[error("{0}")]
+    Run(String),
+}
+
+/// The `Io` error of `what`, for `map_err`.
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TierError {
+    let what = what.into();
+    move |source| TierError::Io { what, source }
 }
 
 /// A run's own directory (data, counts, log), removed when the run ends however it ends.
 struct RunDir(PathBuf);
 
 impl RunDir {
-    fn create(parent: &Path) -> Result<Self, String> {
+    fn create(parent: &Path) -> Result<Self, TierError> {
         static RUNS: AtomicU64 = AtomicU64::new(0);
         let path = parent.join(format!(
             "chronik-instructions-{}-{}",
             std::process::id(),
             RUNS.fetch_add(1, Ordering::Relaxed)
         ));
-        std::fs::create_dir_all(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+        std::fs::create_dir_all(&path).map_err(io(format!("creating {}", path.display())))?;
         Ok(Self(path))
     }
 
@@ -475,10 +513,14 @@ struct DhatPoint {
 }
 
 impl DhatTotals {
-    fn parse(text: &str) -> Result<Self, String> {
-        let file: DhatFile = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    fn parse(text: &str) -> Result<Self, TierError> {
+        let file: DhatFile =
+            serde_json::from_str(text).map_err(|e| TierError::Run(e.to_string()))?;
         if file.mode != "heap" || file.tu != "instrs" {
-            return Err(format!("mode {:?}, time unit {:?}", file.mode, file.tu));
+            return Err(TierError::Run(format!(
+                "mode {:?}, time unit {:?}",
+                file.mode, file.tu
+            )));
         }
         Ok(Self {
             instructions: file.te,
