@@ -671,6 +671,7 @@ mod tests {
             )),
             cpu_per_msg: None,
             degradation: None,
+            invalid: Default::default(),
             verdict: Verdict::Regression,
             design: String::new(),
             instructions: None,

@@ -189,13 +189,15 @@ impl Session {
         Ok(record)
     }
 
-    /// A valid trial, rerunning invalid ones a bounded number of times.
+    /// A valid trial, rerunning invalid ones a bounded number of times; each invalid one is
+    /// counted in `invalid`, so that a side that needs reruns more often shows.
     pub fn valid_trial(
         &self,
         built: &BuiltCommit,
         workload: &Workload,
         role: &str,
         side: Side,
+        invalid: &mut usize,
     ) -> Result<TrialSummary, TrialFailure> {
         let mut last = None;
         for _ in 0..=INVALID_RERUNS_MAX {
@@ -209,6 +211,7 @@ impl Session {
             match (record.status, record.summary) {
                 (TrialStatus::Ok, Some(summary)) => return Ok(summary),
                 (TrialStatus::Invalid, _) => {
+                    *invalid += 1;
                     self.say(&format!(
                         "  invalid trial of {} rerun: {}",
                         built.commit.short(),
@@ -285,6 +288,7 @@ impl Session {
             role,
             bar: self.progress_bar(settings.max_pairs as u64, label),
             pairs_done: 0,
+            invalid: [0, 0],
         };
         let result = run_compare(&mut source, settings);
         source.bar.finish_and_clear();
@@ -364,17 +368,27 @@ pub struct PairSource<'a> {
     pub bar: ProgressBar,
     /// Pairs completed so far (for the per-trial log line).
     pub pairs_done: usize,
+    /// Invalid (rerun) trials of base and head so far.
+    pub invalid: [usize; 2],
 }
 
 impl TrialSource for PairSource<'_> {
+    fn invalid_trials(&self) -> [usize; 2] {
+        self.invalid
+    }
+
     fn trial(&mut self, side: Side) -> Result<TrialSummary, TrialFailure> {
         let built = match side {
             Side::Base => self.base,
             Side::Head => self.head,
         };
-        let result = self
-            .session
-            .valid_trial(built, self.workload, &side.role(self.role), side);
+        let result = self.session.valid_trial(
+            built,
+            self.workload,
+            &side.role(self.role),
+            side,
+            &mut self.invalid[usize::from(side == Side::Head)],
+        );
         // One line per trial, above the bar on a terminal and alone in a CI log, where the bar
         // is hidden and a gate would otherwise be silent for many minutes.
         if !self.session.quiet {

@@ -9,7 +9,7 @@ use crate::build::git::CommitInfo;
 use crate::cmd::args::{session, write_json, Common, Statistics};
 use crate::cmd::exit;
 use crate::error::HarnessError;
-use crate::output::render::{comparison_table, degradation_line, instructions_line};
+use crate::output::render::{comparison_table, degradation_line, instructions_line, invalid_line};
 use crate::trial::workload::{Workload, SEED_WORKLOAD};
 use crate::verdict::compare::Comparison;
 
@@ -85,6 +85,9 @@ pub fn print_comparison(workload: &Workload, base: &CommitInfo, head: &CommitInf
     }
     if let Some(line) = degradation_line(c) {
         println!("\n{line}");
+    }
+    if let Some(line) = invalid_line(c) {
+        println!("{line}");
     }
     println!("\nverdict: {:?}", c.verdict);
 }

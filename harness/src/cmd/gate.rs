@@ -9,7 +9,9 @@ use crate::build::git::CommitInfo;
 use crate::cmd::args::{session, write_json, Common, Statistics};
 use crate::cmd::exit;
 use crate::error::HarnessError;
-use crate::output::render::{comparison_table, degradation_line, instructions_line, limits_table};
+use crate::output::render::{
+    comparison_table, degradation_line, instructions_line, invalid_line, limits_table,
+};
 use crate::session::Session;
 use crate::store::db::GateRow;
 use crate::store::files::{load_baseline, now_rfc3339};
@@ -137,7 +139,14 @@ fn gate_one(
             let mut trials = Vec::new();
             let mut failure = None;
             for _ in 0..settings.min_pairs {
-                match session.valid_trial(&built, workload, &Side::Head.role(GATE), Side::Head) {
+                let mut invalid = 0;
+                match session.valid_trial(
+                    &built,
+                    workload,
+                    &Side::Head.role(GATE),
+                    Side::Head,
+                    &mut invalid,
+                ) {
                     Ok(t) => trials.push(t),
                     Err(f) => {
                         failure = Some(f);
@@ -197,6 +206,9 @@ fn print_gate(result: &GateResult) {
             println!("{line}");
         }
         if let Some(line) = degradation_line(c) {
+            println!("{line}");
+        }
+        if let Some(line) = invalid_line(c) {
             println!("{line}");
         }
     }

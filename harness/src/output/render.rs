@@ -179,6 +179,24 @@ pub fn tier_table(t: &InstructionComparison) -> Table {
 
 /// The seed's throttling pattern, one line: the head's per-second rate in the last third of
 /// its runs relative to the first third.
+/// Invalid trials per side (each rerun), when there were any; a finding when the head was
+/// invalid markedly more often.
+pub fn invalid_line(c: &Comparison) -> Option<String> {
+    let i = &c.invalid;
+    (i.base + i.head > 0).then(|| {
+        format!(
+            "invalid trials, rerun and not counted: base {}, head {}{}",
+            i.base,
+            i.head,
+            if i.finding {
+                "  <- FINDING: the head fails its validity checks markedly more often; its valid trials may be its lucky ones, so it cannot pass"
+            } else {
+                ""
+            }
+        )
+    })
+}
+
 pub fn degradation_line(c: &Comparison) -> Option<String> {
     c.degradation.as_ref().map(|d| {
         format!(

@@ -14,7 +14,7 @@ use crate::error::HarnessError;
 use crate::output::plots::{self, CommitSeries};
 use crate::output::render::{
     bisect_effect, bisect_steps_table, comparison_table, degradation_line, instructions_line,
-    limits_table,
+    invalid_line, limits_table,
 };
 use crate::store::files::{load_baseline, ResultStore};
 use crate::store::record::TrialRecord;
@@ -223,7 +223,7 @@ fn write_gate(md: &mut String, gate: &[GateResult], commit_url: &str) {
         for line in g
             .comparison
             .iter()
-            .flat_map(|c| [instructions_line(c), degradation_line(c)])
+            .flat_map(|c| [instructions_line(c), degradation_line(c), invalid_line(c)])
         {
             let Some(line) = line else { continue };
             let _ = writeln!(md, "{}: {}\n", g.workload, escape(&line));

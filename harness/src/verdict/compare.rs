@@ -21,6 +21,44 @@ pub trait TrialSource {
     fn trial(&mut self, side: Side) -> Result<TrialSummary, TrialFailure>;
     /// Called after each finished pair (progress display).
     fn pair_done(&mut self, _pairs: usize, _max_pairs: usize) {}
+    /// Invalid trials of each side so far (rerun, never counted), base then head.
+    fn invalid_trials(&self) -> [usize; 2] {
+        [0, 0]
+    }
+}
+
+/// One-sided level at which a side that is invalid more often than the other is a finding:
+/// with k invalid trials in all, the head's count is compared against Binomial(k, 1/2), the
+/// split expected when both sides fail their validity checks equally often.
+pub const INVALID_FINDING_LEVEL: f64 = 0.05;
+
+/// Invalid trials per side: each was rerun, so the valid trials a side is judged on are its
+/// survivors. A head invalid markedly more often than its base cannot pass: its valid trials
+/// may be its lucky ones (a head that misses the offered rate or times out more often is slower
+/// in a way the valid trials do not show).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct InvalidTrials {
+    pub base: usize,
+    pub head: usize,
+    /// The head's share of the invalid trials is beyond `INVALID_FINDING_LEVEL`.
+    pub finding: bool,
+}
+
+impl InvalidTrials {
+    pub fn new([base, head]: [usize; 2]) -> Self {
+        let k = base + head;
+        // P(X >= head) for X ~ Binomial(k, 1/2).
+        let tail: f64 = (head..=k).map(|i| binomial(k, i)).sum::<f64>() / 2f64.powi(k as i32);
+        Self {
+            base,
+            head,
+            finding: head > base && tail <= INVALID_FINDING_LEVEL,
+        }
+    }
+}
+
+fn binomial(n: usize, k: usize) -> f64 {
+    (0..k).fold(1.0, |acc, i| acc * (n - i) as f64 / (i + 1) as f64)
 }
 
 /// How a comparison's error is bounded.
@@ -135,6 +173,9 @@ pub struct Comparison {
     #[serde(default)]
     pub cpu_per_msg: Option<MetricComparison>,
     pub degradation: Option<Degradation>,
+    /// Trials of each side that were invalid and rerun.
+    #[serde(default)]
+    pub invalid: InvalidTrials,
     pub verdict: Verdict,
     /// The sequential design and its error rates (`CompareSettings::describe`).
     #[serde(default)]
@@ -184,6 +225,7 @@ pub fn metric_count(with_rss: bool, with_cpu: bool) -> usize {
 fn evaluate(
     base: &[TrialSummary],
     head: &[TrialSummary],
+    invalid: InvalidTrials,
     settings: &CompareSettings,
 ) -> Comparison {
     let pick =
@@ -253,11 +295,15 @@ fn evaluate(
         peak_rss,
         cpu_per_msg,
         degradation,
+        invalid,
         verdict: Verdict::Inconclusive,
         design: settings.describe(metrics),
         instructions: None,
     };
     comparison.verdict = Verdict::worst(comparison.metrics().map(|m| m.verdict));
+    if invalid.finding {
+        comparison.verdict = Verdict::worst([comparison.verdict, Verdict::Inconclusive]);
+    }
     comparison
 }
 
@@ -284,7 +330,8 @@ pub fn run_compare(
         }
         source.pair_done(base.len(), settings.max_pairs);
         if settings.looks().contains(&base.len()) {
-            let comparison = evaluate(&base, &head, settings);
+            let invalid = InvalidTrials::new(source.invalid_trials());
+            let comparison = evaluate(&base, &head, invalid, settings);
             if comparison.verdict != Verdict::Inconclusive || base.len() >= settings.max_pairs {
                 return Ok(comparison);
             }
@@ -432,6 +479,56 @@ mod tests {
         assert_eq!(c.verdict, Verdict::Pass, "{:?}", c.throughput);
     }
 
+    /// A source whose sides needed reruns: the head's trials are as good as the base's, but
+    /// the head was invalid 6 times and the base never.
+    struct Rerun {
+        inner: Mock,
+        invalid: [usize; 2],
+    }
+
+    impl TrialSource for Rerun {
+        fn trial(&mut self, side: Side) -> Result<TrialSummary, TrialFailure> {
+            self.inner.trial(side)
+        }
+
+        fn invalid_trials(&self) -> [usize; 2] {
+            self.invalid
+        }
+    }
+
+    #[test]
+    fn a_head_invalid_markedly_more_often_cannot_pass() {
+        let mut rerun = Rerun {
+            inner: Mock::new(100_000.0, 100_000.0, 0.01),
+            invalid: [0, 6],
+        };
+        let c = run_compare(&mut rerun, &CompareSettings::default()).unwrap();
+        assert!(c.invalid.finding);
+        assert_eq!(c.verdict, Verdict::Inconclusive, "{:?}", c.throughput);
+        // The same trials with invalid runs spread evenly pass.
+        let mut even = Rerun {
+            inner: Mock::new(100_000.0, 100_000.0, 0.01),
+            invalid: [3, 3],
+        };
+        let c = run_compare(&mut even, &CompareSettings::default()).unwrap();
+        assert!(!c.invalid.finding);
+        assert_eq!(c.verdict, Verdict::Pass);
+    }
+
+    /// The head's share against Binomial(k, 1/2) at 5%, one-sided: 5 of 5 is 1/32, 4 of 4 is
+    /// 1/16, 6 of 7 is 8/128.
+    #[test]
+    fn invalid_trials_are_a_finding_only_when_the_head_has_markedly_more() {
+        let finding = |b, h| InvalidTrials::new([b, h]).finding;
+        assert!(finding(0, 5));
+        assert!(!finding(0, 4));
+        assert!(!finding(1, 6));
+        assert!(finding(1, 8));
+        assert!(!finding(5, 0));
+        assert!(!finding(3, 3));
+        assert!(!finding(0, 0));
+    }
+
     #[test]
     fn noise_near_the_margin_adds_pairs_up_to_the_bound_then_says_inconclusive() {
         let mut mock = Mock::new(100_000.0, 95_000.0, 0.25);
@@ -485,7 +582,12 @@ mod tests {
                 broker_cpu_us_per_msg: None,
             })
             .collect();
-        let c = evaluate(&base, &head, &CompareSettings::default());
+        let c = evaluate(
+            &base,
+            &head,
+            InvalidTrials::default(),
+            &CompareSettings::default(),
+        );
         assert!(c.degradation.unwrap().finding);
     }
 }
