@@ -5,19 +5,25 @@
 //!   wait to be retired, every log flushed and fsynced so they can go (`checkpoint`);
 //! - at shutdown: everything, fsynced (`final_flush`).
 //!
+//! And the two timers that drive the background part: segment write-back in small steps
+//! (`write_back_logs`) and the checkpoint (`checkpoint_tick`, on the broker's ticker).
+//!
 //! Nothing here is on the WAL's commit path: an ack waits only for the WAL's fdatasync.
 
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::config::BrokerConfig;
 use crate::fail_stop::FailStop;
 use crate::partition::Partition;
 use crate::profile::ProduceFlushProfile;
 use crate::topics::TopicRegistry;
-use crate::wal::{self, group_commit::WalShared};
+use crate::wal::{
+    self,
+    group_commit::{GroupCommitWal, WalShared},
+};
 
 pub struct Flusher {
     topics: Arc<TopicRegistry>,
@@ -106,5 +112,62 @@ impl Flusher {
                 );
             }
         }
+    }
+}
+/// How often partitions are asked to move written segment data to disk, and how much must
+/// have been written for one to do it: small steps, so no fsync of many megabytes ever sits in
+/// the disk's queue in front of the WAL's fdatasync (measured in BENCHMARKS.md, "Tail latency").
+const LOG_WRITEBACK_INTERVAL: Duration = Duration::from_millis(20);
+const LOG_WRITEBACK_BYTES_MIN: u64 = 1 << 20;
+/// After a write-back step, a partition's segment data leaves the page cache but for this many
+/// of its newest bytes, which consumers reading the tail still find in memory. On this host a
+/// page cache grown by a few GiB made every fdatasync slower, the WAL's with them, for the rest
+/// of the run (BENCHMARKS.md, "Tail latency", 2026-11-28). PostgreSQL drops its closed WAL files the same way.
+const LOG_CACHE_KEPT_BYTES: u64 = 8 << 20;
+
+/// Runs until aborted: `Partition::write_back` of every partition, every
+/// `LOG_WRITEBACK_INTERVAL`. A failed fdatasync is fail-stop, as everywhere.
+pub async fn write_back_logs(topics: Arc<TopicRegistry>, fail_stop: FailStop) {
+    let mut ticker = tokio::time::interval(LOG_WRITEBACK_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let topics = topics.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            for partition in topics.all_partitions() {
+                partition.write_back(LOG_WRITEBACK_BYTES_MIN, LOG_CACHE_KEPT_BYTES)?;
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+        let reason = match result {
+            Ok(Ok(())) => continue,
+            Ok(Err(err)) => format!("segment write-back failed: {err}"),
+            Err(panicked) => format!("segment write-back panicked: {panicked}"),
+        };
+        fail_stop.stop(reason);
+        return;
+    }
+}
+
+/// One checkpoint, on the blocking pool (`Flusher::checkpoint`). Returns why the broker must
+/// stop, if it must: a failed fsync is never retried and a checkpoint that panicked left its
+/// partition in an unknown state (fail-stop, as for the WAL); out of file descriptors nothing
+/// was written, and the next tick tries again.
+pub async fn checkpoint_tick(
+    flusher: &Arc<Flusher>,
+    wal: &Arc<GroupCommitWal>,
+    wal_dir: &Path,
+) -> Option<String> {
+    let (flusher, wal, dir) = (flusher.clone(), wal.clone(), wal_dir.to_path_buf());
+    let result = tokio::task::spawn_blocking(move || flusher.checkpoint(&dir, wal.shared())).await;
+    match result {
+        Ok(Ok(_)) => None,
+        Ok(Err(err)) if crate::fail_stop::out_of_descriptors(&err) => {
+            tracing::warn!("WAL checkpoint postponed: {err}");
+            None
+        }
+        Ok(Err(err)) => Some(format!("WAL checkpoint failed: {err}")),
+        Err(panicked) => Some(format!("WAL checkpoint panicked: {panicked}")),
     }
 }

@@ -1,7 +1,8 @@
 //! `chronik-broker`: the reference Kafka-wire broker every benchmark in this project measures.
 //!
 //! Map of the modules, in the order a produce request meets them:
-//! - `server`: listener and connection tasks (framing limits, ordered pipelined responses).
+//! - `server`: the accept loop and connection limit, connection tasks (framing limits,
+//!   ordered pipelined responses).
 //! - `request_times`: where a produce request's time goes in the broker (timeline log only).
 //! - `api`: the handler table (`SUPPORTED_APIS`) and one function per Kafka API.
 //! - `batch`: record batch v2 header view: CRC-32C, size limits, base-offset patching.
@@ -10,7 +11,8 @@
 //! - `wal`: record framing, storage trait, `GroupCommitWal` (knows a partition only as a
 //!   `DurableLog`; owns the byte budget of its queue), recovery, its durable mark.
 //! - `flush`: `Flusher`, the one place that moves pending batches to segment logs and fsyncs
-//!   them: after a produce response, at each checkpoint, at shutdown.
+//!   them: after a produce response, at each checkpoint, at shutdown; and the write-back and
+//!   checkpoint timers.
 //! - `log`: per-partition segment files with a sparse offset index.
 //! - `profile`: `ProduceFlushProfile` and its named constants.
 //! - `topics`: lock-free topic registry (`ArcSwap` snapshots).

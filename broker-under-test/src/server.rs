@@ -16,9 +16,9 @@ use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::ApiKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
-use tokio::task::{AbortHandle, JoinHandle};
+use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 
 use crate::api::{ApiContext, RequestError};
 use crate::request_times::{ConnectionTimes, Marks, RequestTimes};
@@ -81,6 +81,116 @@ async fn read_body(
         }
     }
     Ok((body.freeze(), held.expect("a frame has at least one byte")))
+}
+
+/// How long the listener rests after a failed accept (EMFILE) before it tries again.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// Connections may hold at most this fraction (1/N) of the process's open files limit; the
+/// rest stays for segment and WAL files, so a flood of connections cannot starve storage.
+const OPEN_FILES_PER_CONNECTION_SLOT: usize = 2;
+
+/// `--max-connections`, lowered to a share of the open files limit when that is smaller.
+fn connections_max(configured: usize) -> usize {
+    let Some(open_files) = open_files_soft_limit() else {
+        return configured;
+    };
+    let share = usize::try_from(open_files / OPEN_FILES_PER_CONNECTION_SLOT as u64)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    if share < configured {
+        tracing::warn!(
+            "at most {share} connections (half the open files limit of {open_files}; \
+             --max-connections is {configured}): raise the limit (ulimit -n) for more"
+        );
+    }
+    configured.min(share)
+}
+
+/// The soft limit on open files (RLIMIT_NOFILE) from /proc/self/limits, if it is finite.
+fn open_files_soft_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The listener's side of the broker: accepts connections up to a limit and serves each in a
+/// task of its own, which ends with its connection.
+pub struct Connections {
+    listener: TcpListener,
+    open: JoinSet<()>,
+    max: usize,
+    /// Accepting fails (out of file descriptors, typically): warned once per episode.
+    accept_failing: bool,
+    ctx: Arc<ApiContext>,
+    budget: RequestBudget,
+    times: Option<Arc<RequestTimes>>,
+}
+
+impl Connections {
+    /// At most `configured` connections, or fewer when the open files limit needs it.
+    pub fn new(
+        listener: TcpListener,
+        configured: usize,
+        ctx: Arc<ApiContext>,
+        budget: RequestBudget,
+        times: Option<Arc<RequestTimes>>,
+    ) -> Self {
+        Self {
+            listener,
+            open: JoinSet::new(),
+            max: connections_max(configured),
+            accept_failing: false,
+            ctx,
+            budget,
+            times,
+        }
+    }
+
+    /// Accepts the next connection (refused at the limit), or reaps one that ended. Both waits
+    /// are cancel-safe: the broker's loop selects this against its other timers.
+    pub async fn next(&mut self) {
+        tokio::select! {
+            accepted = self.listener.accept() => match accepted {
+                Ok((stream, peer)) if self.open.len() >= self.max => {
+                    tracing::debug!("refusing {peer}: {} connections open", self.open.len());
+                    drop(stream);
+                }
+                Ok((stream, _)) => {
+                    if self.accept_failing {
+                        self.accept_failing = false;
+                        tracing::info!("accepting connections again");
+                    }
+                    self.open.spawn(serve_connection(
+                        stream,
+                        self.ctx.clone(),
+                        self.budget.clone(),
+                        self.times.clone(),
+                    ));
+                }
+                Err(err) => {
+                    // Accepting again at once would spin. Warned once per episode, not ten
+                    // times a second.
+                    if self.accept_failing {
+                        tracing::debug!("accept failed: {err}");
+                    } else {
+                        self.accept_failing = true;
+                        tracing::warn!("accept failed: {err}; retrying every {ACCEPT_ERROR_PAUSE:?}");
+                    }
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                }
+            },
+            Some(_) = self.open.join_next(), if !self.open.is_empty() => {}
+        }
+    }
+
+    /// Stops accepting and ends every connection task.
+    pub async fn shutdown(mut self) {
+        self.open.shutdown().await;
+    }
 }
 
 /// Serves one client connection until it closes, misbehaves or stays idle too long. With
