@@ -137,7 +137,6 @@ pub async fn start_with_storage(
     config: BrokerConfig,
     open_wal: OpenWalStorage,
 ) -> Result<RunningBroker, StartError> {
-    let recovered = recover(&config, open_wal)?;
     let Recovered {
         lock_file,
         topics,
@@ -146,7 +145,7 @@ pub async fn start_with_storage(
         keeper_wake,
         fail_stop,
         fatal,
-    } = recovered;
+    } = recover(&config, open_wal)?;
     let flusher = Arc::new(Flusher::new(topics.clone(), &config, fail_stop.clone()));
     let listener = TcpListener::bind(config.listen)
         .await

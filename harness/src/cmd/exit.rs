@@ -108,12 +108,13 @@ pub fn for_failure(f: &TrialFailure) -> u8 {
 /// then the codes that stop a job (infrastructure, no baseline, usage), then inconclusive,
 /// then pass.
 pub fn worst(codes: impl IntoIterator<Item = u8>) -> u8 {
-    let severity = |code: u8| match code {
-        EXIT_PASS => 0,
-        EXIT_INCONCLUSIVE => 1,
-        EXIT_NO_BASELINE => 2,
-        EXIT_REGRESSION => 4,
-        _ => 3,
+    // Least severe first; any other code (infrastructure, usage) ranks after these and before
+    // a regression.
+    const MILDEST: [u8; 3] = [EXIT_PASS, EXIT_INCONCLUSIVE, EXIT_NO_BASELINE];
+    let severity = |code: u8| match MILDEST.iter().position(|&c| c == code) {
+        Some(rank) => rank,
+        None if code == EXIT_REGRESSION => MILDEST.len() + 1,
+        None => MILDEST.len(),
     };
     codes
         .into_iter()
