@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::build::builder::BuildOutcome;
 use crate::build::git::CommitInfo;
 use crate::error::HarnessError;
 use crate::session::Session;
@@ -96,19 +95,7 @@ impl PairBench for Session {
         settings: &CompareSettings,
         label: &str,
     ) -> Result<(PairOutcome, usize), HarnessError> {
-        let reference = self.build(base)?;
-        let built = self.build(head)?;
-        let builds = [&reference, &built]
-            .iter()
-            .filter(|b| {
-                matches!(
-                    b.outcome,
-                    BuildOutcome::Built { cached: false, .. } | BuildOutcome::Failed { .. }
-                )
-            })
-            .count();
-        let outcome = self.compare_built(&reference, &built, workload, settings, "bisect", label);
-        Ok((outcome, builds))
+        self.measure(base, head, workload, settings, "bisect", label)
     }
 
     fn say(&self, line: &str) {

@@ -240,7 +240,8 @@ impl Session {
     }
 
     /// Builds both commits (each once; cached when they build the same broker) and measures
-    /// them as a pair (`compare_built`).
+    /// them as a pair (`compare_built`). Also returns how many builds this made (new or
+    /// failed; a cached one does not count).
     pub fn measure(
         &self,
         base: &CommitInfo,
@@ -248,17 +249,21 @@ impl Session {
         workload: &Workload,
         settings: &CompareSettings,
         role: &str,
-    ) -> Result<PairOutcome, HarnessError> {
+        label: &str,
+    ) -> Result<(PairOutcome, usize), HarnessError> {
         let b = self.build(base)?;
         let h = self.build(head)?;
-        Ok(self.compare_built(
-            &b,
-            &h,
-            workload,
-            settings,
-            role,
-            &format!("{} pairs", workload.name),
-        ))
+        let builds = [&b, &h]
+            .iter()
+            .filter(|built| {
+                matches!(
+                    built.outcome,
+                    BuildOutcome::Built { cached: false, .. } | BuildOutcome::Failed { .. }
+                )
+            })
+            .count();
+        let outcome = self.compare_built(&b, &h, workload, settings, role, label);
+        Ok((outcome, builds))
     }
 
     /// Interleaved pairs of two built commits (`compare::run_compare`), then the deterministic

@@ -64,7 +64,11 @@ fn run_step(
         );
         return Ok(0);
     }
-    match session.measure(&good, &head, workload, settings, "bisect-run")? {
+    let label = format!("{} pairs", workload.name);
+    match session
+        .measure(&good, &head, workload, settings, "bisect-run", &label)?
+        .0
+    {
         PairOutcome::Compared(cmp) => {
             print_comparison(workload, &good, &head, &cmp);
             Ok(exit::for_bisect_step(cmp.verdict))

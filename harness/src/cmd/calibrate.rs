@@ -112,7 +112,15 @@ fn calibrate(
             ..*settings
         };
         match session
-            .measure(commit, commit, workload, &s, "calibrate")?
+            .measure(
+                commit,
+                commit,
+                workload,
+                &s,
+                "calibrate",
+                &format!("{} pairs", workload.name),
+            )?
+            .0
             .into_result(commit, commit)?
         {
             Ok(c) => {

@@ -40,7 +40,15 @@ impl CompareArgs {
         let mut compared = Vec::new();
         for workload in &workloads {
             let result = s
-                .measure(&base, &head, workload, &settings, "compare")?
+                .measure(
+                    &base,
+                    &head,
+                    workload,
+                    &settings,
+                    "compare",
+                    &format!("{} pairs", workload.name),
+                )?
+                .0
                 .into_result(&base, &head)?;
             codes.push(exit::for_comparison(&result));
             if let Ok(comparison) = result {

@@ -123,7 +123,15 @@ fn gate_one(
     let (comparison, failure, head_trials) = match &base {
         Some(base) => {
             match session
-                .measure(base, head, workload, settings, GATE)?
+                .measure(
+                    base,
+                    head,
+                    workload,
+                    settings,
+                    GATE,
+                    &format!("{} pairs", workload.name),
+                )?
+                .0
                 .into_result(base, head)?
             {
                 Ok(c) => {
