@@ -38,10 +38,12 @@ cargo build --release --locked -p chronik-bench -p chronik-harness
 mkdir -p "$out"
 harness=./target/release/chronik-harness
 
+# The gate's console output is kept too: ci/nightly.yml quotes its "could see" lines (each
+# workload's detectable change) in the warning of an inconclusive night.
 set +e
 "$harness" gate --head "$head_rev" "${base_args[@]}" "${workload_args[@]}" --json-output "$out/gate.json" \
-  --report-link "$out/report.md"
-gate_code=$?
+  --report-link "$out/report.md" | tee "$out/gate.txt"
+gate_code=${PIPESTATUS[0]}
 set -e
 
 if [ -f "$out/gate.json" ]; then

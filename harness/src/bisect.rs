@@ -151,6 +151,7 @@ pub fn midpoint_settings(step: &CompareSettings, endpoints: &Comparison) -> Comp
                 .map_or(step.margins.instructions_rise, |m| {
                     rise(m.median_ratio, step.margins.instructions_rise)
                 }),
+            allocations_rise: step.margins.allocations_rise,
         },
         ..*step
     }
@@ -623,6 +624,7 @@ mod tests {
             ci_high_ratio: median_ratio,
             ci_coverage: 0.75,
             limit_ratio,
+            detectable: Some(0.01),
             verdict,
         }
     }
@@ -662,6 +664,7 @@ mod tests {
             verdict: Verdict::Regression,
             design: String::new(),
             instructions: None,
+            out_of_budget: false,
         }
     }
 
@@ -701,22 +704,21 @@ mod tests {
             startup: 1_000_000,
             heap_blocks: 110_000,
             heap_bytes: 56_000_000,
+            heap_block_runs: vec![110_000; 3],
+            idle_per_s: 0.0,
+            idle_removed: 0,
             requests: 2_534,
             messages: 32_000,
             stream_sha256: String::new(),
             tmpfs: true,
         };
-        let metric = crate::verdict::instructions::compare_counts(
-            &runs(235e6),
-            &runs(235e6 * ratio),
-            crate::verdict::stats::INSTRUCTIONS_RISE_DEFAULT,
-        );
         c.attach_instructions(Some(crate::verdict::instructions::TierOutcome::Compared(
-            Box::new(crate::verdict::instructions::InstructionComparison {
-                base: sample(235e6),
-                head: sample(235e6 * ratio),
-                metric,
-            }),
+            Box::new(crate::verdict::instructions::InstructionComparison::new(
+                sample(235e6),
+                sample(235e6 * ratio),
+                crate::verdict::stats::INSTRUCTIONS_RISE_DEFAULT,
+                crate::verdict::stats::ALLOCATIONS_RISE_DEFAULT,
+            )),
         )));
         c
     }

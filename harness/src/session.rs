@@ -20,8 +20,9 @@ use crate::trial::workload::Workload;
 use crate::verdict::compare::{run_compare, CompareSettings, TrialSource};
 use crate::verdict::decision::PairOutcome;
 use crate::verdict::instructions::{
-    compare_counts, InstructionComparison, InstructionTier, TierError, TierOutcome,
+    InstructionComparison, InstructionTier, TierError, TierOutcome,
 };
+use crate::verdict::stats::Margins;
 
 /// An invalid trial is rerun (never counted) at most this many times before the side fails.
 const INVALID_RERUNS_MAX: usize = 2;
@@ -294,6 +295,7 @@ impl Session {
             bar: self.progress_bar(settings.max_pairs as u64, label),
             pairs_done: 0,
             invalid: [0, 0],
+            started: std::time::Instant::now(),
         };
         let result = run_compare(&mut source, settings);
         source.bar.finish_and_clear();
@@ -303,7 +305,7 @@ impl Session {
                     base,
                     head,
                     workload,
-                    settings.margins.instructions_rise,
+                    &settings.margins,
                 ));
                 PairOutcome::Compared(Box::new(c))
             }
@@ -312,13 +314,14 @@ impl Session {
     }
 
     /// The deterministic tier for `base` vs `head`: each build's counts (measured once per
-    /// session), compared at `rise_margin`; `None` when the tier is off.
+    /// session, the two sides' runs interleaved), compared at the margins' instruction and
+    /// allocation rises; `None` when the tier is off.
     pub fn instruction_outcome(
         &self,
         base: &BuiltCommit,
         head: &BuiltCommit,
         workload: &Workload,
-        rise_margin: f64,
+        margins: &Margins,
     ) -> Option<TierOutcome> {
         let tier = match self.instructions.as_ref()? {
             Ok(tier) => tier,
@@ -328,20 +331,37 @@ impl Session {
                 })
             }
         };
-        let sample = |built: &BuiltCommit| -> Result<_, String> {
+        let side = |built: &BuiltCommit| -> Result<(String, std::path::PathBuf), String> {
             let BuildOutcome::Built { binary, .. } = &built.outcome else {
                 return Err(format!("{} does not build", built.commit.short()));
             };
             let key = self.build_key(&built.commit).map_err(|e| e.to_string())?;
-            let say = |what: &str| self.say(&format!("  {} {what}", built.commit.short()));
-            tier.sample(&key, binary, &workload.broker_args, &say)
-                .map_err(|e| format!("{}: {e}", built.commit.short()))
+            Ok((key, binary.clone()))
         };
-        Some(match sample(base).and_then(|b| Ok((b, sample(head)?))) {
-            Ok((base, head)) => {
-                let metric = compare_counts(&base.runs, &head.runs, rise_margin);
-                TierOutcome::Compared(Box::new(InstructionComparison { base, head, metric }))
-            }
+        let say = |what: &str| {
+            self.say(&format!(
+                "  {}..{} {what}",
+                base.commit.short(),
+                head.commit.short()
+            ))
+        };
+        let samples = side(base).and_then(|(base_key, base_bin)| {
+            let (head_key, head_bin) = side(head)?;
+            tier.sample_pair(
+                (&base_key, &base_bin),
+                (&head_key, &head_bin),
+                &workload.broker_args,
+                &say,
+            )
+            .map_err(|e| e.to_string())
+        });
+        Some(match samples {
+            Ok((base, head)) => TierOutcome::Compared(Box::new(InstructionComparison::new(
+                base,
+                head,
+                margins.instructions_rise,
+                margins.allocations_rise,
+            ))),
             Err(reason) => TierOutcome::NotMeasured { reason },
         })
     }
@@ -375,6 +395,8 @@ pub struct PairSource<'a> {
     pub pairs_done: usize,
     /// Invalid (rerun) trials of base and head so far.
     pub invalid: [usize; 2],
+    /// When the first trial started (the comparison's time budget counts from it).
+    pub started: std::time::Instant,
 }
 
 impl TrialSource for PairSource<'_> {
@@ -415,6 +437,10 @@ impl TrialSource for PairSource<'_> {
             });
         }
         result
+    }
+
+    fn elapsed(&self) -> std::time::Duration {
+        self.started.elapsed()
     }
 
     fn pair_done(&mut self, pairs: usize, max_pairs: usize) {

@@ -94,3 +94,123 @@ fn values_the_harness_refuses_are_usage_errors_and_abort_a_bisect_run() {
         );
     }
 }
+
+/// A gate of `head` as the database records it, its throughput called a regression.
+fn throughput_regression(head: &str) -> String {
+    use chronik_harness::build::git::CommitInfo;
+    use chronik_harness::verdict::compare::{Comparison, InvalidTrials};
+    use chronik_harness::verdict::decision::GateResult;
+    use chronik_harness::verdict::state::Verdict;
+    use chronik_harness::verdict::stats::MetricComparison;
+    let metric = |name: &str, ratio: f64, verdict: Verdict| MetricComparison {
+        metric: name.into(),
+        pairs: 11,
+        median_ratio: ratio,
+        ci_low_ratio: ratio * 0.98,
+        ci_high_ratio: ratio * 1.02,
+        ci_coverage: 0.99,
+        limit_ratio: 0.95,
+        detectable: Some(0.03),
+        verdict,
+    };
+    let gate = GateResult {
+        workload: "produce-c128-s256-30s".into(),
+        base: None,
+        head: CommitInfo {
+            sha: head.into(),
+            summary: "slower".into(),
+        },
+        comparison: Some(Comparison {
+            base: Vec::new(),
+            head: Vec::new(),
+            throughput: metric("throughput", 0.9, Verdict::Regression),
+            p99: metric("p99", 1.0, Verdict::Pass),
+            peak_rss: None,
+            cpu_per_msg: None,
+            degradation: None,
+            invalid: InvalidTrials::default(),
+            verdict: Verdict::Regression,
+            design: String::new(),
+            instructions: None,
+            out_of_budget: false,
+        }),
+        limits: Vec::new(),
+        verdict: Verdict::Regression,
+        failure: None,
+        note: None,
+        margins_source: None,
+        accepted: Vec::new(),
+    };
+    serde_json::to_string(&gate).unwrap()
+}
+
+/// `accept` records who accepted what, why and when, and only what the commit's recorded gate
+/// called a regression: not before a gate, not a metric that did not regress, not without a
+/// reason.
+#[test]
+fn a_regression_is_accepted_only_as_its_gate_recorded_it() {
+    use chronik_harness::store::db::{GateRow, ResultsDb, DB_FILE};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let repo = Repository::init(root).unwrap();
+    commit(&repo, &[("README", "base\n")], "base");
+    let slower = commit(&repo, &[("README", "slower\n")], "slower");
+    commit(&repo, &[("README", "head\n")], "head");
+    let results = root.join("results");
+    let results_flag = format!("--results-dir={}", results.display());
+    let accept = |metric: &str, reason: &str| {
+        harness(
+            root,
+            &[
+                &results_flag,
+                "accept",
+                "--rev",
+                &slower,
+                "--metric",
+                metric,
+                "--reason",
+                reason,
+                "--by",
+                "dev",
+            ],
+        )
+    };
+    let usage = Some(i32::from(EXIT_USAGE));
+    assert_eq!(
+        accept("throughput", "intended").status.code(),
+        usage,
+        "no gate yet"
+    );
+    {
+        let mut db = ResultsDb::open(&results.join(DB_FILE)).unwrap();
+        let row = GateRow {
+            decided_at: "2026-12-03T00:00:00Z".into(),
+            host: "host".into(),
+            head_sha: slower.clone(),
+            base_sha: None,
+            verdict: "regression".into(),
+            report: None,
+        };
+        db.insert_gate(
+            &row,
+            "produce-c128-s256-30s",
+            &throughput_regression(&slower),
+        )
+        .unwrap();
+    }
+    let not_regressed = accept("p99", "intended");
+    assert_eq!(not_regressed.status.code(), usage);
+    assert!(String::from_utf8_lossy(&not_regressed.stderr).contains("did not call p99"));
+    assert_eq!(accept("throughput", " ").status.code(), usage, "no reason");
+    assert_eq!(accept("no-such-metric", "x").status.code(), usage);
+    let db = ResultsDb::open(&results.join(DB_FILE)).unwrap();
+    assert!(db.acceptances("produce-c128-s256-30s").unwrap().is_empty());
+    let ok = accept("throughput", "a CRC check on every batch, on purpose");
+    assert_eq!(ok.status.code(), Some(i32::from(EXIT_PASS)));
+    let rows = db.acceptances("produce-c128-s256-30s").unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].commit_sha, slower);
+    assert_eq!(rows[0].metric, "throughput");
+    assert_eq!(rows[0].accepted_by, "dev");
+    assert_eq!(rows[0].reason, "a CRC check on every batch, on purpose");
+}

@@ -384,14 +384,16 @@ fn gate_records_build_failures_crashes_and_missing_baselines_on_a_scripted_histo
     );
 }
 
-/// Stores a baseline of `base` (3 trials) and calibrates this host's margins on its trials.
+/// Stores a baseline of `base` and calibrates this host's margins on its trials. The baseline's
+/// 35 trials and the base's trials of the comparison before it (at least 5) make the bank the
+/// 40 trials `calibrate` needs (20 pairs: 10 to fit margins on, 10 held out).
 fn record_baseline_and_calibrate(f: &Fixture) {
     let recorded = f.harness(&[
         "baseline",
         "--rev",
         f.sha("base"),
         "--workload=e2e",
-        "--trials=3",
+        "--trials=35",
     ]);
     assert!(recorded.status.success());
     let calibrated = f.harness(

@@ -51,6 +51,11 @@ impl TargetRepo {
         })
     }
 
+    /// The repository's `user.name` (its config, then the user's and the system's).
+    pub fn user_name(&self) -> Option<String> {
+        self.repo.config().ok()?.get_string("user.name").ok()
+    }
+
     /// Writes the commit's tree into `dir` (created fresh).
     pub fn export(&self, commit: &CommitInfo, dir: &Path) -> Result<(), HarnessError> {
         let git_err = |e: git2::Error| {

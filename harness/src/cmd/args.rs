@@ -13,7 +13,7 @@ use crate::store::files::ResultStore;
 use crate::trial::runner::default_bench_bin;
 use crate::trial::workload::{self, Workload};
 use crate::verdict::calibration::Tuned;
-use crate::verdict::compare::{CompareSettings, ErrorControl};
+use crate::verdict::compare::{CompareSettings, ErrorControl, BUDGET_DEFAULT};
 use crate::verdict::stats::Margins;
 
 #[derive(Args)]
@@ -59,6 +59,10 @@ pub struct Statistics {
     /// Pairs at most; still undecided then = inconclusive.
     #[arg(long, default_value_t = CompareSettings::default().max_pairs)]
     pub max_pairs: usize,
+    /// Minutes a comparison may take: it stops at the first look after they are spent, with
+    /// that look's verdict (0: no limit, run to --max-pairs).
+    #[arg(long, default_value_t = BUDGET_DEFAULT.as_secs_f64() / 60.0)]
+    pub budget_minutes: f64,
     /// Family-wise error: the probability of calling a change that sits exactly at the margin
     /// a regression (over all looks and metrics), or a pass (per metric). Fewer pairs can
     /// decide with a larger alpha.
@@ -82,6 +86,10 @@ pub struct Statistics {
     /// Rise of instructions per request (the deterministic tier) that counts as a regression.
     #[arg(long, default_value_t = crate::verdict::stats::INSTRUCTIONS_RISE_DEFAULT)]
     pub instructions_margin: f64,
+    /// Rise of heap allocations per request (the deterministic tier) that counts as a
+    /// regression.
+    #[arg(long, default_value_t = crate::verdict::stats::ALLOCATIONS_RISE_DEFAULT)]
+    pub allocations_margin: f64,
     /// Seed of the random A/B order of the pairs (default: a new one each time, printed with
     /// the design and stored with the comparison, so that every gate runs another order).
     #[arg(long)]
@@ -98,6 +106,11 @@ impl Statistics {
         if !(self.alpha > 0.0 && self.alpha < 1.0) {
             return Err(HarnessError::Usage("need 0 < --alpha < 1".into()));
         }
+        if !(self.budget_minutes >= 0.0 && self.budget_minutes.is_finite()) {
+            return Err(HarnessError::Usage(
+                "need --budget-minutes >= 0 (0: no limit)".into(),
+            ));
+        }
         Ok(CompareSettings {
             min_pairs: self.min_pairs,
             max_pairs: self.max_pairs,
@@ -113,9 +126,12 @@ impl Statistics {
                     .cpu_margin
                     .unwrap_or(Margins::default().cpu_per_msg_rise),
                 instructions_rise: self.instructions_margin,
+                allocations_rise: self.allocations_margin,
             },
             seed: self.seed.unwrap_or_else(rand::random),
             error: ErrorControl::FamilyWise { alpha: self.alpha },
+            budget: (self.budget_minutes > 0.0)
+                .then(|| std::time::Duration::from_secs_f64(self.budget_minutes * 60.0)),
         })
     }
 }

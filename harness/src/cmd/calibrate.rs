@@ -14,7 +14,7 @@ use crate::error::HarnessError;
 use crate::output::render::{margins_table, pct, replay_table};
 use crate::session::Session;
 use crate::trial::workload::{Workload, SEED_WORKLOAD};
-use crate::verdict::calibration::{self, CalibratedMargins};
+use crate::verdict::calibration::{self, BankIdentity, CalibratedMargins};
 use crate::verdict::compare::{metric_count, CompareSettings};
 use crate::verdict::noise_bank::{NoiseBank, ReplayRow, NOISE_BANK_TRIALS_MIN};
 use crate::verdict::state::Verdict;
@@ -88,7 +88,7 @@ pub struct Calibration {
     /// Margins searched on the noise bank and stored for `gate` (none when the bank is small).
     #[serde(default)]
     pub margins: Option<CalibratedMargins>,
-    /// The rule replayed again with those margins.
+    /// The rule replayed again with those margins, on the held-out half of the bank.
     #[serde(default)]
     pub calibrated_replay: Vec<ReplayRow>,
 }
@@ -202,22 +202,32 @@ fn calibrate(
         let margins = calibration::calibrate(
             &bank,
             settings,
-            (
-                &workload.name,
-                &workload.hash(),
-                &session.host.fingerprint(),
-                commit.short(),
-            ),
+            &BankIdentity {
+                workload: &workload.name,
+                workload_hash: &workload.hash(),
+                host_fingerprint: &session.host.fingerprint(),
+                host_name: &session.host.hostname,
+                commit: commit.short(),
+            },
         );
         let path = calibration::save(baselines_dir, &margins)?;
-        let (tuned, _) = margins.apply(settings, &[]);
-        calibration.calibrated_replay = bank.replay(&tuned, replays, settings.seed);
+        let (tuned, _) = margins.apply(
+            settings,
+            &[],
+            &session.host.hostname,
+            std::time::SystemTime::now(),
+        );
+        let (fit, held) = bank.split();
+        calibration.calibrated_replay = held.replay(&tuned, replays, settings.seed);
         println!(
-            "\nmargins searched on the bank (the smallest at which an unchanged commit passes the metric in >= {:.0}% of {} replays and is called a regression in <= {:.0}%), stored in {} for gate:\n{}\n\nshipped rule with these margins, replayed {replays} times per row:\n{}",
+            "\nmargins searched on the first {} trials of the bank (the smallest at which an unchanged commit passes the metric in >= {:.0}% of {} replays and is called a regression in <= {:.0}%), measured on the last {} (held out), stored in {} for gate until {}:\n{}\n\nshipped rule with these margins, replayed {replays} times per row on the held-out trials:\n{}",
+            fit.trials.len(),
             calibration::AA_PASS_TARGET * 100.0,
             calibration::SEARCH_REPLAYS,
             calibration::AA_REGRESSION_MAX * 100.0,
+            held.trials.len(),
             path.display(),
+            margins.expires_at,
             margins_table(&margins, settings),
             replay_table(&calibration.calibrated_replay)
         );

@@ -164,6 +164,7 @@ mod tests {
             }),
             note: None,
             margins_source: None,
+            accepted: Vec::new(),
         }
     }
 

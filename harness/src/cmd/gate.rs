@@ -5,15 +5,16 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use crate::build::git::CommitInfo;
+use crate::build::git::{CommitInfo, TargetRepo};
 use crate::cmd::args::{session, write_json, Common, Statistics};
 use crate::cmd::exit;
 use crate::error::HarnessError;
 use crate::output::render::{
-    comparison_table, degradation_line, instructions_line, invalid_line, limits_table,
+    accepted_line, budget_line, comparison_table, degradation_line, instructions_line,
+    invalid_line, limits_table, sight_line,
 };
 use crate::session::Session;
-use crate::store::db::GateRow;
+use crate::store::db::{AcceptanceRow, GateRow};
 use crate::store::files::{load_baseline, now_rfc3339};
 use crate::trial::summary::{Side, GATE};
 use crate::trial::workload::{Workload, SEED_WORKLOAD};
@@ -93,7 +94,12 @@ fn gate_one(
     )?;
     let (settings, margins_source) = match &calibrated {
         Some(c) => {
-            let (applied, source) = c.apply(settings, explicit_margins);
+            let (applied, source) = c.apply(
+                settings,
+                explicit_margins,
+                &session.host.hostname,
+                std::time::SystemTime::now(),
+            );
             (applied, Some(source))
         }
         None => (*settings, None),
@@ -119,6 +125,18 @@ fn gate_one(
             Some(session.repo.resolve(&s.commit.sha)?)
         }
         (None, None) => None,
+    };
+    let (base, accepted) = match base {
+        Some(b) => match accepted_base(
+            &session.repo,
+            session.store.db()?.acceptances(&workload.name)?,
+            &b,
+            head,
+        )? {
+            Some((moved, rows)) => (Some(moved), rows),
+            None => (Some(b), Vec::new()),
+        },
+        None => (None, Vec::new()),
     };
     let (comparison, failure, head_trials) = match &base {
         Some(base) => {
@@ -181,7 +199,42 @@ fn gate_one(
         failure,
         note,
         margins_source,
+        accepted,
     })
+}
+
+/// The newest commit after `base`, up to `head`, among the accepted ones (`rows`, of one
+/// workload), with its acceptances: the gate measures against it instead of `base`. An
+/// acceptance of a commit this repository does not have, or one outside base..head, is left out.
+fn accepted_base(
+    repo: &TargetRepo,
+    rows: Vec<AcceptanceRow>,
+    base: &CommitInfo,
+    head: &CommitInfo,
+) -> Result<Option<(CommitInfo, Vec<AcceptanceRow>)>, HarnessError> {
+    let mut newest: Option<CommitInfo> = None;
+    for row in &rows {
+        let Ok(commit) = repo.resolve(&row.commit_sha) else {
+            continue;
+        };
+        let inside = commit.sha != base.sha
+            && repo.is_ancestor(base, &commit)?
+            && repo.is_ancestor(&commit, head)?;
+        let newer = match &newest {
+            Some(n) => repo.is_ancestor(n, &commit)?,
+            None => true,
+        };
+        if inside && newer {
+            newest = Some(commit);
+        }
+    }
+    Ok(newest.map(|commit| {
+        let of_it = rows
+            .into_iter()
+            .filter(|r| r.commit_sha == commit.sha)
+            .collect();
+        (commit, of_it)
+    }))
 }
 
 fn print_gate(result: &GateResult) {
@@ -196,6 +249,9 @@ fn print_gate(result: &GateResult) {
     if let Some(source) = &result.margins_source {
         println!("{source}");
     }
+    if let Some(line) = accepted_line(result) {
+        println!("{line}");
+    }
     if let Some(f) = &result.failure {
         println!(
             "{:?} side could not be measured: {:?}: {}",
@@ -209,7 +265,11 @@ fn print_gate(result: &GateResult) {
             c.pairs(),
             comparison_table(c)
         );
+        println!("{}: {}", result.workload, sight_line(c));
         println!("{}", c.design);
+        if let Some(line) = budget_line(c) {
+            println!("{line}");
+        }
         if let Some(line) = instructions_line(c) {
             println!("{line}");
         }
@@ -250,4 +310,81 @@ fn record_gate(
         .store
         .db()?
         .insert_gate(&row, &result.workload, &json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use git2::{Repository, Signature};
+
+    /// A line of commits; returns their ids, oldest first.
+    fn history(dir: &Path, n: usize) -> Vec<CommitInfo> {
+        let raw = Repository::init(dir).unwrap();
+        let sig = Signature::now("t", "t@example.invalid").unwrap();
+        let mut out = Vec::new();
+        for i in 0..n {
+            std::fs::write(dir.join("f"), i.to_string()).unwrap();
+            let mut index = raw.index().unwrap();
+            index.add_path(Path::new("f")).unwrap();
+            let tree = raw.find_tree(index.write_tree().unwrap()).unwrap();
+            let parents: Vec<git2::Commit> = raw
+                .head()
+                .ok()
+                .map(|h| h.peel_to_commit().unwrap())
+                .into_iter()
+                .collect();
+            let refs: Vec<&git2::Commit> = parents.iter().collect();
+            let oid = raw
+                .commit(Some("HEAD"), &sig, &sig, &format!("c{i}"), &tree, &refs)
+                .unwrap();
+            out.push(CommitInfo {
+                sha: oid.to_string(),
+                summary: format!("c{i}"),
+            });
+        }
+        out
+    }
+
+    fn accepted(sha: &str, metric: &str) -> AcceptanceRow {
+        AcceptanceRow {
+            accepted_at: "2026-12-03T00:00:00Z".into(),
+            workload: "w".into(),
+            commit_sha: sha.into(),
+            metric: metric.into(),
+            reason: "intended".into(),
+            accepted_by: "dev".into(),
+        }
+    }
+
+    #[test]
+    fn the_gate_measures_against_the_newest_accepted_commit_between_base_and_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = history(dir.path(), 5);
+        let repo = TargetRepo::open(dir.path()).unwrap();
+        let rows = vec![
+            accepted(&c[1].sha, "p99"),
+            accepted(&c[3].sha, "instructions"),
+            accepted(&c[3].sha, "cpu-per-msg"),
+            accepted(&"f".repeat(40), "p99"), // not in this repository
+        ];
+        let (moved, of_it) = accepted_base(&repo, rows.clone(), &c[0], &c[4])
+            .unwrap()
+            .unwrap();
+        assert_eq!(moved, c[3]);
+        assert_eq!(of_it.len(), 2);
+        // Only acceptances after the base and up to the head count.
+        let (moved, _) = accepted_base(&repo, rows.clone(), &c[0], &c[2])
+            .unwrap()
+            .unwrap();
+        assert_eq!(moved, c[1]);
+        assert_eq!(
+            accepted_base(&repo, rows.clone(), &c[3], &c[4]).unwrap(),
+            None
+        );
+        assert_eq!(accepted_base(&repo, rows, &c[1], &c[2]).unwrap(), None);
+        assert_eq!(
+            accepted_base(&repo, Vec::new(), &c[0], &c[4]).unwrap(),
+            None
+        );
+    }
 }

@@ -12,6 +12,7 @@ use crate::cmd::report::COMMIT_URL_DEFAULT;
 use crate::error::HarnessError;
 use crate::history::series::{self, Metric};
 use crate::trial::workload::SEED_WORKLOAD;
+use crate::verdict::acceptance;
 
 #[derive(Args)]
 pub struct HistoryArgs {
@@ -49,9 +50,16 @@ impl HistoryArgs {
         if all.is_empty() {
             println!("no valid trials of these workloads on commits of this history");
         }
+        let db = store.db()?;
         for series in &all {
             println!("## {} — {}\n", series.workload, series.label());
             print!("{}", series.markdown(&self.commit_url));
+            let accepted = db.acceptances(&series.workload)?;
+            for point in &series.points {
+                if let Some(note) = acceptance::note_for(&accepted, &point.commit.sha) {
+                    println!("{}: {note}", point.commit.short());
+                }
+            }
             for change in &series.changes {
                 println!("change point: {}", series::describe(change));
             }

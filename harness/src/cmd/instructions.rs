@@ -14,7 +14,7 @@ use crate::session::{first_unbuilt, BuiltCommit, Session};
 use crate::trial::workload::{Workload, SEED_WORKLOAD};
 use crate::verdict::decision::does_not_build;
 use crate::verdict::instructions::TierOutcome;
-use crate::verdict::stats::INSTRUCTIONS_RISE_DEFAULT;
+use crate::verdict::stats::{Margins, ALLOCATIONS_RISE_DEFAULT, INSTRUCTIONS_RISE_DEFAULT};
 
 #[derive(Args)]
 pub struct InstructionsArgs {
@@ -29,6 +29,9 @@ pub struct InstructionsArgs {
     /// Rise of instructions per request that counts as a regression (fraction).
     #[arg(long, default_value_t = INSTRUCTIONS_RISE_DEFAULT)]
     instructions_margin: f64,
+    /// Rise of heap allocations per request that counts as a regression (fraction).
+    #[arg(long, default_value_t = ALLOCATIONS_RISE_DEFAULT)]
+    allocations_margin: f64,
     #[arg(long)]
     json_output: Option<PathBuf>,
 }
@@ -42,7 +45,11 @@ impl InstructionsArgs {
             &base,
             &head,
             &c.workload(&self.workload)?,
-            self.instructions_margin,
+            &Margins {
+                instructions_rise: self.instructions_margin,
+                allocations_rise: self.allocations_margin,
+                ..Margins::default()
+            },
         )?;
         write_json(&self.json_output, &tier)?;
         Ok(code)
@@ -69,10 +76,10 @@ fn instructions(
     base: &CommitInfo,
     head: &CommitInfo,
     workload: &Workload,
-    rise_margin: f64,
+    margins: &Margins,
 ) -> Result<(u8, Option<TierOutcome>), HarnessError> {
     let (b, h) = build_pair(session, base, head)?;
-    let Some(tier) = session.instruction_outcome(&b, &h, workload, rise_margin) else {
+    let Some(tier) = session.instruction_outcome(&b, &h, workload, margins) else {
         return Err(HarnessError::Usage(
             "the deterministic tier is off (--instruction-runs 0)".into(),
         ));

@@ -2,6 +2,7 @@
 //! exit code; `args` holds what they share, `exit` every exit code. Nothing below this layer
 //! prints a verdict table or chooses an exit code.
 
+pub mod accept;
 pub mod args;
 pub mod baseline;
 pub mod bisect;
@@ -50,6 +51,9 @@ enum Cmd {
     Gate(gate::GateArgs),
     /// Record (or replace) the stored baseline of a workload.
     Baseline(baseline::BaselineArgs),
+    /// Accept a commit's regression as intended (who, what, why, when): later gates of the
+    /// workload measure against that commit.
+    Accept(accept::AcceptArgs),
     /// Only the deterministic tier: instructions per request of a fixed stream, base vs head,
     /// under Valgrind (no wall-clock trials; a minute instead of many).
     Instructions(instructions::InstructionsArgs),
@@ -90,6 +94,7 @@ impl Cmd {
             Cmd::Compare(a) => a.run(c),
             Cmd::Gate(a) => a.run(c),
             Cmd::Baseline(a) => a.run(c),
+            Cmd::Accept(a) => a.run(c),
             Cmd::Instructions(a) => a.run(c),
             Cmd::Calibrate(a) => a.run(c),
             Cmd::Bisect(a) => a.run(c),

@@ -31,6 +31,7 @@ use crate::store::record::TrialRecord;
 use crate::trial::runner::TrialStatus;
 use crate::trial::summary::{Side, GATE};
 use crate::trial::workload::Workload;
+use crate::verdict::acceptance;
 use crate::verdict::stats::median;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum, Serialize)]
@@ -512,10 +513,12 @@ pub fn change_points_markdown(
         "first commit after",
         "change",
         "new",
+        "accepted",
     ]);
     let mut rows = 0;
     for s in series {
         let reported = db.reported_change_points(&s.workload, &s.host, &s.key())?;
+        let accepted = db.acceptances(&s.workload)?;
         for c in &s.changes {
             let new = !reported.contains(&c.at.sha);
             if new && record {
@@ -534,6 +537,7 @@ pub fn change_points_markdown(
                 ),
                 describe(c),
                 if new { "**new**".into() } else { String::new() },
+                acceptance::note_for(&accepted, &c.at.sha).unwrap_or_default(),
             ]);
         }
     }

@@ -15,9 +15,10 @@ use plotters::prelude::*;
 
 use crate::error::HarnessError;
 use crate::history::series::{self, Metric, Scale, Series};
-use crate::store::db::GateRow;
+use crate::store::db::{AcceptanceRow, GateRow};
 use crate::store::files::ResultStore;
 use crate::trial::workload::Workload;
+use crate::verdict::acceptance;
 
 const CHART_WIDTH_PX: u32 = 960;
 const CHART_HEIGHT_PX: u32 = 360;
@@ -53,8 +54,9 @@ pub fn write(input: &DashboardInput<'_>) -> Result<Written, HarnessError> {
     for workload in &input.workloads {
         let series = series::load(input.store, workload, &input.metrics, &input.positions)?;
         let gates = db.gates(&workload.name)?;
+        let accepted = db.acceptances(&workload.name)?;
         let file = format!("{}.html", workload.name);
-        let (html, points) = workload_page(input, workload, &series, &gates)?;
+        let (html, points) = workload_page(input, workload, &series, &gates, &accepted)?;
         let path = input.out_dir.join(&file);
         std::fs::write(&path, html).map_err(|e| HarnessError::io(&path, e))?;
         let commits = series.iter().map(|s| s.points.len()).max().unwrap_or(0);
@@ -91,6 +93,7 @@ fn workload_page(
     workload: &Workload,
     series: &[Series],
     gates: &[GateRow],
+    accepted: &[AcceptanceRow],
 ) -> Result<(String, usize), HarnessError> {
     let mut body = format!(
         "<p><a href=\"index.html\">all workloads</a></p>\n<h1>{}</h1>\n<p>{}</p>\n",
@@ -124,7 +127,7 @@ fn workload_page(
             escape(s.points.iter().map(|p| p.first_recorded_at.as_str()).min().unwrap_or("-")),
             escape(s.points.iter().map(|p| p.last_recorded_at.as_str()).max().unwrap_or("-")),
         );
-        body.push_str(&chart(input, s, &host_gates)?);
+        body.push_str(&chart(input, s, &host_gates, accepted)?);
         if let Some(why) = &s.too_short {
             let _ = writeln!(body, "<p class=\"host\">{}</p>", escape(why));
         }
@@ -149,6 +152,26 @@ fn workload_page(
             body.push_str("</table>\n");
         }
     }
+    if !accepted.is_empty() {
+        body.push_str(
+            "<h2>Accepted regressions</h2>\n<p>Gates measure against the newest accepted commit \
+             before their head.</p>\n<table><tr><th>commit</th><th>metric</th><th>by</th>\
+             <th>when</th><th>why</th></tr>\n",
+        );
+        for a in accepted {
+            let _ = writeln!(
+                body,
+                "<tr><td><a href=\"{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&input.commit_url.replace("{sha}", &a.commit_sha)),
+                escape(&a.commit_sha[..a.commit_sha.len().min(10)]),
+                escape(&a.metric),
+                escape(&a.accepted_by),
+                escape(&a.accepted_at),
+                escape(&a.reason),
+            );
+        }
+        body.push_str("</table>\n");
+    }
     Ok((page(&workload.name, &body), points))
 }
 
@@ -161,6 +184,7 @@ fn chart(
     input: &DashboardInput<'_>,
     s: &Series,
     gates: &HashMap<&str, &GateRow>,
+    accepted: &[AcceptanceRow],
 ) -> Result<String, HarnessError> {
     let n = s.points.len();
     let all: Vec<f64> = s
@@ -282,6 +306,9 @@ fn chart(
                 p.last_recorded_at,
                 gate.map(|g| format!("\ngate: {} ({})", g.verdict, g.decided_at))
                     .unwrap_or_default()
+                    + &acceptance::note_for(accepted, &p.commit.sha)
+                        .map(|n| format!("\n{n}"))
+                        .unwrap_or_default()
             );
             let _ = writeln!(
                 overlay,

@@ -7,13 +7,14 @@ use comfy_table::{presets::ASCII_MARKDOWN, Table};
 
 use crate::bisect::BisectLog;
 use crate::trial::summary::TrialSummary;
+use crate::verdict::acceptance;
 use crate::verdict::calibration::CalibratedMargins;
 use crate::verdict::compare::{CompareSettings, Comparison};
-use crate::verdict::decision::LimitCheck;
+use crate::verdict::decision::{GateResult, LimitCheck};
 use crate::verdict::instructions::{InstructionComparison, TierOutcome};
 use crate::verdict::noise_bank::{ReplayRow, Shifted};
 use crate::verdict::state::Verdict;
-use crate::verdict::stats::median;
+use crate::verdict::stats::{median, MetricComparison, DETECTABLE_POWER};
 
 /// A head/base ratio as a signed percentage ("+2.5%").
 pub fn pct(ratio: f64) -> String {
@@ -28,8 +29,9 @@ pub fn comparison_table(c: &Comparison) -> Table {
         "base median",
         "head median",
         "head/base (median)",
-        "interval (coverage)",
+        "interval the verdict uses (coverage)",
         "limit",
+        "detectable",
         "verdict",
     ]);
     let med = |v: &[TrialSummary], f: fn(&TrialSummary) -> f64| {
@@ -76,25 +78,44 @@ pub fn comparison_table(c: &Comparison) -> Table {
                 m.ci_coverage * 100.0
             ),
             pct(m.limit_ratio),
-            format!("{:?}", m.verdict).to_lowercase(),
+            detectable(m),
+            metric_verdict(m),
         ]);
     }
     match &c.instructions {
         Some(TierOutcome::Compared(t)) => {
-            let m = &t.metric;
-            table.add_row(vec![
-                format!("{} (Valgrind)", m.metric),
+            let per_request = |count: u64, s: &crate::verdict::instructions::InstructionSample| {
+                count as f64 / s.requests.max(1) as f64
+            };
+            let rows = [(
+                &t.metric,
                 format!("{:.0} instr", t.base.per_request()),
                 format!("{:.0} instr", t.head.per_request()),
-                pct(m.median_ratio),
-                format!(
-                    "[{}, {}] (every run)",
-                    pct(m.ci_low_ratio),
-                    pct(m.ci_high_ratio)
-                ),
-                pct(m.limit_ratio),
-                format!("{:?}", m.verdict).to_lowercase(),
-            ]);
+            )]
+            .into_iter()
+            .chain(t.allocations.as_ref().map(|a| {
+                (
+                    a,
+                    format!("{:.1}", per_request(t.base.heap_blocks, &t.base)),
+                    format!("{:.1}", per_request(t.head.heap_blocks, &t.head)),
+                )
+            }));
+            for (m, base, head) in rows {
+                table.add_row(vec![
+                    format!("{} (Valgrind)", m.metric),
+                    base,
+                    head,
+                    pct(m.median_ratio),
+                    format!(
+                        "[{}, {}] (every run)",
+                        pct(m.ci_low_ratio),
+                        pct(m.ci_high_ratio)
+                    ),
+                    pct(m.limit_ratio),
+                    "-".to_owned(),
+                    format!("{:?}", m.verdict).to_lowercase(),
+                ]);
+            }
         }
         Some(TierOutcome::NotMeasured { .. }) => {
             table.add_row(vec![
@@ -104,12 +125,71 @@ pub fn comparison_table(c: &Comparison) -> Table {
                 "-",
                 "not measured",
                 "-",
+                "-",
                 "inconclusive",
             ]);
         }
         None => {}
     }
     table
+}
+
+/// A metric's detectable change: the smallest change in its worse direction its pairs would
+/// have told apart from no change with `DETECTABLE_POWER`, or that none could have been.
+pub fn detectable(m: &MetricComparison) -> String {
+    let direction = if m.limit_ratio < 1.0 { "-" } else { "+" };
+    m.detectable.map_or_else(
+        || format!("none at {} pairs", m.pairs),
+        |d| format!("{direction}{:.1}%", d * 100.0),
+    )
+}
+
+/// A metric's verdict; an inconclusive metric whose interval lies within the margin says
+/// that its pairs could not see a change of the margin's size.
+pub fn metric_verdict(m: &MetricComparison) -> String {
+    let within_margin = if m.limit_ratio < 1.0 {
+        m.ci_low_ratio > m.limit_ratio
+    } else {
+        m.ci_high_ratio < m.limit_ratio
+    };
+    match m.verdict {
+        Verdict::Inconclusive if within_margin && m.blind_at_margin() => format!(
+            "inconclusive: could not see below {}",
+            m.detectable
+                .map_or("any change".to_owned(), |d| format!("{:.1}%", d * 100.0))
+        ),
+        v => format!("{v:?}").to_lowercase(),
+    }
+}
+
+/// Why a comparison stopped before its last look, when it did.
+pub fn budget_line(c: &Comparison) -> Option<String> {
+    c.out_of_budget.then(|| {
+        format!(
+            "stopped at {} pairs: the comparison's time budget was spent (the verdict is that look's; --budget-minutes, 0 for none)",
+            c.pairs()
+        )
+    })
+}
+
+/// What a comparison could see, one line: each metric's detectable change beside its margin.
+pub fn sight_line(c: &Comparison) -> String {
+    let metrics: Vec<String> = c
+        .metrics()
+        .map(|m| {
+            format!(
+                "{} {} (margin {})",
+                m.metric,
+                detectable(m),
+                pct(m.limit_ratio)
+            )
+        })
+        .collect();
+    format!(
+        "could see (detected {:.0}% of the time from these pairs' spread): {}",
+        DETECTABLE_POWER * 100.0,
+        metrics.join(", ")
+    )
 }
 
 /// The deterministic tier of a comparison in one line (`tier_line`).
@@ -122,7 +202,7 @@ pub fn instructions_line(c: &Comparison) -> Option<String> {
 pub fn tier_line(tier: &TierOutcome) -> Option<String> {
     Some(match tier {
         TierOutcome::Compared(t) => format!(
-            "deterministic tier: {} Valgrind (DHAT) runs per commit of a fixed stream of {} requests ({} messages, sha256 {}); run spread base {:.2}%, head {:.2}%; startup and shutdown ({:.2}M instructions) removed; heap allocations/request {:.1} -> {:.1}, bytes/request {:.0} -> {:.0}",
+            "deterministic tier: {} Valgrind (DHAT) runs per commit, base and head alternating, of a fixed stream of {} requests ({} messages, sha256 {}); run spread base {:.2}%, head {:.2}%; startup and shutdown ({:.2}M instructions) removed, and the clock (idle instructions per second {:.0} -> {:.0}, {:.2}M -> {:.2}M per run); heap allocations/request {:.1} -> {:.1}, bytes/request {:.0} -> {:.0}",
             t.base.runs.len(),
             t.base.requests,
             t.base.messages,
@@ -130,6 +210,10 @@ pub fn tier_line(tier: &TierOutcome) -> Option<String> {
             t.base.spread() * 100.0,
             t.head.spread() * 100.0,
             t.base.startup as f64 / 1e6,
+            t.base.idle_per_s,
+            t.head.idle_per_s,
+            t.base.idle_removed as f64 / 1e6,
+            t.head.idle_removed as f64 / 1e6,
             t.base.heap_blocks as f64 / t.base.requests.max(1) as f64,
             t.head.heap_blocks as f64 / t.head.requests.max(1) as f64,
             t.base.heap_bytes as f64 / t.base.requests.max(1) as f64,
@@ -211,6 +295,17 @@ pub fn degradation_line(c: &Comparison) -> Option<String> {
     })
 }
 
+/// Why a gate measured against an accepted commit: what was accepted, by whom, when and why.
+pub fn accepted_line(g: &GateResult) -> Option<String> {
+    let base = g.base.as_ref()?;
+    acceptance::note_for(&g.accepted, &base.sha).map(|note| {
+        format!(
+            "measured against {} instead of the stored baseline; {note}",
+            base.short()
+        )
+    })
+}
+
 /// The absolute limits, one row each: median, its interval, the limit and the result.
 pub fn limits_table(checks: &[LimitCheck]) -> Table {
     let mut table = Table::new();
@@ -249,18 +344,24 @@ pub fn margins_table(margins: &CalibratedMargins, defaults: &CompareSettings) ->
         "metric",
         "default margin",
         "calibrated margin",
-        "A/A pass",
-        "A/A regression",
+        "A/A pass (fitted half)",
+        "A/A regression (fitted half)",
+        "A/A pass (held out)",
+        "A/A regression (held out)",
     ]);
+    let rate = |r: f64| format!("{:.1}%", r * 100.0);
     for m in &margins.metrics {
+        let held = margins.held_out.iter().find(|h| h.metric == m.metric);
         table.add_row(vec![
             m.metric.name().to_owned(),
             format!("{:.1}%", m.metric.get(&defaults.margins) * 100.0),
             m.margin.map_or("none up to 100%".to_owned(), |v| {
                 format!("{:.1}%", v * 100.0)
             }),
-            format!("{:.1}%", m.aa_pass_rate * 100.0),
-            format!("{:.1}%", m.aa_regression_rate * 100.0),
+            rate(m.aa_pass_rate),
+            rate(m.aa_regression_rate),
+            held.map_or("-".into(), |h| rate(h.aa_pass_rate)),
+            held.map_or("-".into(), |h| rate(h.aa_regression_rate)),
         ]);
     }
     table

@@ -13,8 +13,8 @@ use crate::build::git::CommitInfo;
 use crate::error::HarnessError;
 use crate::output::plots::{self, CommitSeries};
 use crate::output::render::{
-    bisect_effect, bisect_steps_table, comparison_table, degradation_line, instructions_line,
-    invalid_line, limits_table,
+    accepted_line, bisect_effect, bisect_steps_table, budget_line, comparison_table,
+    degradation_line, instructions_line, invalid_line, limits_table, sight_line,
 };
 use crate::store::files::{load_baseline, ResultStore};
 use crate::store::record::TrialRecord;
@@ -220,15 +220,24 @@ fn write_gate(md: &mut String, gate: &[GateResult], commit_url: &str) {
                 limits_table(&g.limits)
             );
         }
-        for line in g
-            .comparison
-            .iter()
-            .flat_map(|c| [instructions_line(c), degradation_line(c), invalid_line(c)])
-        {
+        for line in g.comparison.iter().flat_map(|c| {
+            [
+                Some(sight_line(c)),
+                budget_line(c),
+                instructions_line(c),
+                degradation_line(c),
+                invalid_line(c),
+            ]
+        }) {
             let Some(line) = line else { continue };
             let _ = writeln!(md, "{}: {}\n", g.workload, escape(&line));
         }
-        for note in g.note.iter().chain(&g.margins_source) {
+        for note in g
+            .note
+            .iter()
+            .chain(&g.margins_source)
+            .chain(&accepted_line(g))
+        {
             let _ = writeln!(md, "> {}: {}\n", g.workload, escape(note));
         }
         if let Some(f) = &g.failure {

@@ -67,7 +67,30 @@ const MIGRATIONS: &[&str] = &[
         result TEXT NOT NULL
     );
     CREATE INDEX gates_by_workload ON gates (workload, host, decided_at);",
+    // 4: regressions accepted on purpose: later gates of the workload measure against the
+    // accepted commit.
+    "CREATE TABLE acceptances (
+        accepted_at TEXT NOT NULL,
+        workload TEXT NOT NULL,
+        commit_sha TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        accepted_by TEXT NOT NULL,
+        PRIMARY KEY (workload, commit_sha, metric)
+    );",
 ];
+
+/// A regression accepted on purpose: who, what, why and when.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AcceptanceRow {
+    pub accepted_at: String,
+    pub workload: String,
+    pub commit_sha: String,
+    /// The metric's name as `accept --metric` takes it (`throughput`, `instructions`, ...).
+    pub metric: String,
+    pub reason: String,
+    pub accepted_by: String,
+}
 
 /// A recorded gate verdict.
 #[derive(Debug, Clone, PartialEq)]
@@ -314,6 +337,71 @@ impl ResultsDb {
         rows.collect::<Result<_, _>>().map_err(&err)
     }
 
+    /// The whole JSON results of the gates of `workload` whose head was `head_sha`, oldest
+    /// first.
+    pub fn gate_results(
+        &self,
+        workload: &str,
+        head_sha: &str,
+    ) -> Result<Vec<String>, HarnessError> {
+        let err = db_err(&self.path);
+        let mut query = self
+            .conn
+            .prepare(
+                "SELECT result FROM gates WHERE workload = ?1 AND head_sha = ?2
+                 ORDER BY decided_at",
+            )
+            .map_err(&err)?;
+        let rows = query
+            .query_map([workload, head_sha], |row| row.get(0))
+            .map_err(&err)?;
+        rows.collect::<Result<_, _>>().map_err(&err)
+    }
+
+    /// Records an acceptance; accepting the same metric of the same commit again replaces
+    /// the reason, the person and the time.
+    pub fn insert_acceptance(&mut self, row: &AcceptanceRow) -> Result<(), HarnessError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO acceptances VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    row.accepted_at,
+                    row.workload,
+                    row.commit_sha,
+                    row.metric,
+                    row.reason,
+                    row.accepted_by
+                ],
+            )
+            .map_err(db_err(&self.path))?;
+        Ok(())
+    }
+
+    /// Acceptances of `workload`, oldest first.
+    pub fn acceptances(&self, workload: &str) -> Result<Vec<AcceptanceRow>, HarnessError> {
+        let err = db_err(&self.path);
+        let mut query = self
+            .conn
+            .prepare(
+                "SELECT accepted_at, workload, commit_sha, metric, reason, accepted_by
+                 FROM acceptances WHERE workload = ?1 ORDER BY accepted_at",
+            )
+            .map_err(&err)?;
+        let rows = query
+            .query_map([workload], |row| {
+                Ok(AcceptanceRow {
+                    accepted_at: row.get(0)?,
+                    workload: row.get(1)?,
+                    commit_sha: row.get(2)?,
+                    metric: row.get(3)?,
+                    reason: row.get(4)?,
+                    accepted_by: row.get(5)?,
+                })
+            })
+            .map_err(&err)?;
+        rows.collect::<Result<_, _>>().map_err(&err)
+    }
+
     /// Whether a trial with this id is stored.
     pub fn contains(&self, id: &str) -> Result<bool, HarnessError> {
         self.conn
@@ -389,6 +477,27 @@ pub(crate) mod tests {
         };
         db.insert_gate(&gate, "w", "{}").unwrap();
         assert_eq!(db.gates("w").unwrap(), vec![gate]);
+        assert_eq!(db.gate_results("w", "aaa").unwrap(), vec!["{}".to_owned()]);
+        assert!(db.gate_results("w", "bbb").unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_acceptance_is_recorded_and_accepting_again_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = ResultsDb::open(&dir.path().join(DB_FILE)).unwrap();
+        let mut row = AcceptanceRow {
+            accepted_at: "2026-12-03T00:00:00Z".into(),
+            workload: "w".into(),
+            commit_sha: "aaa".into(),
+            metric: "instructions".into(),
+            reason: "CRC checks on produce".into(),
+            accepted_by: "dev".into(),
+        };
+        db.insert_acceptance(&row).unwrap();
+        row.reason = "CRC checks on produce, measured".into();
+        db.insert_acceptance(&row).unwrap();
+        assert_eq!(db.acceptances("w").unwrap(), vec![row]);
+        assert!(db.acceptances("other").unwrap().is_empty());
     }
 
     #[test]

@@ -6,7 +6,12 @@
 //! A calibrated margin may be wider than the default (a noisy host can only vouch for large
 //! effects, and says so in every verdict it prints) or narrower (a quiet host sees smaller ones).
 //! It holds only for the design it was searched with (pairs and alpha), the workload definition
-//! and the host, so a calibration that differs in any of them is ignored, with a note.
+//! and the host type, and for `CALIBRATION_EXPIRY_DAYS`, so a calibration that differs in any
+//! of them, or has expired, is ignored, with a note. Margins are fitted on the first half of the
+//! noise bank and their error rates measured on the second, held out: a rate measured on the
+//! data a margin was chosen on flatters it.
+
+use std::time::{Duration, SystemTime};
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -30,6 +35,9 @@ pub const AA_PASS_TARGET: f64 = 0.90;
 pub const AA_REGRESSION_MAX: f64 = 0.01;
 /// A/A replays per candidate margin.
 pub const SEARCH_REPLAYS: usize = 500;
+/// A calibration is used this long after it was made: a host's noise moves with its disk,
+/// kernel and neighbours (the same binary ran 23% slower 90 minutes apart here).
+pub const CALIBRATION_EXPIRY_DAYS: u64 = 30;
 
 /// The wall-clock metrics whose margins are calibrated. Instructions per request is not: its
 /// spread is a tenth of its margin (BENCHMARKS.md, "Deterministic tier") and the noise bank does not hold it.
@@ -103,15 +111,25 @@ pub struct CalibratedMargins {
     pub workload: String,
     pub workload_hash: String,
     pub host_fingerprint: String,
+    /// The machine (its hostname) whose trials were the bank: the fingerprint is its type.
+    #[serde(default)]
+    pub host_name: String,
     /// The commit whose same-commit trials were the noise bank.
     pub commit: String,
     pub calibrated_at: String,
+    /// RFC 3339; `gate` ignores the calibration after it (empty: stored before expiry was).
+    #[serde(default)]
+    pub expires_at: String,
     pub bank_trials: usize,
     pub replays_per_candidate: usize,
     pub min_pairs: usize,
     pub max_pairs: usize,
     pub error: ErrorControl,
+    /// Margins found on the first half of the bank, with their rates there.
     pub metrics: Vec<MetricMargin>,
+    /// The same margins replayed on the second half, held out: their honest rates.
+    #[serde(default)]
+    pub held_out: Vec<MetricMargin>,
 }
 
 /// Searches each metric's margin on `bank` with the design of `settings`, metric by metric:
@@ -165,15 +183,68 @@ fn verdict_rates(replays: &[Comparison], metric: Tuned) -> Option<(f64, f64)> {
     Some((rate(Verdict::Pass), rate(Verdict::Regression)))
 }
 
+/// Each metric's rates on `bank` with the margins of `found` set: what they do on data they
+/// were not chosen on.
+pub fn held_out_rates(
+    bank: &NoiseBank,
+    settings: &CompareSettings,
+    found: &[MetricMargin],
+    seed: u64,
+) -> Vec<MetricMargin> {
+    let mut tuned = *settings;
+    for m in found {
+        if let Some(v) = m.margin {
+            m.metric.set(&mut tuned.margins, v);
+        }
+    }
+    let replays = bank.replay_aa(&tuned, SEARCH_REPLAYS, seed);
+    found
+        .iter()
+        .filter_map(|m| {
+            let (pass, regression) = verdict_rates(&replays, m.metric)?;
+            Some(MetricMargin {
+                metric: m.metric,
+                margin: m.margin,
+                aa_pass_rate: pass,
+                aa_regression_rate: regression,
+            })
+        })
+        .collect()
+}
+
 impl CalibratedMargins {
+    /// Whether `now` is past the expiry (a calibration without one has expired).
+    pub fn expired(&self, now: SystemTime) -> bool {
+        !humantime::parse_rfc3339(&self.expires_at).is_ok_and(|at| now <= at)
+    }
+
     /// Applies the calibrated margins to `settings` where `explicit` (margins given on the
-    /// command line) does not say otherwise, when the calibration holds for this design.
-    /// Returns the settings and one line saying where each margin came from.
+    /// command line) does not say otherwise, when the calibration holds for this design and
+    /// has not expired at `now`. Returns the settings and one line saying where each margin
+    /// came from, and from which machine when it was another one (`here`: this hostname).
     pub fn apply(
         &self,
         settings: &CompareSettings,
         explicit: &[Tuned],
+        here: &str,
+        now: SystemTime,
     ) -> (CompareSettings, String) {
+        if self.expired(now) {
+            return (
+                *settings,
+                format!(
+                    "calibration of {} ignored: made {} on {}, expired {} (calibrate again on this host)",
+                    self.workload,
+                    self.calibrated_at,
+                    self.commit,
+                    if self.expires_at.is_empty() {
+                        "(no expiry recorded)"
+                    } else {
+                        self.expires_at.as_str()
+                    }
+                ),
+            );
+        }
         let same_design = self.min_pairs == settings.min_pairs
             && self.max_pairs == settings.max_pairs
             && self.error == settings.error;
@@ -209,11 +280,17 @@ impl CalibratedMargins {
         if used.is_empty() {
             used.push("none used (given on the command line, or none found)".to_owned());
         }
+        let machine = if self.host_name == here {
+            "this host".to_owned()
+        } else {
+            format!("{}, another machine of this type", self.host_name)
+        };
         let line = format!(
-            "margins calibrated on this host from {} trials of {} ({}): {}",
+            "margins calibrated on {machine} from {} trials of {} ({}, expires {}): {}",
             self.bank_trials,
             self.commit,
             self.calibrated_at,
+            self.expires_at,
             used.join(", ")
         );
         (applied, line)
@@ -260,25 +337,43 @@ pub fn save(dir: &Path, calibration: &CalibratedMargins) -> Result<PathBuf, Harn
     Ok(path)
 }
 
-/// A calibration record for `bank` searched with `settings`.
+/// Where a bank came from: the workload, its definition's hash, the host's type and name, and
+/// the commit.
+pub struct BankIdentity<'a> {
+    pub workload: &'a str,
+    pub workload_hash: &'a str,
+    pub host_fingerprint: &'a str,
+    pub host_name: &'a str,
+    pub commit: &'a str,
+}
+
+/// A calibration record for `bank`: margins searched with `settings` on its first half, their
+/// rates measured on the second.
 pub fn calibrate(
     bank: &NoiseBank,
     settings: &CompareSettings,
-    identity: (&str, &str, &str, &str),
+    identity: &BankIdentity,
 ) -> CalibratedMargins {
-    let (workload, workload_hash, host_fingerprint, commit) = identity;
+    let now = SystemTime::now();
+    let expires = now + Duration::from_secs(CALIBRATION_EXPIRY_DAYS * 24 * 3600);
+    let (fit, held) = bank.split();
+    let metrics = search(&fit, settings, settings.seed);
+    let held_out = held_out_rates(&held, settings, &metrics, settings.seed);
     CalibratedMargins {
-        workload: workload.to_owned(),
-        workload_hash: workload_hash.to_owned(),
-        host_fingerprint: host_fingerprint.to_owned(),
-        commit: commit.to_owned(),
-        calibrated_at: crate::store::files::now_rfc3339(),
+        workload: identity.workload.to_owned(),
+        workload_hash: identity.workload_hash.to_owned(),
+        host_fingerprint: identity.host_fingerprint.to_owned(),
+        host_name: identity.host_name.to_owned(),
+        commit: identity.commit.to_owned(),
+        calibrated_at: humantime::format_rfc3339_seconds(now).to_string(),
+        expires_at: humantime::format_rfc3339_seconds(expires).to_string(),
         bank_trials: bank.trials.len(),
         replays_per_candidate: SEARCH_REPLAYS,
         min_pairs: settings.min_pairs,
         max_pairs: settings.max_pairs,
         error: settings.error,
-        metrics: search(bank, settings, settings.seed),
+        metrics,
+        held_out,
     }
 }
 
@@ -303,6 +398,16 @@ mod tests {
             })
             .collect();
         NoiseBank { trials }
+    }
+
+    fn identity(host: &str) -> BankIdentity<'_> {
+        BankIdentity {
+            workload: "w",
+            workload_hash: "h1",
+            host_fingerprint: host,
+            host_name: "runner-1",
+            commit: "abc",
+        }
     }
 
     fn margin(found: &[MetricMargin], metric: Tuned) -> Option<f64> {
@@ -359,8 +464,10 @@ mod tests {
             workload: "w".into(),
             workload_hash: "h".into(),
             host_fingerprint: "host".into(),
+            host_name: "runner-1".into(),
             commit: "abc".into(),
             calibrated_at: "2026-11-27T00:00:00Z".into(),
+            expires_at: "2026-12-27T00:00:00Z".into(),
             bank_trials: 60,
             replays_per_candidate: SEARCH_REPLAYS,
             min_pairs: settings.min_pairs,
@@ -380,18 +487,54 @@ mod tests {
                     aa_regression_rate: 0.0,
                 },
             ],
+            held_out: Vec::new(),
         };
-        let (applied, line) = stored.apply(&settings, &[Tuned::P99]);
+        let day = |d: &str| humantime::parse_rfc3339(d).unwrap();
+        let before_expiry = day("2026-12-01T00:00:00Z");
+        let (applied, line) = stored.apply(&settings, &[Tuned::P99], "runner-1", before_expiry);
         assert_eq!(applied.margins.throughput_drop, 0.15);
         assert_eq!(applied.margins.p99_rise, settings.margins.p99_rise);
         assert!(line.contains("throughput 15.0%"), "{line}");
+        assert!(line.contains("on this host"), "{line}");
+        // Another machine of the same type may use it, and the line says whose it was.
+        let (_, elsewhere) = stored.apply(&settings, &[], "runner-2", before_expiry);
+        assert!(
+            elsewhere.contains("runner-1, another machine"),
+            "{elsewhere}"
+        );
         let other_design = CompareSettings {
             max_pairs: 9,
             ..settings
         };
-        let (ignored, why) = stored.apply(&other_design, &[]);
+        let (ignored, why) = stored.apply(&other_design, &[], "runner-1", before_expiry);
         assert_eq!(ignored.margins, other_design.margins);
         assert!(why.contains("ignored"), "{why}");
+        // Expired, or stored before expiry was recorded: ignored, and said so.
+        let (ignored, why) = stored.apply(&settings, &[], "runner-1", day("2027-01-01T00:00:00Z"));
+        assert_eq!(ignored.margins, settings.margins);
+        assert!(why.contains("expired"), "{why}");
+        let old = CalibratedMargins {
+            expires_at: String::new(),
+            ..stored
+        };
+        assert!(old.expired(before_expiry));
+    }
+
+    /// The rates stored with a calibration are measured on the half of the bank the margins
+    /// were not fitted to.
+    #[test]
+    fn margins_are_fitted_on_one_half_and_measured_on_the_other() {
+        let settings = CompareSettings::default();
+        let b = bank(0.10, 4);
+        let c = calibrate(&b, &settings, &identity("host-a"));
+        let (fit, held) = b.split();
+        assert_eq!(c.metrics, search(&fit, &settings, settings.seed));
+        assert_eq!(
+            c.held_out,
+            held_out_rates(&held, &settings, &c.metrics, settings.seed)
+        );
+        assert_eq!(c.held_out.len(), c.metrics.len());
+        assert!(!c.expired(SystemTime::now()));
     }
 
     #[test]
@@ -399,13 +542,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let settings = CompareSettings::default();
         let b = bank(0.05, 3);
-        let first = calibrate(&b, &settings, ("w", "h1", "host-a", "abc"));
+        let first = calibrate(&b, &settings, &identity("host-a"));
         save(dir.path(), &first).unwrap();
-        save(
-            dir.path(),
-            &calibrate(&b, &settings, ("w", "h1", "host-b", "abc")),
-        )
-        .unwrap();
+        save(dir.path(), &calibrate(&b, &settings, &identity("host-b"))).unwrap();
         save(dir.path(), &first).unwrap();
         let all = load_all(&calibration_path(dir.path(), "w")).unwrap();
         assert_eq!(all.len(), 2);

@@ -1,9 +1,11 @@
 //! Interleaved A/B comparison: pairs of trials in randomised order (A B or B A), looked at after
 //! `min_pairs`, at the midpoint and at `max_pairs` (a group-sequential design), stopping at the
-//! first look that decides. The error is spent over looks and metrics (Bonferroni): a false
-//! "regression" anywhere, or a false "pass" of any one metric, each has probability at most
-//! `alpha` when the true change sits exactly at the margin (and far less when it is smaller).
+//! first look that decides. The error is spent over looks and metrics (Bonferroni): a
+//! "regression" anywhere when nothing changed, or a "pass" of any one metric when its true
+//! change sits exactly at the margin, each has probability at most `alpha`.
 //! The trial source is a trait so the scheduling and statistics are tested with a mock.
+
+use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -14,6 +16,7 @@ use crate::verdict::instructions::TierOutcome;
 use crate::verdict::state::Verdict;
 use crate::verdict::stats::{
     compare_metric, last_vs_first_third, median, Levels, Margins, MetricComparison,
+    DETECTABLE_POWER,
 };
 
 pub trait TrialSource {
@@ -24,6 +27,10 @@ pub trait TrialSource {
     /// Invalid trials of each side so far (rerun, never counted), base then head.
     fn invalid_trials(&self) -> [usize; 2] {
         [0, 0]
+    }
+    /// Time spent on this comparison so far (the budget is checked at each look).
+    fn elapsed(&self) -> Duration {
+        Duration::ZERO
     }
 }
 
@@ -65,8 +72,8 @@ fn binomial(n: usize, k: usize) -> f64 {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum ErrorControl {
-    /// Over all looks and metrics: P(false regression) <= alpha, and per metric
-    /// P(false pass) <= alpha, at a true change exactly at the margin.
+    /// Over all looks and metrics: P(regression) <= alpha when nothing changed, and per
+    /// metric P(pass) <= alpha at a true change exactly at the margin.
     FamilyWise { alpha: f64 },
     /// Every look and metric at this one-sided level, nothing spent across them: for bisect
     /// steps, whose errors the culprit's family-wise confirmation catches.
@@ -76,6 +83,11 @@ pub enum ErrorControl {
 /// Default family-wise error of `compare`, `gate` and bisect's endpoints and confirmation.
 pub const ALPHA_DEFAULT: f64 = 0.05;
 
+/// Default time a comparison may take: it stops at the first look after it is spent.
+/// Stopping at a look the design planned is safe: the error of every look is spent in advance,
+/// so fewer looks only leave some unspent.
+pub const BUDGET_DEFAULT: Duration = Duration::from_secs(30 * 60);
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct CompareSettings {
     pub min_pairs: usize,
@@ -83,18 +95,27 @@ pub struct CompareSettings {
     pub margins: Margins,
     pub seed: u64,
     pub error: ErrorControl,
+    /// Time the comparison may take (`None`: until `max_pairs`).
+    #[serde(default)]
+    pub budget: Option<Duration>,
 }
 
+/// The default design: looks at 10, 20 and 30 pairs. On the 10 s seed-shaped workload here,
+/// replayed on a bank of 80 trials, an unchanged commit passes 99.7% of the time and a 5%
+/// throughput drop is a regression 61% of the time, a 10% drop every time (BENCHMARKS.md,
+/// "Verdicts"); the first look (10 pairs) is the first at which the regression level of 5%
+/// over 3 looks x 4 metrics can be reached at all (1/1024 against 0.42%).
 impl Default for CompareSettings {
     fn default() -> Self {
         Self {
-            min_pairs: 6,
-            max_pairs: 15,
+            min_pairs: 10,
+            max_pairs: 30,
             margins: Margins::default(),
             seed: 0x00c0_ffee,
             error: ErrorControl::FamilyWise {
                 alpha: ALPHA_DEFAULT,
             },
+            budget: Some(BUDGET_DEFAULT),
         }
     }
 }
@@ -130,16 +151,23 @@ impl CompareSettings {
 
     /// The design and its error rates, one line, for output next to a verdict.
     pub fn describe(&self, metrics: usize) -> String {
+        let budget = self.budget.map_or(String::new(), |b| {
+            format!(
+                ", stopping at the first look after {:.0} min",
+                b.as_secs_f64() / 60.0
+            )
+        });
         let looks: Vec<String> = self.looks().iter().map(usize::to_string).collect();
         let design = match self.error {
             ErrorControl::FamilyWise { alpha } => format!(
-                "design: looks at {} pairs x {metrics} metrics; a change exactly at the margin is called a regression (anywhere) with probability <= {:.1}% and a pass (per metric) <= {:.1}%; sign-test bounds, Bonferroni over looks and metrics",
+                "design: looks at {} pairs{budget} x {metrics} metrics; an unchanged commit is called a regression (anywhere) with probability <= {:.1}%, a change exactly at the margin a pass (per metric) <= {:.1}%; a regression is a change beyond zero whose estimate is beyond the margin, a pass an interval within the margin from pairs that could see it ({:.0}% power); sign-test bounds, Bonferroni over looks and metrics",
                 looks.join(", "),
                 alpha * 100.0,
-                alpha * 100.0
+                alpha * 100.0,
+                DETECTABLE_POWER * 100.0
             ),
             ErrorControl::PerLook { tail } => format!(
-                "design: looks at {} pairs, each metric and look at a one-sided {:.1}% (a bisect step; the culprit's confirmation is family-wise)",
+                "design: looks at {} pairs{budget}, each metric and look at a one-sided {:.1}% (a bisect step; the culprit's confirmation is family-wise)",
                 looks.join(", "),
                 tail * 100.0
             ),
@@ -183,6 +211,9 @@ pub struct Comparison {
     /// The deterministic tier (instruction counts), when it was asked for.
     #[serde(default)]
     pub instructions: Option<TierOutcome>,
+    /// The time budget ran out before `max_pairs`: the verdict is the last look's.
+    #[serde(default)]
+    pub out_of_budget: bool,
 }
 
 impl Comparison {
@@ -299,6 +330,7 @@ fn evaluate(
         verdict: Verdict::Inconclusive,
         design: settings.describe(metrics),
         instructions: None,
+        out_of_budget: false,
     };
     comparison.verdict = Verdict::worst(comparison.metrics().map(|m| m.verdict));
     if invalid.finding {
@@ -331,8 +363,13 @@ pub fn run_compare(
         source.pair_done(base.len(), settings.max_pairs);
         if settings.looks().contains(&base.len()) {
             let invalid = InvalidTrials::new(source.invalid_trials());
-            let comparison = evaluate(&base, &head, invalid, settings);
-            if comparison.verdict != Verdict::Inconclusive || base.len() >= settings.max_pairs {
+            let mut comparison = evaluate(&base, &head, invalid, settings);
+            comparison.out_of_budget = base.len() < settings.max_pairs
+                && settings.budget.is_some_and(|b| source.elapsed() >= b);
+            if comparison.verdict != Verdict::Inconclusive
+                || base.len() >= settings.max_pairs
+                || comparison.out_of_budget
+            {
                 return Ok(comparison);
             }
         }
@@ -406,27 +443,94 @@ mod tests {
     fn a_clear_regression_is_found_at_the_first_look_sure_enough_for_it() {
         let mut mock = Mock::new(100_000.0, 50_000.0, 0.02);
         let settings = CompareSettings::default();
-        assert_eq!(settings.looks(), vec![6, 11, 15]);
+        assert_eq!(settings.looks(), vec![10, 20, 30]);
         let c = run_compare(&mut mock, &settings).unwrap();
         assert_eq!(c.verdict, Verdict::Regression);
-        // 5% over 3 looks x 3 metrics: 0.56% per look, and the extreme of 6 pairs misses
-        // with 1/64; of 11 pairs with 1/2048.
+        // 5% over 3 looks x 3 metrics: 0.56% per look, and the extreme of 10 pairs misses
+        // with 1/1024.
+        assert_eq!(c.pairs(), 10);
+        assert!(c.design.contains("10, 20, 30"), "{}", c.design);
+        // At 6 pairs (1/64 > 0.56%) the first look could not call it.
+        let early = CompareSettings {
+            min_pairs: 6,
+            max_pairs: 15,
+            ..settings
+        };
+        let c = run_compare(&mut Mock::new(100_000.0, 50_000.0, 0.02), &early).unwrap();
         assert_eq!(c.pairs(), 11);
-        assert!(c.design.contains("6, 11, 15"), "{}", c.design);
+    }
+
+    /// A look whose pairs are too few to call any regression at its level cannot see a change
+    /// of any size, so it cannot pass either: with looks at 6, 11 and 15 pairs and 5% spent
+    /// over 3 looks x 3 metrics (the extreme of 6 pairs misses with 1/64 > 0.56%), the clear
+    /// pass comes at the second look. The default design's first look (10 pairs) can.
+    #[test]
+    fn a_clear_pass_is_found_at_the_first_look_that_could_see_a_regression() {
+        let early = CompareSettings {
+            min_pairs: 6,
+            max_pairs: 15,
+            ..CompareSettings::default()
+        };
+        let c = run_compare(&mut Mock::new(100_000.0, 100_000.0, 0.01), &early).unwrap();
+        assert_eq!(c.verdict, Verdict::Pass);
+        assert_eq!(c.pairs(), 11);
+        assert!(
+            c.throughput.detectable.unwrap() < 0.05,
+            "{:?}",
+            c.throughput
+        );
+        let c = run_compare(
+            &mut Mock::new(100_000.0, 100_000.0, 0.01),
+            &CompareSettings::default(),
+        )
+        .unwrap();
+        assert_eq!((c.verdict, c.pairs()), (Verdict::Pass, 10));
+    }
+
+    /// A source whose trials take a minute each: the budget stops the comparison at the first
+    /// look after it is spent, with that look's verdict, and says so.
+    struct Slow {
+        inner: Mock,
+        trials: u32,
+    }
+
+    impl TrialSource for Slow {
+        fn trial(&mut self, side: Side) -> Result<TrialSummary, TrialFailure> {
+            self.trials += 1;
+            self.inner.trial(side)
+        }
+
+        fn elapsed(&self) -> Duration {
+            Duration::from_secs(60) * self.trials
+        }
     }
 
     #[test]
-    fn a_clear_pass_is_found_at_the_first_look() {
-        let mut mock = Mock::new(100_000.0, 100_000.0, 0.01);
-        let c = run_compare(&mut mock, &CompareSettings::default()).unwrap();
-        assert_eq!(c.verdict, Verdict::Pass);
-        assert_eq!(c.pairs(), 6);
+    fn a_spent_time_budget_stops_the_comparison_at_the_next_look() {
+        // Noise at the margin: undecided at every look, so only the budget stops it early.
+        let slow = |budget| {
+            let mut source = Slow {
+                inner: Mock::new(100_000.0, 95_000.0, 0.25),
+                trials: 0,
+            };
+            let settings = CompareSettings {
+                budget,
+                ..CompareSettings::default()
+            };
+            run_compare(&mut source, &settings).unwrap()
+        };
+        // 30 minutes: 15 pairs of 2 one-minute trials; the next look is at 20 pairs.
+        let c = slow(Some(Duration::from_secs(30 * 60)));
+        assert_eq!((c.pairs(), c.out_of_budget), (20, true));
+        assert_eq!(c.verdict, Verdict::Inconclusive);
+        let c = slow(None);
+        assert_eq!((c.pairs(), c.out_of_budget), (30, false));
     }
 
     /// The stopping rule replayed thousands of times on noise as large as this machine's
-    /// (each trial +-30%, so a pair's ratio spreads by tens of percent): at a true change of
-    /// exactly the margin, false regressions and false passes stay within the design's alpha,
-    /// and with no change at all a false regression does not happen.
+    /// (each trial +-30%, so a pair's ratio spreads by tens of percent): with no change a
+    /// regression is called at most alpha of the time, and at a true change of exactly the
+    /// margin a pass is too.
     #[test]
     fn the_stopping_rule_keeps_its_error_rates_under_heavy_noise() {
         let settings = CompareSettings::default();
@@ -444,15 +548,35 @@ mod tests {
             hits as f64 / runs as f64
         };
         let at_margin = 100_000.0 * (1.0 - settings.margins.throughput_drop);
-        let false_regression = rate(at_margin * 1.0001, Verdict::Regression);
         let false_pass = rate(at_margin * 0.9999, Verdict::Pass);
         let aa_regression = rate(100_000.0, Verdict::Regression);
-        eprintln!(
-            "at the margin: false regression {false_regression}, false pass {false_pass}; A/A regression {aa_regression}"
-        );
-        assert!(false_regression <= ALPHA_DEFAULT, "{false_regression}");
+        eprintln!("at the margin: false pass {false_pass}; A/A regression {aa_regression}");
         assert!(false_pass <= ALPHA_DEFAULT, "{false_pass}");
-        assert_eq!(aa_regression, 0.0);
+        assert!(aa_regression <= ALPHA_DEFAULT, "{aa_regression}");
+    }
+
+    /// Against no change, not against the margin: noise small enough to see it, a drop just
+    /// beyond the margin is found most of the time, where the old rule (the whole bound beyond
+    /// the margin) found it about half the time only at margin + half the interval.
+    #[test]
+    fn a_drop_just_beyond_the_margin_is_found_when_the_pairs_can_see_it() {
+        let settings = CompareSettings::default();
+        let runs = 500;
+        let mut found = 0;
+        for run in 0..runs {
+            let mut mock = Mock::new(100_000.0, 93_000.0, 0.05);
+            mock.rng = SmallRng::seed_from_u64(9_000 + run);
+            if run_compare(&mut mock, &settings)
+                .unwrap()
+                .throughput
+                .verdict
+                == Verdict::Regression
+            {
+                found += 1;
+            }
+        }
+        let rate = found as f64 / runs as f64;
+        assert!(rate >= 0.8, "-7% against a 5% margin found {rate}");
     }
 
     #[test]
@@ -533,7 +657,7 @@ mod tests {
     fn noise_near_the_margin_adds_pairs_up_to_the_bound_then_says_inconclusive() {
         let mut mock = Mock::new(100_000.0, 95_000.0, 0.25);
         let c = run_compare(&mut mock, &CompareSettings::default()).unwrap();
-        assert_eq!(c.pairs(), 15);
+        assert_eq!(c.pairs(), 30);
         assert_eq!(c.verdict, Verdict::Inconclusive);
     }
 

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::build::git::CommitInfo;
 use crate::error::HarnessError;
+use crate::store::db::AcceptanceRow;
 use crate::trial::summary::{Side, TrialFailure, TrialSummary};
 use crate::trial::workload::Workload;
 use crate::verdict::compare::Comparison;
@@ -162,6 +163,9 @@ pub struct GateResult {
     /// Where the wall-clock margins came from when a stored calibration was read.
     #[serde(default)]
     pub margins_source: Option<String>,
+    /// The acceptances that made `base` the commit measured against (empty: the baseline).
+    #[serde(default)]
+    pub accepted: Vec<AcceptanceRow>,
 }
 
 /// One workload's gate: a failed trial leaves it inconclusive; otherwise the worst of its

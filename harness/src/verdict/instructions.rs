@@ -3,8 +3,14 @@
 //!
 //! Black-box, so it works for every commit, old ones included: the commit's own broker binary
 //! runs under Valgrind with its data directory on tmpfs, and `chronik-replay` (built with
-//! chronik-bench from the harness's tree) sends the stream over loopback one request at a time. What a run counts apart from the stream
-//! (startup, readiness probe, shutdown) is measured by a run without the stream and removed.
+//! chronik-bench from the harness's tree) sends the stream over loopback one request at a time.
+//! What a run counts apart from the stream (startup, readiness probe, shutdown) is measured by a
+//! run without the stream and removed. So is the clock: a broker's timers (the in-tree one
+//! writes back every 20 ms) execute per second of wall time, not per request, and a run under
+//! Valgrind lasts seconds that vary with the machine's load. A second run without the stream
+//! idles `IDLE_EXTRA` longer; the instructions per idle second it shows are removed from each
+//! run in proportion to its own duration. Base and head runs alternate (ABBA), so a machine
+//! that slows down during a comparison weighs on both sides alike.
 //!
 //! Why DHAT and not cachegrind: under cachegrind the broker keeps glibc's allocator, whose work
 //! depends on the order in which threads free memory (free-list searches, whether a realloc
@@ -50,6 +56,9 @@ pub const RUNS_DEFAULT: usize = 3;
 /// Valgrind starts the broker tens of times slower than natively.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 const READY_POLL: Duration = Duration::from_millis(50);
+/// How much longer the second run without the stream idles than the first: the difference
+/// is the broker's instructions per idle second.
+const IDLE_EXTRA: Duration = Duration::from_secs(3);
 /// Wait after the port accepts: a broker listens before it installs its SIGTERM handler (the
 /// in-tree one does), and a SIGTERM in between would kill it without its shutdown, counting
 /// fewer instructions. Idle work during the wait is the same with and without the stream.
@@ -72,9 +81,19 @@ pub struct InstructionSample {
     /// Instructions of the run without the stream (startup, probe, shutdown).
     pub startup: u64,
     /// Heap allocations (blocks) and bytes allocated for the stream (median run, startup
-    /// removed): exact, unlike instructions.
+    /// removed).
     pub heap_blocks: u64,
     pub heap_bytes: u64,
+    /// Heap allocations of each run with the stream, startup removed (judged beside the
+    /// instructions; empty in results stored before they were).
+    #[serde(default)]
+    pub heap_block_runs: Vec<u64>,
+    /// Instructions per second of the idle broker (its timers), removed from each run in
+    /// proportion to its duration, and the median amount removed.
+    #[serde(default)]
+    pub idle_per_s: f64,
+    #[serde(default)]
+    pub idle_removed: u64,
     pub requests: u64,
     pub messages: u64,
     pub stream_sha256: String,
@@ -106,7 +125,55 @@ pub struct InstructionComparison {
     pub base: InstructionSample,
     pub head: InstructionSample,
     pub metric: MetricComparison,
+    /// Heap allocations per request, judged like the instructions (`None`: a side has no
+    /// per-run allocation counts, stored before they were kept).
+    #[serde(default)]
+    pub allocations: Option<MetricComparison>,
 }
+
+impl InstructionComparison {
+    /// Compares the counts of two samples: instructions at `instructions_rise`, heap
+    /// allocations at `allocations_rise`.
+    pub fn new(
+        base: InstructionSample,
+        head: InstructionSample,
+        instructions_rise: f64,
+        allocations_rise: f64,
+    ) -> Self {
+        let metric = compare_counts(
+            INSTRUCTIONS_METRIC,
+            &base.runs,
+            &head.runs,
+            instructions_rise,
+        );
+        let allocations = (!base.heap_block_runs.is_empty() && !head.heap_block_runs.is_empty())
+            .then(|| {
+                compare_counts(
+                    ALLOCATIONS_METRIC,
+                    &base.heap_block_runs,
+                    &head.heap_block_runs,
+                    allocations_rise,
+                )
+            });
+        Self {
+            base,
+            head,
+            metric,
+            allocations,
+        }
+    }
+
+    /// The tier's verdict: the worse of instructions and allocations.
+    pub fn verdict(&self) -> Verdict {
+        Verdict::worst(
+            std::iter::once(self.metric.verdict).chain(self.allocations.iter().map(|a| a.verdict)),
+        )
+    }
+}
+
+/// The names the tier's metrics are compared and accepted under.
+pub const INSTRUCTIONS_METRIC: &str = "instructions/request";
+pub const ALLOCATIONS_METRIC: &str = "heap allocations/request";
 
 /// What the tier says next to a wall-clock comparison.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,7 +190,7 @@ pub enum TierOutcome {
 impl TierOutcome {
     pub fn verdict(&self) -> Verdict {
         match self {
-            TierOutcome::Compared(c) => c.metric.verdict,
+            TierOutcome::Compared(c) => c.verdict(),
             TierOutcome::NotMeasured { .. } => Verdict::Inconclusive,
         }
     }
@@ -137,7 +204,12 @@ impl TierOutcome {
 }
 
 /// Head relative to base: three-state on the range of all cross ratios head_i / base_j.
-pub fn compare_counts(base: &[u64], head: &[u64], rise_margin: f64) -> MetricComparison {
+pub fn compare_counts(
+    metric: &str,
+    base: &[u64],
+    head: &[u64],
+    rise_margin: f64,
+) -> MetricComparison {
     assert!(!base.is_empty() && !head.is_empty(), "counts on both sides");
     let (b_min, b_max) = min_max(base);
     let (h_min, h_max) = min_max(head);
@@ -154,7 +226,7 @@ pub fn compare_counts(base: &[u64], head: &[u64], rise_margin: f64) -> MetricCom
         Verdict::Inconclusive
     };
     MetricComparison {
-        metric: "instructions/request".into(),
+        metric: metric.into(),
         pairs: base.len().min(head.len()),
         median_ratio,
         ci_low_ratio: low,
@@ -162,6 +234,8 @@ pub fn compare_counts(base: &[u64], head: &[u64], rise_margin: f64) -> MetricCom
         // Not a probability: the range holds every observed ratio (see `compare_counts`).
         ci_coverage: 1.0,
         limit_ratio,
+        // A rise wider than the range of every cross ratio moves the whole range.
+        detectable: Some(high / low - 1.0),
         verdict,
     }
 }
@@ -243,33 +317,10 @@ impl InstructionTier {
         if let Some(sample) = self.cache.lock().expect("cache lock").get(&cache_key) {
             return Ok(sample.clone());
         }
-        let (startup, _) = self.count(binary, broker_args, false)?;
-        let mut runs = Vec::with_capacity(self.runs);
-        let mut heap = Vec::with_capacity(self.runs);
-        let mut summary = None;
-        for i in 0..self.runs {
-            on_run(&format!("Valgrind run {}/{}", i + 1, self.runs));
-            let (total, replayed) = self.count(binary, broker_args, true)?;
-            runs.push(total.instructions.saturating_sub(startup.instructions));
-            heap.push((
-                total.heap_blocks.saturating_sub(startup.heap_blocks),
-                total.heap_bytes.saturating_sub(startup.heap_bytes),
-            ));
-            summary = replayed;
-        }
-        let summary = summary.ok_or_else(|| TierError::Run("no run replayed the stream".into()))?;
-        heap.sort_unstable();
-        let (heap_blocks, heap_bytes) = heap[heap.len() / 2];
-        let sample = InstructionSample {
-            runs,
-            startup: startup.instructions,
-            heap_blocks,
-            heap_bytes,
-            requests: summary.requests,
-            messages: summary.messages,
-            stream_sha256: summary.stream_sha256,
-            tmpfs: tmpfs_dir().is_some(),
-        };
+        let sample = self
+            .measure(&[binary], broker_args, on_run)?
+            .pop()
+            .expect("one sample per binary");
         self.cache
             .lock()
             .expect("cache lock")
@@ -277,13 +328,111 @@ impl InstructionTier {
         Ok(sample)
     }
 
-    /// One run: the broker under Valgrind, the stream (if any), a clean stop; total instructions.
+    /// The samples of two builds, their runs interleaved (base, head, head, base, ...) unless
+    /// one of them is already measured in this session. `(key, binary)` of each.
+    pub fn sample_pair(
+        &self,
+        base: (&str, &Path),
+        head: (&str, &Path),
+        broker_args: &[String],
+        on_run: &dyn Fn(&str),
+    ) -> Result<(InstructionSample, InstructionSample), TierError> {
+        let cache_key = |key: &str| format!("{key}|{}", broker_args.join(" "));
+        let cached = {
+            let cache = self.cache.lock().expect("cache lock");
+            cache.contains_key(&cache_key(base.0)) || cache.contains_key(&cache_key(head.0))
+        };
+        if cached || base.0 == head.0 {
+            let b = self.sample(base.0, base.1, broker_args, on_run)?;
+            let h = self.sample(head.0, head.1, broker_args, on_run)?;
+            return Ok((b, h));
+        }
+        let mut samples = self.measure(&[base.1, head.1], broker_args, on_run)?;
+        let h = samples.pop().expect("head sample");
+        let b = samples.pop().expect("base sample");
+        let mut cache = self.cache.lock().expect("cache lock");
+        cache.insert(cache_key(base.0), b.clone());
+        cache.insert(cache_key(head.0), h.clone());
+        Ok((b, h))
+    }
+
+    /// Counts each binary: two idle runs (the startup, and the idle rate), then `self.runs`
+    /// runs with the stream, the binaries' runs alternating in counterbalanced order.
+    fn measure(
+        &self,
+        binaries: &[&Path],
+        broker_args: &[String],
+        on_run: &dyn Fn(&str),
+    ) -> Result<Vec<InstructionSample>, TierError> {
+        let mut idle = Vec::with_capacity(binaries.len());
+        for binary in binaries {
+            let short = self.count(binary, broker_args, Duration::ZERO, false)?;
+            let long = self.count(binary, broker_args, IDLE_EXTRA, false)?;
+            let seconds = (long.wall_s - short.wall_s).max(f64::EPSILON);
+            let extra = long
+                .totals
+                .instructions
+                .saturating_sub(short.totals.instructions);
+            idle.push((short, extra as f64 / seconds));
+        }
+        let mut runs: Vec<Vec<NetRun>> = vec![Vec::new(); binaries.len()];
+        let mut summaries: Vec<Option<ReplaySummary>> = vec![None; binaries.len()];
+        for i in 0..self.runs {
+            let order: Vec<usize> = if i % 2 == 0 {
+                (0..binaries.len()).collect()
+            } else {
+                (0..binaries.len()).rev().collect()
+            };
+            for side in order {
+                let which = match (binaries.len(), side) {
+                    (1, _) => "",
+                    (_, 0) => " (base)",
+                    _ => " (head)",
+                };
+                on_run(&format!("Valgrind run {}/{}{which}", i + 1, self.runs));
+                let run = self.count(binaries[side], broker_args, Duration::ZERO, true)?;
+                let (short, per_s) = &idle[side];
+                runs[side].push(NetRun::of(&run, short, *per_s));
+                summaries[side] = run.replayed;
+            }
+        }
+        runs.into_iter()
+            .zip(summaries)
+            .zip(idle)
+            .map(|((runs, summary), (short, idle_per_s))| {
+                let summary =
+                    summary.ok_or_else(|| TierError::Run("no run replayed the stream".into()))?;
+                let median_of = |f: fn(&NetRun) -> u64| {
+                    let mut v: Vec<u64> = runs.iter().map(f).collect();
+                    v.sort_unstable();
+                    v[v.len() / 2]
+                };
+                Ok(InstructionSample {
+                    runs: runs.iter().map(|r| r.instructions).collect(),
+                    startup: short.totals.instructions,
+                    heap_blocks: median_of(|r| r.heap_blocks),
+                    heap_bytes: median_of(|r| r.heap_bytes),
+                    heap_block_runs: runs.iter().map(|r| r.heap_blocks).collect(),
+                    idle_per_s,
+                    idle_removed: median_of(|r| r.clock),
+                    requests: summary.requests,
+                    messages: summary.messages,
+                    stream_sha256: summary.stream_sha256,
+                    tmpfs: tmpfs_dir().is_some(),
+                })
+            })
+            .collect()
+    }
+
+    /// One run: the broker under Valgrind, `idle_extra` of idling, the stream (if any), a
+    /// clean stop; its totals and how long it ran after the settling wait.
     fn count(
         &self,
         binary: &Path,
         broker_args: &[String],
+        idle_extra: Duration,
         with_stream: bool,
-    ) -> Result<(DhatTotals, Option<ReplaySummary>), TierError> {
+    ) -> Result<CountedRun, TierError> {
         let dir = RunDir::create(tmpfs_dir().unwrap_or(&self.scratch))?;
         let counts = dir.path().join("dhat.json");
         let port = TcpListener::bind("127.0.0.1:0")
@@ -347,6 +496,8 @@ impl InstructionTier {
             std::thread::sleep(READY_POLL);
         }
         std::thread::sleep(SETTLE);
+        let ready = Instant::now();
+        std::thread::sleep(idle_extra);
         let replayed = if with_stream {
             match self.replay(addr, dir.path()) {
                 Ok(summary) => Some(summary),
@@ -360,6 +511,7 @@ impl InstructionTier {
         } else {
             None
         };
+        let wall_s = ready.elapsed().as_secs_f64();
         crate::build::process::signal_group(broker.pgid, "TERM");
         let status = broker.wait_timeout(EXIT_TIMEOUT);
         broker.stop();
@@ -380,7 +532,11 @@ impl InstructionTier {
                 counts.display()
             ))
         })?;
-        Ok((totals, replayed))
+        Ok(CountedRun {
+            totals,
+            replayed,
+            wall_s,
+        })
     }
 
     /// Sends the stream to the broker at `addr` with `chronik-replay`; its summary.
@@ -461,6 +617,37 @@ pub enum TierError {
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TierError {
     let what = what.into();
     move |source| TierError::Io { what, source }
+}
+
+/// What one run counted, and how long the broker ran between ready and the stop.
+struct CountedRun {
+    totals: DhatTotals,
+    replayed: Option<ReplaySummary>,
+    wall_s: f64,
+}
+
+/// One run with the stream, net of the startup run and of the clock.
+#[derive(Debug, Clone, Copy)]
+struct NetRun {
+    instructions: u64,
+    /// The instructions removed for this run's idle seconds beyond the startup run's.
+    clock: u64,
+    heap_blocks: u64,
+    heap_bytes: u64,
+}
+
+impl NetRun {
+    fn of(run: &CountedRun, startup: &CountedRun, idle_per_s: f64) -> Self {
+        let clock = (idle_per_s * (run.wall_s - startup.wall_s).max(0.0)) as u64;
+        let net = |total: u64, start: u64| total.saturating_sub(start);
+        Self {
+            instructions: net(run.totals.instructions, startup.totals.instructions)
+                .saturating_sub(clock),
+            clock,
+            heap_blocks: net(run.totals.heap_blocks, startup.totals.heap_blocks),
+            heap_bytes: net(run.totals.heap_bytes, startup.totals.heap_bytes),
+        }
+    }
 }
 
 /// A run's own directory (data, counts, log), removed when the run ends however it ends.
@@ -545,6 +732,7 @@ mod tests {
     #[test]
     fn equal_counts_within_their_spread_pass() {
         let m = compare_counts(
+            INSTRUCTIONS_METRIC,
             &[100_000, 100_300, 100_150],
             &[100_100, 100_250, 99_950],
             0.01,
@@ -556,6 +744,7 @@ mod tests {
     #[test]
     fn a_rise_beyond_the_margin_and_the_spread_is_a_regression() {
         let m = compare_counts(
+            INSTRUCTIONS_METRIC,
             &[100_000, 100_300, 100_150],
             &[101_700, 101_900, 101_800],
             0.01,
@@ -569,12 +758,14 @@ mod tests {
     #[test]
     fn a_rise_near_the_margin_is_decided_only_by_tight_runs() {
         let tight = compare_counts(
+            INSTRUCTIONS_METRIC,
             &[100_000, 100_050, 100_020],
             &[101_220, 101_260, 101_200],
             0.01,
         );
         assert_eq!(tight.verdict, Verdict::Regression);
         let loose = compare_counts(
+            INSTRUCTIONS_METRIC,
             &[100_000, 100_500, 100_250],
             &[101_200, 101_700, 101_450],
             0.01,
@@ -584,7 +775,12 @@ mod tests {
 
     #[test]
     fn fewer_instructions_pass() {
-        let m = compare_counts(&[100_000, 100_100], &[90_000, 90_100], 0.01);
+        let m = compare_counts(
+            INSTRUCTIONS_METRIC,
+            &[100_000, 100_100],
+            &[90_000, 90_100],
+            0.01,
+        );
         assert_eq!(m.verdict, Verdict::Pass);
         assert!(m.median_ratio < 0.91);
     }
@@ -605,6 +801,62 @@ mod tests {
         assert!(DhatTotals::parse("==1== not json").is_err());
     }
 
+    /// The tier judges allocations beside instructions: a head that allocates more per request
+    /// is a regression even when its instructions are unchanged (DHAT counts the allocator's
+    /// work as allocations, not as instructions).
+    #[test]
+    fn more_allocations_alone_are_a_regression_of_the_tier() {
+        let sample = |blocks: u64| InstructionSample {
+            runs: vec![1_000_000, 1_000_400, 1_000_200],
+            startup: 10,
+            heap_blocks: blocks,
+            heap_bytes: 4_000,
+            heap_block_runs: vec![blocks, blocks + 1, blocks],
+            idle_per_s: 0.0,
+            idle_removed: 0,
+            requests: 10,
+            messages: 160,
+            stream_sha256: String::new(),
+            tmpfs: true,
+        };
+        let same = InstructionComparison::new(sample(1_000), sample(1_000), 0.01, 0.02);
+        assert_eq!(same.verdict(), Verdict::Pass);
+        let more = InstructionComparison::new(sample(1_000), sample(1_050), 0.01, 0.02);
+        assert_eq!(more.metric.verdict, Verdict::Pass);
+        assert_eq!(
+            more.allocations.as_ref().unwrap().verdict,
+            Verdict::Regression
+        );
+        assert_eq!(more.verdict(), Verdict::Regression);
+        assert_eq!(
+            TierOutcome::Compared(Box::new(more)).verdict(),
+            Verdict::Regression
+        );
+    }
+
+    /// The clock's share of a run: its idle instructions per second times the seconds it ran
+    /// beyond the startup run, removed with the startup's own count.
+    #[test]
+    fn a_run_is_counted_net_of_the_startup_and_of_the_clock() {
+        let run = |instructions: u64, wall_s: f64| CountedRun {
+            totals: DhatTotals {
+                instructions,
+                heap_blocks: 100,
+                heap_bytes: 1_000,
+            },
+            replayed: None,
+            wall_s,
+        };
+        let startup = run(50_000_000, 1.0);
+        // The same work in a run that lasted 6 s and in one that lasted 9 s: at 100,000
+        // idle instructions per second, the slower run counted 300,000 more.
+        let fast = NetRun::of(&run(285_500_000, 6.0), &startup, 100_000.0);
+        let slow = NetRun::of(&run(285_800_000, 9.0), &startup, 100_000.0);
+        assert_eq!(fast.instructions, slow.instructions);
+        assert_eq!(fast.instructions, 235_000_000);
+        assert_eq!((fast.clock, slow.clock), (500_000, 800_000));
+    }
+
     #[test]
     fn spread_is_range_over_median() {
         let s = InstructionSample {
@@ -612,6 +864,9 @@ mod tests {
             startup: 10,
             heap_blocks: 40,
             heap_bytes: 4_000,
+            heap_block_runs: vec![40; 3],
+            idle_per_s: 0.0,
+            idle_removed: 0,
             requests: 10,
             messages: 160,
             stream_sha256: String::new(),

@@ -1,8 +1,10 @@
 //! Measurements into verdicts: the three states (`state`), paired statistics (`stats`),
 //! interleaved A/B scheduling over a trial source (`compare`), the deterministic tier
 //! (`instructions`), limits and gate verdicts (`decision`), and margins calibrated on the
-//! noise bank (`noise_bank`, `calibration`).
+//! noise bank (`noise_bank`, `calibration`), and regressions accepted on purpose
+//! (`acceptance`).
 
+pub mod acceptance;
 pub mod calibration;
 pub mod compare;
 pub mod decision;

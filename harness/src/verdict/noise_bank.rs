@@ -1,15 +1,15 @@
 //! The noise bank: every valid trial of one commit, one workload definition and one host in the
-//! results store (same-commit trials, so any difference between them is noise). The shipped
-//! decision rule (`compare::run_compare` with the given settings, looks, levels and stopping)
-//! is replayed against pairs drawn from it, as they are (A/A) and with the head shifted by a
-//! known amount, so the false-alarm rate and the detection rate are counted, not asserted.
-//! No broker runs: thousands of replays take seconds.
+//! results store, in the order they ran (same-commit trials, so any difference between them is
+//! noise). The shipped decision rule (`compare::run_compare` with the given settings, looks,
+//! levels and stopping) is replayed against pairs drawn from it, as they are (A/A) and with the
+//! head shifted by a known amount, so the false-alarm rate and the detection rate are counted,
+//! not asserted. No broker runs: thousands of replays take seconds.
 //!
-//! What resampling keeps and loses: draws are independent, with replacement, from the trials as
-//! recorded (their skew and outliers are kept); a slow drift within a real comparison, which
-//! interleaving is there to cancel, is not reproduced. The real A/A comparisons of `calibrate`
-//! measure the rule with drift included.
-
+//! What resampling keeps: the unit drawn is a block of `BLOCK_PAIRS` adjacent pairs (trials 2i
+//! and 2i+1 ran one after the other), so the correlation within a pair that interleaving relies
+//! on, and a drift over a few pairs, stay as they were recorded, with the skew and outliers of
+//! the trials (a moving-block bootstrap). A trial is never paired with itself. What it loses:
+//! drift slower than a block. The real A/A comparisons of `calibrate` measure that too.
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -19,8 +19,11 @@ use crate::trial::summary::{Side, TrialFailure, TrialSummary};
 use crate::verdict::compare::{run_compare, CompareSettings, Comparison, TrialSource};
 use crate::verdict::state::Verdict;
 
-/// Fewer valid trials than this make a bank too small to resample from.
-pub const NOISE_BANK_TRIALS_MIN: usize = 10;
+/// Fewer valid trials than this make a bank too small to mean anything: 20 pairs, 10 for the
+/// margins to be fitted on and 10 held out to measure them (`split`).
+pub const NOISE_BANK_TRIALS_MIN: usize = 40;
+/// Adjacent pairs drawn together (the block of the moving-block bootstrap).
+pub const BLOCK_PAIRS: usize = 3;
 /// Shifts replayed besides A/A: the fraction a regression costs.
 pub const REPLAYED_SHIFTS: [f64; 4] = [0.02, 0.05, 0.10, 0.20];
 
@@ -66,16 +69,40 @@ impl NoiseBank {
         workload_hash: &str,
         host_fingerprint: &str,
     ) -> Self {
-        let trials = records
+        let mut kept: Vec<&TrialRecord> = records
             .iter()
             .filter(|r| {
                 r.commit.sha == commit_sha
                     && r.workload_hash == workload_hash
                     && r.host_fingerprint == host_fingerprint
             })
-            .filter_map(|r| r.summary.clone())
             .collect();
+        // In the order they ran: adjacent trials are the pairs that are resampled.
+        kept.sort_by(|a, b| a.recorded_at.cmp(&b.recorded_at));
+        let trials = kept.iter().filter_map(|r| r.summary.clone()).collect();
         Self { trials }
+    }
+
+    /// Adjacent trials as pairs, in the order they ran (an odd last trial is left out).
+    fn pairs(&self) -> Vec<[&TrialSummary; 2]> {
+        self.trials
+            .chunks_exact(2)
+            .map(|p| [&p[0], &p[1]])
+            .collect()
+    }
+
+    /// The first half of the pairs (to fit margins on) and the second (to measure them on,
+    /// held out): split in time, so drift between the halves counts against the fit.
+    pub fn split(&self) -> (NoiseBank, NoiseBank) {
+        let half = self.trials.len() / 4 * 2;
+        (
+            NoiseBank {
+                trials: self.trials[..half].to_vec(),
+            },
+            NoiseBank {
+                trials: self.trials[half..].to_vec(),
+            },
+        )
     }
 
     pub fn has_cpu(&self) -> bool {
@@ -149,11 +176,18 @@ impl NoiseBank {
         replay: usize,
         seed: u64,
     ) -> Option<Comparison> {
+        let pairs = self.pairs();
+        if pairs.is_empty() {
+            return None;
+        }
         let mut source = Resampled {
-            bank: &self.trials,
+            pairs: &pairs,
             rng: SmallRng::seed_from_u64(seed ^ ((case as u64) << 32) ^ replay as u64),
             shifted,
             shift,
+            next_pair: 0,
+            left_in_block: 0,
+            pending: None,
         };
         let run = CompareSettings {
             seed: seed.wrapping_add(replay as u64),
@@ -163,17 +197,45 @@ impl NoiseBank {
     }
 }
 
-/// Trials drawn with replacement from the bank; the head's shifted as asked.
+/// Pairs drawn in blocks of adjacent pairs, with replacement; the first trial of a pair goes to
+/// the side the comparison asks for first, as in a real interleaved pair; the head is shifted
+/// as asked.
 struct Resampled<'a> {
-    bank: &'a [TrialSummary],
+    pairs: &'a [[&'a TrialSummary; 2]],
     rng: SmallRng,
     shifted: Shifted,
     shift: f64,
+    /// The next pair of the current block, and how many of the block are left.
+    next_pair: usize,
+    left_in_block: usize,
+    /// The second trial of the pair being handed out.
+    pending: Option<TrialSummary>,
+}
+
+impl Resampled<'_> {
+    fn draw_pair(&mut self) -> [TrialSummary; 2] {
+        if self.left_in_block == 0 {
+            let block = BLOCK_PAIRS.min(self.pairs.len());
+            self.next_pair = self.rng.random_range(0..=self.pairs.len() - block);
+            self.left_in_block = block;
+        }
+        let [a, b] = self.pairs[self.next_pair];
+        self.next_pair += 1;
+        self.left_in_block -= 1;
+        [a.clone(), b.clone()]
+    }
 }
 
 impl TrialSource for Resampled<'_> {
     fn trial(&mut self, side: Side) -> Result<TrialSummary, TrialFailure> {
-        let mut t = self.bank[self.rng.random_range(0..self.bank.len())].clone();
+        let mut t = match self.pending.take() {
+            Some(second) => second,
+            None => {
+                let [first, second] = self.draw_pair();
+                self.pending = Some(second);
+                first
+            }
+        };
         if side == Side::Head {
             match self.shifted {
                 Shifted::Nothing => {}
@@ -225,6 +287,42 @@ mod tests {
             .unwrap();
         // 2% CPU noise: a 10% CPU rise is found nearly every time.
         assert!(cpu_ten.rate(cpu_ten.regression) >= 0.95, "{cpu_ten:?}");
+    }
+
+    /// A bank whose pairs drift together: each pair ran at its own level (+-30% between
+    /// pairs), its two trials within 1% of each other. Interleaving cancels such drift, and so
+    /// must the replay: drawn as pairs, an unchanged commit passes; drawn as single trials (the
+    /// old replay) the drift between pairs would make every comparison inconclusive.
+    #[test]
+    fn replayed_pairs_keep_the_correlation_within_a_pair() {
+        let mut rng = SmallRng::seed_from_u64(5);
+        let trials = (0..40)
+            .flat_map(|_| {
+                let level = 40_000.0 * (1.0 + rng.random_range(-0.3..0.3));
+                let mut trial = |level: f64| TrialSummary {
+                    throughput: level * (1.0 + rng.random_range(-0.01..0.01)),
+                    p99_ms: 10.0 * 40_000.0 / level,
+                    p999_ms: None,
+                    per_second: vec![40_000; 3],
+                    peak_rss_mib: None,
+                    broker_cpu_us_per_msg: None,
+                };
+                [trial(level), trial(level)]
+            })
+            .collect();
+        let bank = NoiseBank { trials };
+        let aa = &bank.replay(&CompareSettings::default(), 200, 3)[0];
+        assert!(aa.rate(aa.pass) >= 0.9, "{aa:?}");
+    }
+
+    #[test]
+    fn the_bank_splits_in_time_into_a_half_to_fit_and_a_half_held_out() {
+        let b = bank(2);
+        let (fit, held) = b.split();
+        assert_eq!(fit.trials.len(), 20);
+        assert_eq!(held.trials.len(), 20);
+        assert_eq!(fit.trials[..], b.trials[..20]);
+        assert_eq!(held.trials[..], b.trials[20..]);
     }
 
     #[test]

@@ -1,19 +1,37 @@
 //! The decision rule of docs/STATISTICS.md. The unit is the trial; base and head trials are
-//! paired; per pair r = ln(head / base). The interval of the median r comes from order statistics and
-//! the sign test, so its coverage is exact for any distribution of r at any number of pairs
-//! (given independent pairs): [r(k), r(n+1-k)] misses the true median on each side with
-//! probability P(Binomial(n, 1/2) <= k-1). A metric is a regression when its one-sided bound
-//! nearest "no change" is beyond the practical margin, a pass when the bound on the other side
-//! is within it, inconclusive otherwise; the one-sided levels come from the sequential design
-//! in `compare` (error spent over its looks and metrics).
+//! paired; per pair r = ln(head / base). The bounds of the median r come from order statistics
+//! and the sign test, so their coverage is exact for any distribution of r at any number of
+//! pairs (given independent pairs): r(k) lies below the median with probability
+//! 1 - P(Binomial(n, 1/2) <= k-1).
+//!
+//! Per metric, with the one-sided levels of the sequential design in `compare`:
+//! - **regression**: the bound nearest "no change" (at the regression level) is beyond zero,
+//!   so the change is real, and the median estimate is beyond the practical margin, so it
+//!   matters. An unchanged commit is called a regression with probability at most the level.
+//! - **pass**: the bound on the other side (at the pass level) is within the margin, and the
+//!   pairs could have seen a change of the margin's size: their detectable change (below) is
+//!   within it. A change exactly at the margin passes with probability at most the level.
+//! - **inconclusive** otherwise.
+//!
+//! The interval printed with a verdict is these two bounds, so a reader can check the verdict
+//! from the table.
 
 use serde::{Deserialize, Serialize};
 
 use crate::verdict::state::Verdict;
 
-/// Coverage the displayed two-sided interval aims for (reached from 6 pairs on; below that the
-/// widest interval, [min, max], is shown with the coverage it has).
+/// Coverage of the two-sided interval of the absolute-limit checks (reached from 6 values on;
+/// below that the widest interval, [min, max], is shown with the coverage it has).
 pub const DISPLAY_COVERAGE: f64 = 0.95;
+
+/// Probability at which a comparison's detectable change is stated: the smallest change its
+/// pairs would have told apart from no change this often.
+pub const DETECTABLE_POWER: f64 = 0.8;
+
+/// The spread of the log-ratios a detectable change is computed from: 1.4826 x their median
+/// absolute deviation, the standard deviation of a normal distribution with that MAD (robust
+/// to the outliers this machine's trials have).
+const MAD_TO_SD: f64 = 1.4826;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Margins {
@@ -32,7 +50,17 @@ pub struct Margins {
     /// Instructions per request of the deterministic tier may rise by this fraction.
     #[serde(default = "default_instructions_rise")]
     pub instructions_rise: f64,
+    /// Heap allocations per request of the deterministic tier may rise by this fraction.
+    #[serde(default = "default_allocations_rise")]
+    pub allocations_rise: f64,
 }
+
+fn default_allocations_rise() -> f64 {
+    ALLOCATIONS_RISE_DEFAULT
+}
+
+/// Default rise of heap allocations per request that counts as a regression (2%).
+pub const ALLOCATIONS_RISE_DEFAULT: f64 = 0.02;
 
 fn default_instructions_rise() -> f64 {
     INSTRUCTIONS_RISE_DEFAULT
@@ -64,6 +92,7 @@ impl Default for Margins {
             peak_rss_rise: default_peak_rss_rise(),
             cpu_per_msg_rise: default_cpu_per_msg_rise(),
             instructions_rise: default_instructions_rise(),
+            allocations_rise: default_allocations_rise(),
         }
     }
 }
@@ -74,6 +103,8 @@ pub struct MetricComparison {
     pub metric: String,
     pub pairs: usize,
     pub median_ratio: f64,
+    /// The interval the verdict is decided on: the bound nearest "no change" at the regression
+    /// level and the other at the pass level (`compare_metric`).
     pub ci_low_ratio: f64,
     pub ci_high_ratio: f64,
     /// Exact probability that [ci_low_ratio, ci_high_ratio] covers the true median ratio
@@ -82,7 +113,27 @@ pub struct MetricComparison {
     pub ci_coverage: f64,
     /// The ratio beyond which the change counts as a regression.
     pub limit_ratio: f64,
+    /// The smallest change, as a fraction in the metric's worse direction (0.08: an 8% drop
+    /// of throughput, an 8% rise of latency), that these pairs would have told apart from no
+    /// change with probability `DETECTABLE_POWER` at this look's level. `None`: no change at
+    /// all could have been, the pairs being too few for the level (or a result stored before
+    /// it was recorded).
+    #[serde(default)]
+    pub detectable: Option<f64>,
     pub verdict: Verdict,
+}
+
+impl MetricComparison {
+    /// The margin as a fraction in the worse direction (0.05 for a 5% drop or rise).
+    pub fn margin(&self) -> f64 {
+        (self.limit_ratio - 1.0).abs()
+    }
+
+    /// Whether these pairs could not see a change of the margin's size: the reason a metric
+    /// whose interval lies within the margin is still not a pass.
+    pub fn blind_at_margin(&self) -> bool {
+        self.detectable.is_none_or(|d| d > self.margin())
+    }
 }
 
 pub fn median(xs: &[f64]) -> f64 {
@@ -140,13 +191,54 @@ pub fn median_interval(xs: &[f64], target: f64) -> MedianInterval {
     }
 }
 
-/// One-sided miss probabilities a decision may take at one look, for one metric.
+/// One-sided miss probabilities a decision may take at one look, for one metric. The pass
+/// level is never the stricter one (the regression level is also spent over the metrics), so
+/// a look whose pairs are too few for the pass level can see no regression either.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Levels {
-    /// Calling a regression when the true change is exactly at the margin.
+    /// Calling a regression when nothing changed.
     pub regression_tail: f64,
     /// Calling a pass when the true change is exactly at the margin.
     pub pass_tail: f64,
+}
+
+/// P(Binomial(n, p) >= j).
+fn binomial_upper_tail(n: usize, p: f64, j: usize) -> f64 {
+    (j..=n)
+        .map(|i| {
+            let choose = (0..i).fold(1.0, |acc, t| acc * (n - t) as f64 / (t + 1) as f64);
+            choose * p.powi(i as i32) * (1.0 - p).powi((n - i) as i32)
+        })
+        .sum()
+}
+
+/// The standard normal distribution function.
+fn normal_cdf(x: f64) -> f64 {
+    0.5 * libm::erfc(-x / std::f64::consts::SQRT_2)
+}
+
+/// The smallest shift (in log units, worse direction) at which the regression bound at rank
+/// `k` of `n` pairs would exclude zero with probability `DETECTABLE_POWER`, for log-ratios
+/// spread normally with standard deviation `sd` around their median. The bound r(k) is beyond
+/// zero when at least n+1-k pairs are, and each pair is with probability Phi(shift / sd), so
+/// the detection probability is a binomial tail, solved for the shift by bisection.
+fn detectable_shift(n: usize, k: usize, sd: f64) -> f64 {
+    if sd == 0.0 {
+        return 0.0;
+    }
+    let needed = n + 1 - k;
+    let power = |shift: f64| binomial_upper_tail(n, normal_cdf(shift / sd), needed);
+    // At 40 standard deviations every pair is beyond zero: the power there is 1.
+    let (mut low, mut high) = (0.0, 40.0 * sd);
+    for _ in 0..100 {
+        let mid = (low + high) / 2.0;
+        if power(mid) >= DETECTABLE_POWER {
+            high = mid;
+        } else {
+            low = mid;
+        }
+    }
+    high
 }
 
 /// Compares paired samples. `higher_is_better` for throughput, not for latency.
@@ -159,46 +251,65 @@ pub fn compare_metric(
     levels: Levels,
 ) -> MetricComparison {
     assert_eq!(base.len(), head.len(), "samples must be paired");
-    let mut logs: Vec<f64> = base.iter().zip(head).map(|(b, h)| (h / b).ln()).collect();
-    logs.sort_by(f64::total_cmp);
-    let n = logs.len();
+    assert!(!base.is_empty(), "a comparison of no pairs");
+    // Work in the worse direction: w = ln(head / base) for latency, -ln(head / base) for
+    // throughput, so a regression is always a positive w and the margin a positive limit.
+    let sign = if higher_is_better { -1.0 } else { 1.0 };
+    let mut worse: Vec<f64> = base
+        .iter()
+        .zip(head)
+        .map(|(b, h)| sign * (h / b).ln())
+        .collect();
+    worse.sort_by(f64::total_cmp);
+    let n = worse.len();
     let limit = if higher_is_better {
-        (1.0 - margin).ln()
+        -(1.0 - margin).ln()
     } else {
         (1.0 + margin).ln()
     };
-    // The one-sided bounds: `low(k)` is below the median, `high(k)` above it, each with
-    // probability >= 1 - P(Bin(n, 1/2) <= k-1).
-    let low = |k: usize| logs[k - 1];
-    let high = |k: usize| logs[n - k];
-    let regression = sign_rank(n, levels.regression_tail).is_some_and(|k| {
-        if higher_is_better {
-            high(k) < limit
-        } else {
-            low(k) > limit
-        }
-    });
-    let pass = sign_rank(n, levels.pass_tail).is_some_and(|k| {
-        if higher_is_better {
-            low(k) > limit
-        } else {
-            high(k) < limit
-        }
-    });
+    let estimate = median(&worse);
+    // The bound below the median at the regression level, above it at the pass level; a level
+    // too strict for n pairs has no rank, and its side shows the extreme pair instead.
+    let regression_rank = sign_rank(n, levels.regression_tail);
+    let pass_rank = sign_rank(n, levels.pass_tail);
+    let lower = worse[regression_rank.unwrap_or(1) - 1];
+    let upper = worse[n - pass_rank.unwrap_or(1)];
+    let coverage = 1.0
+        - binomial_half_cdf(n, regression_rank.unwrap_or(1) - 1)
+        - binomial_half_cdf(n, pass_rank.unwrap_or(1) - 1);
+    let sd = MAD_TO_SD
+        * median(
+            &worse
+                .iter()
+                .map(|w| (w - estimate).abs())
+                .collect::<Vec<_>>(),
+        );
+    let detectable = regression_rank.map(|k| detectable_shift(n, k, sd));
+    let regression = regression_rank.is_some() && lower > 0.0 && estimate > limit;
+    let sees_margin = detectable.is_some_and(|d| d <= limit);
+    let pass = pass_rank.is_some() && upper < limit && sees_margin;
     let verdict = match (regression, pass) {
         (true, _) => Verdict::Regression,
         (false, true) => Verdict::Pass,
         (false, false) => Verdict::Inconclusive,
     };
-    let shown = median_interval(&logs, DISPLAY_COVERAGE);
+    // Back to head/base ratios: for throughput the worse direction is the lower ratio.
+    let ratio = |w: f64| (sign * w).exp();
+    let (ci_low_ratio, ci_high_ratio) = if higher_is_better {
+        (ratio(upper), ratio(lower))
+    } else {
+        (ratio(lower), ratio(upper))
+    };
     MetricComparison {
         metric: metric.to_owned(),
         pairs: n,
-        median_ratio: median(&logs).exp(),
-        ci_low_ratio: shown.low.exp(),
-        ci_high_ratio: shown.high.exp(),
-        ci_coverage: shown.coverage,
-        limit_ratio: limit.exp(),
+        median_ratio: ratio(estimate),
+        ci_low_ratio,
+        ci_high_ratio,
+        ci_coverage: coverage,
+        limit_ratio: ratio(limit),
+        // As a fraction of change in the worse direction, like the margin.
+        detectable: detectable.map(|d| (ratio(d) - 1.0).abs()),
         verdict,
     }
 }
@@ -341,6 +452,174 @@ mod tests {
                 "n={n}: covered {observed:.3}, claims {claimed:.3}"
             );
         }
+    }
+
+    /// Normal noise of a known spread: Box-Muller from two uniforms.
+    fn normal(rng: &mut SmallRng, sd: f64) -> f64 {
+        let u: f64 = rng.random_range(f64::EPSILON..1.0);
+        let v: f64 = rng.random_range(0.0..1.0);
+        sd * (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    }
+
+    /// The detectable shift is what it says: pairs shifted by it, with the spread it was
+    /// computed for, put the regression bound beyond zero DETECTABLE_POWER of the time.
+    #[test]
+    fn the_detectable_shift_is_detected_as_often_as_it_says() {
+        let mut rng = SmallRng::seed_from_u64(11);
+        let sd = 0.12;
+        for (n, tail) in [(11, 0.05 / 9.0), (15, 0.05 / 12.0), (40, 0.05 / 12.0)] {
+            let k = sign_rank(n, tail).unwrap();
+            let shift = detectable_shift(n, k, sd);
+            let runs = 4_000;
+            let mut beyond_zero = 0;
+            for _ in 0..runs {
+                let mut w: Vec<f64> = (0..n).map(|_| shift + normal(&mut rng, sd)).collect();
+                w.sort_by(f64::total_cmp);
+                if w[k - 1] > 0.0 {
+                    beyond_zero += 1;
+                }
+            }
+            let observed = beyond_zero as f64 / runs as f64;
+            // Four standard errors of a proportion near 0.8 over 4,000 runs is about 0.025.
+            assert!(
+                (observed - DETECTABLE_POWER).abs() < 0.025,
+                "n={n}: shift {shift:.3} detected {observed:.3}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_interval_within_the_margin_from_pairs_too_few_to_see_it_is_not_a_pass() {
+        // 6 pairs within +-1%: inside a 5% margin, but at 0.5% per side no bound of 6 pairs
+        // can ever exclude zero (the extreme misses with 1/64).
+        let base = vec![100.0; 6];
+        let head = [100.5, 99.5, 100.2, 99.8, 100.9, 99.1];
+        let strict = Levels {
+            regression_tail: 0.005,
+            pass_tail: 0.02,
+        };
+        let c = compare_metric("throughput", &base, &head, 0.05, true, strict);
+        assert!(c.ci_low_ratio > c.limit_ratio, "{c:?}");
+        assert_eq!(c.detectable, None);
+        assert!(c.blind_at_margin());
+        assert_eq!(c.verdict, Verdict::Inconclusive);
+        // The same pairs at a level 6 pairs can reach see a 5% drop, and pass.
+        let c = compare_metric("throughput", &base, &head, 0.05, true, FIVE_PERCENT);
+        assert!(c.detectable.unwrap() < 0.05, "{c:?}");
+        assert_eq!(c.verdict, Verdict::Pass);
+    }
+
+    #[test]
+    fn a_real_drop_within_the_margin_is_not_a_regression() {
+        // Every pair 2% down: beyond zero without doubt, but within a 5% margin.
+        let base = vec![100.0; 9];
+        let head = [97.9, 98.1, 98.0, 97.8, 98.2, 98.0, 97.9, 98.1, 98.0];
+        let c = compare_metric("throughput", &base, &head, 0.05, true, FIVE_PERCENT);
+        assert_eq!(c.verdict, Verdict::Pass, "{c:?}");
+        assert!(
+            c.ci_high_ratio < 1.0,
+            "the interval excludes no change: {c:?}"
+        );
+    }
+
+    /// A reader can check every verdict from the printed interval: a regression's interval is
+    /// beyond no change and its median beyond the limit; a pass's interval is within the limit
+    /// with a detectable change within the margin; neither, or too few pairs for the level, is
+    /// inconclusive. Random pairs, many sizes, both directions.
+    #[test]
+    fn every_verdict_follows_from_the_printed_interval() {
+        let mut rng = SmallRng::seed_from_u64(21);
+        let mut seen = [0usize; 3];
+        for _ in 0..5_000 {
+            let n = rng.random_range(3..30);
+            let shift: f64 = rng.random_range(-0.2..0.2);
+            let sd: f64 = rng.random_range(0.001..0.2);
+            let base: Vec<f64> = (0..n).map(|_| 100.0).collect();
+            let head: Vec<f64> = (0..n)
+                .map(|_| 100.0 * (shift + normal(&mut rng, sd)).exp())
+                .collect();
+            let higher_is_better = rng.random_bool(0.5);
+            // As in every design: the pass level is never stricter than the regression level,
+            // so pairs too few for the pass level see nothing ("none" detectable) either.
+            let regression_tail = rng.random_range(0.001..0.05);
+            let levels = Levels {
+                regression_tail,
+                pass_tail: rng.random_range(regression_tail..0.05),
+            };
+            let c = compare_metric("m", &base, &head, 0.05, higher_is_better, levels);
+            assert!(c.ci_low_ratio <= c.median_ratio && c.median_ratio <= c.ci_high_ratio);
+            let (worse_end, better_end, beyond) = if higher_is_better {
+                (
+                    c.ci_low_ratio,
+                    c.ci_high_ratio,
+                    c.median_ratio < c.limit_ratio,
+                )
+            } else {
+                (
+                    c.ci_high_ratio,
+                    c.ci_low_ratio,
+                    c.median_ratio > c.limit_ratio,
+                )
+            };
+            let within = if higher_is_better {
+                worse_end > c.limit_ratio
+            } else {
+                worse_end < c.limit_ratio
+            };
+            let excludes_no_change = if higher_is_better {
+                better_end < 1.0
+            } else {
+                better_end > 1.0
+            };
+            match c.verdict {
+                Verdict::Regression => {
+                    seen[0] += 1;
+                    assert!(excludes_no_change && beyond, "{c:?}");
+                }
+                Verdict::Pass => {
+                    seen[1] += 1;
+                    assert!(within && !c.blind_at_margin(), "{c:?}");
+                }
+                Verdict::Inconclusive => {
+                    seen[2] += 1;
+                    // Too few pairs for the level ("none" detectable): the interval shows the
+                    // extreme pairs, with the lower coverage they have, and decides nothing.
+                    let level_reached = c.detectable.is_some();
+                    assert!(!(excludes_no_change && beyond && level_reached), "{c:?}");
+                    assert!(!within || c.blind_at_margin(), "{c:?}");
+                }
+            }
+        }
+        assert!(seen.iter().all(|&s| s > 100), "{seen:?}");
+    }
+
+    /// With no change, a regression needs the bound beyond zero: at one look, at most the
+    /// level's share of comparisons, whatever the noise.
+    #[test]
+    fn an_unchanged_commit_is_a_regression_at_most_at_the_level() {
+        let mut rng = SmallRng::seed_from_u64(31);
+        let levels = Levels {
+            regression_tail: 0.02,
+            pass_tail: 0.02,
+        };
+        let runs = 20_000;
+        let mut regressions = 0;
+        for _ in 0..runs {
+            let base: Vec<f64> = (0..12).map(|_| 100.0).collect();
+            // Heavy, skewed noise: the sign test does not care.
+            let head: Vec<f64> = (0..12)
+                .map(|_| {
+                    let x = normal(&mut rng, 0.3);
+                    100.0 * (if x > 0.0 { x * 0.3 } else { x * 3.0 }).exp()
+                })
+                .collect();
+            // The median of the noise is 0 (the transform keeps signs), so nothing changed.
+            if compare_metric("m", &base, &head, 0.0, true, levels).verdict == Verdict::Regression {
+                regressions += 1;
+            }
+        }
+        let rate = regressions as f64 / runs as f64;
+        assert!(rate <= 0.02 + 0.003, "{rate}");
     }
 
     #[test]
