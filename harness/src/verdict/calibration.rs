@@ -105,6 +105,15 @@ pub struct MetricMargin {
     pub aa_regression_rate: f64,
 }
 
+impl MetricMargin {
+    /// Whether its rates meet the targets a margin is chosen by.
+    pub fn meets_targets(&self) -> bool {
+        self.margin.is_some()
+            && self.aa_pass_rate >= AA_PASS_TARGET
+            && self.aa_regression_rate <= AA_REGRESSION_MAX
+    }
+}
+
 /// A calibration as stored: the margins and everything they hold for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CalibratedMargins {
@@ -269,13 +278,29 @@ impl CalibratedMargins {
             let Some(margin) = m.margin.filter(|_| !explicit.contains(&m.metric)) else {
                 continue;
             };
-            m.metric.set(&mut applied.margins, margin);
-            used.push(format!(
-                "{} {:.1}% (A/A pass {:.0}%)",
-                m.metric.name(),
-                margin * 100.0,
-                m.aa_pass_rate * 100.0
-            ));
+            // A margin is used only when the held-out half confirms it: fitted at the edge of
+            // its targets on one half, it may be far from them on the other.
+            match self.held_out.iter().find(|h| h.metric == m.metric) {
+                Some(held) if held.meets_targets() => {
+                    m.metric.set(&mut applied.margins, margin);
+                    used.push(format!(
+                        "{} {:.1}% (A/A pass {:.0}% held out)",
+                        m.metric.name(),
+                        margin * 100.0,
+                        held.aa_pass_rate * 100.0
+                    ));
+                }
+                held => used.push(format!(
+                    "{} {:.1}% not confirmed on the held-out half ({}): default kept",
+                    m.metric.name(),
+                    margin * 100.0,
+                    held.map_or("not measured".to_owned(), |h| format!(
+                        "A/A pass {:.0}%, regression {:.1}%",
+                        h.aa_pass_rate * 100.0,
+                        h.aa_regression_rate * 100.0
+                    ))
+                )),
+            }
         }
         if used.is_empty() {
             used.push("none used (given on the command line, or none found)".to_owned());
@@ -487,7 +512,20 @@ mod tests {
                     aa_regression_rate: 0.0,
                 },
             ],
-            held_out: Vec::new(),
+            held_out: vec![
+                MetricMargin {
+                    metric: Tuned::Throughput,
+                    margin: Some(0.15),
+                    aa_pass_rate: 0.92,
+                    aa_regression_rate: 0.0,
+                },
+                MetricMargin {
+                    metric: Tuned::P99,
+                    margin: Some(0.30),
+                    aa_pass_rate: 0.40,
+                    aa_regression_rate: 0.0,
+                },
+            ],
         };
         let day = |d: &str| humantime::parse_rfc3339(d).unwrap();
         let before_expiry = day("2026-12-01T00:00:00Z");
@@ -495,6 +533,10 @@ mod tests {
         assert_eq!(applied.margins.throughput_drop, 0.15);
         assert_eq!(applied.margins.p99_rise, settings.margins.p99_rise);
         assert!(line.contains("throughput 15.0%"), "{line}");
+        // p99's margin passed 91% where it was fitted and 40% held out: not used.
+        let (applied, line) = stored.apply(&settings, &[], "runner-1", before_expiry);
+        assert_eq!(applied.margins.p99_rise, settings.margins.p99_rise);
+        assert!(line.contains("p99 30.0% not confirmed"), "{line}");
         assert!(line.contains("on this host"), "{line}");
         // Another machine of the same type may use it, and the line says whose it was.
         let (_, elsewhere) = stored.apply(&settings, &[], "runner-2", before_expiry);
