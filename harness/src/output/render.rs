@@ -243,21 +243,22 @@ pub fn tier_table(t: &InstructionComparison) -> Table {
             format!("{:.2}%", s.spread() * 100.0),
         ]);
     }
-    table.add_row(vec![
-        "head/base".to_owned(),
-        format!(
-            "[{}, {}] (every run)",
-            pct(t.metric.ci_low_ratio),
-            pct(t.metric.ci_high_ratio)
-        ),
-        pct(t.metric.median_ratio),
-        format!(
-            "limit {}: {:?}",
-            pct(t.metric.limit_ratio),
-            t.metric.verdict
-        )
-        .to_lowercase(),
-    ]);
+    for (what, m) in [
+        ("head/base", Some(&t.metric)),
+        ("allocations", t.allocations.as_ref()),
+    ] {
+        let Some(m) = m else { continue };
+        table.add_row(vec![
+            what.to_owned(),
+            format!(
+                "[{}, {}] (every run)",
+                pct(m.ci_low_ratio),
+                pct(m.ci_high_ratio)
+            ),
+            pct(m.median_ratio),
+            format!("limit {}: {:?}", pct(m.limit_ratio), m.verdict).to_lowercase(),
+        ]);
+    }
     table
 }
 
