@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use crate::build::git::CommitInfo;
 use crate::error::HarnessError;
-use crate::history::changepoint::{ChangePoint, Detector};
+use crate::history::changepoint::{benjamini_hochberg, ChangePoint, Detector, FDR_LEVEL};
 use crate::store::db::GateRow;
 use crate::store::files::ResultStore;
 use crate::store::record::TrialRecord;
@@ -502,8 +502,14 @@ pub fn change_points_markdown(
          metric, {:.0}% significance (permutation test over whole commits): the series relative \
          to the base measured beside each commit (drift between nights removed) and the raw \
          one. A range is where the change may be (90% of bootstrap resamples); \
-         `chronik-harness bisect --from-change-point` searches the newest one.\n",
-        crate::history::changepoint::SIGNIFICANCE_DEFAULT * 100.0
+         `chronik-harness bisect --from-change-point` searches the newest one. q: the \
+         Benjamini-Hochberg q-value over all {} series tested tonight (a change point above \
+         {:.0}% may be one of the false ones among them). A series of fewer than 10 commits \
+         cannot show a change point, and one in the newest 3 commits is rarely found \
+         (BENCHMARKS.md, \"History\").\n",
+        crate::history::changepoint::SIGNIFICANCE_DEFAULT * 100.0,
+        series.len(),
+        FDR_LEVEL * 100.0
     );
     let mut table = Table::new();
     table.load_preset(ASCII_MARKDOWN).set_header(vec![
@@ -512,9 +518,16 @@ pub fn change_points_markdown(
         "host",
         "first commit after",
         "change",
+        "q (FDR)",
         "new",
         "accepted",
     ]);
+    // One family: every change point of every series tested tonight.
+    let p_values: Vec<f64> = series
+        .iter()
+        .flat_map(|s| s.changes.iter().map(|c| c.p_value))
+        .collect();
+    let q_values = benjamini_hochberg(&p_values, series.len());
     let mut rows = 0;
     for s in series {
         let reported = db.reported_change_points(&s.workload, &s.host, &s.key())?;
@@ -536,6 +549,14 @@ pub fn change_points_markdown(
                     commit_url.replace("{sha}", &c.at.sha)
                 ),
                 describe(c),
+                {
+                    let q = q_values[rows - 1];
+                    if q <= FDR_LEVEL {
+                        format!("{q:.3}")
+                    } else {
+                        format!("{q:.3}, above {:.0}%: may be noise", FDR_LEVEL * 100.0)
+                    }
+                },
                 if new { "**new**".into() } else { String::new() },
                 acceptance::note_for(&accepted, &c.at.sha).unwrap_or_default(),
             ]);
