@@ -47,11 +47,13 @@ pub fn regressed_metrics(gate: &GateResult) -> Vec<&'static str> {
 /// requested metric did regress, and every metric that regressed is accepted (otherwise the
 /// base would move past a regression nobody accepted). The error says what is missing.
 pub fn check(requested: &[&str], regressed: &[&str]) -> Result<(), String> {
-    let not_regressed: Vec<&str> = requested
-        .iter()
-        .filter(|m| !regressed.contains(m))
-        .copied()
-        .collect();
+    let missing = |from: &[&str], of: &[&str]| -> Vec<String> {
+        from.iter()
+            .filter(|m| !of.contains(m))
+            .map(|m| (*m).to_owned())
+            .collect()
+    };
+    let not_regressed = missing(requested, regressed);
     if !not_regressed.is_empty() {
         return Err(format!(
             "its gate did not call {} a regression (it called: {})",
@@ -63,11 +65,7 @@ pub fn check(requested: &[&str], regressed: &[&str]) -> Result<(), String> {
             }
         ));
     }
-    let unaccepted: Vec<&str> = regressed
-        .iter()
-        .filter(|m| !requested.contains(m))
-        .copied()
-        .collect();
+    let unaccepted = missing(regressed, requested);
     if !unaccepted.is_empty() {
         return Err(format!(
             "its gate also called {} a regression: accept it too (--metric) or fix it",

@@ -801,23 +801,33 @@ mod tests {
         assert!(DhatTotals::parse("==1== not json").is_err());
     }
 
-    /// The tier judges allocations beside instructions: a head that allocates more per request
-    /// is a regression even when its instructions are unchanged (DHAT counts the allocator's
-    /// work as allocations, not as instructions).
-    #[test]
-    fn more_allocations_alone_are_a_regression_of_the_tier() {
-        let sample = |blocks: u64| InstructionSample {
-            runs: vec![1_000_000, 1_000_400, 1_000_200],
+    /// A sample of 10 requests with these instruction and allocation counts per run.
+    fn sample_of(runs: Vec<u64>, heap_block_runs: Vec<u64>) -> InstructionSample {
+        InstructionSample {
+            runs,
             startup: 10,
-            heap_blocks: blocks,
+            heap_blocks: heap_block_runs[heap_block_runs.len() / 2],
             heap_bytes: 4_000,
-            heap_block_runs: vec![blocks, blocks + 1, blocks],
+            heap_block_runs,
             idle_per_s: 0.0,
             idle_removed: 0,
             requests: 10,
             messages: 160,
             stream_sha256: String::new(),
             tmpfs: true,
+        }
+    }
+
+    /// The tier judges allocations beside instructions: a head that allocates more per request
+    /// is a regression even when its instructions are unchanged (DHAT counts the allocator's
+    /// work as allocations, not as instructions).
+    #[test]
+    fn more_allocations_alone_are_a_regression_of_the_tier() {
+        let sample = |blocks: u64| {
+            sample_of(
+                vec![1_000_000, 1_000_400, 1_000_200],
+                vec![blocks, blocks + 1, blocks],
+            )
         };
         let same = InstructionComparison::new(sample(1_000), sample(1_000), 0.01, 0.02);
         assert_eq!(same.verdict(), Verdict::Pass);
@@ -859,19 +869,7 @@ mod tests {
 
     #[test]
     fn spread_is_range_over_median() {
-        let s = InstructionSample {
-            runs: vec![1_000, 1_004, 1_002],
-            startup: 10,
-            heap_blocks: 40,
-            heap_bytes: 4_000,
-            heap_block_runs: vec![40; 3],
-            idle_per_s: 0.0,
-            idle_removed: 0,
-            requests: 10,
-            messages: 160,
-            stream_sha256: String::new(),
-            tmpfs: true,
-        };
+        let s = sample_of(vec![1_000, 1_004, 1_002], vec![40; 3]);
         assert!((s.spread() - 0.004 / 1.002).abs() < 1e-9);
         assert!((s.per_request() - 100.2).abs() < 1e-9);
     }
