@@ -9,9 +9,7 @@ use crate::build::git::CommitInfo;
 use crate::cmd::args::{session, write_json, Common, Statistics};
 use crate::cmd::exit;
 use crate::error::HarnessError;
-use crate::output::render::{
-    budget_line, comparison_table, degradation_line, instructions_line, invalid_line, sight_line,
-};
+use crate::output::render::{comparison_lines, comparison_table};
 use crate::trial::workload::{Workload, SEED_WORKLOAD};
 use crate::verdict::compare::Comparison;
 
@@ -89,18 +87,8 @@ pub fn print_comparison(workload: &Workload, base: &CommitInfo, head: &CommitInf
         c.pairs()
     );
     println!("{}", comparison_table(c));
-    println!("{}", sight_line(c));
     println!("{}", c.design);
-    if let Some(line) = budget_line(c) {
-        println!("{line}");
-    }
-    if let Some(line) = instructions_line(c) {
-        println!("{line}");
-    }
-    if let Some(line) = degradation_line(c) {
-        println!("\n{line}");
-    }
-    if let Some(line) = invalid_line(c) {
+    for line in comparison_lines(c) {
         println!("{line}");
     }
     println!("\nverdict: {:?}", c.verdict);

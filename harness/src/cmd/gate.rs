@@ -9,10 +9,7 @@ use crate::build::git::{CommitInfo, TargetRepo};
 use crate::cmd::args::{session, write_json, Common, Statistics};
 use crate::cmd::exit;
 use crate::error::HarnessError;
-use crate::output::render::{
-    accepted_line, budget_line, comparison_table, degradation_line, instructions_line,
-    invalid_line, limits_table, sight_line,
-};
+use crate::output::render::{accepted_line, comparison_lines, comparison_table, limits_table};
 use crate::session::Session;
 use crate::store::db::{AcceptanceRow, GateRow};
 use crate::store::files::{load_baseline, now_rfc3339};
@@ -265,19 +262,10 @@ fn print_gate(result: &GateResult) {
             c.pairs(),
             comparison_table(c)
         );
-        println!("{}: {}", result.workload, sight_line(c));
         println!("{}", c.design);
-        if let Some(line) = budget_line(c) {
-            println!("{line}");
-        }
-        if let Some(line) = instructions_line(c) {
-            println!("{line}");
-        }
-        if let Some(line) = degradation_line(c) {
-            println!("{line}");
-        }
-        if let Some(line) = invalid_line(c) {
-            println!("{line}");
+        // Prefixed with the workload: ci/nightly.yml quotes the "could see" lines.
+        for line in comparison_lines(c) {
+            println!("{}: {line}", result.workload);
         }
     }
     if !result.limits.is_empty() {

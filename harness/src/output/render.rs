@@ -162,6 +162,21 @@ pub fn metric_verdict(m: &MetricComparison) -> String {
     }
 }
 
+/// The lines every comparison is printed with below its table, in one order: what it could
+/// see, why it stopped early, the deterministic tier, in-run degradation, invalid trials.
+pub fn comparison_lines(c: &Comparison) -> Vec<String> {
+    [
+        Some(sight_line(c)),
+        budget_line(c),
+        instructions_line(c),
+        degradation_line(c),
+        invalid_line(c),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
 /// Why a comparison stopped before its last look, when it did.
 pub fn budget_line(c: &Comparison) -> Option<String> {
     c.out_of_budget.then(|| {

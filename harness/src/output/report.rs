@@ -13,8 +13,8 @@ use crate::build::git::CommitInfo;
 use crate::error::HarnessError;
 use crate::output::plots::{self, CommitSeries};
 use crate::output::render::{
-    accepted_line, bisect_effect, bisect_steps_table, budget_line, comparison_table,
-    degradation_line, instructions_line, invalid_line, limits_table, sight_line,
+    accepted_line, bisect_effect, bisect_steps_table, comparison_lines, comparison_table,
+    limits_table,
 };
 use crate::store::files::{load_baseline, ResultStore};
 use crate::store::record::TrialRecord;
@@ -220,16 +220,7 @@ fn write_gate(md: &mut String, gate: &[GateResult], commit_url: &str) {
                 limits_table(&g.limits)
             );
         }
-        for line in g.comparison.iter().flat_map(|c| {
-            [
-                Some(sight_line(c)),
-                budget_line(c),
-                instructions_line(c),
-                degradation_line(c),
-                invalid_line(c),
-            ]
-        }) {
-            let Some(line) = line else { continue };
+        for line in g.comparison.iter().flat_map(comparison_lines) {
             let _ = writeln!(md, "{}: {}\n", g.workload, escape(&line));
         }
         for note in g
