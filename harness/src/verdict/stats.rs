@@ -243,6 +243,20 @@ fn detectable_shift(n: usize, k: usize, sd: f64) -> f64 {
     high
 }
 
+/// The spread of log-ratios around their median: 1.4826 x their median absolute deviation;
+/// when more than half of them sit exactly on the median (figures of coarse resolution, such
+/// as memory in whole pages), that is 0 while the others still vary, and their standard
+/// deviation is taken instead, so a few equal pairs never claim a noiseless comparison.
+fn spread(xs: &[f64], median_of_xs: f64) -> f64 {
+    let deviations: Vec<f64> = xs.iter().map(|x| (x - median_of_xs).abs()).collect();
+    let mad = MAD_TO_SD * median(&deviations);
+    if mad > 0.0 || xs.len() < 2 {
+        return mad;
+    }
+    let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+    (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (xs.len() - 1) as f64).sqrt()
+}
+
 /// Compares paired samples. `higher_is_better` for throughput, not for latency.
 pub fn compare_metric(
     metric: &str,
@@ -279,14 +293,7 @@ pub fn compare_metric(
     let coverage = 1.0
         - binomial_half_cdf(n, regression_rank.unwrap_or(1) - 1)
         - binomial_half_cdf(n, pass_rank.unwrap_or(1) - 1);
-    let sd = MAD_TO_SD
-        * median(
-            &worse
-                .iter()
-                .map(|w| (w - estimate).abs())
-                .collect::<Vec<_>>(),
-        );
-    let detectable = regression_rank.map(|k| detectable_shift(n, k, sd));
+    let detectable = regression_rank.map(|k| detectable_shift(n, k, spread(&worse, estimate)));
     let regression = regression_rank.is_some() && lower > 0.0 && estimate > limit;
     let sees_margin = detectable.is_some_and(|d| d <= limit);
     let pass = pass_rank.is_some() && upper < limit && sees_margin;
@@ -509,6 +516,21 @@ mod tests {
         let c = compare_metric("throughput", &base, &head, 0.05, true, FIVE_PERCENT);
         assert!(c.detectable.unwrap() < 0.05, "{c:?}");
         assert_eq!(c.verdict, Verdict::Pass);
+    }
+
+    /// Memory figures of coarse resolution: most pairs exactly equal, a few not. Their median
+    /// absolute deviation is 0, but the comparison is not noiseless.
+    #[test]
+    fn mostly_equal_pairs_do_not_claim_to_see_every_change() {
+        let base = vec![100.0; 11];
+        let mut head = vec![100.0; 11];
+        head[0] = 80.0;
+        head[1] = 125.0;
+        head[2] = 90.0;
+        let c = compare_metric("peak RSS", &base, &head, 0.5, false, FIVE_PERCENT);
+        assert!(c.detectable.unwrap() > 0.05, "{c:?}");
+        let all_equal = compare_metric("peak RSS", &base, &base, 0.5, false, FIVE_PERCENT);
+        assert_eq!(all_equal.detectable, Some(0.0));
     }
 
     #[test]
