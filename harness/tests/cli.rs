@@ -158,11 +158,20 @@ fn a_regression_is_accepted_only_as_its_gate_recorded_it() {
     commit(&repo, &[("README", "head\n")], "head");
     let results = root.join("results");
     let results_flag = format!("--results-dir={}", results.display());
+    // The repository under test has no workload files; this crate's are named explicitly (a
+    // target dir outside the checkout has none beside the binary either).
+    let workloads_flag = format!(
+        "--workload-dir={}",
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("workloads")
+            .display()
+    );
     let accept = |metric: &str, reason: &str| {
         harness(
             root,
             &[
                 &results_flag,
+                &workloads_flag,
                 "accept",
                 "--rev",
                 &slower,
