@@ -100,9 +100,18 @@ fn read_partition(bootstrap: &str, topic: &str, partition: i32) -> Vec<(i64, Str
         .set("enable.auto.commit", "false")
         .create()
         .expect("consumer");
-    let (_, end) = consumer
-        .fetch_watermarks(topic, partition, CLIENT_TIMEOUT)
-        .expect("watermarks");
+    // Right after a failover, on two cores busy with three brokers and a producer, one
+    // metadata round can miss its timeout: ask again until a bounded deadline.
+    let watermarks_deadline = Instant::now() + 3 * CLIENT_TIMEOUT;
+    let (_, end) = loop {
+        match consumer.fetch_watermarks(topic, partition, CLIENT_TIMEOUT) {
+            Ok(marks) => break marks,
+            Err(e) if Instant::now() < watermarks_deadline => {
+                eprintln!("watermarks of {topic}-{partition}: {e}; asking again");
+            }
+            Err(e) => panic!("watermarks of {topic}-{partition}: {e}"),
+        }
+    };
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Beginning)
         .expect("tpl");
