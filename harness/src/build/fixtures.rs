@@ -1,12 +1,12 @@
 //! Regression fixtures: a small git history built from this repository's broker in which
 //! single commits reintroduce each root cause of the seed's regression, plus ones that add a
-//! small fixed slowdown or graded CPU work, each followed by its revert.
+//! small fixed slowdown, graded CPU work or graded waiting, each followed by its revert.
 //!
 //! Each fault is a unified diff in `broker-under-test/fixtures/<name>.patch`, next to the code
 //! it patches (parsed with libgit2, each hunk's text matched exactly once): a broker change
 //! that breaks a patch fails `every_patch_applies_to_this_tree` (a unit test, in review)
-//! instead of silently testing nothing. `{SLOWDOWN_US}` and `{ROUNDS_PER_KIB}` in a patch are
-//! filled in first.
+//! instead of silently testing nothing. `{SLOWDOWN_US}`, `{ROUNDS_PER_KIB}` and a fixture's own
+//! parameters in a patch are filled in first.
 
 use std::path::{Path, PathBuf};
 
@@ -21,19 +21,26 @@ pub struct Fixture {
     pub message: &'static str,
     /// The fault, a unified diff against the repository root.
     patch: &'static str,
+    /// Placeholders of `patch` and `message` this fixture fills in, with their values (one
+    /// patch, several grades).
+    parameters: &'static [(&'static str, &'static str)],
 }
 
 /// The patch of fixture `$name`, compiled in (so an older commit gets today's faults).
 macro_rules! fixture {
     ($name:literal, $message:literal) => {
+        fixture!($name, $message, patch = $name, [])
+    };
+    ($name:literal, $message:literal, patch = $patch:literal, [$(($key:literal, $value:literal)),*]) => {
         Fixture {
             name: $name,
             message: $message,
             patch: include_str!(concat!(
                 "../../../broker-under-test/fixtures/",
-                $name,
+                $patch,
                 ".patch"
             )),
+            parameters: &[$(($key, $value)),*],
         }
     };
 }
@@ -73,6 +80,35 @@ pub const FIXTURES: &[Fixture] = &[
     fixture!(
         "cpu-10pct",
         "perf(produce): validate every record twice (fixture: ~10% more CPU per message)"
+    ),
+    // The graded waiting fixtures: every produce request takes a broker-wide lock, and every
+    // Nth one holds it across a 1 ms timer wait, so the produce path stalls for a share of
+    // the time while the CPU idles (the seed's kind of regression: a lock held across a wait).
+    // Almost no instructions are added, so only the wall-clock metrics can see them. N was
+    // chosen for about -3/-5/-10/-20% throughput on `produce-c128-s256-10s` (BENCHMARKS.md).
+    fixture!(
+        "wait-3pct",
+        "perf(produce): count produce requests under a lock, pausing every {WAIT_EVERY_REQUESTS}th (fixture: a lock held across a wait, ~3% less throughput)",
+        patch = "produce-wait",
+        [("{WAIT_EVERY_REQUESTS}", "900")]
+    ),
+    fixture!(
+        "wait-5pct",
+        "perf(produce): count produce requests under a lock, pausing every {WAIT_EVERY_REQUESTS}th (fixture: a lock held across a wait, ~5% less throughput)",
+        patch = "produce-wait",
+        [("{WAIT_EVERY_REQUESTS}", "500")]
+    ),
+    fixture!(
+        "wait-10pct",
+        "perf(produce): count produce requests under a lock, pausing every {WAIT_EVERY_REQUESTS}th (fixture: a lock held across a wait, ~10% less throughput)",
+        patch = "produce-wait",
+        [("{WAIT_EVERY_REQUESTS}", "200")]
+    ),
+    fixture!(
+        "wait-20pct",
+        "perf(produce): count produce requests under a lock, pausing every {WAIT_EVERY_REQUESTS}th (fixture: a lock held across a wait, ~20% less throughput)",
+        patch = "produce-wait",
+        [("{WAIT_EVERY_REQUESTS}", "100")]
     ),
     // The seed's mistake in this design: replication awaited on the acks=1 path. Only a
     // replicated workload (a cluster) can show it; a single broker has no followers.
@@ -142,9 +178,14 @@ pub struct FixtureOptions {
 }
 
 impl FixtureOptions {
-    fn fill(&self, text: &str) -> String {
-        text.replace(SLOWDOWN_US, &self.slowdown_us.to_string())
-            .replace(ROUNDS_PER_KIB, &ROUNDS_PER_KIB_PER_PERCENT.to_string())
+    /// `text` (a patch or a commit message of `f`) with every placeholder filled in.
+    fn fill(&self, f: &Fixture, text: &str) -> String {
+        let text = text
+            .replace(SLOWDOWN_US, &self.slowdown_us.to_string())
+            .replace(ROUNDS_PER_KIB, &ROUNDS_PER_KIB_PER_PERCENT.to_string());
+        f.parameters
+            .iter()
+            .fold(text, |text, (key, value)| text.replace(key, value))
     }
 }
 
@@ -160,7 +201,7 @@ fn apply(root: &Path, f: &Fixture, options: &FixtureOptions) -> Result<Vec<PathB
             f.name, f.name
         ))
     };
-    let diff = Diff::from_buffer(options.fill(f.patch).as_bytes()).map_err(git)?;
+    let diff = Diff::from_buffer(options.fill(f, f.patch).as_bytes()).map_err(git)?;
     let mut changed = Vec::new();
     for (index, delta) in diff.deltas().enumerate() {
         let path = delta
@@ -281,7 +322,7 @@ pub fn generate(
             &format!("refactor: another comment before {}", f.name),
         )?;
         let changed = apply(out, f, options)?;
-        let culprit = commit_all(&repo, &options.fill(f.message))?;
+        let culprit = commit_all(&repo, &options.fill(f, f.message))?;
         touch_broker(out, &format!("{}: after", f.name))?;
         let bad = commit_all(&repo, &format!("refactor: comment after {}", f.name))?;
         restore(&repo, &before, &changed)?;
@@ -309,7 +350,7 @@ mod tests {
         for f in FIXTURES {
             let dir = tempfile::tempdir().unwrap();
             let repo = Repository::init(dir.path()).unwrap();
-            let diff = Diff::from_buffer(options.fill(f.patch).as_bytes()).unwrap();
+            let diff = Diff::from_buffer(options.fill(f, f.patch).as_bytes()).unwrap();
             let files: Vec<PathBuf> = diff
                 .deltas()
                 .filter_map(|d| d.old_file().path().map(Path::to_owned))
@@ -345,13 +386,36 @@ mod tests {
         }
     }
 
+    /// No placeholder is left in any fixture's patch or message once filled: a grade that
+    /// forgot its parameter would not even compile, or would name the wrong fault.
+    #[test]
+    fn every_placeholder_is_filled() {
+        let options = FixtureOptions { slowdown_us: 150 };
+        let placeholder = |text: &str| {
+            text.split('{').skip(1).any(|rest| {
+                let name = rest.split('}').next().unwrap_or("");
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+            })
+        };
+        for f in FIXTURES {
+            assert!(!placeholder(&options.fill(f, f.patch)), "{}: patch", f.name);
+            assert!(
+                !placeholder(&options.fill(f, f.message)),
+                "{}: message",
+                f.name
+            );
+        }
+        let grade = FIXTURES.iter().find(|f| f.name == "wait-5pct").unwrap();
+        assert!(options.fill(grade, grade.patch).contains("% 500 == 0"));
+    }
+
     /// A patch whose code is gone says so and names its file; it never half-applies silently.
     #[test]
     fn a_stale_patch_is_refused() {
         let options = FixtureOptions { slowdown_us: 150 };
         let f = &FIXTURES[0];
         let dir = tempfile::tempdir().unwrap();
-        let diff = Diff::from_buffer(options.fill(f.patch).as_bytes()).unwrap();
+        let diff = Diff::from_buffer(options.fill(f, f.patch).as_bytes()).unwrap();
         for delta in diff.deltas() {
             let to = dir.path().join(delta.old_file().path().unwrap());
             std::fs::create_dir_all(to.parent().unwrap()).unwrap();
