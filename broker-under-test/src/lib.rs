@@ -55,6 +55,8 @@ pub mod replica_state;
 pub mod replication;
 pub mod request_times;
 pub mod server;
+#[cfg(test)]
+mod test_rng;
 pub mod topics;
 pub mod wal;
 

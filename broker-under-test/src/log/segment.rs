@@ -33,7 +33,7 @@ pub struct ReadPlan {
     end_pos: u64,
 }
 
-fn segment_path(dir: &Path, base: i64) -> PathBuf {
+pub(super) fn segment_path(dir: &Path, base: i64) -> PathBuf {
     dir.join(format!("{base:020}.log"))
 }
 
@@ -56,13 +56,12 @@ impl Segment {
         })
     }
 
-    /// Scans an existing segment, rebuilding the index. Damage in the last segment at or past
-    /// `recovery_point` is a torn tail (never fsynced; the WAL still holds it) and is cut;
-    /// damage below it, or in any earlier segment, refuses the start.
+    /// Scans an existing segment, rebuilding the index. Damage at or past `recovery_point` is
+    /// a torn tail (never fsynced; the WAL still holds it) and is cut, in any segment (the
+    /// caller drops the later ones); damage below it refuses the start.
     pub fn recover(
         dir: &Path,
         base_offset: i64,
-        is_last: bool,
         recovery_point: i64,
         on_batch: &mut impl FnMut(&[u8]),
     ) -> Result<(Self, u64), LogError> {
@@ -97,7 +96,7 @@ impl Segment {
         }
         let cut = (data.len() - pos) as u64;
         if let Some(reason) = reason {
-            if !is_last || segment.next_offset < recovery_point {
+            if segment.next_offset < recovery_point {
                 return Err(LogError::Corrupt {
                     path,
                     position: pos as u64,
