@@ -61,6 +61,8 @@ fn batch_error_code(err: &BatchError) -> ResponseError {
         BatchError::TooLarge { .. } => ResponseError::MessageTooLarge,
         BatchError::Transactional => ResponseError::TransactionalIdAuthorizationFailed,
         BatchError::UnsupportedMagic(_) => ResponseError::UnsupportedForMessageFormat,
+        // Kafka answers a malformed record under a valid CRC with INVALID_RECORD.
+        BatchError::MalformedRecord { .. } => ResponseError::InvalidRecord,
         _ => ResponseError::CorruptMessage,
     }
 }

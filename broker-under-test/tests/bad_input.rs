@@ -17,6 +17,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::Decodable;
 
 const CORRUPT_MESSAGE: i16 = 2;
+const INVALID_RECORD: i16 = 87;
 const MESSAGE_TOO_LARGE: i16 = 10;
 const UNSUPPORTED_VERSION: i16 = 35;
 
@@ -97,5 +98,29 @@ fn bad_crc_and_oversize_batches_are_rejected_and_never_stored() {
     assert_eq!(produce(broker.addr, "strict", record_batch(2, 10)), 0);
     // Only the valid batch is visible, at offset 0.
     let got = common::consume_partition(&broker.bootstrap(), "strict", 0, 3);
+    assert_eq!(got.iter().map(|(o, _)| *o).collect::<Vec<_>>(), vec![0, 1]);
+}
+
+/// A batch whose CRC is valid but whose records are malformed (here: its record claims more
+/// bytes than its fields hold) is refused with INVALID_RECORD and never stored: stored, it
+/// would break every consumer that reads past it.
+#[test]
+fn a_valid_crc_over_malformed_records_is_refused_and_never_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &[]);
+    create_topic(broker.addr, "records", 1);
+    let mut bad = record_batch(1, 10).to_vec();
+    // The record's length varint sits right after the 61-byte batch header; one more (zigzag:
+    // +2) makes it claim a byte past its fields. The CRC is then made valid again.
+    const RECORD_LENGTH_AT: usize = 61;
+    bad[RECORD_LENGTH_AT] += 2;
+    let crc = crc32c::crc32c(&bad[21..]);
+    bad[17..21].copy_from_slice(&crc.to_be_bytes());
+    assert_eq!(
+        produce(broker.addr, "records", Bytes::from(bad)),
+        INVALID_RECORD
+    );
+    assert_eq!(produce(broker.addr, "records", record_batch(2, 10)), 0);
+    let got = common::consume_partition(&broker.bootstrap(), "records", 0, 2);
     assert_eq!(got.iter().map(|(o, _)| *o).collect::<Vec<_>>(), vec![0, 1]);
 }
