@@ -12,6 +12,12 @@ use crate::wal::group_commit::FsyncPolicy;
 
 /// Kafka's default `message.max.bytes` (1 MiB + record batch overhead).
 const BATCH_BYTES_MAX_DEFAULT: usize = 1_048_588;
+/// The most record bytes one Fetch response carries (Kafka's `fetch.max.bytes`), whatever its
+/// `max_bytes` and per-partition limits ask; one batch more when the first batch alone is
+/// larger (KIP-74), and a batch is at most `--batch-bytes-max`. Kafka's default, 55 MiB, is
+/// sized for its zero-copy sends; this broker reads a response into memory, so its default is
+/// the largest frame it accepts: 16 partitions at the consumers' default 1 MiB each.
+const FETCH_BYTES_MAX_DEFAULT: usize = FRAME_BYTES_MAX_DEFAULT;
 /// Largest request frame accepted; a bigger length prefix closes the connection before any
 /// allocation.
 const FRAME_BYTES_MAX_DEFAULT: usize = 16 << 20;
@@ -81,6 +87,10 @@ pub struct BrokerArgs {
     /// Largest record batch accepted (MESSAGE_TOO_LARGE above).
     #[arg(long, env = "CHRONIK_BATCH_BYTES_MAX", default_value_t = BATCH_BYTES_MAX_DEFAULT)]
     pub batch_bytes_max: usize,
+    /// Most record bytes in one Fetch response, for consumers and followers alike (Kafka's
+    /// `fetch.max.bytes`): a request asking for more gets this much.
+    #[arg(long, env = "CHRONIK_FETCH_MAX_BYTES", default_value_t = FETCH_BYTES_MAX_DEFAULT)]
+    pub fetch_max_bytes: usize,
     /// Partitions of automatically created topics.
     #[arg(long, env = "CHRONIK_DEFAULT_PARTITIONS", default_value_t = 1)]
     pub default_partitions: i32,
@@ -143,6 +153,7 @@ pub struct BrokerConfig {
     pub wal_segment_bytes: u64,
     pub retention_bytes: Option<u64>,
     pub batch_bytes_max: usize,
+    pub fetch_bytes_max: usize,
     pub frame_bytes_max: usize,
     pub connection_requests_in_flight_max: usize,
     pub request_bytes_in_flight_max: usize,
@@ -184,6 +195,12 @@ impl BrokerConfig {
                 "--batch-bytes-max must be between {} and {}",
                 crate::batch::BATCH_HEADER_BYTES,
                 FRAME_BYTES_MAX_DEFAULT - 1
+            ));
+        }
+        if args.fetch_max_bytes < args.batch_bytes_max {
+            return Err(format!(
+                "--fetch-max-bytes must be at least --batch-bytes-max ({})",
+                args.batch_bytes_max
             ));
         }
         if args.queued_max_request_bytes < FRAME_BYTES_MAX_DEFAULT {
@@ -236,6 +253,7 @@ impl BrokerConfig {
             wal_segment_bytes: args.wal_segment_bytes,
             retention_bytes: args.retention_bytes,
             batch_bytes_max: args.batch_bytes_max,
+            fetch_bytes_max: args.fetch_max_bytes,
             frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
             connection_requests_in_flight_max: CONNECTION_REQUESTS_IN_FLIGHT_MAX,
             request_bytes_in_flight_max: args.queued_max_request_bytes,

@@ -80,6 +80,10 @@ pub struct GroupCoordinator {
     offsets: OffsetLog,
     initial_rebalance_delay: Duration,
     next_member: AtomicU64,
+    /// Random per broker process and part of every member id, so that a member from before a
+    /// restart is unknown after it (UNKNOWN_MEMBER_ID) instead of matching a new member that
+    /// got the same counter value, and so committing offsets in a generation it never joined.
+    incarnation: u64,
 }
 
 impl GroupCoordinator {
@@ -101,6 +105,8 @@ impl GroupCoordinator {
             offsets,
             initial_rebalance_delay,
             next_member: AtomicU64::new(1),
+            // The standard library seeds each `RandomState` from the OS's randomness.
+            incarnation: std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0u8),
         })
     }
 
@@ -132,8 +138,9 @@ impl GroupCoordinator {
         let group = self.group(&req.group_id);
         let member_id = if req.member_id.is_empty() {
             format!(
-                "{}-{}",
+                "{}-{:016x}-{}",
                 req.client_id,
+                self.incarnation,
                 self.next_member.fetch_add(1, Ordering::Relaxed)
             )
         } else {

@@ -6,16 +6,18 @@
 //!
 //! Memory a client can make the broker hold is bounded by what it really sends, not by what it
 //! declares: a frame's body is read in chunks, each taken from the broker-wide request budget
-//! before it is read, and the budget returns when the request has finished.
+//! before it is read, and the budget returns when the request has finished, or when a group
+//! request parks to wait for other members (it copied what it keeps out of the frame first).
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::ApiKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
@@ -193,6 +195,47 @@ impl Connections {
     }
 }
 
+/// The connection's writer: sends each request's response in request order, until a request
+/// fails, the client goes away or a write times out.
+async fn write_responses(
+    mut rx: mpsc::Receiver<Pending>,
+    mut writer: OwnedWriteHalf,
+    times: Option<Arc<RequestTimes>>,
+    peer: Option<SocketAddr>,
+) {
+    let mut times = times.map(ConnectionTimes::new);
+    while let Some(pending) = rx.recv().await {
+        let (outcome, marks) = match pending.await {
+            Ok(outcome) => outcome,
+            Err(join_err) if join_err.is_cancelled() => return, // the client went away
+            Err(join_err) => {
+                tracing::error!("request handler panicked: {join_err}");
+                return;
+            }
+        };
+        let dequeued = marks.map(|_| Instant::now());
+        match outcome {
+            Ok(Some(frame)) => {
+                let write =
+                    tokio::time::timeout(RESPONSE_WRITE_TIMEOUT, writer.write_all(&frame)).await;
+                if !matches!(write, Ok(Ok(()))) {
+                    return;
+                }
+                if let (Some(times), Some(marks), Some(dequeued)) =
+                    (times.as_mut(), marks, dequeued)
+                {
+                    times.record(marks, dequeued, Instant::now());
+                }
+            }
+            Ok(None) => {}
+            Err(err) => {
+                tracing::debug!("closing connection from {peer:?}: {err}");
+                return;
+            }
+        }
+    }
+}
+
 /// Serves one client connection until it closes, misbehaves or stays idle too long. With
 /// `times`, its produce requests are timed (see `request_times`).
 pub async fn serve_connection(
@@ -204,43 +247,10 @@ pub async fn serve_connection(
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
     let frame_bytes_max = ctx.config.frame_bytes_max;
-    let (mut reader, mut writer) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel::<Pending>(ctx.config.connection_requests_in_flight_max);
+    let (mut reader, writer) = stream.into_split();
+    let (tx, rx) = mpsc::channel::<Pending>(ctx.config.connection_requests_in_flight_max);
     let timed = times.is_some();
-    let write_loop = tokio::spawn(async move {
-        let mut times = times.map(ConnectionTimes::new);
-        while let Some(pending) = rx.recv().await {
-            let (outcome, marks) = match pending.await {
-                Ok(outcome) => outcome,
-                Err(join_err) if join_err.is_cancelled() => return, // the client went away
-                Err(join_err) => {
-                    tracing::error!("request handler panicked: {join_err}");
-                    return;
-                }
-            };
-            let dequeued = marks.map(|_| Instant::now());
-            match outcome {
-                Ok(Some(frame)) => {
-                    let write =
-                        tokio::time::timeout(RESPONSE_WRITE_TIMEOUT, writer.write_all(&frame))
-                            .await;
-                    if !matches!(write, Ok(Ok(()))) {
-                        return;
-                    }
-                    if let (Some(times), Some(marks), Some(dequeued)) =
-                        (times.as_mut(), marks, dequeued)
-                    {
-                        times.record(marks, dequeued, Instant::now());
-                    }
-                }
-                Ok(None) => {}
-                Err(err) => {
-                    tracing::debug!("closing connection from {peer:?}: {err}");
-                    return;
-                }
-            }
-        }
-    });
+    let write_loop = tokio::spawn(write_responses(rx, writer, times, peer));
     // Requests still running, so that they can be stopped when the client goes away: a
     // long-poll fetch or a group join would otherwise run on for its full timeout.
     let mut in_flight: VecDeque<AbortHandle> = VecDeque::new();
@@ -280,9 +290,10 @@ pub async fn serve_connection(
             .map(|read_at| (read_at, Instant::now()));
         let ctx = ctx.clone();
         let handle = tokio::spawn(async move {
-            let _held = held; // the request's bytes count until it has finished
+            // The request's bytes count until it has finished (a group request returns them
+            // before it parks).
             let outcome = match started {
-                Ok(started) => started.finish(&ctx).await,
+                Ok(started) => started.finish(&ctx, held).await,
                 Err(err) => Err(err),
             };
             let marks = read_and_started.map(|(read, started)| Marks {

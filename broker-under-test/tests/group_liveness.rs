@@ -242,3 +242,29 @@ fn offset_commits_from_outside_the_current_generation_are_refused() {
         "only the member's commit stored"
     );
 }
+
+/// A member from before a broker restart cannot commit as the member that joins after it: its
+/// member id is unknown to the new broker process, though the new member's generation may be
+/// the same number (generations restart with the group).
+#[test]
+fn a_member_from_before_a_restart_cannot_commit_after_it() {
+    const UNKNOWN_MEMBER_ID: i16 = 25;
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(dir.path(), &[]);
+    let (topic, group) = ("liveness", "restarted");
+    create_topic(&broker, topic);
+    let (_old, old_id, old_generation) = join_and_sync(broker.addr, group, topic);
+    broker.kill9();
+    broker.restart();
+    let (_new, new_id, new_generation) = join_and_sync(broker.addr, group, topic);
+    assert_ne!(old_id, new_id, "member ids are not reused across a restart");
+    assert_eq!(
+        raw_commit(broker.addr, group, &old_id, old_generation, 5),
+        UNKNOWN_MEMBER_ID,
+        "the old member (generation {old_generation}; the new one has {new_generation})"
+    );
+    assert_eq!(
+        raw_commit(broker.addr, group, &new_id, new_generation, 7),
+        0
+    );
+}

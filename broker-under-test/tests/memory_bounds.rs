@@ -1,6 +1,6 @@
 //! What a client can make the broker hold is bounded by what the broker chooses, not by what the
-//! client declares: slow half-sent frames, idle connections, too many connections, and a fetch
-//! that names one partition thousands of times.
+//! client declares: slow half-sent frames, idle connections, too many connections, a fetch that
+//! names one partition thousands of times, and a fetch that asks for every byte stored.
 
 mod common;
 
@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use common::wire::{assert_healthy, closed, connect, frame, read_frame, rss_kib};
 use common::Broker;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::{ApiKey, FetchRequest, TopicName};
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, ResponseHeader, TopicName};
+use kafka_protocol::protocol::{Decodable, StrBytes};
 
 /// Half-sent frames in the attack (fewer when this process may not open that many sockets).
 const SLOW_FRAMES: usize = 2_000;
@@ -219,4 +219,132 @@ fn topics_stop_at_the_partition_limit() {
         "four partitions in all would pass the limit of three"
     );
     assert_eq!(common::wire::create_topic(broker.addr, "third", 1), 0);
+}
+
+/// A Fetch that asks for every byte (max_bytes and partition_max_bytes 2^31-1) gets at most the
+/// broker's `--fetch-max-bytes` (plus the first batch, KIP-74): what one response holds in
+/// memory is the broker's choice, not a function of the data stored.
+#[test]
+fn a_fetch_asking_for_everything_gets_at_most_the_brokers_cap() {
+    const FETCH_CAP_BYTES: usize = 1 << 20;
+    const BATCH_VALUES: usize = 100;
+    const VALUE_BYTES: usize = 1_000;
+    const BATCHES: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(
+        dir.path(),
+        &[
+            "--batch-bytes-max=262144",
+            &format!("--fetch-max-bytes={FETCH_CAP_BYTES}"),
+        ],
+    );
+    assert_eq!(common::wire::create_topic(broker.addr, "everything", 1), 0);
+    for _ in 0..BATCHES {
+        let batch = common::wire::record_batch(BATCH_VALUES, VALUE_BYTES);
+        assert_eq!(common::wire::produce(broker.addr, "everything", batch), 0);
+    }
+    let mut partition = FetchPartition::default();
+    partition.partition = 0;
+    partition.fetch_offset = 0;
+    partition.partition_max_bytes = i32::MAX;
+    let mut topic = FetchTopic::default();
+    topic.topic = TopicName(StrBytes::from_static_str("everything"));
+    topic.partitions = vec![partition];
+    let mut request = FetchRequest::default();
+    request.replica_id = (-1).into();
+    request.max_bytes = i32::MAX;
+    request.min_bytes = 1;
+    request.topics = vec![topic];
+    let mut s = connect(broker.addr);
+    s.write_all(&frame(ApiKey::Fetch, 11, 7, &request)).unwrap();
+    let mut body = read_frame(&mut s).expect("fetch answered");
+    ResponseHeader::decode(&mut body, ApiKey::Fetch.response_header_version(11)).unwrap();
+    let response = FetchResponse::decode(&mut body, 11).unwrap();
+    let data = &response.responses[0].partitions[0];
+    assert_eq!(data.error_code, 0);
+    let records = data.records.as_ref().map_or(0, |r| r.len());
+    let stored = BATCHES * BATCH_VALUES * VALUE_BYTES;
+    let one_batch = BATCH_VALUES * (VALUE_BYTES + 16) + 61;
+    assert!(records > 0, "the fetch makes progress");
+    assert!(
+        records <= FETCH_CAP_BYTES + one_batch,
+        "{records} record bytes in one response (cap {FETCH_CAP_BYTES}, {stored} stored)"
+    );
+}
+
+/// JoinGroup v5 with `metadata_bytes` of protocol metadata, sent on a new connection whose
+/// answer is not read (the join parks until the group's rebalance ends).
+fn send_join(
+    addr: std::net::SocketAddr,
+    group: &str,
+    session_timeout_ms: i32,
+    metadata_bytes: usize,
+) -> TcpStream {
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    use kafka_protocol::messages::{GroupId, JoinGroupRequest};
+    let mut protocol = JoinGroupRequestProtocol::default();
+    protocol.name = StrBytes::from_static_str("range");
+    protocol.metadata = vec![7u8; metadata_bytes].into();
+    let mut join = JoinGroupRequest::default();
+    join.group_id = GroupId(StrBytes::from_string(group.to_owned()));
+    join.session_timeout_ms = session_timeout_ms;
+    join.rebalance_timeout_ms = session_timeout_ms;
+    join.protocol_type = StrBytes::from_static_str("consumer");
+    join.protocols = vec![protocol];
+    let mut s = connect(addr);
+    s.write_all(&frame(ApiKey::JoinGroup, 5, 1, &join)).unwrap();
+    s
+}
+
+/// Joins that park waiting for a rebalance return their request bytes to the broker's budget
+/// once they have copied their metadata: here 20 parked joins of 1 MB each, more than the whole
+/// 16 MiB budget, and a producer is still served at once. Once, the budget stayed with each
+/// join for its whole wait and every producer stalled until the rebalance ended (about 60 s
+/// with nine 16 MB joins). A join with more than 1 MiB of metadata is refused outright.
+#[test]
+fn parked_joins_leave_the_request_budget_to_producers() {
+    const JOINS: usize = 20;
+    const METADATA_BYTES: usize = 1_000_000;
+    const BUDGET_BYTES: usize = 16 << 20;
+    /// The silent first member holds the rebalance open this long (its session timeout).
+    const PARKED_MS: i32 = 40_000;
+    const PRODUCE_BOUND: Duration = Duration::from_secs(10);
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(
+        dir.path(),
+        &[&format!("--queued-max-request-bytes={BUDGET_BYTES}")],
+    );
+    assert_eq!(common::wire::create_topic(broker.addr, "steady", 1), 0);
+
+    // The first member joins alone (its join completes at once), then never answers again.
+    let mut first = send_join(broker.addr, "parked", PARKED_MS, 100);
+    first
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    read_frame(&mut first).expect("the first member's join is answered");
+
+    let parked: Vec<TcpStream> = (0..JOINS)
+        .map(|_| send_join(broker.addr, "parked", PARKED_MS, METADATA_BYTES))
+        .collect();
+    // Give the broker time to read them all (or to run out of budget trying).
+    std::thread::sleep(Duration::from_secs(2));
+
+    let started = Instant::now();
+    let produced = common::wire::produce(broker.addr, "steady", common::wire::record_batch(1, 10));
+    let took = started.elapsed();
+    assert_eq!(produced, 0);
+    assert!(
+        took < PRODUCE_BOUND,
+        "a produce behind {JOINS} parked joins of {METADATA_BYTES} bytes took {took:?}"
+    );
+    drop(parked);
+
+    // Over the bound: refused at once with INVALID_REQUEST, never parked.
+    const INVALID_REQUEST: i16 = 42;
+    let mut big = send_join(broker.addr, "parked", PARKED_MS, (1 << 20) + 1);
+    big.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut body = read_frame(&mut big).expect("an oversized join is answered");
+    ResponseHeader::decode(&mut body, 0).unwrap();
+    let answer = kafka_protocol::messages::JoinGroupResponse::decode(&mut body, 5).unwrap();
+    assert_eq!(answer.error_code, INVALID_REQUEST);
 }

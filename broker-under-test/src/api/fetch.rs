@@ -152,7 +152,8 @@ fn fetch_once(
     for_follower: bool,
 ) -> (FetchResponse, usize, Option<Waiter>) {
     let mut response = FetchResponse::default();
-    let mut budget = req.max_bytes.max(0) as usize;
+    // The broker's cap, not the client's wish, bounds what one response holds in memory.
+    let mut budget = (req.max_bytes.max(0) as usize).min(ctx.config.fetch_bytes_max);
     let mut total = 0usize;
     let mut first_empty = None;
     for topic in &req.topics {

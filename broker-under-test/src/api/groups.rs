@@ -30,16 +30,40 @@ fn code(error: Option<ResponseError>) -> i16 {
     error.map_or(0, |e| e.code())
 }
 
-pub async fn join(ctx: &ApiContext, req: JoinGroupRequest, client_id: String) -> JoinGroupResponse {
+/// Protocol metadata one JoinGroup may carry, all protocols together. The group keeps a copy
+/// per member for as long as the member stays (outside the request budget, which a parked join
+/// returns), so it is bounded here; a consumer's subscription of 30,000 topics fits.
+const JOIN_GROUP_METADATA_BYTES_MAX: usize = 1 << 20;
+
+/// Joins, then waits for the rebalance. `frame_budget` (the request's share of the broker's
+/// request budget) is returned once the metadata is copied out of the frame, before the wait:
+/// a join may park for its whole rebalance timeout, and parked joins must not starve every
+/// other client of the budget.
+pub async fn join<B>(
+    ctx: &ApiContext,
+    req: JoinGroupRequest,
+    client_id: String,
+    frame_budget: B,
+) -> JoinGroupResponse {
+    let metadata_bytes: usize = req.protocols.iter().map(|p| p.metadata.len()).sum();
+    if metadata_bytes > JOIN_GROUP_METADATA_BYTES_MAX {
+        let mut response = JoinGroupResponse::default();
+        response.error_code = ResponseError::InvalidRequest.code();
+        response.generation_id = -1;
+        response.member_id = req.member_id;
+        return response;
+    }
     // v0 has no rebalance timeout: Kafka uses the session timeout then.
     let rebalance = if req.rebalance_timeout_ms > 0 {
         req.rebalance_timeout_ms
     } else {
         req.session_timeout_ms
     };
-    let outcome = ctx
-        .groups
-        .join(JoinRequest {
+    // Built in a block that consumes the request: every field of it is a slice of the frame,
+    // which must be gone before the wait.
+    let request = {
+        let req = req;
+        JoinRequest {
             group_id: req.group_id.to_string(),
             member_id: req.member_id.to_string(),
             client_id,
@@ -53,8 +77,10 @@ pub async fn join(ctx: &ApiContext, req: JoinGroupRequest, client_id: String) ->
                 .collect(),
             session_timeout: millis(req.session_timeout_ms),
             rebalance_timeout: millis(rebalance),
-        })
-        .await;
+        }
+    };
+    drop(frame_budget);
+    let outcome = ctx.groups.join(request).await;
     let mut response = JoinGroupResponse::default();
     response.error_code = code(outcome.error);
     response.generation_id = outcome.generation;
@@ -75,25 +101,36 @@ pub async fn join(ctx: &ApiContext, req: JoinGroupRequest, client_id: String) ->
     response
 }
 
-pub async fn sync(ctx: &ApiContext, req: SyncGroupRequest) -> SyncGroupResponse {
-    let assignments = req
-        .assignments
-        .into_iter()
-        .map(|a| {
-            (
-                a.member_id.to_string(),
-                Bytes::copy_from_slice(&a.assignment),
-            )
-        })
-        .collect();
-    let (error, protocol_type, protocol_name, assignment) = ctx
-        .groups
-        .sync(
-            &req.group_id,
+/// Syncs, waiting for the leader's assignment; `frame_budget` is returned before the wait, as
+/// in `join`.
+pub async fn sync<B>(
+    ctx: &ApiContext,
+    req: SyncGroupRequest,
+    frame_budget: B,
+) -> SyncGroupResponse {
+    let (group_id, generation, member_id, assignments) = {
+        let req = req;
+        let assignments: Vec<(String, Bytes)> = req
+            .assignments
+            .into_iter()
+            .map(|a| {
+                (
+                    a.member_id.to_string(),
+                    Bytes::copy_from_slice(&a.assignment),
+                )
+            })
+            .collect();
+        (
+            req.group_id.to_string(),
             req.generation_id,
-            &req.member_id,
+            req.member_id.to_string(),
             assignments,
         )
+    };
+    drop(frame_budget);
+    let (error, protocol_type, protocol_name, assignment) = ctx
+        .groups
+        .sync(&group_id, generation, &member_id, assignments)
         .await;
     let mut response = SyncGroupResponse::default();
     response.error_code = code(error);

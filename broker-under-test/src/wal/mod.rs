@@ -117,9 +117,6 @@ fn write_durable_mark(dir: &Path, mark: DurableMark) -> std::io::Result<()> {
     )
 }
 
-/// Replays every WAL segment into the partitions of `topics`. Damage past the durable mark in
-/// the last segment is a torn tail (never acked) and is cut; damage in fsynced data (any
-/// earlier segment, or before the mark) refuses the start.
 /// A log the WAL replays into on start: each of its records in the WAL is appended again, or
 /// cut there for a recorded truncation, in WAL order.
 pub trait ReplayLog: DurableLog {
@@ -134,6 +131,9 @@ pub trait ReplayLogs {
     fn log(&self, topic_id: u128, partition: i32) -> Option<Arc<dyn ReplayLog>>;
 }
 
+/// Replays every WAL segment into the logs of `logs`. Damage past the durable mark in the last
+/// segment is a torn tail (never acked) and is cut; damage in fsynced data (any earlier
+/// segment, or before the mark) refuses the start.
 pub fn recover(dir: &Path, logs: &dyn ReplayLogs) -> Result<RecoveredWal, WalRecoveryError> {
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
@@ -151,26 +151,7 @@ pub fn recover(dir: &Path, logs: &dyn ReplayLogs) -> Result<RecoveredWal, WalRec
         segments: seqs.len(),
         ..WalRecoveryReport::default()
     };
-    // A follower that cut its log wrote the cut to the WAL between the batches it cut and
-    // the ones that replaced them, and the segment files may hold either. Cutting each log at
-    // its earliest recorded cut first makes the segments agree with the WAL from there on;
-    // the replay below then appends the old batches, cuts again, and appends the new ones.
-    let mut earliest_cut: HashMap<(u128, i32), i64> = HashMap::new();
-    for &seq in &seqs {
-        let path = storage::segment_path(dir, seq);
-        let data = Bytes::from(fs::read(&path).map_err(io_err(&path))?);
-        for (topic_id, partition, end) in record::truncations(&data, seq) {
-            let cut = earliest_cut.entry((topic_id, partition)).or_insert(end);
-            *cut = (*cut).min(end);
-        }
-    }
-    for ((topic_id, index), end) in earliest_cut {
-        if let Some(partition) = logs.log(topic_id, index) {
-            partition
-                .replay_truncation(end)
-                .map_err(WalRecoveryError::Replay)?;
-        }
-    }
+    cut_at_earliest_truncations(dir, &seqs, logs)?;
     let mut closed = Vec::with_capacity(seqs.len());
     for (i, &seq) in seqs.iter().enumerate() {
         let path = storage::segment_path(dir, seq);
@@ -214,18 +195,7 @@ pub fn recover(dir: &Path, logs: &dyn ReplayLogs) -> Result<RecoveredWal, WalRec
                             position: pos as u64,
                         });
                     }
-                    let cut = (data.len() - pos) as u64;
-                    tracing::warn!(
-                        "cut {cut} torn bytes at the tail of WAL segment {}",
-                        path.display()
-                    );
-                    let file = OpenOptions::new()
-                        .write(true)
-                        .open(&path)
-                        .map_err(io_err(&path))?;
-                    file.set_len(pos as u64).map_err(io_err(&path))?;
-                    file.sync_all().map_err(io_err(&path))?;
-                    report.torn_bytes_cut += cut;
+                    report.torn_bytes_cut += cut_torn_tail(&path, data.len(), pos)?;
                     break;
                 }
             }
@@ -240,6 +210,55 @@ pub fn recover(dir: &Path, logs: &dyn ReplayLogs) -> Result<RecoveredWal, WalRec
         next_seq,
         report,
     })
+}
+
+/// A follower that cut its log wrote the cut to the WAL between the batches it cut and the
+/// ones that replaced them, and the segment files may hold either. Cutting each log at its
+/// earliest recorded cut first makes the segments agree with the WAL from there on; the replay
+/// then appends the old batches, cuts again, and appends the new ones.
+fn cut_at_earliest_truncations(
+    dir: &Path,
+    seqs: &[u64],
+    logs: &dyn ReplayLogs,
+) -> Result<(), WalRecoveryError> {
+    let mut earliest_cut: HashMap<(u128, i32), i64> = HashMap::new();
+    for &seq in seqs {
+        let path = storage::segment_path(dir, seq);
+        let data = fs::read(&path).map_err(|source| WalRecoveryError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        for (topic_id, partition, end) in record::truncations(&Bytes::from(data), seq) {
+            let cut = earliest_cut.entry((topic_id, partition)).or_insert(end);
+            *cut = (*cut).min(end);
+        }
+    }
+    for ((topic_id, index), end) in earliest_cut {
+        if let Some(partition) = logs.log(topic_id, index) {
+            partition
+                .replay_truncation(end)
+                .map_err(WalRecoveryError::Replay)?;
+        }
+    }
+    Ok(())
+}
+
+/// Cuts the torn tail of the last WAL segment (`len` bytes long) at `pos`, durably; the bytes
+/// cut.
+fn cut_torn_tail(path: &Path, len: usize, pos: usize) -> Result<u64, WalRecoveryError> {
+    let io_err = |source| WalRecoveryError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let cut = (len - pos) as u64;
+    tracing::warn!(
+        "cut {cut} torn bytes at the tail of WAL segment {}",
+        path.display()
+    );
+    let file = OpenOptions::new().write(true).open(path).map_err(io_err)?;
+    file.set_len(pos as u64).map_err(io_err)?;
+    file.sync_all().map_err(io_err)?;
+    Ok(cut)
 }
 
 /// Removes trailing segments that hold no record of their own and no durable byte: prepared
