@@ -6,6 +6,8 @@
 #   ci/fixture-bisects.sh                      # every fixture, 3 runs, smoke workload
 #   RUNS=5 ONLY=fixed-slowdown SLOWDOWN_US=25 ci/fixture-bisects.sh
 #   ONLY="cpu-2pct cpu-5pct cpu-10pct" ci/fixture-bisects.sh   # the graded CPU fixtures
+#   ONLY="wait-3pct wait-5pct wait-10pct wait-20pct" WORKLOAD=produce-c128-s256-10s \
+#     ci/fixture-bisects.sh                    # the graded waiting fixtures (a lock held across a wait)
 #
 # Environment: RUNS (3), ONLY (fixture names, space separated; default all), SLOWDOWN_US (150),
 # WORKLOAD (smoke-c32-s256-3s), OUT (target/fixture-bisects/<date>).

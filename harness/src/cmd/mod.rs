@@ -17,6 +17,7 @@ pub mod gate;
 pub mod history;
 pub mod import;
 pub mod instructions;
+pub mod power;
 pub mod report;
 pub mod run;
 pub mod workloads;
@@ -60,6 +61,10 @@ enum Cmd {
     /// A/A runs of one commit against itself, then the shipped rule replayed on every stored
     /// trial of it (the noise bank): false-alarm and detection rates.
     Calibrate(calibrate::CalibrateArgs),
+    /// How often the rule finds regressions of known size (commits given as heads, such as
+    /// the graded fixtures) and calls an unchanged commit one: real trials in rounds, each
+    /// rate with its 95% interval.
+    Power(power::PowerArgs),
     /// Find the first commit that crossed the margin between a good and a bad commit.
     Bisect(bisect::BisectArgs),
     /// A `git bisect run` predicate: tests the repository's HEAD against --good.
@@ -97,6 +102,7 @@ impl Cmd {
             Cmd::Accept(a) => a.run(c),
             Cmd::Instructions(a) => a.run(c),
             Cmd::Calibrate(a) => a.run(c),
+            Cmd::Power(a) => a.run(c),
             Cmd::Bisect(a) => a.run(c),
             Cmd::BisectRun(a) => a.run(c),
             Cmd::Report(a) => a.run(c),

@@ -339,6 +339,41 @@ fn evaluate(
     comparison
 }
 
+/// The shipped rule on pairs already measured, in the order they ran: comparison after
+/// comparison, each on the next pairs, looking at `settings.looks()` and stopping where
+/// `run_compare` would (its time budget aside, which a recorded stream does not spend). The
+/// pairs left at the end, too few to reach the next comparison's stopping look, are not
+/// judged: a partial comparison would be judged at a look the design never stops at.
+pub fn judge_recorded(
+    base: &[TrialSummary],
+    head: &[TrialSummary],
+    settings: &CompareSettings,
+) -> Vec<Comparison> {
+    let pairs = base.len().min(head.len());
+    let mut judged = Vec::new();
+    let mut start = 0;
+    'comparisons: loop {
+        for look in settings.looks() {
+            if start + look > pairs {
+                break 'comparisons;
+            }
+            let comparison = evaluate(
+                &base[start..start + look],
+                &head[start..start + look],
+                InvalidTrials::default(),
+                settings,
+            );
+            if comparison.verdict != Verdict::Inconclusive || look >= settings.max_pairs {
+                judged.push(comparison);
+                start += look;
+                continue 'comparisons;
+            }
+        }
+        break;
+    }
+    judged
+}
+
 /// Runs interleaved pairs, looking at `settings.looks()`, until a look decides or the last.
 pub fn run_compare(
     source: &mut dyn TrialSource,
@@ -713,5 +748,33 @@ mod tests {
             &CompareSettings::default(),
         );
         assert!(c.degradation.unwrap().finding);
+    }
+
+    /// Recorded pairs are judged comparison after comparison, each stopping at the look
+    /// `run_compare` stops at, and the tail too short for a stopping look is left out.
+    #[test]
+    fn recorded_pairs_are_judged_as_the_comparisons_that_would_have_run() {
+        let settings = CompareSettings::default();
+        let record = |mock: &mut Mock, n: usize| {
+            let base: Vec<TrialSummary> = (0..n).map(|_| mock.trial(Side::Base).unwrap()).collect();
+            let head: Vec<TrialSummary> = (0..n).map(|_| mock.trial(Side::Head).unwrap()).collect();
+            (base, head)
+        };
+        // A 30% drop decides at the first look (10 pairs): 35 pairs are 3 comparisons and 5
+        // pairs left over.
+        let (base, head) = record(&mut Mock::new(100_000.0, 70_000.0, 0.01), 35);
+        let judged = judge_recorded(&base, &head, &settings);
+        assert_eq!(judged.len(), 3);
+        assert!(judged
+            .iter()
+            .all(|c| c.verdict == Verdict::Regression && c.pairs() == 10));
+        // Equal sides at a spread the first look cannot pass: each comparison runs to a later
+        // look, so 45 pairs hold fewer than 4 of them, and every one is judged whole.
+        let (base, head) = record(&mut Mock::new(100_000.0, 100_000.0, 0.04), 45);
+        let judged = judge_recorded(&base, &head, &settings);
+        let used: usize = judged.iter().map(Comparison::pairs).sum();
+        assert!(used <= 45 && !judged.is_empty());
+        assert!(judged.iter().all(|c| settings.looks().contains(&c.pairs())));
+        assert!(judged.iter().all(|c| c.verdict != Verdict::Regression));
     }
 }

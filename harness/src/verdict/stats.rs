@@ -214,6 +214,62 @@ fn binomial_upper_tail(n: usize, p: f64, j: usize) -> f64 {
         .sum()
 }
 
+/// P(Binomial(n, p) >= j), from the log-gamma function: fast enough for the thousands of
+/// trials of a rate's interval.
+fn binomial_tail_at_least(n: usize, p: f64, j: usize) -> f64 {
+    if j == 0 {
+        return 1.0;
+    }
+    if p <= 0.0 {
+        return 0.0;
+    }
+    if p >= 1.0 {
+        return 1.0;
+    }
+    let ln_choose = |i: usize| {
+        libm::lgamma(n as f64 + 1.0)
+            - libm::lgamma(i as f64 + 1.0)
+            - libm::lgamma((n - i) as f64 + 1.0)
+    };
+    (j..=n)
+        .map(|i| (ln_choose(i) + i as f64 * p.ln() + (n - i) as f64 * (1.0 - p).ln()).exp())
+        .sum::<f64>()
+        .min(1.0)
+}
+
+/// The exact (Clopper-Pearson) interval of a rate from `k` events in `n` independent tries, at
+/// two-sided `confidence`: the lowest rate at which `k` or more events have probability
+/// (1 - confidence)/2, and the highest at which `k` or fewer have. 0 of 20 gives [0, 16.8%];
+/// 7 of 7 gives [59.0%, 1].
+pub fn rate_interval(k: usize, n: usize, confidence: f64) -> (f64, f64) {
+    assert!(n > 0 && k <= n, "{k} events in {n} tries");
+    let tail = (1.0 - confidence) / 2.0;
+    // Bisection on a probability that moves one way with the rate.
+    let solve = |rises_past_tail: &dyn Fn(f64) -> bool| {
+        let (mut low, mut high) = (0.0f64, 1.0f64);
+        for _ in 0..60 {
+            let mid = (low + high) / 2.0;
+            if rises_past_tail(mid) {
+                high = mid;
+            } else {
+                low = mid;
+            }
+        }
+        (low + high) / 2.0
+    };
+    let lower = if k == 0 {
+        0.0
+    } else {
+        solve(&|p| binomial_tail_at_least(n, p, k) >= tail)
+    };
+    let upper = if k == n {
+        1.0
+    } else {
+        solve(&|p| 1.0 - binomial_tail_at_least(n, p, k + 1) <= tail)
+    };
+    (lower, upper)
+}
+
 /// The standard normal distribution function.
 fn normal_cdf(x: f64) -> f64 {
     0.5 * libm::erfc(-x / std::f64::consts::SQRT_2)
@@ -653,5 +709,29 @@ mod tests {
         assert_eq!(last_vs_first_third(&steady), Some(1.0));
         assert!(last_vs_first_third(&throttled).unwrap() < 0.7);
         assert_eq!(last_vs_first_third(&[1, 2]), None);
+    }
+
+    /// The exact interval of a rate against values worked out by hand: with no events in n the
+    /// upper bound is 1 - (tail)^(1/n), with all n the lower bound is (tail)^(1/n).
+    #[test]
+    fn a_rates_interval_is_the_exact_binomial_one() {
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-6;
+        let (low, high) = rate_interval(0, 20, 0.95);
+        assert_eq!(low, 0.0);
+        assert!(close(high, 1.0 - 0.025f64.powf(1.0 / 20.0)), "{high}");
+        let (low, high) = rate_interval(7, 7, 0.95);
+        assert!(close(low, 0.025f64.powf(1.0 / 7.0)), "{low}");
+        assert_eq!(high, 1.0);
+        let (low, high) = rate_interval(0, 2000, 0.95);
+        assert!(
+            low == 0.0 && close(high, 1.0 - 0.025f64.powf(1.0 / 2000.0)),
+            "{high}"
+        );
+        // 5 of 10: symmetric around one half, [18.7%, 81.3%].
+        let (low, high) = rate_interval(5, 10, 0.95);
+        assert!(
+            close(low, 1.0 - high) && (low - 0.187).abs() < 0.001,
+            "{low} {high}"
+        );
     }
 }
