@@ -405,7 +405,7 @@ pub(crate) mod tests {
     }
 
     /// Makes a damaged batch's length and CRC valid again, as a hostile client would.
-    fn reseal(batch: &mut Vec<u8>) {
+    fn reseal(batch: &mut [u8]) {
         let len = (batch.len() - LOG_OVERHEAD_BYTES) as i32;
         batch[8..12].copy_from_slice(&len.to_be_bytes());
         let crc = crc32c::crc32c(&batch[ATTRIBUTES_OFFSET..]);

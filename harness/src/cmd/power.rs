@@ -169,10 +169,7 @@ impl PowerArgs {
             .enumerate()
             .map(|(i, &slot)| {
                 let (name, head) = match slot {
-                    Slot::Head(h) => (
-                        format!("{} {}", heads[h].commit.short(), heads[h].commit.summary),
-                        heads[h].commit.clone(),
-                    ),
+                    Slot::Head(h) => (arm_name(&heads[h].commit), heads[h].commit.clone()),
                     _ => ("A/A".to_owned(), base.commit.clone()),
                 };
                 let per_pair = trial_seconds(0) + trial_seconds(i + 1);
@@ -198,6 +195,23 @@ impl PowerArgs {
         write_json(&self.json_output, &report)?;
         Ok(EXIT_PASS)
     }
+}
+
+/// Characters of a head's summary kept in its arm's name (the table stays readable).
+const ARM_SUMMARY_CHARS_MAX: usize = 48;
+
+/// A head's short sha and the start of its summary, or its fixture note when it has one
+/// ("(fixture: ...)" at the end says what the commit is for).
+fn arm_name(commit: &CommitInfo) -> String {
+    let summary = commit
+        .summary
+        .rfind("(fixture: ")
+        .map_or(commit.summary.as_str(), |at| &commit.summary[at..]);
+    let mut name: String = summary.chars().take(ARM_SUMMARY_CHARS_MAX).collect();
+    if name.len() < summary.len() {
+        name.push_str("...");
+    }
+    format!("{} {name}", commit.short())
 }
 
 fn slot_name(slot: Slot) -> String {
