@@ -87,7 +87,7 @@ pub struct PowerReport {
 }
 
 /// A trial slot of a round: the base, the base's second run (the A/A arm) or head `i`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy)]
 enum Slot {
     Base,
     Again,
@@ -127,15 +127,15 @@ impl PowerArgs {
         let mut rng = SmallRng::seed_from_u64(settings.seed);
         let mut invalid = 0;
         for round in 0..self.rounds {
-            let mut order = slots.clone();
+            let mut order: Vec<usize> = (0..slots.len()).collect();
             order.shuffle(&mut rng);
-            for slot in order {
+            for at in order {
+                let slot = slots[at];
                 let (built, side) = match slot {
                     Slot::Base => (&base, Side::Base),
                     Slot::Again => (&base, Side::Head),
                     Slot::Head(i) => (&heads[i], Side::Head),
                 };
-                let at = slots.iter().position(|s| *s == slot).expect("a slot");
                 let started = Instant::now();
                 match s.valid_trial(built, &workload, "power", side, &mut invalid) {
                     Ok(trial) => {
