@@ -16,7 +16,7 @@ use crate::output::render::{
     accepted_line, bisect_effect, bisect_steps_table, comparison_lines, comparison_table,
     limits_table,
 };
-use crate::store::files::{load_baseline, ResultStore};
+use crate::store::files::{load_baseline, Baseline, ResultStore};
 use crate::store::record::TrialRecord;
 use crate::trial::runner::TrialStatus;
 use crate::trial::workload::Workload;
@@ -293,55 +293,7 @@ fn write_workload(
     }
     let commits = by_commit(&records, &input.history);
     let baseline = load_baseline(input.baselines_dir, &workload.name)?;
-    let mut table = Table::new();
-    table.load_preset(ASCII_MARKDOWN).set_header(vec![
-        "commit",
-        "summary",
-        "valid trials",
-        "other",
-        "recorded (UTC)",
-        "median msg/s",
-        "vs stored baseline",
-        "median p99 ms",
-        "p99.9 ms (merged)",
-        "broker peak RSS MiB",
-    ]);
-    for c in &commits {
-        let ok = c.ok().len();
-        let mut others: BTreeMap<String, usize> = BTreeMap::new();
-        for r in c.records.iter().filter(|r| r.status != TrialStatus::Ok) {
-            *others
-                .entry(format!("{:?}", r.status).to_lowercase())
-                .or_default() += 1;
-        }
-        let tput = c.median_of(throughput);
-        table.add_row(vec![
-            link(&input.commit_url, &c.commit),
-            escape(&c.commit.summary.chars().take(60).collect::<String>()),
-            ok.to_string(),
-            others
-                .iter()
-                .map(|(k, v)| format!("{v} {k}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            recorded_label(&c.records, fingerprint),
-            fmt_opt(tput, 0),
-            match (tput, &baseline) {
-                (Some(t), Some(b)) => format!("{:+.1}%", (t / b.median_throughput - 1.0) * 100.0),
-                _ => "-".into(),
-            },
-            fmt_opt(c.median_of(p99), 2),
-            fmt_opt(
-                c.merged_histogram()
-                    .map(|h| h.value_at_quantile(0.999) as f64 / 1000.0),
-                2,
-            ),
-            fmt_opt(
-                c.median_of(|r| r.broker_peak_rss_kib.map(|k| k as f64 / 1024.0)),
-                0,
-            ),
-        ]);
-    }
+    let table = commits_table(&commits, baseline.as_ref(), &input.commit_url, fingerprint);
     let _ = writeln!(md, "{table}\n");
     let _ = writeln!(
         md,
@@ -366,135 +318,229 @@ fn write_workload(
             b.median_p99_ms
         );
     }
-    let trials_total: usize = commits.iter().map(|c| c.ok().len()).sum();
-    let caption = |n: usize| {
-        format!(
-            "machine: {fingerprint} | workload: {} ({hash}) | {n} valid trials",
-            workload.name
-        )
+    let figures = Figures {
+        input,
+        workload,
+        fingerprint,
+        commits: &commits,
+        baseline: baseline.as_ref(),
     };
-    let labels: Vec<String> = commits
-        .iter()
-        .map(|c| c.commit.short()[..7].to_owned())
-        .collect();
-    let mut figures = Vec::new();
-    let tputs: Vec<Option<f64>> = commits.iter().map(|c| c.median_of(throughput)).collect();
-    let mut lines = Vec::new();
-    if let Some(b) = &baseline {
-        lines.push((
-            format!("baseline {}", &b.commit.short()[..7]),
-            b.median_throughput,
-        ));
-    }
-    if let Some(min) = workload.limits.throughput_min_msgs_per_s {
-        lines.push(("limit (min)".to_owned(), min));
-    }
-    let name = format!("{}-throughput.svg", workload.name);
-    plots::per_commit(
-        &input.out_dir.join(&name),
-        &format!("{}: median throughput per commit", workload.name),
-        &caption(trials_total),
-        &CommitSeries {
-            labels: &labels,
-            values: &tputs,
-            y_label: "msg/s",
-            lines: &lines,
-        },
-    )?;
-    figures.push(name);
-    let p99s: Vec<Option<f64>> = commits.iter().map(|c| c.median_of(p99)).collect();
-    let mut lines = Vec::new();
-    if let Some(b) = &baseline {
-        lines.push((
-            format!("baseline {}", &b.commit.short()[..7]),
-            b.median_p99_ms,
-        ));
-    }
-    if let Some(max) = workload.limits.p99_max_ms {
-        lines.push(("limit (max)".to_owned(), max));
-    }
-    let name = format!("{}-p99.svg", workload.name);
-    plots::per_commit(
-        &input.out_dir.join(&name),
-        &format!("{}: median p99 per commit", workload.name),
-        &caption(trials_total),
-        &CommitSeries {
-            labels: &labels,
-            values: &p99s,
-            y_label: "p99 (ms)",
-            lines: &lines,
-        },
-    )?;
-    figures.push(name);
-    // Base vs head: explicit, else the baseline commit (or the first commit) vs the last one.
-    let head = input
-        .head
-        .clone()
-        .unwrap_or_else(|| commits.last().expect("non-empty").commit.clone());
-    let base = input
-        .base
-        .clone()
-        .or_else(|| baseline.as_ref().map(|b| b.commit.clone()))
-        .unwrap_or_else(|| commits[0].commit.clone());
-    let pick = |c: &CommitInfo| commits.iter().find(|t| t.commit.sha == c.sha);
-    let mut curves = Vec::new();
-    let mut n = 0;
-    for (role, commit) in [("base", &base), ("head", &head)] {
-        if let Some(t) = pick(commit) {
-            if let Some(h) = t.merged_histogram() {
-                if curves.iter().all(|(name, _): &(String, Histogram<u64>)| {
-                    !name.contains(&commit.short()[..7])
-                }) {
-                    n += t.ok().len();
-                    curves.push((
-                        format!("{role} {} ({} trials)", &commit.short()[..7], t.ok().len()),
-                        h,
-                    ));
-                }
-            }
-        }
-    }
-    if !curves.is_empty() {
-        let name = format!("{}-percentiles.svg", workload.name);
-        plots::percentile_curves(
-            &input.out_dir.join(&name),
-            &format!(
-                "{}: latency by percentile (merged histograms)",
-                workload.name
-            ),
-            &caption(n),
-            &curves,
-        )?;
-        figures.push(name);
-    }
-    if let Some(t) = pick(&head) {
-        let runs: Vec<(String, Vec<u64>)> = t
-            .ok()
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| {
-                r.summary
-                    .as_ref()
-                    .map(|s| (format!("trial {}", i + 1), s.per_second.clone()))
-            })
-            .collect();
-        let name = format!("{}-per-second.svg", workload.name);
-        plots::per_second(
-            &input.out_dir.join(&name),
-            &format!(
-                "{}: rate through each run of {}",
-                workload.name,
-                &head.short()[..7]
-            ),
-            &caption(runs.len()),
-            &runs,
-        )?;
-        figures.push(name);
-    }
-    for f in figures {
+    let mut names = figures.per_commit_medians()?;
+    names.extend(figures.distributions()?);
+    for f in names {
         let _ = writeln!(md, "![{f}]({f})\n");
     }
     Ok(())
+}
+
+/// One row per commit: its trials' medians, beside the stored baseline.
+fn commits_table(
+    commits: &[CommitTrials<'_>],
+    baseline: Option<&Baseline>,
+    commit_url: &str,
+    fingerprint: &str,
+) -> Table {
+    let mut table = Table::new();
+    table.load_preset(ASCII_MARKDOWN).set_header(vec![
+        "commit",
+        "summary",
+        "valid trials",
+        "other",
+        "recorded (UTC)",
+        "median msg/s",
+        "vs stored baseline",
+        "median p99 ms",
+        "p99.9 ms (merged)",
+        "broker peak RSS MiB",
+    ]);
+    for c in commits {
+        let mut others: BTreeMap<String, usize> = BTreeMap::new();
+        for r in c.records.iter().filter(|r| r.status != TrialStatus::Ok) {
+            *others
+                .entry(format!("{:?}", r.status).to_lowercase())
+                .or_default() += 1;
+        }
+        let tput = c.median_of(throughput);
+        table.add_row(vec![
+            link(commit_url, &c.commit),
+            escape(&c.commit.summary.chars().take(60).collect::<String>()),
+            c.ok().len().to_string(),
+            others
+                .iter()
+                .map(|(k, v)| format!("{v} {k}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            recorded_label(&c.records, fingerprint),
+            fmt_opt(tput, 0),
+            match (tput, baseline) {
+                (Some(t), Some(b)) => format!("{:+.1}%", (t / b.median_throughput - 1.0) * 100.0),
+                _ => "-".into(),
+            },
+            fmt_opt(c.median_of(p99), 2),
+            fmt_opt(
+                c.merged_histogram()
+                    .map(|h| h.value_at_quantile(0.999) as f64 / 1000.0),
+                2,
+            ),
+            fmt_opt(
+                c.median_of(|r| r.broker_peak_rss_kib.map(|k| k as f64 / 1024.0)),
+                0,
+            ),
+        ]);
+    }
+    table
+}
+
+/// The figures of one workload's section, each captioned with the machine, the workload and
+/// how many trials it draws.
+struct Figures<'a> {
+    input: &'a ReportInput<'a>,
+    workload: &'a Workload,
+    fingerprint: &'a str,
+    commits: &'a [CommitTrials<'a>],
+    baseline: Option<&'a Baseline>,
+}
+
+impl Figures<'_> {
+    fn caption(&self, trials: usize) -> String {
+        format!(
+            "machine: {} | workload: {} ({}) | {trials} valid trials",
+            self.fingerprint,
+            self.workload.name,
+            self.workload.hash()
+        )
+    }
+
+    /// Median throughput and median p99 per commit, with the baseline and the limit drawn.
+    fn per_commit_medians(&self) -> Result<Vec<String>, HarnessError> {
+        let labels: Vec<String> = self
+            .commits
+            .iter()
+            .map(|c| c.commit.short()[..7].to_owned())
+            .collect();
+        let limits = &self.workload.limits;
+        let throughput_figure = self.per_commit(
+            &labels,
+            ("throughput", "median throughput", "msg/s"),
+            throughput,
+            self.baseline.map(|b| b.median_throughput),
+            limits.throughput_min_msgs_per_s.map(|v| ("limit (min)", v)),
+        )?;
+        let p99_figure = self.per_commit(
+            &labels,
+            ("p99", "median p99", "p99 (ms)"),
+            p99,
+            self.baseline.map(|b| b.median_p99_ms),
+            limits.p99_max_ms.map(|v| ("limit (max)", v)),
+        )?;
+        Ok(vec![throughput_figure, p99_figure])
+    }
+
+    /// One per-commit figure: (file suffix, title, y label), the metric, and its lines.
+    fn per_commit(
+        &self,
+        labels: &[String],
+        (suffix, title, y_label): (&str, &str, &str),
+        metric: fn(&TrialRecord) -> Option<f64>,
+        baseline_value: Option<f64>,
+        limit: Option<(&str, f64)>,
+    ) -> Result<String, HarnessError> {
+        let values: Vec<Option<f64>> = self.commits.iter().map(|c| c.median_of(metric)).collect();
+        let mut lines = Vec::new();
+        if let (Some(b), Some(value)) = (self.baseline, baseline_value) {
+            lines.push((format!("baseline {}", &b.commit.short()[..7]), value));
+        }
+        if let Some((label, value)) = limit {
+            lines.push((label.to_owned(), value));
+        }
+        let trials: usize = self.commits.iter().map(|c| c.ok().len()).sum();
+        let name = format!("{}-{suffix}.svg", self.workload.name);
+        plots::per_commit(
+            &self.input.out_dir.join(&name),
+            &format!("{}: {title} per commit", self.workload.name),
+            &self.caption(trials),
+            &CommitSeries {
+                labels,
+                values: &values,
+                y_label,
+                lines: &lines,
+            },
+        )?;
+        Ok(name)
+    }
+
+    /// Latency by percentile for base and head, and the head's rate through each run.
+    fn distributions(&self) -> Result<Vec<String>, HarnessError> {
+        let commits = self.commits;
+        // Base vs head: explicit, else the baseline commit (or the first commit) vs the last one.
+        let head = self
+            .input
+            .head
+            .clone()
+            .unwrap_or_else(|| commits.last().expect("non-empty").commit.clone());
+        let base = self
+            .input
+            .base
+            .clone()
+            .or_else(|| self.baseline.map(|b| b.commit.clone()))
+            .unwrap_or_else(|| commits[0].commit.clone());
+        let pick = |c: &CommitInfo| commits.iter().find(|t| t.commit.sha == c.sha);
+        let mut figures = Vec::new();
+        let mut curves = Vec::new();
+        let mut n = 0;
+        for (role, commit) in [("base", &base), ("head", &head)] {
+            let Some(t) = pick(commit) else { continue };
+            let Some(h) = t.merged_histogram() else {
+                continue;
+            };
+            let short = &commit.short()[..7];
+            if curves
+                .iter()
+                .all(|(name, _): &(String, Histogram<u64>)| !name.contains(short))
+            {
+                n += t.ok().len();
+                curves.push((format!("{role} {short} ({} trials)", t.ok().len()), h));
+            }
+        }
+        if !curves.is_empty() {
+            let name = format!("{}-percentiles.svg", self.workload.name);
+            plots::percentile_curves(
+                &self.input.out_dir.join(&name),
+                &format!(
+                    "{}: latency by percentile (merged histograms)",
+                    self.workload.name
+                ),
+                &self.caption(n),
+                &curves,
+            )?;
+            figures.push(name);
+        }
+        if let Some(t) = pick(&head) {
+            let runs: Vec<(String, Vec<u64>)> = t
+                .ok()
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| {
+                    r.summary
+                        .as_ref()
+                        .map(|s| (format!("trial {}", i + 1), s.per_second.clone()))
+                })
+                .collect();
+            let name = format!("{}-per-second.svg", self.workload.name);
+            plots::per_second(
+                &self.input.out_dir.join(&name),
+                &format!(
+                    "{}: rate through each run of {}",
+                    self.workload.name,
+                    &head.short()[..7]
+                ),
+                &self.caption(runs.len()),
+                &runs,
+            )?;
+            figures.push(name);
+        }
+        Ok(figures)
+    }
 }
 
 /// The bisect section of a report: steps table and the steps drawn on the commit line.
