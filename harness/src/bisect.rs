@@ -366,220 +366,257 @@ pub fn search(
     settings: &CompareSettings,
 ) -> Result<BisectLog, HarnessError> {
     let started = Instant::now();
-    let mut step = step_settings(settings);
-    let mut log = BisectLog {
-        workload: workload.name.clone(),
-        good: good.clone(),
-        bad: bad.clone(),
-        range: range.clone(),
-        steps: Vec::new(),
-        culprit: None,
-        unconfirmed: None,
-        candidates: Vec::new(),
-        confirmation: None,
-        deciding: Vec::new(),
-        builds: 0,
-        wall_s: 0.0,
-        notes: Vec::new(),
-    };
-    let mut tested: Vec<Option<StepVerdict>> = vec![None; range.len()];
-    let last = range.len() - 1;
     // A commit that builds the same broker as an endpoint (it only touched files outside the
     // build inputs) performs like it: trials could tell them apart only by noise.
     let good_key = bench.build_key(&good)?;
     let bad_key = bench.build_key(&bad)?;
-    if good_key == bad_key {
-        log.notes.push(format!(
+    let mut search = Search {
+        bench,
+        workload,
+        settings,
+        step: step_settings(settings),
+        deciding: ALL_METRICS,
+        log: BisectLog {
+            workload: workload.name.clone(),
+            good,
+            bad,
+            range,
+            steps: Vec::new(),
+            culprit: None,
+            unconfirmed: None,
+            candidates: Vec::new(),
+            confirmation: None,
+            deciding: Vec::new(),
+            builds: 0,
+            wall_s: 0.0,
+            notes: Vec::new(),
+        },
+        good_key,
+        bad_key,
+    };
+    if search.good_key == search.bad_key {
+        search.log.notes.push(format!(
             "{} and {} build the same broker (no change to the build inputs between them): nothing to bisect",
+            search.log.good.short(),
+            search.log.bad.short()
+        ));
+    } else if search.endpoints_regressed()? {
+        let (first_candidate, hi) = search.narrow()?;
+        search.log.candidates = search.log.range[first_candidate..=hi].to_vec();
+        if first_candidate == hi {
+            search.confirm(hi)?;
+        } else {
+            search.log.notes.push(format!(
+                "skipped commits leave {} candidates for the first bad commit",
+                search.log.candidates.len()
+            ));
+        }
+    }
+    search.log.wall_s = started.elapsed().as_secs_f64();
+    Ok(search.log)
+}
+
+/// A bisect in progress: how it measures, what decides a step, and what it has found so far.
+struct Search<'a> {
+    bench: &'a dyn PairBench,
+    workload: &'a Workload,
+    settings: &'a CompareSettings,
+    /// The settings of a step (after the endpoints: margins at the midpoint of their effect).
+    step: CompareSettings,
+    deciding: Deciding,
+    log: BisectLog,
+    good_key: String,
+    bad_key: String,
+}
+
+impl Search<'_> {
+    fn measure(
+        &mut self,
+        base: &CommitInfo,
+        candidate: &CommitInfo,
+        settings: &CompareSettings,
+        deciding: Deciding,
+    ) -> Result<(StepVerdict, Option<Comparison>, Option<String>), HarnessError> {
+        measure(
+            self.bench,
+            base,
+            candidate,
+            self.workload,
+            settings,
+            deciding,
+            &mut self.log.builds,
+        )
+    }
+
+    /// Compares the endpoints on every metric; when bad regressed, picks the metrics that
+    /// decide the steps and their margins. False when there is nothing to bisect.
+    fn endpoints_regressed(&mut self) -> Result<bool, HarnessError> {
+        let (good, bad) = (self.log.good.clone(), self.log.bad.clone());
+        let last = self.log.range.len() - 1;
+        self.bench.say(&format!(
+            "bisect: {} commits after {} up to {}; checking the endpoints",
+            self.log.range.len(),
             good.short(),
             bad.short()
         ));
-        log.wall_s = started.elapsed().as_secs_f64();
-        return Ok(log);
-    }
-    bench.say(&format!(
-        "bisect: {} commits after {} up to {}; checking the endpoints",
-        range.len(),
-        good.short(),
-        bad.short()
-    ));
-    let (verdict, comparison, detail) = measure(
-        bench,
-        &good,
-        &bad,
-        workload,
-        settings,
-        ALL_METRICS,
-        &mut log.builds,
-    )?;
-    let deciding = comparison
-        .as_ref()
-        .map_or(ALL_METRICS, Deciding::from_endpoints);
-    log.deciding = deciding.names().iter().map(|n| n.to_string()).collect();
-    push_step(&mut log, last, &bad, verdict, comparison.as_ref(), detail);
-    match verdict {
-        StepVerdict::Bad => {
-            tested[last] = Some(StepVerdict::Bad);
-            let endpoints = comparison
-                .as_ref()
-                .expect("a verdict comes from a comparison");
-            step = midpoint_settings(&step, endpoints);
-            if deciding.deterministic_only() {
-                // The steps are decided by the instruction counts: more wall-clock pairs
-                // would not change a step, only show its wall-clock effect more precisely.
-                step.max_pairs = step.min_pairs;
-            }
-            log.notes.push(format!(
-                "steps are classified by {} at the midpoint of the endpoint effect: throughput -{:.1}%, p99 +{:.1}%, peak RSS +{:.1}%, CPU/msg +{:.1}%, instructions/request +{:.2}%",
-                deciding.names().join(" and "),
-                step.margins.throughput_drop * 100.0,
-                step.margins.p99_rise * 100.0,
-                step.margins.peak_rss_rise * 100.0,
-                step.margins.cpu_per_msg_rise * 100.0,
-                step.margins.instructions_rise * 100.0
-            ));
-        }
-        StepVerdict::Good => {
-            log.notes.push(format!(
-                "no regression between {} and {}: bad is not slower than good beyond the margin",
-                good.short(),
-                bad.short()
-            ));
-            log.wall_s = started.elapsed().as_secs_f64();
-            return Ok(log);
-        }
-        StepVerdict::Skip => {
-            log.notes.push(format!(
-                "the endpoints could not be told apart ({}); nothing to bisect",
-                log.steps[0].detail.clone().unwrap_or_default()
-            ));
-            log.wall_s = started.elapsed().as_secs_f64();
-            return Ok(log);
-        }
-    }
-    let (mut lo, mut hi): (isize, usize) = (-1, last);
-    while let Some(i) = next_candidate(lo, hi, &tested) {
-        let key = bench.build_key(&range[i])?;
-        let (verdict, comparison, detail) = if key == good_key {
-            (StepVerdict::Good, None, Some(SAME_AS_GOOD.to_owned()))
-        } else if key == bad_key {
-            (StepVerdict::Bad, None, Some(SAME_AS_BAD.to_owned()))
-        } else {
-            measure(
-                bench,
-                &good,
-                &range[i],
-                workload,
-                &step,
-                deciding,
-                &mut log.builds,
-            )?
-        };
-        bench.say(&format!(
-            "  step {}: {} -> {verdict:?}",
-            log.steps.len(),
-            range[i].short()
-        ));
-        push_step(&mut log, i, &range[i], verdict, comparison.as_ref(), detail);
-        tested[i] = Some(verdict);
+        let (verdict, comparison, detail) =
+            self.measure(&good, &bad, self.settings, ALL_METRICS)?;
+        self.deciding = comparison
+            .as_ref()
+            .map_or(ALL_METRICS, Deciding::from_endpoints);
+        self.log.deciding = self.deciding.names().iter().map(|n| n.to_string()).collect();
+        push_step(&mut self.log, last, &bad, verdict, comparison.as_ref(), detail);
         match verdict {
-            StepVerdict::Bad => hi = i,
-            StepVerdict::Good => lo = i as isize,
-            StepVerdict::Skip => {}
+            StepVerdict::Bad => {
+                let endpoints = comparison
+                    .as_ref()
+                    .expect("a verdict comes from a comparison");
+                self.step = midpoint_settings(&self.step, endpoints);
+                if self.deciding.deterministic_only() {
+                    // The steps are decided by the instruction counts: more wall-clock pairs
+                    // would not change a step, only show its wall-clock effect more precisely.
+                    self.step.max_pairs = self.step.min_pairs;
+                }
+                let margins = &self.step.margins;
+                self.log.notes.push(format!(
+                    "steps are classified by {} at the midpoint of the endpoint effect: throughput -{:.1}%, p99 +{:.1}%, peak RSS +{:.1}%, CPU/msg +{:.1}%, instructions/request +{:.2}%",
+                    self.deciding.names().join(" and "),
+                    margins.throughput_drop * 100.0,
+                    margins.p99_rise * 100.0,
+                    margins.peak_rss_rise * 100.0,
+                    margins.cpu_per_msg_rise * 100.0,
+                    margins.instructions_rise * 100.0
+                ));
+                Ok(true)
+            }
+            StepVerdict::Good => {
+                self.log.notes.push(format!(
+                    "no regression between {} and {}: bad is not slower than good beyond the margin",
+                    good.short(),
+                    bad.short()
+                ));
+                Ok(false)
+            }
+            StepVerdict::Skip => {
+                self.log.notes.push(format!(
+                    "the endpoints could not be told apart ({}); nothing to bisect",
+                    self.log.steps[0].detail.clone().unwrap_or_default()
+                ));
+                Ok(false)
+            }
         }
     }
-    let first_candidate = (lo + 1) as usize;
-    log.candidates = range[first_candidate..=hi].to_vec();
-    if first_candidate == hi {
-        let culprit = range[hi].clone();
-        let parent = if hi == 0 {
-            good.clone()
+
+    /// Tests the untested commit nearest the middle until no untested commit is left between
+    /// the last good and the first bad one; returns the candidates' span (first, last bad).
+    fn narrow(&mut self) -> Result<(usize, usize), HarnessError> {
+        let last = self.log.range.len() - 1;
+        let mut tested: Vec<Option<StepVerdict>> = vec![None; self.log.range.len()];
+        tested[last] = Some(StepVerdict::Bad);
+        let (mut lo, mut hi): (isize, usize) = (-1, last);
+        while let Some(i) = next_candidate(lo, hi, &tested) {
+            let (good, commit) = (self.log.good.clone(), self.log.range[i].clone());
+            let key = self.bench.build_key(&commit)?;
+            let (verdict, comparison, detail) = if key == self.good_key {
+                (StepVerdict::Good, None, Some(SAME_AS_GOOD.to_owned()))
+            } else if key == self.bad_key {
+                (StepVerdict::Bad, None, Some(SAME_AS_BAD.to_owned()))
+            } else {
+                let step = self.step;
+                self.measure(&good, &commit, &step, self.deciding)?
+            };
+            self.bench.say(&format!(
+                "  step {}: {} -> {verdict:?}",
+                self.log.steps.len(),
+                commit.short()
+            ));
+            push_step(&mut self.log, i, &commit, verdict, comparison.as_ref(), detail);
+            tested[i] = Some(verdict);
+            match verdict {
+                StepVerdict::Bad => hi = i,
+                StepVerdict::Good => lo = i as isize,
+                StepVerdict::Skip => {}
+            }
+        }
+        Ok(((lo + 1) as usize, hi))
+    }
+
+    /// Confirms the one candidate left (at `index` in the range) against its parent and looks
+    /// for a second regression on either side of it. The steps only say which endpoint a
+    /// commit resembles; the culprit is named only when its own comparison with its parent,
+    /// at the configured margins and error, shows the regression.
+    fn confirm(&mut self, index: usize) -> Result<(), HarnessError> {
+        let culprit = self.log.range[index].clone();
+        let parent = if index == 0 {
+            self.log.good.clone()
         } else {
-            range[hi - 1].clone()
+            self.log.range[index - 1].clone()
         };
-        bench.say(&format!(
+        self.bench.say(&format!(
             "culprit {}; confirming against its parent {}",
             culprit.short(),
             parent.short()
         ));
         let confirm = CompareSettings {
-            min_pairs: settings.min_pairs.max(5),
-            ..*settings
+            min_pairs: self.settings.min_pairs.max(5),
+            ..*self.settings
         };
-        let (_, comparison, _) = measure(
-            bench,
-            &parent,
-            &culprit,
-            workload,
-            &confirm,
-            deciding,
-            &mut log.builds,
-        )?;
-        let confirmed = comparison.as_ref().map(|c| deciding.verdict(c));
-        log.confirmation = comparison;
-        // More than one regression in the range? Check both sides of the culprit: before it
-        // (parent vs good) and after it (bad vs culprit), with the step margins (half the
-        // endpoint effect: the configured 5% would read this machine's noise as a second
-        // regression). A few pairs suffice: only a clear "regression" adds a note; a side that
-        // builds the same broker needs no trials.
+        let (_, comparison, _) = self.measure(&parent, &culprit, &confirm, self.deciding)?;
+        let confirmed = comparison.as_ref().map(|c| self.deciding.verdict(c));
+        self.log.confirmation = comparison;
+        self.look_beside(index, &parent, &culprit)?;
+        if confirmed == Some(Verdict::Regression) {
+            self.log.culprit = Some(culprit);
+        } else {
+            self.log.notes.push(format!(
+                "{} is not named the culprit: against its parent {} its confirmation says {}, not a regression (the drop may be spread over several commits, or a step erred)",
+                culprit.short(),
+                parent.short(),
+                confirmed.map_or("nothing (a side could not be measured)".to_owned(), |v| format!("{v:?}").to_lowercase())
+            ));
+            self.log.unconfirmed = Some(culprit);
+        }
+        Ok(())
+    }
+
+    /// More than one regression in the range? Checks both sides of the culprit: before it
+    /// (parent vs good) and after it (bad vs culprit), with the step margins (half the
+    /// endpoint effect: the configured 5% would read this machine's noise as a second
+    /// regression). A few pairs suffice: only a clear "regression" adds a note; a side that
+    /// builds the same broker needs no trials.
+    fn look_beside(
+        &mut self,
+        index: usize,
+        parent: &CommitInfo,
+        culprit: &CommitInfo,
+    ) -> Result<(), HarnessError> {
+        let (good, bad) = (self.log.good.clone(), self.log.bad.clone());
         let extra = CompareSettings {
-            max_pairs: step.min_pairs + 2,
-            ..step
+            max_pairs: self.step.min_pairs + 2,
+            ..self.step
         };
-        if hi > 0 && bench.build_key(&parent)? != good_key {
-            let (before, _, _) = measure(
-                bench,
-                &good,
-                &parent,
-                workload,
-                &extra,
-                deciding,
-                &mut log.builds,
-            )?;
+        if index > 0 && self.bench.build_key(parent)? != self.good_key {
+            let (before, _, _) = self.measure(&good, parent, &extra, self.deciding)?;
             if before == StepVerdict::Bad {
-                log.notes.push(format!(
+                self.log.notes.push(format!(
                     "the range holds more than one regression: {} (the culprit's parent) is already slower than good by more than half the endpoint effect; bisect good..{} to find the earlier one",
                     parent.short(),
                     parent.short()
                 ));
             }
         }
-        if hi != last && bench.build_key(&culprit)? != bad_key {
-            let (after, _, _) = measure(
-                bench,
-                &culprit,
-                &bad,
-                workload,
-                &extra,
-                deciding,
-                &mut log.builds,
-            )?;
+        if index != self.log.range.len() - 1 && self.bench.build_key(culprit)? != self.bad_key {
+            let (after, _, _) = self.measure(culprit, &bad, &extra, self.deciding)?;
             if after == StepVerdict::Bad {
-                log.notes.push(format!("the range holds more than one regression: {} is slower again than the culprit {}", bad.short(), culprit.short()));
+                self.log.notes.push(format!(
+                    "the range holds more than one regression: {} is slower again than the culprit {}",
+                    bad.short(),
+                    culprit.short()
+                ));
             }
         }
-        // The steps only say which endpoint a commit resembles; the culprit is named only
-        // when its own comparison with its parent, at the configured margins and error,
-        // shows the regression.
-        if confirmed == Some(Verdict::Regression) {
-            log.culprit = Some(culprit);
-        } else {
-            log.notes.push(format!(
-                "{} is not named the culprit: against its parent {} its confirmation says {}, not a regression (the drop may be spread over several commits, or a step erred)",
-                culprit.short(),
-                parent.short(),
-                confirmed.map_or("nothing (a side could not be measured)".to_owned(), |v| format!("{v:?}").to_lowercase())
-            ));
-            log.unconfirmed = Some(culprit);
-        }
-    } else {
-        log.notes.push(format!(
-            "skipped commits leave {} candidates for the first bad commit",
-            log.candidates.len()
-        ));
+        Ok(())
     }
-    log.wall_s = started.elapsed().as_secs_f64();
-    Ok(log)
 }
 
 fn push_step(
