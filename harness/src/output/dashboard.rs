@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use crate::error::HarnessError;
@@ -180,6 +181,9 @@ fn plot_err(e: impl std::fmt::Display) -> HarnessError {
 }
 
 /// The SVG figure of one series with its link overlay.
+/// The chart's drawing area: commits on x (0, 1, 2, ...), the metric on y.
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
 fn chart(
     input: &DashboardInput<'_>,
     s: &Series,
@@ -187,22 +191,9 @@ fn chart(
     accepted: &[AcceptanceRow],
 ) -> Result<String, HarnessError> {
     let n = s.points.len();
-    let all: Vec<f64> = s
-        .points
-        .iter()
-        .flat_map(|p| p.values.iter().copied())
-        .collect();
-    let high = all.iter().copied().fold(0.0, f64::max);
-    // A raw axis starts at zero, so a drop looks its size; ratios sit around 1 (the base).
-    let (y_min, y_max) = match s.scale {
-        Scale::Raw => (0.0, high * 1.1 + 1e-9),
-        Scale::RelativeTo { .. } => {
-            let low = all.iter().copied().fold(1.0, f64::min);
-            (low - 0.05, high.max(1.0) + 0.05)
-        }
-    };
+    let (y_min, y_max) = y_range(s);
     let mut svg = String::new();
-    let mut overlay = String::new();
+    let overlay;
     {
         let root = SVGBackend::with_string(&mut svg, (CHART_WIDTH_PX, CHART_HEIGHT_PX))
             .into_drawing_area();
@@ -227,112 +218,163 @@ fn chart(
             .light_line_style(RGBColor(242, 242, 242))
             .draw()
             .map_err(plot_err)?;
-        for c in &s.changes {
-            // The band spans the commits between the last one surely before the change and
-            // the first one surely after it; the line sits before the most likely one.
-            let position = |sha: &str| s.points.iter().position(|p| p.commit.sha == sha);
-            let (lo, hi) = (
-                position(&c.good.sha).unwrap_or(0) as f64,
-                position(&c.bad.sha).unwrap_or(n - 1) as f64,
-            );
-            chart
-                .draw_series(std::iter::once(Rectangle::new(
-                    [(lo, y_min), (hi, y_max)],
-                    RGBColor(214, 39, 40).mix(0.10).filled(),
-                )))
-                .map_err(plot_err)?;
-            let x = c.point as f64 - 0.5;
-            chart
-                .draw_series(DashedLineSeries::new(
-                    vec![(x, y_min), (x, y_max)],
-                    6,
-                    4,
-                    RGBColor(214, 39, 40).into(),
-                ))
-                .map_err(plot_err)?;
-        }
-        if let Scale::RelativeTo { .. } = s.scale {
-            chart
-                .draw_series(LineSeries::new(
-                    vec![(-0.5, 1.0), (n as f64 - 0.5, 1.0)],
-                    RGBColor(90, 90, 90).stroke_width(1),
-                ))
-                .map_err(plot_err)?;
-        }
-        let trials = s
-            .points
-            .iter()
-            .enumerate()
-            .flat_map(|(i, p)| p.values.iter().map(move |v| (i as f64, *v)));
-        chart
-            .draw_series(trials.map(|p| Circle::new(p, 2, RGBColor(150, 150, 150).filled())))
-            .map_err(plot_err)?;
-        let medians: Vec<(f64, f64)> = s
-            .points
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (i as f64, p.median))
-            .collect();
-        let blue = RGBColor(31, 119, 180);
-        chart
-            .draw_series(LineSeries::new(medians.clone(), &blue))
-            .map_err(plot_err)?;
-        chart
-            .draw_series(medians.iter().map(|p| Circle::new(*p, 4, blue.filled())))
-            .map_err(plot_err)?;
-        for (i, p) in s.points.iter().enumerate() {
-            let Some(g) = gates.get(p.commit.sha.as_str()) else {
-                continue;
-            };
-            chart
-                .draw_series(std::iter::once(Circle::new(
-                    (i as f64, p.median),
-                    8,
-                    verdict_color(&g.verdict).stroke_width(2),
-                )))
-                .map_err(plot_err)?;
-        }
-        for (i, p) in s.points.iter().enumerate() {
-            let (x, y) = chart.backend_coord(&(i as f64, p.median));
-            let gate = gates.get(p.commit.sha.as_str());
-            let title = format!(
-                "{} {}\nmedian {} ({}) of {} trial(s), recorded {} to {}{}",
-                p.commit.short(),
-                p.commit.summary,
-                s.format(p.median),
-                s.label(),
-                p.values.len(),
-                p.first_recorded_at,
-                p.last_recorded_at,
-                gate.map(|g| format!("\ngate: {} ({})", g.verdict, g.decided_at))
-                    .unwrap_or_default()
-                    + &acceptance::note_for(accepted, &p.commit.sha)
-                        .map(|n| format!("\n{n}"))
-                        .unwrap_or_default()
-            );
-            let _ = writeln!(
-                overlay,
-                "<a class=\"pt\" style=\"left:{}px;top:{}px\" href=\"{}\" title=\"{}\"></a>",
-                x - POINT_HIT_PX / 2,
-                y - POINT_HIT_PX / 2,
-                escape(&input.commit_url.replace("{sha}", &p.commit.sha)),
-                escape(&title)
-            );
-            if let Some(report) = gate.and_then(|g| g.report.as_deref()) {
-                let _ = writeln!(
-                    overlay,
-                    "<a class=\"gate\" style=\"left:{}px;top:{}px\" href=\"{}\" title=\"gate report\"></a>",
-                    x + POINT_HIT_PX / 2,
-                    y - POINT_HIT_PX,
-                    escape(&report_link(&input.report_prefix, report)),
-                );
-            }
-        }
+        draw_changes(&mut chart, s, (y_min, y_max))?;
+        draw_points(&mut chart, s, gates)?;
+        overlay = point_links(&chart, input, s, gates, accepted);
         root.present().map_err(plot_err)?;
     }
     Ok(format!(
         "<div class=\"chart\" style=\"width:{CHART_WIDTH_PX}px;height:{CHART_HEIGHT_PX}px\">\n{svg}\n{overlay}</div>\n"
     ))
+}
+
+/// A raw axis starts at zero, so a drop looks its size; ratios sit around 1 (the base).
+fn y_range(s: &Series) -> (f64, f64) {
+    let all: Vec<f64> = s
+        .points
+        .iter()
+        .flat_map(|p| p.values.iter().copied())
+        .collect();
+    let high = all.iter().copied().fold(0.0, f64::max);
+    match s.scale {
+        Scale::Raw => (0.0, high * 1.1 + 1e-9),
+        Scale::RelativeTo { .. } => {
+            let low = all.iter().copied().fold(1.0, f64::min);
+            (low - 0.05, high.max(1.0) + 0.05)
+        }
+    }
+}
+
+/// Each change point: a band over the commits between the last one surely before the change
+/// and the first one surely after it, and a dashed line before the most likely one.
+fn draw_changes(
+    chart: &mut Chart<'_, '_>,
+    s: &Series,
+    (y_min, y_max): (f64, f64),
+) -> Result<(), HarnessError> {
+    let n = s.points.len();
+    for c in &s.changes {
+        let position = |sha: &str| s.points.iter().position(|p| p.commit.sha == sha);
+        let (lo, hi) = (
+            position(&c.good.sha).unwrap_or(0) as f64,
+            position(&c.bad.sha).unwrap_or(n - 1) as f64,
+        );
+        chart
+            .draw_series(std::iter::once(Rectangle::new(
+                [(lo, y_min), (hi, y_max)],
+                RGBColor(214, 39, 40).mix(0.10).filled(),
+            )))
+            .map_err(plot_err)?;
+        let x = c.point as f64 - 0.5;
+        chart
+            .draw_series(DashedLineSeries::new(
+                vec![(x, y_min), (x, y_max)],
+                6,
+                4,
+                RGBColor(214, 39, 40).into(),
+            ))
+            .map_err(plot_err)?;
+    }
+    if let Scale::RelativeTo { .. } = s.scale {
+        chart
+            .draw_series(LineSeries::new(
+                vec![(-0.5, 1.0), (n as f64 - 0.5, 1.0)],
+                RGBColor(90, 90, 90).stroke_width(1),
+            ))
+            .map_err(plot_err)?;
+    }
+    Ok(())
+}
+
+/// Every trial as a grey dot, the medians joined in blue, a gate's verdict as a ring.
+fn draw_points(
+    chart: &mut Chart<'_, '_>,
+    s: &Series,
+    gates: &HashMap<&str, &GateRow>,
+) -> Result<(), HarnessError> {
+    let trials = s
+        .points
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| p.values.iter().map(move |v| (i as f64, *v)));
+    chart
+        .draw_series(trials.map(|p| Circle::new(p, 2, RGBColor(150, 150, 150).filled())))
+        .map_err(plot_err)?;
+    let medians: Vec<(f64, f64)> = s
+        .points
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i as f64, p.median))
+        .collect();
+    let blue = RGBColor(31, 119, 180);
+    chart
+        .draw_series(LineSeries::new(medians.clone(), &blue))
+        .map_err(plot_err)?;
+    chart
+        .draw_series(medians.iter().map(|p| Circle::new(*p, 4, blue.filled())))
+        .map_err(plot_err)?;
+    for (i, p) in s.points.iter().enumerate() {
+        let Some(g) = gates.get(p.commit.sha.as_str()) else {
+            continue;
+        };
+        chart
+            .draw_series(std::iter::once(Circle::new(
+                (i as f64, p.median),
+                8,
+                verdict_color(&g.verdict).stroke_width(2),
+            )))
+            .map_err(plot_err)?;
+    }
+    Ok(())
+}
+
+/// The HTML links laid over the SVG: one per median (to the commit, its figures as the
+/// title), one per gate ring (to the gate's report), placed by the chart's own mapping.
+fn point_links(
+    chart: &Chart<'_, '_>,
+    input: &DashboardInput<'_>,
+    s: &Series,
+    gates: &HashMap<&str, &GateRow>,
+    accepted: &[AcceptanceRow],
+) -> String {
+    let mut overlay = String::new();
+    for (i, p) in s.points.iter().enumerate() {
+        let (x, y) = chart.backend_coord(&(i as f64, p.median));
+        let gate = gates.get(p.commit.sha.as_str());
+        let title = format!(
+            "{} {}\nmedian {} ({}) of {} trial(s), recorded {} to {}{}",
+            p.commit.short(),
+            p.commit.summary,
+            s.format(p.median),
+            s.label(),
+            p.values.len(),
+            p.first_recorded_at,
+            p.last_recorded_at,
+            gate.map(|g| format!("\ngate: {} ({})", g.verdict, g.decided_at))
+                .unwrap_or_default()
+                + &acceptance::note_for(accepted, &p.commit.sha)
+                    .map(|n| format!("\n{n}"))
+                    .unwrap_or_default()
+        );
+        let _ = writeln!(
+            overlay,
+            "<a class=\"pt\" style=\"left:{}px;top:{}px\" href=\"{}\" title=\"{}\"></a>",
+            x - POINT_HIT_PX / 2,
+            y - POINT_HIT_PX / 2,
+            escape(&input.commit_url.replace("{sha}", &p.commit.sha)),
+            escape(&title)
+        );
+        if let Some(report) = gate.and_then(|g| g.report.as_deref()) {
+            let _ = writeln!(
+                overlay,
+                "<a class=\"gate\" style=\"left:{}px;top:{}px\" href=\"{}\" title=\"gate report\"></a>",
+                x + POINT_HIT_PX / 2,
+                y - POINT_HIT_PX,
+                escape(&report_link(&input.report_prefix, report)),
+            );
+        }
+    }
+    overlay
 }
 
 fn report_link(prefix: &str, report: &str) -> String {
