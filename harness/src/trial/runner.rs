@@ -87,55 +87,12 @@ impl TrialRunner {
             Ok(brokers) => brokers,
             Err(failed) => return *failed,
         };
-        let deadline = Instant::now() + self.target.ready_timeout();
-        for i in 0..brokers.len() {
-            loop {
-                if let Some((status, stderr)) = brokers
-                    .iter_mut()
-                    .find_map(|b| b.child.try_wait().map(|status| (status, b.stderr.clone())))
-                {
-                    return TrialOutcome::failed(
-                        TrialStatus::Crashed,
-                        format!(
-                            "broker exited before it was ready ({status}):\n{}",
-                            tail(&stderr, STDERR_TAIL_LINES)
-                        ),
-                    );
-                }
-                if TcpStream::connect_timeout(&brokers[i].addr, READY_POLL).is_ok() {
-                    break;
-                }
-                if Instant::now() >= deadline {
-                    brokers.iter_mut().for_each(|b| {
-                        b.child.stop();
-                    });
-                    return TrialOutcome::failed(
-                        TrialStatus::Timeout,
-                        format!(
-                            "broker not accepting connections after {} s",
-                            self.target.ready_timeout_s
-                        ),
-                    );
-                }
-                std::thread::sleep(READY_POLL);
-            }
+        if let Err(failed) = self.wait_until_ready(&mut brokers) {
+            return *failed;
         }
-        let bootstrap = brokers
-            .iter()
-            .map(|b| b.addr.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
         let json = dir.join("bench.json");
-        let mut bench_cmd = Command::new(&self.bench_bin);
-        bench_cmd
-            .args(workload.bench_args(&bootstrap, &json))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::File::create(dir.join("bench.stderr")).map_or(Stdio::null(), Stdio::from),
-            );
         let cpu_before = cluster_cpu_s(&brokers);
-        let mut bench = match GroupChild::spawn(bench_cmd) {
+        let mut bench = match self.spawn_bench(dir, &json, workload, &brokers) {
             Ok(child) => child,
             Err(e) => {
                 stop_all(&mut brokers);
@@ -195,35 +152,96 @@ impl TrialRunner {
                 )
             }
         };
-        let mismatches = workload.mismatches(&report.config);
-        if !mismatches.is_empty() {
-            return TrialOutcome {
-                status: TrialStatus::Invalid,
-                detail: Some(format!(
-                    "the run used other settings than the workload: {}",
-                    mismatches.join("; ")
-                )),
-                report: Some(report),
-                broker_peak_rss_kib,
-                broker_cpu_s,
-            };
-        }
-        if code == Some(BENCH_EXIT_INVALID) || !report.is_valid() {
-            return TrialOutcome {
-                status: TrialStatus::Invalid,
-                detail: Some(report.invalid_reasons.join("; ")),
-                report: Some(report),
-                broker_peak_rss_kib,
-                broker_cpu_s,
-            };
-        }
+        let detail = invalid_detail(workload, &report, code);
         TrialOutcome {
-            status: TrialStatus::Ok,
-            detail: None,
+            status: if detail.is_some() {
+                TrialStatus::Invalid
+            } else {
+                TrialStatus::Ok
+            },
+            detail,
             report: Some(report),
             broker_peak_rss_kib,
             broker_cpu_s,
         }
+    }
+
+    /// Starts chronik-bench on the workload against the cluster, its result to `json`.
+    fn spawn_bench(
+        &self,
+        dir: &Path,
+        json: &Path,
+        workload: &Workload,
+        brokers: &[TrialBroker],
+    ) -> std::io::Result<GroupChild> {
+        let bootstrap = brokers
+            .iter()
+            .map(|b| b.addr.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut bench_cmd = Command::new(&self.bench_bin);
+        bench_cmd
+            .args(workload.bench_args(&bootstrap, json))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::File::create(dir.join("bench.stderr")).map_or(Stdio::null(), Stdio::from),
+            );
+        GroupChild::spawn(bench_cmd)
+    }
+
+    /// Waits until every broker accepts connections; a broker that exits first, or the
+    /// target's ready timeout, ends the trial (every broker stopped).
+    fn wait_until_ready(&self, brokers: &mut [TrialBroker]) -> Result<(), Box<TrialOutcome>> {
+        let deadline = Instant::now() + self.target.ready_timeout();
+        for i in 0..brokers.len() {
+            loop {
+                if let Some((status, stderr)) = brokers
+                    .iter_mut()
+                    .find_map(|b| b.child.try_wait().map(|status| (status, b.stderr.clone())))
+                {
+                    stop_all(brokers);
+                    return Err(Box::new(TrialOutcome::failed(
+                        TrialStatus::Crashed,
+                        format!(
+                            "broker exited before it was ready ({status}):\n{}",
+                            tail(&stderr, STDERR_TAIL_LINES)
+                        ),
+                    )));
+                }
+                if TcpStream::connect_timeout(&brokers[i].addr, READY_POLL).is_ok() {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    stop_all(brokers);
+                    return Err(Box::new(TrialOutcome::failed(
+                        TrialStatus::Timeout,
+                        format!(
+                            "broker not accepting connections after {} s",
+                            self.target.ready_timeout_s
+                        ),
+                    )));
+                }
+                std::thread::sleep(READY_POLL);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a run that produced a report is not a valid trial: settings other than the
+/// workload's (checked first), or the instrument's own reasons; None for a valid one.
+fn invalid_detail(workload: &Workload, report: &BenchReport, code: Option<i32>) -> Option<String> {
+    let mismatches = workload.mismatches(&report.config);
+    if !mismatches.is_empty() {
+        Some(format!(
+            "the run used other settings than the workload: {}",
+            mismatches.join("; ")
+        ))
+    } else if code == Some(BENCH_EXIT_INVALID) || !report.is_valid() {
+        Some(report.invalid_reasons.join("; "))
+    } else {
+        None
     }
 }
 
