@@ -78,7 +78,7 @@ pub struct Calibration {
     pub median_ci_half_width: f64,
     /// Smallest drop the defaults flag reliably: the margin plus the typical half-width.
     pub smallest_reliable_drop: f64,
-    pub results: Vec<(Verdict, f64, f64, f64)>,
+    pub results: Vec<AaResult>,
     /// Valid trials of this commit, workload and host in the store: the noise bank.
     pub bank_trials: usize,
     /// The shipped rule replayed on the noise bank (empty when the bank is too small).
@@ -93,6 +93,16 @@ pub struct Calibration {
     pub calibrated_replay: Vec<ReplayRow>,
 }
 
+/// One real A/A comparison: its verdict and its throughput ratio with the interval that
+/// decided it.
+#[derive(Debug, Serialize)]
+pub struct AaResult {
+    pub verdict: Verdict,
+    pub throughput_ratio: f64,
+    pub ci_low_ratio: f64,
+    pub ci_high_ratio: f64,
+}
+
 /// `calibrate`: `comparisons` real A/A comparisons of one commit against itself, then the
 /// shipped rule replayed `replays` times per shift on the noise bank (every valid trial of the
 /// commit on this host, the ones just run included).
@@ -105,57 +115,28 @@ fn calibrate(
     replays: usize,
     settings: &CompareSettings,
 ) -> Result<(u8, Calibration), HarnessError> {
-    let mut results = Vec::new();
-    for i in 0..comparisons {
-        let s = CompareSettings {
-            seed: settings.seed.wrapping_add(i as u64 * 7919),
-            ..*settings
-        };
-        match session
-            .measure(
-                commit,
-                commit,
-                workload,
-                &s,
-                "calibrate",
-                &format!("{} pairs", workload.name),
-            )?
-            .0
-            .into_result(commit, commit)?
-        {
-            Ok(c) => {
-                session.say(&format!(
-                    "A/A {}/{comparisons}: {:?} ({} pairs, ratio {})",
-                    i + 1,
-                    c.verdict,
-                    c.pairs(),
-                    pct(c.throughput.median_ratio)
-                ));
-                results.push((
-                    c.verdict,
-                    c.throughput.median_ratio,
-                    c.throughput.ci_low_ratio,
-                    c.throughput.ci_high_ratio,
-                ));
-            }
-            Err(f) => return Ok((exit::for_failure(&f), empty_calibration(workload, commit))),
-        }
-    }
+    let results = match real_comparisons(session, commit, workload, comparisons, settings)? {
+        Ok(results) => results,
+        Err(code) => return Ok((code, empty_calibration(workload, commit))),
+    };
     let false_alarms = results
         .iter()
-        .filter(|r| r.0 == Verdict::Regression)
+        .filter(|r| r.verdict == Verdict::Regression)
         .count();
     let inconclusive = results
         .iter()
-        .filter(|r| r.0 == Verdict::Inconclusive)
+        .filter(|r| r.verdict == Verdict::Inconclusive)
         .count();
-    let half_widths: Vec<f64> = results.iter().map(|r| (r.3 - r.2) / 2.0).collect();
+    let half_widths: Vec<f64> = results
+        .iter()
+        .map(|r| (r.ci_high_ratio - r.ci_low_ratio) / 2.0)
+        .collect();
     let median_ci_half_width = if half_widths.is_empty() {
         0.0
     } else {
         median(&half_widths)
     };
-    let calibration = Calibration {
+    let mut calibration = Calibration {
         workload: workload.name.clone(),
         commit: commit.clone(),
         comparisons,
@@ -171,10 +152,72 @@ fn calibrate(
         margins: None,
         calibrated_replay: Vec::new(),
     };
-    let mut calibration = calibration;
     if comparisons > 0 {
         print_real_calibration(workload, commit, &calibration);
     }
+    replay_bank(session, baselines_dir, &mut calibration, workload, replays, settings)?;
+    Ok((EXIT_PASS, calibration))
+}
+
+/// Runs the real A/A comparisons, each with its own seed; a side that could not be measured
+/// ends them with its exit code.
+fn real_comparisons(
+    session: &Session,
+    commit: &CommitInfo,
+    workload: &Workload,
+    comparisons: usize,
+    settings: &CompareSettings,
+) -> Result<Result<Vec<AaResult>, u8>, HarnessError> {
+    let mut results = Vec::new();
+    for i in 0..comparisons {
+        let s = CompareSettings {
+            seed: settings.seed.wrapping_add(i as u64 * 7919),
+            ..*settings
+        };
+        let outcome = session
+            .measure(
+                commit,
+                commit,
+                workload,
+                &s,
+                "calibrate",
+                &format!("{} pairs", workload.name),
+            )?
+            .0
+            .into_result(commit, commit)?;
+        let c = match outcome {
+            Ok(c) => c,
+            Err(f) => return Ok(Err(exit::for_failure(&f))),
+        };
+        session.say(&format!(
+            "A/A {}/{comparisons}: {:?} ({} pairs, ratio {})",
+            i + 1,
+            c.verdict,
+            c.pairs(),
+            pct(c.throughput.median_ratio)
+        ));
+        results.push(AaResult {
+            verdict: c.verdict,
+            throughput_ratio: c.throughput.median_ratio,
+            ci_low_ratio: c.throughput.ci_low_ratio,
+            ci_high_ratio: c.throughput.ci_high_ratio,
+        });
+    }
+    Ok(Ok(results))
+}
+
+/// Replays the shipped rule on the noise bank (every valid trial of the commit on this host),
+/// searches margins on its first half, measures them on the held-out second half and stores
+/// them for `gate`. A bank under `NOISE_BANK_TRIALS_MIN` trials is not replayed.
+fn replay_bank(
+    session: &Session,
+    baselines_dir: &Path,
+    calibration: &mut Calibration,
+    workload: &Workload,
+    replays: usize,
+    settings: &CompareSettings,
+) -> Result<(), HarnessError> {
+    let commit = calibration.commit.clone();
     let bank = NoiseBank::from_records(
         &session.store.load_workload(&workload.name)?,
         &commit.sha,
@@ -189,51 +232,54 @@ fn calibrate(
             bank.trials.len(),
             commit.short()
         );
-    } else if replays > 0 {
-        calibration.replay = bank.replay(settings, replays, settings.seed);
-        println!(
-            "\nshipped rule replayed {replays} times per row on a noise bank of {} trials of {} on this host ({}):\n{}\n{}",
-            bank.trials.len(),
-            commit.short(),
-            session.host.fingerprint(),
-            replay_table(&calibration.replay),
-            calibration.design
-        );
-        let margins = calibration::calibrate(
-            &bank,
-            settings,
-            &BankIdentity {
-                workload: &workload.name,
-                workload_hash: &workload.hash(),
-                host_fingerprint: &session.host.fingerprint(),
-                host_name: &session.host.hostname,
-                commit: commit.short(),
-            },
-        );
-        let path = calibration::save(baselines_dir, &margins)?;
-        let (tuned, _) = margins.apply(
-            settings,
-            &[],
-            &session.host.hostname,
-            std::time::SystemTime::now(),
-        );
-        let (fit, held) = bank.split();
-        calibration.calibrated_replay = held.replay(&tuned, replays, settings.seed);
-        println!(
-            "\nmargins searched on the first {} trials of the bank (the smallest at which an unchanged commit passes the metric in >= {:.0}% of {} replays and is called a regression in <= {:.0}%), measured on the last {} (held out), stored in {} for gate until {}:\n{}\n\nshipped rule with these margins, replayed {replays} times per row on the held-out trials:\n{}",
-            fit.trials.len(),
-            calibration::AA_PASS_TARGET * 100.0,
-            calibration::SEARCH_REPLAYS,
-            calibration::AA_REGRESSION_MAX * 100.0,
-            held.trials.len(),
-            path.display(),
-            margins.expires_at,
-            margins_table(&margins, settings),
-            replay_table(&calibration.calibrated_replay)
-        );
-        calibration.margins = Some(margins);
+        return Ok(());
     }
-    Ok((EXIT_PASS, calibration))
+    if replays == 0 {
+        return Ok(());
+    }
+    calibration.replay = bank.replay(settings, replays, settings.seed);
+    println!(
+        "\nshipped rule replayed {replays} times per row on a noise bank of {} trials of {} on this host ({}):\n{}\n{}",
+        bank.trials.len(),
+        commit.short(),
+        session.host.fingerprint(),
+        replay_table(&calibration.replay),
+        calibration.design
+    );
+    let margins = calibration::calibrate(
+        &bank,
+        settings,
+        &BankIdentity {
+            workload: &workload.name,
+            workload_hash: &workload.hash(),
+            host_fingerprint: &session.host.fingerprint(),
+            host_name: &session.host.hostname,
+            commit: commit.short(),
+        },
+    );
+    let path = calibration::save(baselines_dir, &margins)?;
+    let (tuned, _) = margins.apply(
+        settings,
+        &[],
+        &session.host.hostname,
+        std::time::SystemTime::now(),
+    );
+    let (fit, held) = bank.split();
+    calibration.calibrated_replay = held.replay(&tuned, replays, settings.seed);
+    println!(
+        "\nmargins searched on the first {} trials of the bank (the smallest at which an unchanged commit passes the metric in >= {:.0}% of {} replays and is called a regression in <= {:.0}%), measured on the last {} (held out), stored in {} for gate until {}:\n{}\n\nshipped rule with these margins, replayed {replays} times per row on the held-out trials:\n{}",
+        fit.trials.len(),
+        calibration::AA_PASS_TARGET * 100.0,
+        calibration::SEARCH_REPLAYS,
+        calibration::AA_REGRESSION_MAX * 100.0,
+        held.trials.len(),
+        path.display(),
+        margins.expires_at,
+        margins_table(&margins, settings),
+        replay_table(&calibration.calibrated_replay)
+    );
+    calibration.margins = Some(margins);
+    Ok(())
 }
 
 fn print_real_calibration(workload: &Workload, commit: &CommitInfo, calibration: &Calibration) {
