@@ -13,7 +13,7 @@ use crate::output::render::{accepted_line, comparison_lines, comparison_table, l
 use crate::session::Session;
 use crate::store::db::{AcceptanceRow, GateRow};
 use crate::store::files::{load_baseline, now_rfc3339};
-use crate::trial::summary::{Side, GATE};
+use crate::trial::summary::{Side, TrialFailure, TrialSummary, GATE};
 use crate::trial::workload::{Workload, SEED_WORKLOAD};
 use crate::verdict::calibration::{self, Tuned};
 use crate::verdict::compare::CompareSettings;
@@ -102,27 +102,7 @@ fn gate_one(
         None => (*settings, None),
     };
     let settings = &settings;
-    let stored = load_baseline(baselines_dir, &workload.name)?;
-    let mut note = None;
-    let base = match (base_override, &stored) {
-        (Some(b), _) => Some(b.clone()),
-        (None, Some(s)) => {
-            if s.workload_hash != workload.hash() {
-                note = Some(format!(
-                    "stored baseline was recorded with workload hash {}, now {}",
-                    s.workload_hash,
-                    workload.hash()
-                ));
-            }
-            if s.host_fingerprint != session.host.fingerprint() {
-                note = Some(
-                    "stored baseline comes from another host: base re-measured side by side".into(),
-                );
-            }
-            Some(session.repo.resolve(&s.commit.sha)?)
-        }
-        (None, None) => None,
-    };
+    let (base, mut note) = gate_base(session, baselines_dir, base_override, workload)?;
     let (base, accepted) = match base {
         Some(b) => match accepted_base(
             &session.repo,
@@ -158,25 +138,7 @@ fn gate_one(
         }
         None => {
             note = Some("no baseline for this workload: absolute limits only".into());
-            let built = session.build(head)?;
-            let mut trials = Vec::new();
-            let mut failure = None;
-            for _ in 0..settings.min_pairs {
-                let mut invalid = 0;
-                match session.valid_trial(
-                    &built,
-                    workload,
-                    &Side::Head.role(GATE),
-                    Side::Head,
-                    &mut invalid,
-                ) {
-                    Ok(t) => trials.push(t),
-                    Err(f) => {
-                        failure = Some(f);
-                        break;
-                    }
-                }
-            }
+            let (trials, failure) = head_alone(session, head, workload, settings)?;
             (None, failure, trials)
         }
     };
@@ -198,6 +160,60 @@ fn gate_one(
         margins_source,
         accepted,
     })
+}
+
+/// The commit the gate compares against: `--base`, else the stored baseline's commit (with a
+/// note when that baseline came from another workload definition or host), else none.
+fn gate_base(
+    session: &Session,
+    baselines_dir: &Path,
+    base_override: Option<&CommitInfo>,
+    workload: &Workload,
+) -> Result<(Option<CommitInfo>, Option<String>), HarnessError> {
+    if let Some(b) = base_override {
+        return Ok((Some(b.clone()), None));
+    }
+    let Some(stored) = load_baseline(baselines_dir, &workload.name)? else {
+        return Ok((None, None));
+    };
+    let mut note = None;
+    if stored.workload_hash != workload.hash() {
+        note = Some(format!(
+            "stored baseline was recorded with workload hash {}, now {}",
+            stored.workload_hash,
+            workload.hash()
+        ));
+    }
+    if stored.host_fingerprint != session.host.fingerprint() {
+        note = Some("stored baseline comes from another host: base re-measured side by side".into());
+    }
+    Ok((Some(session.repo.resolve(&stored.commit.sha)?), note))
+}
+
+/// Without a base: the head's trials for the absolute limits (the design's first look), or
+/// the failure that stopped them.
+fn head_alone(
+    session: &Session,
+    head: &CommitInfo,
+    workload: &Workload,
+    settings: &CompareSettings,
+) -> Result<(Vec<TrialSummary>, Option<TrialFailure>), HarnessError> {
+    let built = session.build(head)?;
+    let mut trials = Vec::new();
+    for _ in 0..settings.min_pairs {
+        let mut invalid = 0;
+        match session.valid_trial(
+            &built,
+            workload,
+            &Side::Head.role(GATE),
+            Side::Head,
+            &mut invalid,
+        ) {
+            Ok(t) => trials.push(t),
+            Err(f) => return Ok((trials, Some(f))),
+        }
+    }
+    Ok((trials, None))
 }
 
 /// The newest commit after `base`, up to `head`, among the accepted ones (`rows`, of one
