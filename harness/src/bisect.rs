@@ -464,8 +464,20 @@ impl Search<'_> {
         self.deciding = comparison
             .as_ref()
             .map_or(ALL_METRICS, Deciding::from_endpoints);
-        self.log.deciding = self.deciding.names().iter().map(|n| n.to_string()).collect();
-        push_step(&mut self.log, last, &bad, verdict, comparison.as_ref(), detail);
+        self.log.deciding = self
+            .deciding
+            .names()
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        push_step(
+            &mut self.log,
+            last,
+            &bad,
+            verdict,
+            comparison.as_ref(),
+            detail,
+        );
         match verdict {
             StepVerdict::Bad => {
                 let endpoints = comparison
@@ -530,7 +542,14 @@ impl Search<'_> {
                 self.log.steps.len(),
                 commit.short()
             ));
-            push_step(&mut self.log, i, &commit, verdict, comparison.as_ref(), detail);
+            push_step(
+                &mut self.log,
+                i,
+                &commit,
+                verdict,
+                comparison.as_ref(),
+                detail,
+            );
             tested[i] = Some(verdict);
             match verdict {
                 StepVerdict::Bad => hi = i,

@@ -155,7 +155,14 @@ fn calibrate(
     if comparisons > 0 {
         print_real_calibration(workload, commit, &calibration);
     }
-    replay_bank(session, baselines_dir, &mut calibration, workload, replays, settings)?;
+    replay_bank(
+        session,
+        baselines_dir,
+        &mut calibration,
+        workload,
+        replays,
+        settings,
+    )?;
     Ok((EXIT_PASS, calibration))
 }
 

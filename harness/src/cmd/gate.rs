@@ -185,7 +185,8 @@ fn gate_base(
         ));
     }
     if stored.host_fingerprint != session.host.fingerprint() {
-        note = Some("stored baseline comes from another host: base re-measured side by side".into());
+        note =
+            Some("stored baseline comes from another host: base re-measured side by side".into());
     }
     Ok((Some(session.repo.resolve(&stored.commit.sha)?), note))
 }

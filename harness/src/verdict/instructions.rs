@@ -435,36 +435,9 @@ impl InstructionTier {
     ) -> Result<CountedRun, TierError> {
         let dir = RunDir::create(tmpfs_dir().unwrap_or(&self.scratch))?;
         let counts = dir.path().join("dhat.json");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(io("finding a free port"))?
-            .port();
-        let under_valgrind = format!(
-            // Children are followed so a start script that execs the broker is measured
-            // through; the count is the last program's (an exec replaces the profile).
-            "{} --tool=dhat --trace-children=yes --dhat-out-file={} {}",
-            self.valgrind.display(),
-            counts.display(),
-            binary.display()
-        );
-        let start = self
-            .target
-            .start
-            .replace("{binary}", &under_valgrind)
-            .replace("{port}", &port.to_string())
-            .replace("{data_dir}", &dir.path().join("data").display().to_string());
         let stderr_path = dir.path().join("stderr");
-        let stderr =
-            std::fs::File::create(&stderr_path).map_err(io("creating the broker's log"))?;
-        let mut command = Command::new("sh");
-        command
-            .arg("-c")
-            .arg(format!("exec {start} {}", broker_args.join(" ")))
-            .envs(DETERMINISM_ENV.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr);
-        let mut broker = GroupChild::spawn(command).map_err(io("starting Valgrind"))?;
+        let (mut broker, addr) =
+            self.spawn_under_valgrind(binary, broker_args, dir.path(), &counts, &stderr_path)?;
         let failed = |what: &str, broker: &mut GroupChild| {
             broker.stop();
             TierError::Run(format!(
@@ -472,28 +445,8 @@ impl InstructionTier {
                 tail(&stderr_path, STDERR_TAIL_LINES)
             ))
         };
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(status) = broker.try_wait() {
-                return Err(failed(
-                    &format!("the broker exited under Valgrind before it was ready ({status})"),
-                    &mut broker,
-                ));
-            }
-            if TcpStream::connect_timeout(&addr, READY_POLL).is_ok() {
-                break;
-            }
-            if Instant::now() >= deadline {
-                return Err(failed(
-                    &format!(
-                        "the broker under Valgrind did not listen within {} s",
-                        READY_TIMEOUT.as_secs()
-                    ),
-                    &mut broker,
-                ));
-            }
-            std::thread::sleep(READY_POLL);
+        if let Some(why) = wait_listening(&mut broker, addr) {
+            return Err(failed(&why, &mut broker));
         }
         std::thread::sleep(SETTLE);
         let ready = Instant::now();
@@ -537,6 +490,47 @@ impl InstructionTier {
             replayed,
             wall_s,
         })
+    }
+
+    /// Starts the target's start command with the broker binary under Valgrind (DHAT, its
+    /// profile to `counts`) on a free port; the broker and the address it will listen on.
+    fn spawn_under_valgrind(
+        &self,
+        binary: &Path,
+        broker_args: &[String],
+        dir: &Path,
+        counts: &Path,
+        stderr_path: &Path,
+    ) -> Result<(GroupChild, SocketAddr), TierError> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(io("finding a free port"))?
+            .port();
+        let under_valgrind = format!(
+            // Children are followed so a start script that execs the broker is measured
+            // through; the count is the last program's (an exec replaces the profile).
+            "{} --tool=dhat --trace-children=yes --dhat-out-file={} {}",
+            self.valgrind.display(),
+            counts.display(),
+            binary.display()
+        );
+        let start = self
+            .target
+            .start
+            .replace("{binary}", &under_valgrind)
+            .replace("{port}", &port.to_string())
+            .replace("{data_dir}", &dir.join("data").display().to_string());
+        let stderr = std::fs::File::create(stderr_path).map_err(io("creating the broker's log"))?;
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("exec {start} {}", broker_args.join(" ")))
+            .envs(DETERMINISM_ENV.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        let broker = GroupChild::spawn(command).map_err(io("starting Valgrind"))?;
+        Ok((broker, SocketAddr::from(([127, 0, 0, 1], port))))
     }
 
     /// Sends the stream to the broker at `addr` with `chronik-replay`; its summary.
@@ -714,6 +708,29 @@ impl DhatTotals {
             heap_blocks: file.pps.iter().map(|p| p.tbk).sum(),
             heap_bytes: file.pps.iter().map(|p| p.tb).sum(),
         })
+    }
+}
+
+/// Waits until the broker under Valgrind accepts connections at `addr`; why not, when it
+/// exited first or did not listen within `READY_TIMEOUT`.
+fn wait_listening(broker: &mut GroupChild, addr: SocketAddr) -> Option<String> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Some(status) = broker.try_wait() {
+            return Some(format!(
+                "the broker exited under Valgrind before it was ready ({status})"
+            ));
+        }
+        if TcpStream::connect_timeout(&addr, READY_POLL).is_ok() {
+            return None;
+        }
+        if Instant::now() >= deadline {
+            return Some(format!(
+                "the broker under Valgrind did not listen within {} s",
+                READY_TIMEOUT.as_secs()
+            ));
+        }
+        std::thread::sleep(READY_POLL);
     }
 }
 
