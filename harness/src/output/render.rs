@@ -82,7 +82,14 @@ pub fn comparison_table(c: &Comparison) -> Table {
             metric_verdict(m),
         ]);
     }
-    match &c.instructions {
+    add_tier_rows(&mut table, c.instructions.as_ref());
+    table
+}
+
+/// The deterministic tier's rows: instructions and allocations per request, or that the tier
+/// could not measure.
+fn add_tier_rows(table: &mut Table, tier: Option<&TierOutcome>) {
+    match tier {
         Some(TierOutcome::Compared(t)) => {
             let per_request = |count: u64, s: &crate::verdict::instructions::InstructionSample| {
                 count as f64 / s.requests.max(1) as f64
@@ -131,7 +138,6 @@ pub fn comparison_table(c: &Comparison) -> Table {
         }
         None => {}
     }
-    table
 }
 
 /// A metric's detectable change: the smallest change in its worse direction its pairs would
