@@ -25,9 +25,9 @@ use crate::cmd::args::{session, write_json, Common, Statistics};
 use crate::cmd::exit::{EXIT_INFRA, EXIT_PASS};
 use crate::error::HarnessError;
 use crate::output::render::pct;
-use crate::session::{first_unbuilt, BuiltCommit};
+use crate::session::{first_unbuilt, BuiltCommit, Session};
 use crate::trial::summary::{Side, TrialSummary};
-use crate::trial::workload::SEED_WORKLOAD;
+use crate::trial::workload::{Workload, SEED_WORKLOAD};
 use crate::verdict::compare::{judge_recorded, CompareSettings, Comparison};
 use crate::verdict::state::Verdict;
 use crate::verdict::stats::{median, rate_interval};
@@ -121,48 +121,14 @@ impl PowerArgs {
             .into_iter()
             .chain((0..heads.len()).map(Slot::Head))
             .collect();
-        // Trials per slot, in round order, and the time each took.
-        let mut trials: Vec<Vec<TrialSummary>> = vec![Vec::new(); slots.len()];
-        let mut seconds: Vec<f64> = vec![0.0; slots.len()];
-        let mut rng = SmallRng::seed_from_u64(settings.seed);
-        let mut invalid = 0;
-        for round in 0..self.rounds {
-            let mut order: Vec<usize> = (0..slots.len()).collect();
-            order.shuffle(&mut rng);
-            for at in order {
-                let slot = slots[at];
-                let (built, side) = match slot {
-                    Slot::Base => (&base, Side::Base),
-                    Slot::Again => (&base, Side::Head),
-                    Slot::Head(i) => (&heads[i], Side::Head),
-                };
-                let started = Instant::now();
-                match s.valid_trial(built, &workload, "power", side, &mut invalid) {
-                    Ok(trial) => {
-                        s.say(&format!(
-                            "  round {:>3} {:<6} {}  {:>10.0} msg/s  p99 {:.2} ms",
-                            round + 1,
-                            slot_name(slot),
-                            built.commit.short(),
-                            trial.throughput,
-                            trial.p99_ms
-                        ));
-                        trials[at].push(trial);
-                        seconds[at] += started.elapsed().as_secs_f64();
-                    }
-                    Err(failure) => {
-                        eprintln!(
-                            "{} of {} failed: {:?}: {}",
-                            slot_name(slot),
-                            built.commit.short(),
-                            failure.status,
-                            failure.detail
-                        );
-                        return Ok(EXIT_INFRA);
-                    }
-                }
-            }
-        }
+        let Some(Rounds {
+            trials,
+            seconds,
+            invalid,
+        }) = self.run_rounds(&s, &base, &heads, &slots, &workload, settings.seed)
+        else {
+            return Ok(EXIT_INFRA);
+        };
         let trial_seconds = |at: usize| seconds[at] / trials[at].len().max(1) as f64;
         let arms: Vec<Arm> = slots[1..]
             .iter()
@@ -194,6 +160,75 @@ impl PowerArgs {
         println!("{}", report.design);
         write_json(&self.json_output, &report)?;
         Ok(EXIT_PASS)
+    }
+}
+
+/// What the rounds measured: trials per slot in round order, the seconds they took, and how
+/// many invalid trials were rerun.
+struct Rounds {
+    trials: Vec<Vec<TrialSummary>>,
+    seconds: Vec<f64>,
+    invalid: usize,
+}
+
+impl PowerArgs {
+    /// Runs `--rounds` rounds, each slot once per round in an order shuffled from `seed`; None
+    /// when a trial could not be measured (said on stderr).
+    fn run_rounds(
+        &self,
+        s: &Session,
+        base: &BuiltCommit,
+        heads: &[BuiltCommit],
+        slots: &[Slot],
+        workload: &Workload,
+        seed: u64,
+    ) -> Option<Rounds> {
+        let mut trials: Vec<Vec<TrialSummary>> = vec![Vec::new(); slots.len()];
+        let mut seconds: Vec<f64> = vec![0.0; slots.len()];
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut invalid = 0;
+        for round in 0..self.rounds {
+            let mut order: Vec<usize> = (0..slots.len()).collect();
+            order.shuffle(&mut rng);
+            for at in order {
+                let slot = slots[at];
+                let (built, side) = match slot {
+                    Slot::Base => (base, Side::Base),
+                    Slot::Again => (base, Side::Head),
+                    Slot::Head(i) => (&heads[i], Side::Head),
+                };
+                let started = Instant::now();
+                match s.valid_trial(built, workload, "power", side, &mut invalid) {
+                    Ok(trial) => {
+                        s.say(&format!(
+                            "  round {:>3} {:<6} {}  {:>10.0} msg/s  p99 {:.2} ms",
+                            round + 1,
+                            slot_name(slot),
+                            built.commit.short(),
+                            trial.throughput,
+                            trial.p99_ms
+                        ));
+                        trials[at].push(trial);
+                        seconds[at] += started.elapsed().as_secs_f64();
+                    }
+                    Err(failure) => {
+                        eprintln!(
+                            "{} of {} failed: {:?}: {}",
+                            slot_name(slot),
+                            built.commit.short(),
+                            failure.status,
+                            failure.detail
+                        );
+                        return None;
+                    }
+                }
+            }
+        }
+        Some(Rounds {
+            trials,
+            seconds,
+            invalid,
+        })
     }
 }
 
