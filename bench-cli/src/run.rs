@@ -14,7 +14,7 @@ use thiserror::Error;
 use crate::config::{BenchConfig, Mode};
 use crate::cpu::{process_cpu_seconds, CpuUsage, ThreadSnapshot, ThreadUse};
 use crate::exit::{EXIT_FAILURE, EXIT_UNREACHABLE};
-use crate::produce::{self, wall_clock_ns};
+use crate::produce::{self, wall_clock_ns, ProducerShare, SendStats};
 use crate::provenance::Provenance;
 use crate::recorder::Recorder;
 use crate::report::{BenchReport, PhaseResults, SCHEMA};
@@ -333,56 +333,19 @@ fn run_produce(
     };
     let shares =
         produce::create_producers(config, start, &recorder).map_err(setup("creating producers"))?;
-    let stop = AtomicBool::new(false);
-    let stop_consumer = AtomicBool::new(false);
-    let budgets: Vec<Option<u64>> = (0..shares.len())
-        .map(|i| {
-            config
-                .message_count
-                .map(|n| n / shares.len() as u64 + u64::from((i as u64) < n % shares.len() as u64))
-        })
-        .collect();
-    let start_wall_ns = wall_clock_ns().saturating_sub(start.elapsed().as_nanos() as u64);
-    let (stats, sending_done, consumed, busiest_thread) = std::thread::scope(|scope| {
-        let watcher = spawn_progress(scope, progress, config, &recorder, start, &stop, "acked");
-        let sampler = spawn_thread_sampler(scope, config, start, &stop);
-        let consumer_thread = consumer.as_ref().map(|c| {
-            let (arrivals, stop_consumer) = (&arrivals, &stop_consumer);
-            scope.spawn(move || consume_arrivals(c, arrivals, start, start_wall_ns, stop_consumer))
-        });
-        let senders: Vec<_> = shares
-            .iter()
-            .zip(&budgets)
-            .map(|(share, budget)| {
-                let recorder = &recorder;
-                scope.spawn(move || produce::send_loop(share, config, start, recorder, *budget))
-            })
-            .collect();
-        let stats: Vec<_> = senders
-            .into_iter()
-            .map(|h| h.join().expect("sender panicked"))
-            .collect();
-        let sending_done = Instant::now();
-        for share in &shares {
-            produce::drain(share, Duration::from_millis(config.drain_timeout_ms));
-        }
-        stop.store(true, Ordering::Release);
-        if let Some(w) = watcher {
-            let _ = w.join();
-        }
-        let consumed = consumer_thread.map(|t| {
-            let produced: u64 = recorder.lock().expect("poisoned").phases.total_acked();
-            wait_for_arrivals(
-                &arrivals,
-                produced,
-                Duration::from_millis(config.drain_timeout_ms),
-            );
-            stop_consumer.store(true, Ordering::Release);
-            t.join().expect("consumer panicked")
-        });
-        let busiest_thread = sampler.join().expect("thread sampler panicked");
-        (stats, sending_done, consumed, busiest_thread)
-    });
+    let Driven {
+        stats,
+        sending_done,
+        consumed,
+        busiest_thread,
+    } = drive(
+        config,
+        start,
+        progress,
+        &shares,
+        &recorder,
+        consumer.as_ref().map(|c| (c, &arrivals)),
+    );
     let window_s = window_seconds(config, start, sending_done);
     let producer_results = recorder.lock().expect("poisoned").results(window_s);
     let sent: u64 = stats.iter().map(|s| s.sent).sum();
@@ -398,47 +361,138 @@ fn run_produce(
     let offered_rate = config
         .rate
         .map(|_| stats.iter().map(|s| s.offered_in_window).sum::<u64>() as f64 / window_s);
-    // Against the configured rate, not only against what the sender managed to offer: a
-    // sender that fell behind offers less, and its achieved rate would still look complete.
-    if let Some(configured) = config.rate {
-        if producer_results.rate_msgs_per_s < OPEN_LOOP_ACHIEVED_RATIO_MIN * configured {
-            reasons.push(format!(
-                "achieved {:.0} msg/s, below {:.0}% of the configured {configured:.0} msg/s",
-                producer_results.rate_msgs_per_s,
-                OPEN_LOOP_ACHIEVED_RATIO_MIN * 100.0
-            ));
+    open_loop_checks(
+        producer_results.rate_msgs_per_s,
+        config.rate,
+        offered_rate,
+        &mut reasons,
+    );
+    // In round-trip mode the figures are the consumer's arrivals; the producer's are kept.
+    let (results, producer) = match consumed {
+        Some(consumed) => {
+            let end_to_end = arrivals.lock().expect("poisoned").results(window_s);
+            common_checks(&end_to_end, &mut reasons, "round trips");
+            if let Err(err) = consumed {
+                reasons.push(err);
+            }
+            (end_to_end, Some(producer_results))
         }
-    }
-    if let Some(offered) = offered_rate {
-        if producer_results.rate_msgs_per_s < OPEN_LOOP_ACHIEVED_RATIO_MIN * offered {
-            reasons.push(format!(
-                "achieved {:.0} msg/s, below {:.0}% of the offered {offered:.0} msg/s: the broker (or generator) could not keep up",
-                producer_results.rate_msgs_per_s,
-                OPEN_LOOP_ACHIEVED_RATIO_MIN * 100.0
-            ));
-        }
-    }
-    if let Some(consumed) = consumed {
-        let end_to_end = arrivals.lock().expect("poisoned").results(window_s);
-        common_checks(&end_to_end, &mut reasons, "round trips");
-        if let Err(err) = consumed {
-            reasons.push(err);
-        }
-        return Ok(ModeOutcome {
-            results: end_to_end,
-            producer: Some(producer_results),
-            offered_rate,
-            invalid_reasons: reasons,
-            busiest_thread,
-        });
-    }
+        None => (producer_results, None),
+    };
     Ok(ModeOutcome {
-        results: producer_results,
-        producer: None,
+        results,
+        producer,
         offered_rate,
         invalid_reasons: reasons,
         busiest_thread,
     })
+}
+
+/// What the producers' threads did: each sender's counts, when sending ended, the consumer's
+/// end (in round-trip mode) and the busiest thread's CPU share.
+struct Driven {
+    stats: Vec<SendStats>,
+    sending_done: Instant,
+    consumed: Option<Result<(), String>>,
+    busiest_thread: Option<ThreadUse>,
+}
+
+/// Runs the senders (each with its share of the message budget) to their end, drains them,
+/// and, in round-trip mode, waits for the consumer to see what was acked.
+fn drive(
+    config: &BenchConfig,
+    start: Instant,
+    progress: bool,
+    shares: &[ProducerShare],
+    recorder: &Arc<Mutex<Recorder>>,
+    consumer: Option<(&BaseConsumer, &Arc<Mutex<Recorder>>)>,
+) -> Driven {
+    let start_wall_ns = wall_clock_ns().saturating_sub(start.elapsed().as_nanos() as u64);
+    let budgets = message_budgets(config.message_count, shares.len());
+    let stop = AtomicBool::new(false);
+    let stop_consumer = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let watcher = spawn_progress(scope, progress, config, recorder, start, &stop, "acked");
+        let sampler = spawn_thread_sampler(scope, config, start, &stop);
+        let consumer_thread = consumer.map(|(c, arrivals)| {
+            let stop_consumer = &stop_consumer;
+            let thread = scope
+                .spawn(move || consume_arrivals(c, arrivals, start, start_wall_ns, stop_consumer));
+            (arrivals, thread)
+        });
+        let senders: Vec<_> = shares
+            .iter()
+            .zip(&budgets)
+            .map(|(share, budget)| {
+                scope.spawn(move || produce::send_loop(share, config, start, recorder, *budget))
+            })
+            .collect();
+        let stats: Vec<_> = senders
+            .into_iter()
+            .map(|h| h.join().expect("sender panicked"))
+            .collect();
+        let sending_done = Instant::now();
+        for share in shares {
+            produce::drain(share, Duration::from_millis(config.drain_timeout_ms));
+        }
+        stop.store(true, Ordering::Release);
+        if let Some(w) = watcher {
+            let _ = w.join();
+        }
+        let consumed = consumer_thread.map(|(arrivals, t)| {
+            let produced: u64 = recorder.lock().expect("poisoned").phases.total_acked();
+            wait_for_arrivals(
+                arrivals,
+                produced,
+                Duration::from_millis(config.drain_timeout_ms),
+            );
+            stop_consumer.store(true, Ordering::Release);
+            t.join().expect("consumer panicked")
+        });
+        let busiest_thread = sampler.join().expect("thread sampler panicked");
+        Driven {
+            stats,
+            sending_done,
+            consumed,
+            busiest_thread,
+        }
+    })
+}
+
+/// Each producer's share of `--message-count` (the first `count % producers` one more), or
+/// no bound.
+fn message_budgets(count: Option<u64>, producers: usize) -> Vec<Option<u64>> {
+    (0..producers)
+        .map(|i| count.map(|n| n / producers as u64 + u64::from((i as u64) < n % producers as u64)))
+        .collect()
+}
+
+/// An open-loop run is invalid when the achieved rate fell short of the configured rate, or
+/// of what the senders offered.
+fn open_loop_checks(
+    achieved: f64,
+    configured: Option<f64>,
+    offered: Option<f64>,
+    reasons: &mut Vec<String>,
+) {
+    // Against the configured rate, not only against what the sender managed to offer: a
+    // sender that fell behind offers less, and its achieved rate would still look complete.
+    if let Some(configured) = configured {
+        if achieved < OPEN_LOOP_ACHIEVED_RATIO_MIN * configured {
+            reasons.push(format!(
+                "achieved {achieved:.0} msg/s, below {:.0}% of the configured {configured:.0} msg/s",
+                OPEN_LOOP_ACHIEVED_RATIO_MIN * 100.0
+            ));
+        }
+    }
+    if let Some(offered) = offered {
+        if achieved < OPEN_LOOP_ACHIEVED_RATIO_MIN * offered {
+            reasons.push(format!(
+                "achieved {achieved:.0} msg/s, below {:.0}% of the offered {offered:.0} msg/s: the broker (or generator) could not keep up",
+                OPEN_LOOP_ACHIEVED_RATIO_MIN * 100.0
+            ));
+        }
+    }
 }
 
 fn consumer_config(config: &BenchConfig) -> ClientConfig {
