@@ -51,6 +51,14 @@ const RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// Upper bound on waiting for the local WAL to make a fetched batch durable.
 const DURABLE_WAIT: Duration = Duration::from_secs(30);
 
+/// A partition a fetch appended to, the leader's high watermark in the same answer, and the
+/// signal that the appended batches are durable (none when nothing came back).
+type Appended = (
+    Arc<Partition>,
+    i64,
+    Option<oneshot::Receiver<Result<(), WalFailed>>>,
+);
+
 pub struct Fetcher {
     topics: Arc<TopicRegistry>,
     wal: Arc<GroupCommitWal>,
@@ -222,34 +230,7 @@ impl Fetcher {
     /// One fetch from the leader for every followed partition; appends what comes back and
     /// waits until it is durable.
     async fn fetch_once(&mut self, followed: &[Arc<Partition>]) -> Result<(), String> {
-        let mut by_topic: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
-        for p in followed {
-            let (log_end, last_epoch) = p.log_end_and_epoch();
-            let mut wanted = FetchPartition::default();
-            wanted.partition = p.index;
-            wanted.current_leader_epoch = p.replication().map_or(-1, |r| r.leader_epoch());
-            wanted.fetch_offset = log_end;
-            wanted.last_fetched_epoch = last_epoch;
-            wanted.log_start_offset = -1;
-            wanted.partition_max_bytes = FETCH_PARTITION_BYTES_MAX;
-            by_topic.entry(&p.topic).or_default().push(wanted);
-        }
-        let mut request = FetchRequest::default();
-        request.replica_id = BrokerId(self.local_id);
-        request.max_wait_ms = i32::try_from(FOLLOWER_FETCH_WAIT.as_millis()).unwrap_or(500);
-        request.min_bytes = 1;
-        request.max_bytes = FETCH_RESPONSE_BYTES_MAX;
-        request.session_id = 0;
-        request.session_epoch = -1;
-        request.topics = by_topic
-            .into_iter()
-            .map(|(name, partitions)| {
-                let mut topic = FetchTopic::default();
-                topic.topic = TopicName(StrBytes::from_string(name.to_owned()));
-                topic.partitions = partitions;
-                topic
-            })
-            .collect();
+        let request = self.fetch_request(followed);
         let response = self
             .peer
             .request(
@@ -259,7 +240,7 @@ impl Fetcher {
             )
             .await
             .map_err(|e| e.to_string())?;
-        let mut appended: Vec<(Arc<Partition>, i64, Option<oneshot::Receiver<_>>)> = Vec::new();
+        let mut appended: Vec<Appended> = Vec::new();
         let mut refused = None;
         for topic in response.responses {
             for data in topic.partitions {
@@ -313,6 +294,46 @@ impl Fetcher {
                 appended.push((partition, data.high_watermark, durable));
             }
         }
+        Self::settle(appended).await?;
+        refused.map_or(Ok(()), Err)
+    }
+
+    /// A replica fetch of every followed partition from its local end, in its last epoch.
+    fn fetch_request(&self, followed: &[Arc<Partition>]) -> FetchRequest {
+        let mut by_topic: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
+        for p in followed {
+            let (log_end, last_epoch) = p.log_end_and_epoch();
+            let mut wanted = FetchPartition::default();
+            wanted.partition = p.index;
+            wanted.current_leader_epoch = p.replication().map_or(-1, |r| r.leader_epoch());
+            wanted.fetch_offset = log_end;
+            wanted.last_fetched_epoch = last_epoch;
+            wanted.log_start_offset = -1;
+            wanted.partition_max_bytes = FETCH_PARTITION_BYTES_MAX;
+            by_topic.entry(&p.topic).or_default().push(wanted);
+        }
+        let mut request = FetchRequest::default();
+        request.replica_id = BrokerId(self.local_id);
+        request.max_wait_ms = i32::try_from(FOLLOWER_FETCH_WAIT.as_millis()).unwrap_or(500);
+        request.min_bytes = 1;
+        request.max_bytes = FETCH_RESPONSE_BYTES_MAX;
+        request.session_id = 0;
+        request.session_epoch = -1;
+        request.topics = by_topic
+            .into_iter()
+            .map(|(name, partitions)| {
+                let mut topic = FetchTopic::default();
+                topic.topic = TopicName(StrBytes::from_string(name.to_owned()));
+                topic.partitions = partitions;
+                topic
+            })
+            .collect();
+        request
+    }
+
+    /// Waits until each appended batch is durable, then lets the partition's high watermark
+    /// follow the leader's, never past what it holds durably itself.
+    async fn settle(appended: Vec<Appended>) -> Result<(), String> {
         for (partition, leader_high_watermark, durable) in appended {
             if let Some(durable) = durable {
                 match tokio::time::timeout(DURABLE_WAIT, durable).await {
@@ -328,7 +349,7 @@ impl Fetcher {
                 .high_watermark()
                 .advance(leader_high_watermark.min(partition.durable_end().get()));
         }
-        refused.map_or(Ok(()), Err)
+        Ok(())
     }
 
     /// The leader's log ends `epoch` at `leader_end`: cut the local log where the two agree,
