@@ -95,29 +95,7 @@ pub async fn run(args: &PromoteArgs) -> Result<Vec<String>, Vec<String>> {
     if views.is_empty() {
         return Err(vec!["no broker of the cluster answers".into()]);
     }
-    // Per partition, the view with the newest leader epoch.
-    let mut partitions: BTreeMap<i32, (i32, i32, Vec<i32>, Vec<i32>)> = BTreeMap::new();
-    for view in views.values() {
-        for topic in &view.topics {
-            if topic.error_code != 0 {
-                continue;
-            }
-            for p in &topic.partitions {
-                let known = partitions.get(&p.partition_index).map_or(-1, |k| k.0);
-                if p.leader_epoch > known {
-                    partitions.insert(
-                        p.partition_index,
-                        (
-                            p.leader_epoch,
-                            p.leader_id.0,
-                            p.replica_nodes.iter().map(|b| b.0).collect(),
-                            p.isr_nodes.iter().map(|b| b.0).collect(),
-                        ),
-                    );
-                }
-            }
-        }
-    }
+    let partitions = newest_views(&views);
     if partitions.is_empty() {
         return Err(vec![format!("no broker knows topic {}", args.topic)]);
     }
@@ -130,71 +108,117 @@ pub async fn run(args: &PromoteArgs) -> Result<Vec<String>, Vec<String>> {
     let mut failed = false;
     for index in wanted {
         let name = format!("{}-{index}", args.topic);
-        let Some((epoch, leader, replicas, isr)) = partitions.get(&index) else {
+        let Some(view) = partitions.get(&index) else {
             lines.push(format!("{name}: unknown partition"));
             failed = true;
             continue;
         };
-        if views.contains_key(leader) {
+        if views.contains_key(&view.leader) {
             lines.push(format!(
-                "{name}: leader {leader} (epoch {epoch}) answers, nothing to do"
+                "{name}: leader {} (epoch {}) answers, nothing to do",
+                view.leader, view.epoch
             ));
             continue;
         }
-        let mut candidates = Vec::new();
-        for &replica in replicas.iter().filter(|&&r| r != *leader) {
-            let Some(broker) = cluster.broker(replica) else {
-                continue;
-            };
-            if let Ok((end_offset, last_epoch)) = replica_log(broker, &args.topic, index).await {
-                candidates.push(ReplicaLog {
-                    broker: replica,
-                    in_sync: isr.contains(&replica),
-                    last_epoch,
-                    end_offset,
-                });
-            }
-        }
-        let Some(chosen) = choose(&candidates, args.unclean) else {
-            lines.push(format!(
-                "{name}: leader {leader} is down and no {}replica answers (in sync: {isr:?}){}",
-                if args.unclean { "" } else { "in-sync " },
-                if args.unclean {
-                    ""
-                } else {
-                    "; --unclean elects one outside the set"
-                }
-            ));
-            failed = true;
-            continue;
-        };
-        let broker = cluster
-            .broker(chosen.broker)
-            .expect("a replica of the cluster");
-        let election = if chosen.in_sync {
-            ELECTION_IN_SYNC
-        } else {
-            ELECTION_UNCLEAN
-        };
-        match elect(broker, &args.topic, index, election).await {
-            Ok(()) => lines.push(format!(
-                "{name}: broker {} elected in epoch {} (log end {}, last epoch {}{}); leader {leader} was down",
-                chosen.broker,
-                epoch + 1,
-                chosen.end_offset,
-                chosen.last_epoch,
-                if chosen.in_sync { "" } else { ", UNCLEAN: not in sync" }
-            )),
-            Err(err) => {
-                lines.push(format!("{name}: broker {} refused: {err}", chosen.broker));
-                failed = true;
-            }
-        }
+        let (line, ok) = fail_over(&cluster, args, index, view).await;
+        lines.push(format!("{name}: {line}"));
+        failed |= !ok;
     }
     if failed {
         Err(lines)
     } else {
         Ok(lines)
+    }
+}
+
+/// A partition as the broker with the newest leader epoch for it sees it.
+struct PartitionView {
+    epoch: i32,
+    leader: i32,
+    replicas: Vec<i32>,
+    isr: Vec<i32>,
+}
+
+/// Per partition, the view with the newest leader epoch among the brokers' answers.
+fn newest_views(views: &BTreeMap<i32, MetadataResponse>) -> BTreeMap<i32, PartitionView> {
+    let mut partitions: BTreeMap<i32, PartitionView> = BTreeMap::new();
+    for view in views.values() {
+        for topic in view.topics.iter().filter(|t| t.error_code == 0) {
+            for p in &topic.partitions {
+                let known = partitions.get(&p.partition_index).map_or(-1, |k| k.epoch);
+                if p.leader_epoch > known {
+                    partitions.insert(
+                        p.partition_index,
+                        PartitionView {
+                            epoch: p.leader_epoch,
+                            leader: p.leader_id.0,
+                            replicas: p.replica_nodes.iter().map(|b| b.0).collect(),
+                            isr: p.isr_nodes.iter().map(|b| b.0).collect(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+    partitions
+}
+
+/// Elects a new leader for a partition whose leader does not answer: the replica `choose`
+/// picks among those that answer; the line to print and whether it worked.
+async fn fail_over(
+    cluster: &Cluster,
+    args: &PromoteArgs,
+    index: i32,
+    view: &PartitionView,
+) -> (String, bool) {
+    let (leader, isr) = (view.leader, &view.isr);
+    let mut candidates = Vec::new();
+    for &replica in view.replicas.iter().filter(|&&r| r != leader) {
+        let Some(broker) = cluster.broker(replica) else {
+            continue;
+        };
+        if let Ok((end_offset, last_epoch)) = replica_log(broker, &args.topic, index).await {
+            candidates.push(ReplicaLog {
+                broker: replica,
+                in_sync: isr.contains(&replica),
+                last_epoch,
+                end_offset,
+            });
+        }
+    }
+    let Some(chosen) = choose(&candidates, args.unclean) else {
+        let line = format!(
+            "leader {leader} is down and no {}replica answers (in sync: {isr:?}){}",
+            if args.unclean { "" } else { "in-sync " },
+            if args.unclean {
+                ""
+            } else {
+                "; --unclean elects one outside the set"
+            }
+        );
+        return (line, false);
+    };
+    let broker = cluster
+        .broker(chosen.broker)
+        .expect("a replica of the cluster");
+    let election = if chosen.in_sync {
+        ELECTION_IN_SYNC
+    } else {
+        ELECTION_UNCLEAN
+    };
+    match elect(broker, &args.topic, index, election).await {
+        Ok(()) => (
+            format!(
+                "broker {} elected in epoch {} (log end {}, last epoch {}{}); leader {leader} was down",
+                chosen.broker,
+                view.epoch + 1,
+                chosen.end_offset,
+                chosen.last_epoch,
+                if chosen.in_sync { "" } else { ", UNCLEAN: not in sync" }
+            ),
+            true,
+        ),
+        Err(err) => (format!("broker {} refused: {err}", chosen.broker), false),
     }
 }
 
