@@ -146,42 +146,10 @@ impl GroupCoordinator {
         } else {
             req.member_id.clone()
         };
-        {
-            let mut state = lock(&group.state);
-            expire_members(&mut state);
-            if !req.member_id.is_empty() && !state.members.contains_key(&member_id) {
-                return join_error(ResponseError::UnknownMemberId, member_id);
-            }
-            if state.members.len() >= GROUP_MEMBERS_MAX && !state.members.contains_key(&member_id) {
-                return join_error(ResponseError::GroupMaxSizeReached, member_id);
-            }
-            if !state.members.is_empty() && state.protocol_type != req.protocol_type {
-                return join_error(ResponseError::InconsistentGroupProtocol, member_id);
-            }
-            let was_empty = state.members.is_empty();
-            state.protocol_type = req.protocol_type.clone();
-            state.members.insert(
-                member_id.clone(),
-                Member {
-                    protocols: req.protocols,
-                    session_timeout: req.session_timeout,
-                    rebalance_timeout: req.rebalance_timeout,
-                    last_seen: Instant::now(),
-                    rejoined: true,
-                    assignment: Bytes::new(),
-                },
-            );
-            if state.phase != Phase::PreparingRebalance {
-                let wait = if was_empty {
-                    self.initial_rebalance_delay
-                } else {
-                    longest_rebalance_timeout(&state)
-                };
-                begin_rebalance(&mut state, wait, Some(&member_id));
-            }
-        }
-        group.changed.notify_waiters();
         let give_up = Instant::now() + req.rebalance_timeout.min(GROUP_WAIT_MAX);
+        if let Err(error) = self.admit(&group, &member_id, req) {
+            return join_error(error, member_id);
+        }
         loop {
             let notified = group.changed.notified();
             {
@@ -219,54 +187,60 @@ impl GroupCoordinator {
         }
     }
 
+    /// JoinGroup's first step under the group's lock: a known member, or a new one while
+    /// the group has room and speaks its protocol, is (re)entered and a rebalance begins.
+    fn admit(&self, group: &Group, member_id: &str, req: JoinRequest) -> Result<(), ResponseError> {
+        let known = !req.member_id.is_empty();
+        let mut state = lock(&group.state);
+        expire_members(&mut state);
+        if known && !state.members.contains_key(member_id) {
+            return Err(ResponseError::UnknownMemberId);
+        }
+        if state.members.len() >= GROUP_MEMBERS_MAX && !state.members.contains_key(member_id) {
+            return Err(ResponseError::GroupMaxSizeReached);
+        }
+        if !state.members.is_empty() && state.protocol_type != req.protocol_type {
+            return Err(ResponseError::InconsistentGroupProtocol);
+        }
+        let was_empty = state.members.is_empty();
+        state.protocol_type = req.protocol_type.clone();
+        state.members.insert(
+            member_id.to_owned(),
+            Member {
+                protocols: req.protocols,
+                session_timeout: req.session_timeout,
+                rebalance_timeout: req.rebalance_timeout,
+                last_seen: Instant::now(),
+                rejoined: true,
+                assignment: Bytes::new(),
+            },
+        );
+        if state.phase != Phase::PreparingRebalance {
+            let wait = if was_empty {
+                self.initial_rebalance_delay
+            } else {
+                longest_rebalance_timeout(&state)
+            };
+            begin_rebalance(&mut state, wait, Some(member_id));
+        }
+        drop(state);
+        group.changed.notify_waiters();
+        Ok(())
+    }
+
+    /// SyncGroup: the leader's assignments are stored and end the rebalance; every member
+    /// waits (bounded by its rebalance timeout) for the group to be stable and gets its own.
     pub async fn sync(
         &self,
         group_id: &str,
         generation: i32,
         member_id: &str,
         assignments: Vec<(String, Bytes)>,
-    ) -> (Option<ResponseError>, Option<String>, Option<String>, Bytes) {
-        let Some(group) = self.existing(group_id) else {
-            return (
-                Some(ResponseError::UnknownMemberId),
-                None,
-                None,
-                Bytes::new(),
-            );
-        };
-        let give_up;
-        {
-            let mut state = lock(&group.state);
-            let Some(member) = state.members.get_mut(member_id) else {
-                return (
-                    Some(ResponseError::UnknownMemberId),
-                    None,
-                    None,
-                    Bytes::new(),
-                );
-            };
-            member.last_seen = Instant::now();
-            give_up = Instant::now() + member.rebalance_timeout.min(GROUP_WAIT_MAX);
-            if generation != state.generation {
-                return (
-                    Some(ResponseError::IllegalGeneration),
-                    None,
-                    None,
-                    Bytes::new(),
-                );
-            }
-            if state.phase == Phase::CompletingRebalance
-                && state.leader.as_deref() == Some(member_id)
-            {
-                for (id, assignment) in assignments {
-                    if let Some(m) = state.members.get_mut(&id) {
-                        m.assignment = assignment;
-                    }
-                }
-                state.phase = Phase::Stable;
-                group.changed.notify_waiters();
-            }
-        }
+    ) -> Result<SyncAssignment, ResponseError> {
+        let group = self
+            .existing(group_id)
+            .ok_or(ResponseError::UnknownMemberId)?;
+        let give_up = submit_assignments(&group, generation, member_id, assignments)?;
         loop {
             let notified = group.changed.notified();
             {
@@ -280,33 +254,21 @@ impl GroupCoordinator {
                     group.changed.notify_waiters();
                 }
                 if state.generation != generation || state.phase == Phase::PreparingRebalance {
-                    return (
-                        Some(ResponseError::RebalanceInProgress),
-                        None,
-                        None,
-                        Bytes::new(),
-                    );
+                    return Err(ResponseError::RebalanceInProgress);
                 }
                 if state.phase == Phase::Stable {
-                    let assignment = state
-                        .members
-                        .get(member_id)
-                        .map(|m| m.assignment.clone())
-                        .unwrap_or_default();
-                    return (
-                        None,
-                        Some(state.protocol_type.clone()),
-                        state.protocol_name.clone(),
-                        assignment,
-                    );
+                    return Ok(SyncAssignment {
+                        protocol_type: state.protocol_type.clone(),
+                        protocol_name: state.protocol_name.clone(),
+                        assignment: state
+                            .members
+                            .get(member_id)
+                            .map(|m| m.assignment.clone())
+                            .unwrap_or_default(),
+                    });
                 }
                 if Instant::now() >= give_up {
-                    return (
-                        Some(ResponseError::RebalanceInProgress),
-                        None,
-                        None,
-                        Bytes::new(),
-                    );
+                    return Err(ResponseError::RebalanceInProgress);
                 }
             }
             let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
@@ -471,6 +433,44 @@ fn complete_join(state: &mut GroupState) {
         member.last_seen = Instant::now();
     }
     state.phase = Phase::CompletingRebalance;
+}
+
+/// What SyncGroup gives a member of a stable group: the protocol and its assignment.
+pub struct SyncAssignment {
+    pub protocol_type: String,
+    pub protocol_name: Option<String>,
+    pub assignment: Bytes,
+}
+
+/// SyncGroup's first step under the group's lock: the member is seen, its generation
+/// checked; from the leader of a completing rebalance, the assignments are stored and the
+/// group is stable. Returns until when the member may wait for the group to be stable.
+fn submit_assignments(
+    group: &Group,
+    generation: i32,
+    member_id: &str,
+    assignments: Vec<(String, Bytes)>,
+) -> Result<Instant, ResponseError> {
+    let mut state = lock(&group.state);
+    let member = state
+        .members
+        .get_mut(member_id)
+        .ok_or(ResponseError::UnknownMemberId)?;
+    member.last_seen = Instant::now();
+    let give_up = Instant::now() + member.rebalance_timeout.min(GROUP_WAIT_MAX);
+    if generation != state.generation {
+        return Err(ResponseError::IllegalGeneration);
+    }
+    if state.phase == Phase::CompletingRebalance && state.leader.as_deref() == Some(member_id) {
+        for (id, assignment) in assignments {
+            if let Some(m) = state.members.get_mut(&id) {
+                m.assignment = assignment;
+            }
+        }
+        state.phase = Phase::Stable;
+        group.changed.notify_waiters();
+    }
+    Ok(give_up)
 }
 
 /// Removes members whose session ran out (Kafka's heartbeat expiry): no heartbeat, join or

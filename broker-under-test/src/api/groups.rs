@@ -128,15 +128,19 @@ pub async fn sync<B>(
         )
     };
     drop(frame_budget);
-    let (error, protocol_type, protocol_name, assignment) = ctx
+    let mut response = SyncGroupResponse::default();
+    match ctx
         .groups
         .sync(&group_id, generation, &member_id, assignments)
-        .await;
-    let mut response = SyncGroupResponse::default();
-    response.error_code = code(error);
-    response.protocol_type = protocol_type.map(str_bytes);
-    response.protocol_name = protocol_name.map(str_bytes);
-    response.assignment = assignment;
+        .await
+    {
+        Ok(synced) => {
+            response.protocol_type = Some(str_bytes(synced.protocol_type));
+            response.protocol_name = synced.protocol_name.map(str_bytes);
+            response.assignment = synced.assignment;
+        }
+        Err(error) => response.error_code = code(Some(error)),
+    }
     response
 }
 
