@@ -185,35 +185,7 @@ impl BrokerConfig {
     }
 
     pub fn from_args(args: BrokerArgs) -> Result<Self, String> {
-        if args.segment_bytes < 4096 || args.wal_segment_bytes < 4096 {
-            return Err("--segment-bytes and --wal-segment-bytes must be at least 4096".into());
-        }
-        if args.batch_bytes_max < crate::batch::BATCH_HEADER_BYTES
-            || args.batch_bytes_max >= FRAME_BYTES_MAX_DEFAULT
-        {
-            return Err(format!(
-                "--batch-bytes-max must be between {} and {}",
-                crate::batch::BATCH_HEADER_BYTES,
-                FRAME_BYTES_MAX_DEFAULT - 1
-            ));
-        }
-        if args.fetch_max_bytes < args.batch_bytes_max {
-            return Err(format!(
-                "--fetch-max-bytes must be at least --batch-bytes-max ({})",
-                args.batch_bytes_max
-            ));
-        }
-        if args.queued_max_request_bytes < FRAME_BYTES_MAX_DEFAULT {
-            return Err(format!(
-                "--queued-max-request-bytes must be at least the largest frame, {FRAME_BYTES_MAX_DEFAULT}"
-            ));
-        }
-        if args.max_connections == 0 || args.connections_max_idle_ms == 0 {
-            return Err("--max-connections and --connections-max-idle-ms must be positive".into());
-        }
-        if !(1..=crate::topics::PARTITIONS_PER_TOPIC_MAX).contains(&args.default_partitions) {
-            return Err("--default-partitions must be between 1 and 1024".into());
-        }
+        check_sizes(&args)?;
         let listen_default = SocketAddr::from(([127, 0, 0, 1], 9092));
         let cluster = match &args.cluster {
             Some(path) => Cluster::load(path, args.broker_id)?,
@@ -274,4 +246,38 @@ impl BrokerConfig {
             replica_lag_time_max: Duration::from_millis(args.replica_lag_time_max_ms),
         })
     }
+}
+
+/// The flags that need no cluster to check: sizes, limits and counts.
+fn check_sizes(args: &BrokerArgs) -> Result<(), String> {
+    if args.segment_bytes < 4096 || args.wal_segment_bytes < 4096 {
+        return Err("--segment-bytes and --wal-segment-bytes must be at least 4096".into());
+    }
+    if args.batch_bytes_max < crate::batch::BATCH_HEADER_BYTES
+        || args.batch_bytes_max >= FRAME_BYTES_MAX_DEFAULT
+    {
+        return Err(format!(
+            "--batch-bytes-max must be between {} and {}",
+            crate::batch::BATCH_HEADER_BYTES,
+            FRAME_BYTES_MAX_DEFAULT - 1
+        ));
+    }
+    if args.fetch_max_bytes < args.batch_bytes_max {
+        return Err(format!(
+            "--fetch-max-bytes must be at least --batch-bytes-max ({})",
+            args.batch_bytes_max
+        ));
+    }
+    if args.queued_max_request_bytes < FRAME_BYTES_MAX_DEFAULT {
+        return Err(format!(
+            "--queued-max-request-bytes must be at least the largest frame, {FRAME_BYTES_MAX_DEFAULT}"
+        ));
+    }
+    if args.max_connections == 0 || args.connections_max_idle_ms == 0 {
+        return Err("--max-connections and --connections-max-idle-ms must be positive".into());
+    }
+    if !(1..=crate::topics::PARTITIONS_PER_TOPIC_MAX).contains(&args.default_partitions) {
+        return Err("--default-partitions must be between 1 and 1024".into());
+    }
+    Ok(())
 }
