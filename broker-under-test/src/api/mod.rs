@@ -146,7 +146,27 @@ impl ApiContext {
         let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
             .map_err(malformed)?;
         let request = RequestKind::decode(api, &mut frame, version).map_err(malformed)?;
-        let body = match request {
+        let work = self
+            .ordered_part(request, &header, version)
+            .await
+            .ok_or(RequestError::UnknownApi(key))?;
+        Ok(Started {
+            api,
+            version,
+            correlation_id,
+            work,
+        })
+    }
+
+    /// Runs what a request must do in arrival order and returns what is left for `finish`;
+    /// None for a request this broker decodes but does not serve.
+    async fn ordered_part(
+        &self,
+        request: RequestKind,
+        header: &RequestHeader,
+        version: i16,
+    ) -> Option<Work> {
+        Some(match request {
             RequestKind::Produce(req) => Work::Produce(self.produce.append(req).await),
             RequestKind::Fetch(req) => Work::Fetch(req),
             RequestKind::JoinGroup(req) => {
@@ -187,13 +207,7 @@ impl ApiContext {
             RequestKind::OffsetFetch(req) => Work::Ready(Some(ResponseKind::OffsetFetch(
                 groups::offset_fetch(self, req),
             ))),
-            _ => return Err(RequestError::UnknownApi(key)),
-        };
-        Ok(Started {
-            api,
-            version,
-            correlation_id,
-            work: body,
+            _ => return None,
         })
     }
 }
