@@ -253,47 +253,7 @@ impl TopicRegistry {
             return Err(ResponseError::PolicyViolation);
         }
         let dir = self.root.join(name);
-        let created = (|| -> Result<Topic, LogError> {
-            let io_err = |source| LogError::Io {
-                path: dir.clone(),
-                source,
-            };
-            fs::create_dir_all(&dir).map_err(io_err)?;
-            let name: Arc<str> = name.into();
-            let parts = (0..partitions)
-                .map(|i| {
-                    open_partition(
-                        &dir,
-                        name.clone(),
-                        id,
-                        i,
-                        self.segment_bytes_max,
-                        (&self.placement, replication_factor),
-                    )
-                    .map(Arc::new)
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            if replication_factor != 1 {
-                crate::durable_file::replace_file_durably(
-                    &dir.join(REPLICATION_FACTOR_FILE),
-                    replication_factor.to_string().as_bytes(),
-                )
-                .map_err(io_err)?;
-            }
-            // The id file is written last: its presence marks a complete topic.
-            crate::durable_file::replace_file_durably(
-                &dir.join(TOPIC_ID_FILE),
-                format!("{id:032x}").as_bytes(),
-            )
-            .map_err(io_err)?;
-            crate::durable_file::sync_dir(&self.root).map_err(io_err)?;
-            Ok(Topic {
-                name,
-                id,
-                replication_factor,
-                partitions: parts,
-            })
-        })();
+        let created = self.write_topic(&dir, name, partitions, replication_factor, id);
         let topic = match created {
             Ok(topic) => Arc::new(topic),
             Err(err) => {
@@ -307,6 +267,57 @@ impl TopicRegistry {
         self.topics.store(Arc::new(next));
         tracing::info!("created topic {name} with {partitions} partition(s)");
         Ok(Some(topic))
+    }
+
+    /// Creates a topic's directory and partitions, then its files, the id file last (its
+    /// presence marks a complete topic), each durably.
+    fn write_topic(
+        &self,
+        dir: &Path,
+        name: &str,
+        partitions: i32,
+        replication_factor: i16,
+        id: u128,
+    ) -> Result<Topic, LogError> {
+        let io_err = |source| LogError::Io {
+            path: dir.to_owned(),
+            source,
+        };
+        fs::create_dir_all(dir).map_err(io_err)?;
+        let name: Arc<str> = name.into();
+        let parts = (0..partitions)
+            .map(|i| {
+                open_partition(
+                    dir,
+                    name.clone(),
+                    id,
+                    i,
+                    self.segment_bytes_max,
+                    (&self.placement, replication_factor),
+                )
+                .map(Arc::new)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if replication_factor != 1 {
+            crate::durable_file::replace_file_durably(
+                &dir.join(REPLICATION_FACTOR_FILE),
+                replication_factor.to_string().as_bytes(),
+            )
+            .map_err(io_err)?;
+        }
+        // The id file is written last: its presence marks a complete topic.
+        crate::durable_file::replace_file_durably(
+            &dir.join(TOPIC_ID_FILE),
+            format!("{id:032x}").as_bytes(),
+        )
+        .map_err(io_err)?;
+        crate::durable_file::sync_dir(&self.root).map_err(io_err)?;
+        Ok(Topic {
+            name,
+            id,
+            replication_factor,
+            partitions: parts,
+        })
     }
 
     /// Deletes a topic and its files; `false` if it does not exist.
