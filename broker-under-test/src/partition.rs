@@ -250,28 +250,16 @@ impl Partition {
         for view in batches {
             let producer_id = view.header.producer_id;
             if producer_id >= 0 {
-                let table = if staged.contains_key(&producer_id) {
-                    &staged
-                } else {
-                    &state.producers
-                };
-                match check_sequence(table, &view.header).map_err(AppendError::Kafka)? {
-                    SequenceCheck::Duplicate {
+                if let Some((base_offset, end_offset)) =
+                    retried_batch(&state.producers, &staged, view, batches.len())?
+                {
+                    // A retry of a batch already appended: answer with its original offset.
+                    return Ok(Appended {
                         base_offset,
                         end_offset,
-                    } if batches.len() == 1 => {
-                        // A retry of a batch already appended: answer with its original offset.
-                        return Ok(Appended {
-                            base_offset,
-                            end_offset,
-                            leader_epoch,
-                            durable: None,
-                        });
-                    }
-                    SequenceCheck::Duplicate { .. } => {
-                        return Err(AppendError::Kafka(ResponseError::DuplicateSequenceNumber))
-                    }
-                    SequenceCheck::Fresh => {}
+                        leader_epoch,
+                        durable: None,
+                    });
                 }
             }
             let (frame, stored) =
@@ -745,6 +733,34 @@ fn forget_producer_batches_from(producers: &mut HashMap<i64, ProducerState>, end
             None => false,
         }
     });
+}
+
+/// Checks an idempotent producer's batch against what its earlier batches left: the
+/// producers `staged` by this request's earlier batches first, else the partition's table.
+/// A request of one batch that repeats an appended batch is a retry: its original offsets.
+/// A duplicate inside a request of several batches is refused.
+#[inline]
+fn retried_batch(
+    producers: &HashMap<i64, ProducerState>,
+    staged: &HashMap<i64, ProducerState>,
+    view: &BatchView,
+    batches_in_request: usize,
+) -> Result<Option<(i64, i64)>, AppendError> {
+    let table = if staged.contains_key(&view.header.producer_id) {
+        staged
+    } else {
+        producers
+    };
+    match check_sequence(table, &view.header).map_err(AppendError::Kafka)? {
+        SequenceCheck::Duplicate {
+            base_offset,
+            end_offset,
+        } if batches_in_request == 1 => Ok(Some((base_offset, end_offset))),
+        SequenceCheck::Duplicate { .. } => {
+            Err(AppendError::Kafka(ResponseError::DuplicateSequenceNumber))
+        }
+        SequenceCheck::Fresh => Ok(None),
+    }
 }
 
 fn remember_producer_batch(producers: &mut HashMap<i64, ProducerState>, stored: &[u8]) {
