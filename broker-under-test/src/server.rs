@@ -236,6 +236,48 @@ async fn write_responses(
     }
 }
 
+/// Why a connection reads no further frame.
+enum FrameEnd {
+    /// Closed, failed, or idle for longer than the limit: nobody reads the answers.
+    ClientGone,
+    /// A length outside 1..=the frame limit: the earlier answers are still sent.
+    BadLength,
+}
+
+/// Reads one size-prefixed frame within the connection's idle limit and the frame-body
+/// timeout, holding its bytes against the broker's request budget.
+async fn read_frame(
+    reader: &mut OwnedReadHalf,
+    budget: &RequestBudget,
+    ctx: &ApiContext,
+    peer: Option<SocketAddr>,
+) -> Result<(Bytes, OwnedSemaphorePermit), FrameEnd> {
+    let frame_bytes_max = ctx.config.frame_bytes_max;
+    let mut len_buf = [0u8; 4];
+    let idle = ctx.config.connection_idle;
+    if !matches!(
+        tokio::time::timeout(idle, reader.read_exact(&mut len_buf)).await,
+        Ok(Ok(_))
+    ) {
+        return Err(FrameEnd::ClientGone);
+    }
+    let len = i32::from_be_bytes(len_buf);
+    let Some(len) = usize::try_from(len)
+        .ok()
+        .filter(|&l| l > 0 && l <= frame_bytes_max)
+    else {
+        tracing::debug!(
+            "closing connection from {peer:?}: frame length {len} outside 1..={frame_bytes_max}"
+        );
+        return Err(FrameEnd::BadLength);
+    };
+    let read = tokio::time::timeout(FRAME_BODY_READ_TIMEOUT, read_body(reader, len, budget));
+    match read.await {
+        Ok(Ok(frame)) => Ok(frame),
+        _ => Err(FrameEnd::ClientGone),
+    }
+}
+
 /// Serves one client connection until it closes, misbehaves or stays idle too long. With
 /// `times`, its produce requests are timed (see `request_times`).
 pub async fn serve_connection(
@@ -246,7 +288,6 @@ pub async fn serve_connection(
 ) {
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
-    let frame_bytes_max = ctx.config.frame_bytes_max;
     let (mut reader, writer) = stream.into_split();
     let (tx, rx) = mpsc::channel::<Pending>(ctx.config.connection_requests_in_flight_max);
     let timed = times.is_some();
@@ -256,30 +297,13 @@ pub async fn serve_connection(
     let mut in_flight: VecDeque<AbortHandle> = VecDeque::new();
     let mut client_gone = false;
     loop {
-        let mut len_buf = [0u8; 4];
-        let idle = ctx.config.connection_idle;
-        if !matches!(
-            tokio::time::timeout(idle, reader.read_exact(&mut len_buf)).await,
-            Ok(Ok(_))
-        ) {
-            client_gone = true; // closed, failed, or idle for longer than the limit
-            break;
-        }
-        let len = i32::from_be_bytes(len_buf);
-        let Some(len) = usize::try_from(len)
-            .ok()
-            .filter(|&l| l > 0 && l <= frame_bytes_max)
-        else {
-            tracing::debug!("closing connection from {peer:?}: frame length {len} outside 1..={frame_bytes_max}");
-            break;
-        };
-        let read = tokio::time::timeout(
-            FRAME_BODY_READ_TIMEOUT,
-            read_body(&mut reader, len, &budget),
-        );
-        let Ok(Ok((body, held))) = read.await else {
-            client_gone = true;
-            break;
+        let (body, held) = match read_frame(&mut reader, &budget, &ctx, peer).await {
+            Ok(frame) => frame,
+            Err(FrameEnd::ClientGone) => {
+                client_gone = true;
+                break;
+            }
+            Err(FrameEnd::BadLength) => break,
         };
         let read_at = timed.then(Instant::now);
         let started = ctx.start(body).await;
