@@ -481,6 +481,31 @@ pub fn load(
         .collect())
 }
 
+/// The change points table's header.
+fn change_points_table() -> Table {
+    let mut table = Table::new();
+    table.load_preset(ASCII_MARKDOWN).set_header(vec![
+        "workload",
+        "metric",
+        "host",
+        "first commit after",
+        "change",
+        "q (FDR)",
+        "new",
+        "accepted",
+    ]);
+    table
+}
+
+/// A change point's q-value, flagged when it is above the false-discovery level.
+fn q_cell(q: f64) -> String {
+    if q <= FDR_LEVEL {
+        format!("{q:.3}")
+    } else {
+        format!("{q:.3}, above {:.0}%: may be noise", FDR_LEVEL * 100.0)
+    }
+}
+
 /// The change points section of a nightly report: every change point of `series`, those not
 /// reported before marked new (and noted as reported when `record` is set).
 pub fn change_points_markdown(
@@ -511,17 +536,7 @@ pub fn change_points_markdown(
         series.len(),
         FDR_LEVEL * 100.0
     );
-    let mut table = Table::new();
-    table.load_preset(ASCII_MARKDOWN).set_header(vec![
-        "workload",
-        "metric",
-        "host",
-        "first commit after",
-        "change",
-        "q (FDR)",
-        "new",
-        "accepted",
-    ]);
+    let mut table = change_points_table();
     // One family: every change point of every series tested tonight.
     let p_values: Vec<f64> = series
         .iter()
@@ -549,14 +564,7 @@ pub fn change_points_markdown(
                     commit_url.replace("{sha}", &c.at.sha)
                 ),
                 describe(c),
-                {
-                    let q = q_values[rows - 1];
-                    if q <= FDR_LEVEL {
-                        format!("{q:.3}")
-                    } else {
-                        format!("{q:.3}, above {:.0}%: may be noise", FDR_LEVEL * 100.0)
-                    }
-                },
+                q_cell(q_values[rows - 1]),
                 if new { "**new**".into() } else { String::new() },
                 acceptance::note_for(&accepted, &c.at.sha).unwrap_or_default(),
             ]);
