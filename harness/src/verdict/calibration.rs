@@ -238,39 +238,8 @@ impl CalibratedMargins {
         here: &str,
         now: SystemTime,
     ) -> (CompareSettings, String) {
-        if self.expired(now) {
-            return (
-                *settings,
-                format!(
-                    "calibration of {} ignored: made {} on {}, expired {} (calibrate again on this host)",
-                    self.workload,
-                    self.calibrated_at,
-                    self.commit,
-                    if self.expires_at.is_empty() {
-                        "(no expiry recorded)"
-                    } else {
-                        self.expires_at.as_str()
-                    }
-                ),
-            );
-        }
-        let same_design = self.min_pairs == settings.min_pairs
-            && self.max_pairs == settings.max_pairs
-            && self.error == settings.error;
-        if !same_design {
-            return (
-                *settings,
-                format!(
-                    "calibration of {} ignored: searched with {}-{} pairs and {:?}, this run uses {}-{} and {:?}",
-                    self.workload,
-                    self.min_pairs,
-                    self.max_pairs,
-                    self.error,
-                    settings.min_pairs,
-                    settings.max_pairs,
-                    settings.error
-                ),
-            );
+        if let Some(why) = self.ignored(settings, now) {
+            return (*settings, why);
         }
         let mut applied = *settings;
         let mut used = Vec::new();
@@ -319,6 +288,40 @@ impl CalibratedMargins {
             used.join(", ")
         );
         (applied, line)
+    }
+
+    /// Why this calibration does not apply to a run with `settings` at `now` (expired, or
+    /// searched with another design); None when it applies.
+    fn ignored(&self, settings: &CompareSettings, now: SystemTime) -> Option<String> {
+        if self.expired(now) {
+            return Some(format!(
+                "calibration of {} ignored: made {} on {}, expired {} (calibrate again on this host)",
+                self.workload,
+                self.calibrated_at,
+                self.commit,
+                if self.expires_at.is_empty() {
+                    "(no expiry recorded)"
+                } else {
+                    self.expires_at.as_str()
+                }
+            ));
+        }
+        let same_design = self.min_pairs == settings.min_pairs
+            && self.max_pairs == settings.max_pairs
+            && self.error == settings.error;
+        if !same_design {
+            return Some(format!(
+                "calibration of {} ignored: searched with {}-{} pairs and {:?}, this run uses {}-{} and {:?}",
+                self.workload,
+                self.min_pairs,
+                self.max_pairs,
+                self.error,
+                settings.min_pairs,
+                settings.max_pairs,
+                settings.error
+            ));
+        }
+        None
     }
 }
 
