@@ -307,17 +307,7 @@ fn evaluate(
             levels,
         )
     });
-    let ratios: Vec<f64> = head
-        .iter()
-        .filter_map(|t| last_vs_first_third(&t.per_second))
-        .collect();
-    let degradation = (!ratios.is_empty()).then(|| {
-        let median_ratio = median(&ratios);
-        Degradation {
-            median_ratio,
-            finding: median_ratio < 1.0 - settings.margins.throughput_drop,
-        }
-    });
+    let degradation = degradation(head, settings.margins.throughput_drop);
     let mut comparison = Comparison {
         base: base.to_vec(),
         head: head.to_vec(),
@@ -337,6 +327,22 @@ fn evaluate(
         comparison.verdict = Verdict::worst([comparison.verdict, Verdict::Inconclusive]);
     }
     comparison
+}
+
+/// The head's rate in the last third of each run against the first third (median over its
+/// trials): a finding when it falls by more than the throughput margin within a run.
+fn degradation(head: &[TrialSummary], throughput_drop: f64) -> Option<Degradation> {
+    let ratios: Vec<f64> = head
+        .iter()
+        .filter_map(|t| last_vs_first_third(&t.per_second))
+        .collect();
+    (!ratios.is_empty()).then(|| {
+        let median_ratio = median(&ratios);
+        Degradation {
+            median_ratio,
+            finding: median_ratio < 1.0 - throughput_drop,
+        }
+    })
 }
 
 /// The shipped rule on pairs already measured, in the order they ran: comparison after
