@@ -114,31 +114,11 @@ impl TrialRunner {
         let broker_died = brokers
             .iter_mut()
             .find_map(|b| b.child.try_wait().map(|status| (status, b.stderr.clone())));
-        // A cluster's memory is judged by its largest broker, its CPU by the sum of all.
-        let broker_peak_rss_kib = brokers
-            .iter()
-            .map(|b| peak_rss_kib(b.child.pgid))
-            .collect::<Option<Vec<_>>>()
-            .and_then(|all| all.into_iter().max());
-        let broker_cpu_s = cpu_before
-            .zip(cluster_cpu_s(&brokers))
-            .map(|(before, after)| after - before);
+        let (broker_peak_rss_kib, broker_cpu_s) = cluster_usage(&brokers, cpu_before);
         let broker_status = stop_all(&mut brokers);
-        if let Some((status, stderr)) = broker_died {
-            return TrialOutcome::failed(
-                TrialStatus::Crashed,
-                format!(
-                    "broker died during the run ({status}):\n{}",
-                    tail(&stderr, STDERR_TAIL_LINES)
-                ),
-            );
-        }
         let code = bench_status.and_then(|s| s.code());
-        if code == Some(BENCH_EXIT_UNREACHABLE) {
-            return TrialOutcome::failed(
-                TrialStatus::Crashed,
-                format!("broker unreachable (stopped with {broker_status:?})"),
-            );
+        if let Some(crashed) = crashed(broker_died, code, broker_status) {
+            return crashed;
         }
         let report = match BenchReport::read(&json) {
             Ok(report) => report,
@@ -252,6 +232,43 @@ struct TrialBroker {
     stderr: PathBuf,
 }
 
+/// A trial whose broker died during the run, or that the instrument could not reach.
+fn crashed(
+    broker_died: Option<(ExitStatus, PathBuf)>,
+    bench_code: Option<i32>,
+    broker_status: Option<ExitStatus>,
+) -> Option<TrialOutcome> {
+    if let Some((status, stderr)) = broker_died {
+        return Some(TrialOutcome::failed(
+            TrialStatus::Crashed,
+            format!(
+                "broker died during the run ({status}):\n{}",
+                tail(&stderr, STDERR_TAIL_LINES)
+            ),
+        ));
+    }
+    (bench_code == Some(BENCH_EXIT_UNREACHABLE)).then(|| {
+        TrialOutcome::failed(
+            TrialStatus::Crashed,
+            format!("broker unreachable (stopped with {broker_status:?})"),
+        )
+    })
+}
+
+/// The cluster's peak resident memory (its largest broker's: a cluster's memory is judged
+/// by its largest broker) and the CPU seconds all its brokers used since `cpu_before`.
+fn cluster_usage(brokers: &[TrialBroker], cpu_before: Option<f64>) -> (Option<u64>, Option<f64>) {
+    let peak_rss_kib = brokers
+        .iter()
+        .map(|b| peak_rss_kib(b.child.pgid))
+        .collect::<Option<Vec<_>>>()
+        .and_then(|all| all.into_iter().max());
+    let cpu_s = cpu_before
+        .zip(cluster_cpu_s(brokers))
+        .map(|(before, after)| after - before);
+    (peak_rss_kib, cpu_s)
+}
+
 /// Stops every broker; the first one's exit status.
 fn stop_all(brokers: &mut [TrialBroker]) -> Option<ExitStatus> {
     let statuses: Vec<Option<ExitStatus>> = brokers.iter_mut().map(|b| b.child.stop()).collect();
@@ -283,29 +300,7 @@ impl TrialRunner {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| infra("finding free ports", &e))?;
         let cluster_file = dir.join("cluster.toml");
-        let template = if workload.brokers > 1 {
-            let template = self.target.cluster_start.as_deref().ok_or_else(|| {
-                infra(
-                    "starting a cluster",
-                    &"the target config has no `cluster_start` command",
-                )
-            })?;
-            let text: String = ports
-                .iter()
-                .enumerate()
-                .map(|(i, port)| {
-                    format!(
-                        "[[broker]]\nid = {}\naddress = \"127.0.0.1:{port}\"\n",
-                        i + 1
-                    )
-                })
-                .collect();
-            std::fs::write(&cluster_file, text)
-                .map_err(|e| infra("writing the cluster file", &e))?;
-            template
-        } else {
-            self.target.start.as_str()
-        };
+        let template = self.start_template(&ports, &cluster_file)?;
         let extra = workload.broker_args.join(" ");
         let mut brokers = Vec::with_capacity(ports.len());
         for (i, port) in ports.iter().enumerate() {
@@ -351,6 +346,44 @@ impl TrialRunner {
             }
         }
         Ok(brokers)
+    }
+}
+
+impl TrialRunner {
+    /// The start command: the target's, or for several brokers its cluster command, with
+    /// the cluster file written (broker ids from 1, one loopback port each).
+    fn start_template(
+        &self,
+        ports: &[u16],
+        cluster_file: &Path,
+    ) -> Result<&str, Box<TrialOutcome>> {
+        if ports.len() == 1 {
+            return Ok(self.target.start.as_str());
+        }
+        let infra = |what: &str, e: &dyn std::fmt::Display| {
+            Box::new(TrialOutcome::failed(
+                TrialStatus::InfraError,
+                format!("{what}: {e}"),
+            ))
+        };
+        let template = self.target.cluster_start.as_deref().ok_or_else(|| {
+            infra(
+                "starting a cluster",
+                &"the target config has no `cluster_start` command",
+            )
+        })?;
+        let text: String = ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
+                format!(
+                    "[[broker]]\nid = {}\naddress = \"127.0.0.1:{port}\"\n",
+                    i + 1
+                )
+            })
+            .collect();
+        std::fs::write(cluster_file, text).map_err(|e| infra("writing the cluster file", &e))?;
+        Ok(template)
     }
 }
 
