@@ -595,12 +595,23 @@ pub fn write_bisect_section(
         log.builds,
         log.wall_s
     );
+    let name = bisect_figure(log, out_dir, fingerprint)?;
+    let _ = writeln!(md, "![{name}]({name})\n");
+    Ok(())
+}
+
+/// The bisect's steps drawn on the commit line, by the metric that decided them (throughput
+/// unless only memory or p99 moved); the figure's file name.
+fn bisect_figure(
+    log: &BisectLog,
+    out_dir: &Path,
+    fingerprint: &str,
+) -> Result<String, HarnessError> {
     let labels: Vec<String> = log
         .range
         .iter()
         .map(|c| c.short()[..7].to_owned())
         .collect();
-    // Draw the metric that decided the steps (throughput unless only memory or p99 moved).
     let (metric, ratio): (&str, fn(&crate::bisect::BisectStep) -> Option<f64>) =
         match log.deciding.first().map(String::as_str) {
             Some("p99") => ("p99", |s| s.p99_ratio),
@@ -630,6 +641,5 @@ pub fn write_bisect_section(
             lines: &[("good".into(), 1.0)],
         },
     )?;
-    let _ = writeln!(md, "![{name}]({name})\n");
-    Ok(())
+    Ok(name)
 }
