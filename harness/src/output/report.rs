@@ -156,8 +156,9 @@ pub fn write(input: &ReportInput<'_>) -> Result<PathBuf, HarnessError> {
     Ok(path)
 }
 
-fn write_gate(md: &mut String, gate: &[GateResult], commit_url: &str) {
-    let _ = writeln!(md, "## Gate\n");
+/// One row per gated workload: the ratios with the intervals that decided them, the limits
+/// and the verdict.
+fn gate_table(gate: &[GateResult], commit_url: &str) -> Table {
     let mut table = Table::new();
     table.load_preset(ASCII_MARKDOWN).set_header(vec![
         "workload",
@@ -208,6 +209,12 @@ fn write_gate(md: &mut String, gate: &[GateResult], commit_url: &str) {
             format!("**{:?}**", g.verdict),
         ]);
     }
+    table
+}
+
+fn write_gate(md: &mut String, gate: &[GateResult], commit_url: &str) {
+    let _ = writeln!(md, "## Gate\n");
+    let table = gate_table(gate, commit_url);
     let _ = writeln!(md, "{table}\n");
     for g in gate {
         if let Some(c) = &g.comparison {
