@@ -133,26 +133,37 @@ fn workload_page(
             let _ = writeln!(body, "<p class=\"host\">{}</p>", escape(why));
         }
         points += s.points.len();
-        if !s.changes.is_empty() {
-            body.push_str(
-                "<table><tr><th>change</th><th>most likely first commit</th><th>bisect</th></tr>\n",
-            );
-            for c in &s.changes {
-                let _ = writeln!(
-                    body,
-                    "<tr><td>{}</td><td><a href=\"{}\">{}</a> {}</td><td><code>chronik-harness bisect --good {} --bad {} --workload {}</code></td></tr>",
-                    escape(&series::describe(c)),
-                    escape(&input.commit_url.replace("{sha}", &c.at.sha)),
-                    escape(c.at.short()),
-                    escape(&c.at.summary),
-                    c.good.short(),
-                    c.bad.short(),
-                    escape(&workload.name),
-                );
-            }
-            body.push_str("</table>\n");
-        }
+        changes_table(&mut body, input, workload, s);
     }
+    accepted_table(&mut body, input, accepted);
+    Ok((page(&workload.name, &body), points))
+}
+
+/// A series' change points, each with the bisect command that searches it.
+fn changes_table(body: &mut String, input: &DashboardInput<'_>, workload: &Workload, s: &Series) {
+    if !s.changes.is_empty() {
+        body.push_str(
+            "<table><tr><th>change</th><th>most likely first commit</th><th>bisect</th></tr>\n",
+        );
+        for c in &s.changes {
+            let _ = writeln!(
+                body,
+                "<tr><td>{}</td><td><a href=\"{}\">{}</a> {}</td><td><code>chronik-harness bisect --good {} --bad {} --workload {}</code></td></tr>",
+                escape(&series::describe(c)),
+                escape(&input.commit_url.replace("{sha}", &c.at.sha)),
+                escape(c.at.short()),
+                escape(&c.at.summary),
+                c.good.short(),
+                c.bad.short(),
+                escape(&workload.name),
+            );
+        }
+        body.push_str("</table>\n");
+    }
+}
+
+/// The accepted regressions of the workload: who accepted what, when and why.
+fn accepted_table(body: &mut String, input: &DashboardInput<'_>, accepted: &[AcceptanceRow]) {
     if !accepted.is_empty() {
         body.push_str(
             "<h2>Accepted regressions</h2>\n<p>Gates measure against the newest accepted commit \
@@ -173,7 +184,6 @@ fn workload_page(
         }
         body.push_str("</table>\n");
     }
-    Ok((page(&workload.name, &body), points))
 }
 
 fn plot_err(e: impl std::fmt::Display) -> HarnessError {
