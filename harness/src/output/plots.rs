@@ -145,37 +145,7 @@ pub fn percentile_curves(
 ) -> Result<(), HarnessError> {
     let e = plot_err(path);
     let chart_area = canvas(path, title, caption)?;
-    // x = 1 / (1 - q): 2 = p50, 10 = p90, 100 = p99, 1000 = p99.9, 10000 = p99.99.
-    let quantiles: Vec<f64> = (0..=80)
-        .map(|i| 1.0 - 10f64.powf(-(0.3 + i as f64 * 0.05)))
-        .filter(|q| *q <= 0.9999)
-        .collect();
-    let mut y_max: f64 = 0.01;
-    let mut y_min: f64 = f64::MAX;
-    let data: Vec<(String, Vec<(f64, f64)>)> = curves
-        .iter()
-        .map(|(name, h)| {
-            let pts: Vec<(f64, f64)> = quantiles
-                .iter()
-                .map(|q| {
-                    (
-                        1.0 / (1.0 - q),
-                        (h.value_at_quantile(*q) as f64 / 1000.0).max(0.001),
-                    )
-                })
-                .collect();
-            for p in &pts {
-                y_max = y_max.max(p.1);
-                y_min = y_min.min(p.1);
-            }
-            (name.clone(), pts)
-        })
-        .collect();
-    let y_min = if y_min == f64::MAX {
-        0.001
-    } else {
-        y_min * 0.8
-    };
+    let (data, (y_min, y_max)) = percentile_points(curves);
     let mut chart = ChartBuilder::on(&chart_area)
         .margin(10)
         .margin_right(40)
@@ -218,6 +188,45 @@ pub fn percentile_curves(
         .map_err(|x| e(Box::new(x)))?;
     chart_area.present().map_err(|x| e(Box::new(x)))?;
     Ok(())
+}
+
+/// A curve's name and its (x, y) points.
+type NamedCurve = (String, Vec<(f64, f64)>);
+
+/// Each curve's (x, latency ms) points, x = 1 / (1 - q): 2 = p50, 10 = p90, 100 = p99,
+/// 1000 = p99.9, 10000 = p99.99; and the latency range all curves span.
+fn percentile_points(curves: &[(String, Histogram<u64>)]) -> (Vec<NamedCurve>, (f64, f64)) {
+    let quantiles: Vec<f64> = (0..=80)
+        .map(|i| 1.0 - 10f64.powf(-(0.3 + i as f64 * 0.05)))
+        .filter(|q| *q <= 0.9999)
+        .collect();
+    let mut y_max: f64 = 0.01;
+    let mut y_min: f64 = f64::MAX;
+    let data: Vec<NamedCurve> = curves
+        .iter()
+        .map(|(name, h)| {
+            let pts: Vec<(f64, f64)> = quantiles
+                .iter()
+                .map(|q| {
+                    (
+                        1.0 / (1.0 - q),
+                        (h.value_at_quantile(*q) as f64 / 1000.0).max(0.001),
+                    )
+                })
+                .collect();
+            for p in &pts {
+                y_max = y_max.max(p.1);
+                y_min = y_min.min(p.1);
+            }
+            (name.clone(), pts)
+        })
+        .collect();
+    let y_min = if y_min == f64::MAX {
+        0.001
+    } else {
+        y_min * 0.8
+    };
+    (data, (y_min, y_max))
 }
 
 /// Messages per second through each run (a throttling pattern slopes down).
