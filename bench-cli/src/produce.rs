@@ -232,29 +232,40 @@ pub fn send_loop(
         if let Some(key) = key.as_deref() {
             record = record.key(key);
         }
-        loop {
-            match share.producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    std::thread::sleep(QUEUE_FULL_BACKOFF);
-                }
-                Err((err, _)) => {
-                    let now_ns = start.elapsed().as_nanos() as u64;
-                    recorder.lock().expect("recorder poisoned").record_failure(
-                        now_ns,
-                        false,
-                        &err.to_string(),
-                    );
-                    // The message never left; its slot is free again.
-                    let _ = share.producer.context().slots.try_send(());
-                    break;
-                }
-            }
-        }
+        send(share, record, start, recorder);
         stats.sent += 1;
     }
     stats
+}
+
+/// Hands one record to rdkafka, waiting out a full queue; a record it refuses otherwise is
+/// recorded as a failure and its in-flight slot freed.
+fn send(
+    share: &ProducerShare,
+    mut record: BaseRecord<'_, str, [u8], Box<u64>>,
+    start: Instant,
+    recorder: &Arc<Mutex<Recorder>>,
+) {
+    loop {
+        match share.producer.send(record) {
+            Ok(()) => return,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                std::thread::sleep(QUEUE_FULL_BACKOFF);
+            }
+            Err((err, _)) => {
+                let now_ns = start.elapsed().as_nanos() as u64;
+                recorder.lock().expect("recorder poisoned").record_failure(
+                    now_ns,
+                    false,
+                    &err.to_string(),
+                );
+                // The message never left; its slot is free again.
+                let _ = share.producer.context().slots.try_send(());
+                return;
+            }
+        }
+    }
 }
 
 /// Waits for in-flight messages; whatever is still in flight after `timeout` is purged and
