@@ -16,7 +16,7 @@ use crate::store::files::{load_baseline, now_rfc3339};
 use crate::trial::summary::{Side, TrialFailure, TrialSummary, GATE};
 use crate::trial::workload::{Workload, SEED_WORKLOAD};
 use crate::verdict::calibration::{self, Tuned};
-use crate::verdict::compare::CompareSettings;
+use crate::verdict::compare::{CompareSettings, Comparison};
 use crate::verdict::decision::{check_limits, gate_verdict, GateResult};
 
 #[derive(Args)]
@@ -116,26 +116,7 @@ fn gate_one(
         None => (None, Vec::new()),
     };
     let (comparison, failure, head_trials) = match &base {
-        Some(base) => {
-            match session
-                .measure(
-                    base,
-                    head,
-                    workload,
-                    settings,
-                    GATE,
-                    &format!("{} pairs", workload.name),
-                )?
-                .0
-                .into_result(base, head)?
-            {
-                Ok(c) => {
-                    let head_trials = c.head.clone();
-                    (Some(c), None, head_trials)
-                }
-                Err(f) => (None, Some(f), Vec::new()),
-            }
-        }
+        Some(base) => against_base(session, base, head, workload, settings)?,
         None => {
             note = Some("no baseline for this workload: absolute limits only".into());
             let (trials, failure) = head_alone(session, head, workload, settings)?;
@@ -189,6 +170,38 @@ fn gate_base(
             Some("stored baseline comes from another host: base re-measured side by side".into());
     }
     Ok((Some(session.repo.resolve(&stored.commit.sha)?), note))
+}
+
+/// What a gate measured: the comparison (with a base), the failure that stopped the trials,
+/// and the head's trials (for the absolute limits).
+type Measured = (Option<Comparison>, Option<TrialFailure>, Vec<TrialSummary>);
+
+/// The interleaved comparison with the base, or the failure that stopped it.
+fn against_base(
+    session: &Session,
+    base: &CommitInfo,
+    head: &CommitInfo,
+    workload: &Workload,
+    settings: &CompareSettings,
+) -> Result<Measured, HarnessError> {
+    let outcome = session
+        .measure(
+            base,
+            head,
+            workload,
+            settings,
+            GATE,
+            &format!("{} pairs", workload.name),
+        )?
+        .0
+        .into_result(base, head)?;
+    Ok(match outcome {
+        Ok(c) => {
+            let head_trials = c.head.clone();
+            (Some(c), None, head_trials)
+        }
+        Err(f) => (None, Some(f), Vec::new()),
+    })
 }
 
 /// Without a base: the head's trials for the absolute limits (the design's first look), or
