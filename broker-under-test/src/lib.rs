@@ -17,6 +17,8 @@
 //! - `profile`: `ProduceFlushProfile` and its named constants.
 //! - `topics`: lock-free topic registry (`ArcSwap` snapshots).
 //! - `cluster`: the static cluster file and the deterministic replica assignment.
+//! - `controller`: the metadata log's records and image (KRaft): leaders, leader epochs and
+//!   in-sync sets changed only by applying a record; elections by one rule.
 //! - `offset_watch`: an offset that only grows, with waiters (durable end, high watermark).
 //! - `replica_state`: one partition's replicas, leader and epoch, followers' durable ends and
 //!   in-sync set, elections (leader epochs) learned from peers.
@@ -37,6 +39,7 @@ pub mod batch;
 pub mod broker;
 pub mod cluster;
 pub mod config;
+pub mod controller;
 pub mod durable_file;
 pub mod fail_stop;
 pub mod flush;
