@@ -1,6 +1,143 @@
 //! The controller: the one place where leaders, leader epochs and in-sync sets change, as
 //! records of a replicated metadata log (Kafka's KRaft, KIP-500/KIP-631). `metadata` holds
-//! the records and the image they build; the Raft group that replicates the log is chosen in
-//! docs/ARCHITECTURE.md ("Controller").
+//! the records and the image they build; a quorum of controllers replicates the log with
+//! openraft (docs/ARCHITECTURE.md, "Controller"): `log_store` and `state_machine` keep it on
+//! disk, `network` carries its RPCs, and `Controller` runs one member of the quorum.
 
+pub mod log_store;
 pub mod metadata;
+pub mod network;
+pub mod state_machine;
+pub mod types;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, Raft};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::controller::log_store::LogStore;
+use crate::controller::metadata::{MetadataImage, MetadataRecord};
+use crate::controller::state_machine::{MachineState, StateMachine};
+use crate::controller::types::{ControllerRaft, NodeId};
+use crate::mutex::lock;
+
+/// Heartbeats from the active controller; a follower that hears none for an election timeout
+/// (a random time in the range) starts an election. Sized for loopback and LAN round trips.
+const HEARTBEAT_INTERVAL_MS: u64 = 100;
+const ELECTION_TIMEOUT_MIN_MS: u64 = 500;
+const ELECTION_TIMEOUT_MAX_MS: u64 = 1_000;
+
+/// One member of the controller quorum.
+pub struct ControllerConfig {
+    pub id: NodeId,
+    /// Where this member serves the quorum's RPCs (its own entry in `voters`).
+    pub listen: SocketAddr,
+    /// Every voter of the quorum (Kafka's `controller.quorum.voters`), the same on each.
+    pub voters: BTreeMap<NodeId, SocketAddr>,
+    /// Its log, vote and snapshot.
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("controller storage: {0}")]
+    Io(#[from] io::Error),
+    #[error("controller quorum: {0}")]
+    Raft(String),
+    #[error("not the active controller (the active one: {0:?})")]
+    NotActive(Option<NodeId>),
+    #[error("the metadata refused the record: {0}")]
+    Refused(String),
+}
+
+pub struct Controller {
+    raft: Raft<ControllerRaft>,
+    state: Arc<Mutex<MachineState>>,
+    server: JoinHandle<()>,
+}
+
+impl Controller {
+    /// Opens the member's storage, serves the quorum's RPCs and joins the quorum. Every voter
+    /// initializes the quorum with the same voter set: openraft accepts that once, on a fresh
+    /// log, and refuses it harmlessly afterwards.
+    pub async fn start(config: ControllerConfig) -> Result<Self, ControllerError> {
+        let log = LogStore::open(&config.dir)?;
+        let machine = StateMachine::open(&config.dir)?;
+        let state = machine.shared();
+        let raft_config = openraft::Config {
+            cluster_name: "chronik-controller".into(),
+            heartbeat_interval: HEARTBEAT_INTERVAL_MS,
+            election_timeout_min: ELECTION_TIMEOUT_MIN_MS,
+            election_timeout_max: ELECTION_TIMEOUT_MAX_MS,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ControllerError::Raft(e.to_string()))?;
+        let listener = TcpListener::bind(config.listen).await?;
+        let raft = Raft::new(
+            config.id,
+            Arc::new(raft_config),
+            network::Network,
+            log,
+            machine,
+        )
+        .await
+        .map_err(|e| ControllerError::Raft(e.to_string()))?;
+        let server = tokio::spawn(network::serve(listener, raft.clone()));
+        let voters: BTreeMap<NodeId, BasicNode> = config
+            .voters
+            .iter()
+            .map(|(&id, addr)| (id, BasicNode::new(addr.to_string())))
+            .collect();
+        match raft.initialize(voters).await {
+            Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+            Err(e) => {
+                server.abort();
+                let _ = raft.shutdown().await;
+                return Err(ControllerError::Raft(e.to_string()));
+            }
+        }
+        Ok(Self {
+            raft,
+            state,
+            server,
+        })
+    }
+
+    /// Appends a record through this member, which must be the active controller; returns
+    /// once a quorum holds it durably and it has been applied here.
+    pub async fn propose(&self, record: MetadataRecord) -> Result<(), ControllerError> {
+        match self.raft.client_write(record).await {
+            Ok(written) => match written.data.refused {
+                None => Ok(()),
+                Some(why) => Err(ControllerError::Refused(why)),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => {
+                Err(ControllerError::NotActive(to.leader_id))
+            }
+            Err(e) => Err(ControllerError::Raft(e.to_string())),
+        }
+    }
+
+    /// The image as of the last entry applied here.
+    pub fn image(&self) -> MetadataImage {
+        lock(&self.state).image.clone()
+    }
+
+    /// The active controller this member knows of.
+    pub fn active(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Stops this member: its Raft core and every connection it serves.
+    pub async fn shutdown(self) {
+        self.server.abort();
+        let _ = self.raft.shutdown().await;
+    }
+}
