@@ -14,6 +14,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::api::ApiContext;
 use crate::config::BrokerConfig;
+use crate::controller::{lifecycle, Controller, ControllerConfig, ControllerError};
 use crate::fail_stop::FailStop;
 use crate::flush::{checkpoint_tick, write_back_logs, Flusher};
 use crate::groups::GroupCoordinator;
@@ -57,6 +58,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Controller(#[from] ControllerError),
 }
 
 impl StartError {
@@ -72,6 +75,8 @@ impl StartError {
                 EXIT_STORAGE_FAILED
             }
             StartError::DataDirLocked(_) | StartError::Bind { .. } => EXIT_UNAVAILABLE,
+            StartError::Controller(ControllerError::Io(_)) => EXIT_STORAGE_FAILED,
+            StartError::Controller(_) => EXIT_UNAVAILABLE,
         }
     }
 }
@@ -162,6 +167,7 @@ pub async fn start_with_storage(
     // Replication: the keeper (leader side) and one fetcher per other broker (follower side).
     // Aborted at shutdown, before the final flush.
     let replication = start_replication(&config, &topics, &wal, keeper_wake).await;
+    let (controller, lifecycle) = start_controller(&config).await?;
     let times = RequestTimes::when_logged();
     let connections = Connections::new(
         listener,
@@ -175,6 +181,8 @@ pub async fn start_with_storage(
         writeback: tokio::spawn(write_back_logs(topics.clone(), fail_stop.clone())),
         times_report: times.map(|times| tokio::spawn(times.report())),
         replication,
+        controller,
+        lifecycle,
     };
     let task = tokio::spawn(serve(
         config,
@@ -336,6 +344,44 @@ async fn start_replication(
     replication
 }
 
+/// With voters in the cluster file: this broker's member of the controller quorum (when it
+/// is a voter) and its registration and heartbeats (every broker).
+async fn start_controller(
+    config: &BrokerConfig,
+) -> Result<(Option<Controller>, Option<JoinHandle<()>>), StartError> {
+    let voters = config.cluster.voters();
+    if voters.is_empty() {
+        return Ok((None, None));
+    }
+    let local = config.cluster.local_id();
+    let listen = config
+        .cluster
+        .broker(local)
+        .and_then(|b| b.controller_address);
+    let controller = match listen {
+        Some(listen) => Some(
+            Controller::start(ControllerConfig {
+                id: u64::try_from(local).expect("cluster ids are not negative"),
+                listen,
+                voters: voters.clone(),
+                dir: config.data_dir.join("controller"),
+                session_timeout: config.broker_session_timeout,
+            })
+            .await?,
+        ),
+        None => None,
+    };
+    // Random per process, so the controller tells a restart from a late heartbeat.
+    let incarnation = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), local);
+    let lifecycle = tokio::spawn(lifecycle::run(
+        voters,
+        local,
+        incarnation,
+        config.broker_heartbeat_interval,
+    ));
+    Ok((controller, Some(lifecycle)))
+}
+
 /// What the running broker writes to, and what must stop last.
 struct Storage {
     /// Held until the WAL is closed: no second broker on this directory before then.
@@ -350,6 +396,8 @@ struct Background {
     writeback: JoinHandle<()>,
     times_report: Option<JoinHandle<()>>,
     replication: JoinSet<()>,
+    controller: Option<Controller>,
+    lifecycle: Option<JoinHandle<()>>,
 }
 
 /// Runs until shutdown or a fail-stop: connections, and a checkpoint every
@@ -385,6 +433,10 @@ async fn serve(
     }
     connections.shutdown().await;
     background.replication.shutdown().await;
+    background.lifecycle.iter().for_each(JoinHandle::abort);
+    if let Some(controller) = background.controller {
+        controller.shutdown().await;
+    }
     background.writeback.abort();
     background.times_report.iter().for_each(JoinHandle::abort);
     // After a fail-stop nothing more is written: recovery starts from what is durable.

@@ -21,6 +21,10 @@ pub struct ClusterBroker {
     /// (Kafka's separate inter-broker listener; tests put a proxy between brokers only).
     #[serde(default)]
     pub client_address: Option<SocketAddr>,
+    /// Where this broker's member of the controller quorum listens; brokers without one are
+    /// not voters (Kafka's `controller.quorum.voters`).
+    #[serde(default)]
+    pub controller_address: Option<SocketAddr>,
 }
 
 impl ClusterBroker {
@@ -50,6 +54,7 @@ impl Cluster {
                 id: local_id,
                 address,
                 client_address: None,
+                controller_address: None,
             }],
             local_id,
         }
@@ -108,6 +113,15 @@ impl Cluster {
 
     pub fn broker(&self, id: i32) -> Option<&ClusterBroker> {
         self.brokers.iter().find(|b| b.id == id)
+    }
+
+    /// The controller quorum's voters: id and address of every broker with a
+    /// `controller_address`.
+    pub fn voters(&self) -> std::collections::BTreeMap<u64, SocketAddr> {
+        self.brokers
+            .iter()
+            .filter_map(|b| Some((u64::try_from(b.id).ok()?, b.controller_address?)))
+            .collect()
     }
 
     /// The other brokers.

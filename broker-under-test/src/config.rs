@@ -135,6 +135,22 @@ pub struct BrokerArgs {
     /// the in-sync set (Kafka's `replica.lag.time.max.ms`).
     #[arg(long, env = "CHRONIK_REPLICA_LAG_TIME_MAX_MS", default_value_t = REPLICA_LAG_TIME_MAX_MS_DEFAULT)]
     pub replica_lag_time_max_ms: u64,
+    /// With controllers in the cluster file: a broker whose heartbeats stop this long is
+    /// fenced (Kafka's `broker.session.timeout.ms`).
+    #[arg(
+        long,
+        env = "CHRONIK_BROKER_SESSION_TIMEOUT_MS",
+        default_value_t = 9_000
+    )]
+    pub broker_session_timeout_ms: u64,
+    /// How often a broker heartbeats to the active controller (Kafka's
+    /// `broker.heartbeat.interval.ms`).
+    #[arg(
+        long,
+        env = "CHRONIK_BROKER_HEARTBEAT_INTERVAL_MS",
+        default_value_t = 2_000
+    )]
+    pub broker_heartbeat_interval_ms: u64,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `chronik_broker=debug`.
     #[arg(long, env = "CHRONIK_LOG", default_value = "info")]
     pub log_level: String,
@@ -171,6 +187,8 @@ pub struct BrokerConfig {
     pub default_replication_factor: i16,
     pub min_insync_replicas: usize,
     pub replica_lag_time_max: Duration,
+    pub broker_session_timeout: Duration,
+    pub broker_heartbeat_interval: Duration,
 }
 
 impl BrokerConfig {
@@ -204,6 +222,14 @@ impl BrokerConfig {
                 "--min-insync-replicas must be between 1 and the {} broker(s) of the cluster",
                 cluster.size()
             ));
+        }
+        if args.broker_heartbeat_interval_ms == 0
+            || args.broker_heartbeat_interval_ms >= args.broker_session_timeout_ms
+        {
+            return Err(
+                "--broker-heartbeat-interval-ms must be positive and below --broker-session-timeout-ms"
+                    .into(),
+            );
         }
         if args.replica_lag_time_max_ms == 0 {
             return Err("--replica-lag-time-max-ms must be positive".into());
@@ -244,6 +270,8 @@ impl BrokerConfig {
             default_replication_factor: args.default_replication_factor,
             min_insync_replicas: args.min_insync_replicas,
             replica_lag_time_max: Duration::from_millis(args.replica_lag_time_max_ms),
+            broker_session_timeout: Duration::from_millis(args.broker_session_timeout_ms),
+            broker_heartbeat_interval: Duration::from_millis(args.broker_heartbeat_interval_ms),
         })
     }
 }

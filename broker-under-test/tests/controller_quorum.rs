@@ -25,6 +25,8 @@ async fn start(id: u64, voters: &BTreeMap<u64, SocketAddr>, root: &Path) -> Cont
         listen: voters[&id],
         voters: voters.clone(),
         dir: root.join(format!("controller-{id}")),
+        // The test registers brokers that never heartbeat: no session may run out here.
+        session_timeout: Duration::from_secs(3600),
     })
     .await
     .expect("controller starts")

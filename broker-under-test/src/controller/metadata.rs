@@ -181,6 +181,10 @@ impl MetadataImage {
         self.brokers.get(&id)
     }
 
+    pub fn brokers(&self) -> impl Iterator<Item = (i32, &BrokerRegistration)> {
+        self.brokers.iter().map(|(&id, b)| (id, b))
+    }
+
     pub fn topic(&self, name: &str) -> Option<&TopicImage> {
         self.topics.get(name)
     }

@@ -2,8 +2,12 @@
 //! records of a replicated metadata log (Kafka's KRaft, KIP-500/KIP-631). `metadata` holds
 //! the records and the image they build; a quorum of controllers replicates the log with
 //! openraft (docs/ARCHITECTURE.md, "Controller"): `log_store` and `state_machine` keep it on
-//! disk, `network` carries its RPCs, and `Controller` runs one member of the quorum.
+//! disk, `network` carries its RPCs, and `Controller` runs one member of the quorum. The
+//! active member fences brokers whose heartbeats stop (`liveness`); every broker registers
+//! and heartbeats (`lifecycle`).
 
+pub mod lifecycle;
+pub mod liveness;
 pub mod log_store;
 pub mod metadata;
 pub mod network;
@@ -15,12 +19,14 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
-use openraft::{BasicNode, Raft};
+use openraft::{BasicNode, Raft, ServerState};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::controller::liveness::Liveness;
 use crate::controller::log_store::LogStore;
 use crate::controller::metadata::{MetadataImage, MetadataRecord};
 use crate::controller::state_machine::{MachineState, StateMachine};
@@ -42,6 +48,8 @@ pub struct ControllerConfig {
     pub voters: BTreeMap<NodeId, SocketAddr>,
     /// Its log, vote and snapshot.
     pub dir: PathBuf,
+    /// A broker whose heartbeats stop this long is fenced.
+    pub session_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,16 +64,57 @@ pub enum ControllerError {
     Refused(String),
 }
 
-pub struct Controller {
+/// What the RPC server, the fencer and the `Controller` handle share.
+pub struct Core {
+    id: NodeId,
     raft: Raft<ControllerRaft>,
     state: Arc<Mutex<MachineState>>,
+    liveness: Liveness,
+}
+
+impl Core {
+    /// Appends a record through this member, which must be the active controller; returns
+    /// once a quorum holds it durably and it has been applied here.
+    pub async fn propose(&self, record: MetadataRecord) -> Result<(), ControllerError> {
+        match self.raft.client_write(record).await {
+            Ok(written) => match written.data.refused {
+                None => Ok(()),
+                Some(why) => Err(ControllerError::Refused(why)),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => {
+                Err(ControllerError::NotActive(to.leader_id))
+            }
+            Err(e) => Err(ControllerError::Raft(e.to_string())),
+        }
+    }
+
+    pub fn image(&self) -> MetadataImage {
+        lock(&self.state).image.clone()
+    }
+
+    pub fn active(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// The term in which this member is the active controller, if it is.
+    fn active_term(&self) -> Option<u64> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        (m.state == ServerState::Leader && m.current_leader == Some(self.id))
+            .then_some(m.current_term)
+    }
+}
+
+pub struct Controller {
+    core: Arc<Core>,
     server: JoinHandle<()>,
+    fencer: JoinHandle<()>,
 }
 
 impl Controller {
-    /// Opens the member's storage, serves the quorum's RPCs and joins the quorum. Every voter
-    /// initializes the quorum with the same voter set: openraft accepts that once, on a fresh
-    /// log, and refuses it harmlessly afterwards.
+    /// Opens the member's storage, serves the quorum's RPCs and joins the quorum. Every fresh
+    /// voter initializes the quorum with the same voter set: openraft takes the first and
+    /// refuses the others harmlessly.
     pub async fn start(config: ControllerConfig) -> Result<Self, ControllerError> {
         let log = LogStore::open(&config.dir)?;
         let machine = StateMachine::open(&config.dir)?;
@@ -89,13 +138,29 @@ impl Controller {
         )
         .await
         .map_err(|e| ControllerError::Raft(e.to_string()))?;
-        let server = tokio::spawn(network::serve(listener, raft.clone()));
+        let core = Arc::new(Core {
+            id: config.id,
+            raft: raft.clone(),
+            state,
+            liveness: Liveness::new(config.session_timeout),
+        });
+        let server = tokio::spawn(network::serve(listener, core.clone()));
         let voters: BTreeMap<NodeId, BasicNode> = config
             .voters
             .iter()
             .map(|(&id, addr)| (id, BasicNode::new(addr.to_string())))
             .collect();
-        match raft.initialize(voters).await {
+        // A member with a log (a restart, or one that heard from the others first) is
+        // already part of the quorum; initializing it again is refused (and logged loudly).
+        let initialized = raft.is_initialized().await.unwrap_or(true);
+        let initialize = async {
+            if initialized {
+                Ok(())
+            } else {
+                raft.initialize(voters).await
+            }
+        };
+        match initialize.await {
             Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
             Err(e) => {
                 server.abort();
@@ -103,41 +168,33 @@ impl Controller {
                 return Err(ControllerError::Raft(e.to_string()));
             }
         }
+        let fencer = tokio::spawn(liveness::fence_expired_brokers(core.clone()));
         Ok(Self {
-            raft,
-            state,
+            core,
             server,
+            fencer,
         })
     }
 
-    /// Appends a record through this member, which must be the active controller; returns
-    /// once a quorum holds it durably and it has been applied here.
+    /// Appends a record through this member (see `Core::propose`).
     pub async fn propose(&self, record: MetadataRecord) -> Result<(), ControllerError> {
-        match self.raft.client_write(record).await {
-            Ok(written) => match written.data.refused {
-                None => Ok(()),
-                Some(why) => Err(ControllerError::Refused(why)),
-            },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => {
-                Err(ControllerError::NotActive(to.leader_id))
-            }
-            Err(e) => Err(ControllerError::Raft(e.to_string())),
-        }
+        self.core.propose(record).await
     }
 
     /// The image as of the last entry applied here.
     pub fn image(&self) -> MetadataImage {
-        lock(&self.state).image.clone()
+        self.core.image()
     }
 
     /// The active controller this member knows of.
     pub fn active(&self) -> Option<NodeId> {
-        self.raft.metrics().borrow().current_leader
+        self.core.active()
     }
 
     /// Stops this member: its Raft core and every connection it serves.
     pub async fn shutdown(self) {
         self.server.abort();
-        let _ = self.raft.shutdown().await;
+        self.fencer.abort();
+        let _ = self.core.raft.shutdown().await;
     }
 }

@@ -4,6 +4,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError};
@@ -12,14 +13,16 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::{BasicNode, Raft};
+use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
+use crate::controller::metadata::MetadataImage;
 use crate::controller::types::{ControllerRaft, NodeId};
+use crate::controller::Core;
 
 /// Larger frames are refused: a snapshot travels in chunks far below this.
 const RPC_FRAME_BYTES_MAX: usize = 16 << 20;
@@ -31,6 +34,52 @@ enum Request {
     Vote(VoteRequest<NodeId>),
     Append(AppendEntriesRequest<ControllerRaft>),
     Snapshot(InstallSnapshotRequest<ControllerRaft>),
+    Broker(BrokerRequest),
+}
+
+/// What a broker (or an operator) asks the controller quorum.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum BrokerRequest {
+    /// A broker process starts: it gets a new broker epoch.
+    Register { broker: i32, incarnation: u64 },
+    /// The broker, at its current epoch, is alive.
+    Heartbeat { broker: i32, broker_epoch: u64 },
+    /// The image as this member applied it, and the active controller it knows.
+    Describe,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum BrokerAnswer {
+    Registered {
+        broker_epoch: u64,
+    },
+    Alive,
+    /// Ask the active controller instead (when known).
+    NotActive(Option<NodeId>),
+    /// The epoch is not the broker's current one: register again.
+    StaleEpoch,
+    Image {
+        active: Option<NodeId>,
+        image: MetadataImage,
+    },
+    Failed(String),
+}
+
+/// Sends one broker request to the member at `addr` and reads its answer within `timeout`.
+pub async fn ask(
+    addr: SocketAddr,
+    request: BrokerRequest,
+    timeout: Duration,
+) -> io::Result<BrokerAnswer> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        write_frame(&mut stream, &Request::Broker(request)).await?;
+        read_frame(&mut stream).await
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "controller did not answer"))?
 }
 
 async fn write_frame<T: Serialize>(stream: &mut TcpStream, value: &T) -> io::Result<()> {
@@ -141,17 +190,17 @@ impl RaftNetwork<ControllerRaft> for Peer {
     }
 }
 
-/// Serves the quorum's RPCs on `listener` until the task is aborted (which aborts every
-/// connection's task with it).
-pub async fn serve(listener: TcpListener, raft: Raft<ControllerRaft>) {
+/// Serves the quorum's RPCs and the brokers' requests on `listener` until the task is
+/// aborted (which aborts every connection's task with it).
+pub async fn serve(listener: TcpListener, core: Arc<Core>) {
     let mut peers = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let raft = raft.clone();
+                let core = core.clone();
                 peers.spawn(async move {
-                    if let Err(e) = serve_peer(stream, raft).await {
+                    if let Err(e) = serve_peer(stream, core).await {
                         tracing::debug!("controller peer connection ended: {e}");
                     }
                 });
@@ -161,7 +210,8 @@ pub async fn serve(listener: TcpListener, raft: Raft<ControllerRaft>) {
     }
 }
 
-async fn serve_peer(mut stream: TcpStream, raft: Raft<ControllerRaft>) -> io::Result<()> {
+async fn serve_peer(mut stream: TcpStream, core: Arc<Core>) -> io::Result<()> {
+    let raft = &core.raft;
     stream.set_nodelay(true)?;
     loop {
         let request = tokio::time::timeout(RPC_IDLE_TIMEOUT, read_frame::<Request>(&mut stream))
@@ -175,6 +225,37 @@ async fn serve_peer(mut stream: TcpStream, raft: Raft<ControllerRaft>) -> io::Re
             Request::Snapshot(rpc) => {
                 write_frame(&mut stream, &raft.install_snapshot(rpc).await).await?
             }
+            Request::Broker(request) => {
+                write_frame(&mut stream, &core.answer(request).await).await?
+            }
         }
     }
+}
+
+/// The image as the active controller applied it (or, when no member knows an active one,
+/// as the first answering member did), with the active member's id.
+pub async fn describe(
+    voters: &std::collections::BTreeMap<NodeId, SocketAddr>,
+    timeout: Duration,
+) -> Option<(Option<NodeId>, MetadataImage)> {
+    let mut fallback = None;
+    for (&id, &addr) in voters {
+        let Ok(BrokerAnswer::Image { active, image }) =
+            ask(addr, BrokerRequest::Describe, timeout).await
+        else {
+            continue;
+        };
+        if active == Some(id) {
+            return Some((active, image));
+        }
+        if let Some(&active_addr) = active.and_then(|a| voters.get(&a)) {
+            if let Ok(BrokerAnswer::Image { active, image }) =
+                ask(active_addr, BrokerRequest::Describe, timeout).await
+            {
+                return Some((active, image));
+            }
+        }
+        fallback.get_or_insert((active, image));
+    }
+    fallback
 }

@@ -237,21 +237,34 @@ impl TestCluster {
     /// brokers bind them (another process could take one in between: the start then fails and
     /// says so).
     pub fn start(root: &Path, n: usize, args: &[&str]) -> Self {
-        let ports: Vec<u16> = (0..n)
-            .map(|_| {
-                std::net::TcpListener::bind("127.0.0.1:0")
-                    .and_then(|l| l.local_addr())
-                    .expect("a free port")
-                    .port()
-            })
-            .collect();
+        Self::start_with(root, n, args, false)
+    }
+
+    /// Like `start`, with every broker a voter of the controller quorum.
+    pub fn start_with_controllers(root: &Path, n: usize, args: &[&str]) -> Self {
+        Self::start_with(root, n, args, true)
+    }
+
+    fn start_with(root: &Path, n: usize, args: &[&str], controllers: bool) -> Self {
+        let free_port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port()
+        };
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let file = root.join("cluster.toml");
         let text: String = ports
             .iter()
             .enumerate()
             .map(|(i, port)| {
+                let controller = if controllers {
+                    format!("controller_address = \"127.0.0.1:{}\"\n", free_port())
+                } else {
+                    String::new()
+                };
                 format!(
-                    "[[broker]]\nid = {}\naddress = \"127.0.0.1:{port}\"\n",
+                    "[[broker]]\nid = {}\naddress = \"127.0.0.1:{port}\"\n{controller}",
                     i + 1
                 )
             })
