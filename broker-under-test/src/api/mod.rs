@@ -146,10 +146,18 @@ impl ApiContext {
         let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
             .map_err(malformed)?;
         let request = RequestKind::decode(api, &mut frame, version).map_err(malformed)?;
-        let work = self
-            .ordered_part(request, &header, version)
-            .await
-            .ok_or(RequestError::UnknownApi(key))?;
+        // The two requests whose ordered part waits are handled here: a separate async
+        // function would nest every produce request's future one level deeper (+0.5%
+        // instructions per request in the deterministic tier).
+        let work = match request {
+            RequestKind::Produce(req) => Work::Produce(self.produce.append(req).await),
+            RequestKind::OffsetCommit(req) => Work::Ready(Some(ResponseKind::OffsetCommit(
+                groups::offset_commit(self, req).await,
+            ))),
+            other => self
+                .ordered_part(other, &header, version)
+                .ok_or(RequestError::UnknownApi(key))?,
+        };
         Ok(Started {
             api,
             version,
@@ -158,16 +166,15 @@ impl ApiContext {
         })
     }
 
-    /// Runs what a request must do in arrival order and returns what is left for `finish`;
-    /// None for a request this broker decodes but does not serve.
-    async fn ordered_part(
+    /// Runs what a request that does not wait must do in arrival order and returns what is
+    /// left for `finish`; None for a request this broker decodes but does not serve.
+    fn ordered_part(
         &self,
         request: RequestKind,
         header: &RequestHeader,
         version: i16,
     ) -> Option<Work> {
         Some(match request {
-            RequestKind::Produce(req) => Work::Produce(self.produce.append(req).await),
             RequestKind::Fetch(req) => Work::Fetch(req),
             RequestKind::JoinGroup(req) => {
                 let client_id = header.client_id.as_deref().unwrap_or("").to_owned();
@@ -201,9 +208,6 @@ impl ApiContext {
             RequestKind::LeaveGroup(req) => {
                 Work::Ready(Some(ResponseKind::LeaveGroup(groups::leave(self, req))))
             }
-            RequestKind::OffsetCommit(req) => Work::Ready(Some(ResponseKind::OffsetCommit(
-                groups::offset_commit(self, req).await,
-            ))),
             RequestKind::OffsetFetch(req) => Work::Ready(Some(ResponseKind::OffsetFetch(
                 groups::offset_fetch(self, req),
             ))),
