@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::controller::network::{ask, BrokerAnswer, BrokerRequest};
+use crate::controller::messages::{BrokerAnswer, BrokerRequest};
+use crate::controller::network::ask;
 use crate::controller::types::NodeId;
 
 /// How long one request to a controller may take.

@@ -2,36 +2,39 @@
 //! records of a replicated metadata log (Kafka's KRaft, KIP-500/KIP-631). `metadata` holds
 //! the records and the image they build; a quorum of controllers replicates the log with
 //! openraft (docs/ARCHITECTURE.md, "Controller"): `log_store` and `state_machine` keep it on
-//! disk, `network` carries its RPCs, and `Controller` runs one member of the quorum. The
-//! active member fences brokers whose heartbeats stop (`liveness`); every broker registers
-//! and heartbeats (`lifecycle`).
+//! disk, `network` carries its RPCs, `Controller` runs one member of the quorum and `quorum`
+//! is what its parts share. The active member answers the brokers' `messages` and fences a
+//! broker whose heartbeats stop (`liveness`); every broker registers and heartbeats
+//! (`lifecycle`).
 
 pub mod lifecycle;
 pub mod liveness;
 pub mod log_store;
+pub mod messages;
 pub mod metadata;
 pub mod network;
+pub mod quorum;
 pub mod state_machine;
 pub mod types;
 
+pub use quorum::ControllerError;
+
 use std::collections::BTreeMap;
-use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, InitializeError, RaftError};
-use openraft::{BasicNode, Raft, ServerState};
+use openraft::error::{InitializeError, RaftError};
+use openraft::{BasicNode, Raft};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::controller::liveness::Liveness;
 use crate::controller::log_store::LogStore;
 use crate::controller::metadata::{MetadataImage, MetadataRecord};
-use crate::controller::state_machine::{MachineState, StateMachine};
-use crate::controller::types::{ControllerRaft, NodeId};
-use crate::mutex::lock;
+use crate::controller::quorum::Core;
+use crate::controller::state_machine::StateMachine;
+use crate::controller::types::NodeId;
 
 /// Heartbeats from the active controller; a follower that hears none for an election timeout
 /// (a random time in the range) starts an election. Sized for loopback and LAN round trips.
@@ -50,59 +53,6 @@ pub struct ControllerConfig {
     pub dir: PathBuf,
     /// A broker whose heartbeats stop this long is fenced.
     pub session_timeout: Duration,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ControllerError {
-    #[error("controller storage: {0}")]
-    Io(#[from] io::Error),
-    #[error("controller quorum: {0}")]
-    Raft(String),
-    #[error("not the active controller (the active one: {0:?})")]
-    NotActive(Option<NodeId>),
-    #[error("the metadata refused the record: {0}")]
-    Refused(String),
-}
-
-/// What the RPC server, the fencer and the `Controller` handle share.
-pub struct Core {
-    id: NodeId,
-    raft: Raft<ControllerRaft>,
-    state: Arc<Mutex<MachineState>>,
-    liveness: Liveness,
-}
-
-impl Core {
-    /// Appends a record through this member, which must be the active controller; returns
-    /// once a quorum holds it durably and it has been applied here.
-    pub async fn propose(&self, record: MetadataRecord) -> Result<(), ControllerError> {
-        match self.raft.client_write(record).await {
-            Ok(written) => match written.data.refused {
-                None => Ok(()),
-                Some(why) => Err(ControllerError::Refused(why)),
-            },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(to))) => {
-                Err(ControllerError::NotActive(to.leader_id))
-            }
-            Err(e) => Err(ControllerError::Raft(e.to_string())),
-        }
-    }
-
-    pub fn image(&self) -> MetadataImage {
-        lock(&self.state).image.clone()
-    }
-
-    pub fn active(&self) -> Option<NodeId> {
-        self.raft.metrics().borrow().current_leader
-    }
-
-    /// The term in which this member is the active controller, if it is.
-    fn active_term(&self) -> Option<u64> {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow();
-        (m.state == ServerState::Leader && m.current_leader == Some(self.id))
-            .then_some(m.current_term)
-    }
 }
 
 pub struct Controller {
@@ -138,12 +88,12 @@ impl Controller {
         )
         .await
         .map_err(|e| ControllerError::Raft(e.to_string()))?;
-        let core = Arc::new(Core {
-            id: config.id,
-            raft: raft.clone(),
+        let core = Arc::new(Core::new(
+            config.id,
+            raft.clone(),
             state,
-            liveness: Liveness::new(config.session_timeout),
-        });
+            config.session_timeout,
+        ));
         let server = tokio::spawn(network::serve(listener, core.clone()));
         let voters: BTreeMap<NodeId, BasicNode> = config
             .voters
@@ -168,7 +118,7 @@ impl Controller {
                 return Err(ControllerError::Raft(e.to_string()));
             }
         }
-        let fencer = tokio::spawn(liveness::fence_expired_brokers(core.clone()));
+        let fencer = tokio::spawn(quorum::fence_expired_brokers(core.clone()));
         Ok(Self {
             core,
             server,
@@ -195,6 +145,6 @@ impl Controller {
     pub async fn shutdown(self) {
         self.server.abort();
         self.fencer.abort();
-        let _ = self.core.raft.shutdown().await;
+        let _ = self.core.raft().shutdown().await;
     }
 }

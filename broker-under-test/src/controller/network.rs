@@ -20,9 +20,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
+use crate::controller::messages::{BrokerAnswer, BrokerRequest};
 use crate::controller::metadata::MetadataImage;
+use crate::controller::quorum::Core;
 use crate::controller::types::{ControllerRaft, NodeId};
-use crate::controller::Core;
 
 /// Larger frames are refused: a snapshot travels in chunks far below this.
 const RPC_FRAME_BYTES_MAX: usize = 16 << 20;
@@ -35,34 +36,6 @@ enum Request {
     Append(AppendEntriesRequest<ControllerRaft>),
     Snapshot(InstallSnapshotRequest<ControllerRaft>),
     Broker(BrokerRequest),
-}
-
-/// What a broker (or an operator) asks the controller quorum.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum BrokerRequest {
-    /// A broker process starts: it gets a new broker epoch.
-    Register { broker: i32, incarnation: u64 },
-    /// The broker, at its current epoch, is alive.
-    Heartbeat { broker: i32, broker_epoch: u64 },
-    /// The image as this member applied it, and the active controller it knows.
-    Describe,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub enum BrokerAnswer {
-    Registered {
-        broker_epoch: u64,
-    },
-    Alive,
-    /// Ask the active controller instead (when known).
-    NotActive(Option<NodeId>),
-    /// The epoch is not the broker's current one: register again.
-    StaleEpoch,
-    Image {
-        active: Option<NodeId>,
-        image: MetadataImage,
-    },
-    Failed(String),
 }
 
 /// Sends one broker request to the member at `addr` and reads its answer within `timeout`.
@@ -211,7 +184,7 @@ pub async fn serve(listener: TcpListener, core: Arc<Core>) {
 }
 
 async fn serve_peer(mut stream: TcpStream, core: Arc<Core>) -> io::Result<()> {
-    let raft = &core.raft;
+    let raft = core.raft();
     stream.set_nodelay(true)?;
     loop {
         let request = tokio::time::timeout(RPC_IDLE_TIMEOUT, read_frame::<Request>(&mut stream))

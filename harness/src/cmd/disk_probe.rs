@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::cmd::args::Common;
+use crate::cmd::args::{write_json, Common};
 use crate::cmd::exit::EXIT_PASS;
 use crate::error::HarnessError;
 use crate::trial::disk_probe::{self, ProbeSettings, PHASE_MAX};
@@ -33,6 +33,9 @@ pub struct DiskProbeArgs {
     /// against the first is the floor under a closed-loop workload's flatness.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     closed_loop: bool,
+    /// Write each phase's figures as JSON (an array, one per phase).
+    #[arg(long)]
+    json_output: Option<PathBuf>,
 }
 
 impl DiskProbeArgs {
@@ -78,6 +81,11 @@ impl DiskProbeArgs {
             );
         }
         println!("{}", disk_probe::table(&results));
+        let summaries: Vec<_> = results
+            .iter()
+            .map(disk_probe::PhaseResult::summary)
+            .collect();
+        write_json(&self.json_output, &summaries)?;
         Ok(EXIT_PASS)
     }
 }

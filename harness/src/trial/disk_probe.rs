@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use comfy_table::{presets::ASCII_MARKDOWN, Table};
 use hdrhistogram::Histogram;
+use serde::Serialize;
 
 /// The appended file is this long and written round and round: its blocks are allocated once,
 /// so an fdatasync flushes data only (as the broker's reused WAL segments do).
@@ -57,6 +58,48 @@ pub struct PhaseResult {
     pub appends_first_third: u64,
     pub appends_last_third: u64,
     pub background_written_bytes: u64,
+}
+
+/// A phase's figures as `disk-probe --json-output` writes them.
+#[derive(Debug, Serialize)]
+pub struct PhaseSummary {
+    pub duration_s: f64,
+    /// None: a closed loop.
+    pub syncs_per_second: Option<u32>,
+    pub append_bytes: usize,
+    pub background_mib_per_second: u32,
+    pub appends: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    pub p99_first_third_us: u64,
+    pub p99_last_third_us: u64,
+    pub appends_first_third: u64,
+    pub appends_last_third: u64,
+    pub background_written_bytes: u64,
+}
+
+impl PhaseResult {
+    pub fn summary(&self) -> PhaseSummary {
+        let h = &self.latencies_us;
+        PhaseSummary {
+            duration_s: self.settings.duration.as_secs_f64(),
+            syncs_per_second: self.settings.syncs_per_second,
+            append_bytes: self.settings.append_bytes,
+            background_mib_per_second: self.settings.background_mib_per_second,
+            appends: h.len(),
+            p50_us: h.value_at_quantile(0.5),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+            p99_first_third_us: self.p99_first_third_us,
+            p99_last_third_us: self.p99_last_third_us,
+            appends_first_third: self.appends_first_third,
+            appends_last_third: self.appends_last_third,
+            background_written_bytes: self.background_written_bytes,
+        }
+    }
 }
 
 fn histogram() -> Histogram<u64> {

@@ -43,10 +43,19 @@ pub fn regressed_metrics(gate: &GateResult) -> Vec<&'static str> {
         .collect()
 }
 
+/// Why an acceptance was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AcceptanceError {
+    #[error("its gate did not call {requested} a regression (it called: {called})")]
+    NotRegressed { requested: String, called: String },
+    #[error("its gate also called {0} a regression: accept it too (--metric) or fix it")]
+    AlsoRegressed(String),
+}
+
 /// Whether accepting `requested` of a commit whose gate regressed `regressed` is sound: each
 /// requested metric did regress, and every metric that regressed is accepted (otherwise the
 /// base would move past a regression nobody accepted). The error says what is missing.
-pub fn check(requested: &[&str], regressed: &[&str]) -> Result<(), String> {
+pub fn check(requested: &[&str], regressed: &[&str]) -> Result<(), AcceptanceError> {
     let missing = |from: &[&str], of: &[&str]| -> Vec<String> {
         from.iter()
             .filter(|m| !of.contains(m))
@@ -55,22 +64,18 @@ pub fn check(requested: &[&str], regressed: &[&str]) -> Result<(), String> {
     };
     let not_regressed = missing(requested, regressed);
     if !not_regressed.is_empty() {
-        return Err(format!(
-            "its gate did not call {} a regression (it called: {})",
-            not_regressed.join(", "),
-            if regressed.is_empty() {
+        return Err(AcceptanceError::NotRegressed {
+            requested: not_regressed.join(", "),
+            called: if regressed.is_empty() {
                 "nothing".to_owned()
             } else {
                 regressed.join(", ")
-            }
-        ));
+            },
+        });
     }
     let unaccepted = missing(regressed, requested);
     if !unaccepted.is_empty() {
-        return Err(format!(
-            "its gate also called {} a regression: accept it too (--metric) or fix it",
-            unaccepted.join(", ")
-        ));
+        return Err(AcceptanceError::AlsoRegressed(unaccepted.join(", ")));
     }
     Ok(())
 }
@@ -101,11 +106,13 @@ mod tests {
             check(&["p99", "throughput"], &["throughput", "p99"]),
             Ok(())
         );
-        let not = check(&["p99"], &["instructions"]).unwrap_err();
+        let not = check(&["p99"], &["instructions"]).unwrap_err().to_string();
         assert!(not.contains("did not call p99"), "{not}");
-        let partial = check(&["instructions"], &["instructions", "throughput"]).unwrap_err();
+        let partial = check(&["instructions"], &["instructions", "throughput"])
+            .unwrap_err()
+            .to_string();
         assert!(partial.contains("also called throughput"), "{partial}");
-        let nothing = check(&["throughput"], &[]).unwrap_err();
+        let nothing = check(&["throughput"], &[]).unwrap_err().to_string();
         assert!(nothing.contains("called: nothing"), "{nothing}");
     }
 

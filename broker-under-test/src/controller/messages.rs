@@ -1,0 +1,34 @@
+//! What brokers (and operators) ask the controller quorum, and its answers.
+
+use serde::{Deserialize, Serialize};
+
+use crate::controller::metadata::MetadataImage;
+use crate::controller::types::NodeId;
+
+/// What a broker (or an operator) asks the controller quorum.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum BrokerRequest {
+    /// A broker process starts: it gets a new broker epoch.
+    Register { broker: i32, incarnation: u64 },
+    /// The broker, at its current epoch, is alive.
+    Heartbeat { broker: i32, broker_epoch: u64 },
+    /// The image as this member applied it, and the active controller it knows.
+    Describe,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum BrokerAnswer {
+    Registered {
+        broker_epoch: u64,
+    },
+    Alive,
+    /// Ask the active controller instead (when known).
+    NotActive(Option<NodeId>),
+    /// The epoch is not the broker's current one: register again.
+    StaleEpoch,
+    Image {
+        active: Option<NodeId>,
+        image: MetadataImage,
+    },
+    Failed(String),
+}
