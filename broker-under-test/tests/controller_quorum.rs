@@ -32,6 +32,16 @@ async fn start(id: u64, voters: &BTreeMap<u64, SocketAddr>, root: &Path) -> Cont
     .expect("controller starts")
 }
 
+/// Three members on free loopback ports, their data under `root`.
+async fn start_quorum(root: &Path) -> (BTreeMap<u64, SocketAddr>, BTreeMap<u64, Controller>) {
+    let voters: BTreeMap<u64, SocketAddr> = (1..=3).map(|id| (id, free_addr())).collect();
+    let mut members = BTreeMap::new();
+    for id in 1..=3 {
+        members.insert(id, start(id, &voters, root).await);
+    }
+    (voters, members)
+}
+
 /// Polls `done` every 50 ms until it holds or `QUORUM_WAIT` passes.
 async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + QUORUM_WAIT;
@@ -93,11 +103,7 @@ async fn set_up_brokers(active: &Controller) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_quorum_survives_its_active_controller_and_catches_a_restarted_one_up() {
     let root = tempfile::tempdir().unwrap();
-    let voters: BTreeMap<u64, SocketAddr> = (1..=3).map(|id| (id, free_addr())).collect();
-    let mut members = BTreeMap::new();
-    for id in 1..=3 {
-        members.insert(id, start(id, &voters, root.path()).await);
-    }
+    let (voters, mut members) = start_quorum(root.path()).await;
     let first = agreed_active(&members).await;
     set_up_brokers(&members[&first]).await;
     same_image(&members, |i| {
@@ -151,11 +157,7 @@ async fn the_quorum_survives_its_active_controller_and_catches_a_restarted_one_u
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quorum_restarted_whole_recovers_its_image_from_disk() {
     let root = tempfile::tempdir().unwrap();
-    let voters: BTreeMap<u64, SocketAddr> = (1..=3).map(|id| (id, free_addr())).collect();
-    let mut members = BTreeMap::new();
-    for id in 1..=3 {
-        members.insert(id, start(id, &voters, root.path()).await);
-    }
+    let (voters, mut members) = start_quorum(root.path()).await;
     let active = agreed_active(&members).await;
     set_up_brokers(&members[&active]).await;
     for broker in [1, 2, 3] {
