@@ -286,6 +286,8 @@ impl PartitionLog {
             while self.segments.len() > 1 && self.size_bytes() > limit {
                 let oldest = self.segments.remove(0);
                 oldest.delete()?;
+                // Until the directory is fsynced, a power cut may bring the segment back.
+                self.dir_unsynced = true;
             }
         }
         Ok(self.start_offset())
@@ -294,7 +296,7 @@ impl PartitionLog {
     /// What to fsync (see `Unsynced`) if anything was appended since the last call; the caller
     /// fsyncs it outside the partition lock.
     pub fn take_unsynced(&mut self) -> Option<Unsynced> {
-        if !self.dirty && self.closed_unsynced.is_empty() {
+        if !self.dirty && self.closed_unsynced.is_empty() && !self.dir_unsynced {
             return None;
         }
         self.dirty = false;
@@ -526,6 +528,26 @@ mod tests {
             _ => data[at] ^= 1 << rng.below(8),
         }
         fs::write(&path, data).unwrap();
+    }
+
+    /// A segment that retention deleted stays deleted after a power cut only once its
+    /// directory is fsynced: the next checkpoint's `take_unsynced` must ask for that.
+    #[test]
+    fn a_retention_delete_is_made_durable_by_the_next_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = PartitionLog::open(dir.path(), SEGMENT_BYTES, |_| {}).unwrap();
+        for i in 0..40 {
+            log.append(std::slice::from_ref(&batch_at(i, 1))).unwrap();
+        }
+        assert!(segment_files(dir.path()).len() >= 3);
+        while log.take_unsynced().is_some() {}
+        let start = log.enforce_retention(Some(1)).unwrap();
+        assert!(start > 0, "retention deleted nothing");
+        let unsynced = log.take_unsynced().expect("the deletion is left to sync");
+        assert!(
+            unsynced.sync_dir,
+            "the directory is not fsynced after a delete"
+        );
     }
 
     /// Whatever a power cut leaves above the recovery point, the log opens and the WAL's
