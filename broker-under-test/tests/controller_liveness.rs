@@ -90,3 +90,31 @@ fn a_silent_broker_is_fenced_and_registers_again_when_it_restarts() {
             && all_alive(s)
     });
 }
+
+#[test]
+fn a_controller_address_in_use_refuses_the_start_as_unavailable() {
+    let root = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let broker_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let file = root.path().join("cluster.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[broker]]\nid = 1\naddress = \"127.0.0.1:{broker_port}\"\ncontroller_address = \"{}\"\n",
+            taken.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_chronik-broker"))
+        .args(["--broker-id=1", "--cluster"])
+        .arg(&file)
+        .arg(format!("--data-dir={}", root.path().join("data").display()))
+        .output()
+        .expect("run the broker");
+    assert_eq!(status.status.code(), Some(69), "{status:?}");
+    assert!(String::from_utf8_lossy(&status.stderr).contains("controller cannot listen"));
+}

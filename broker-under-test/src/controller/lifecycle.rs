@@ -14,6 +14,8 @@ use crate::controller::types::NodeId;
 const CONTROLLER_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause before asking another member after one failed or did not know the active one.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// Pause before asking the member another one named as active.
+const REDIRECT_PAUSE: Duration = Duration::from_millis(20);
 
 /// Registers `broker` and heartbeats every `interval` until the task is aborted.
 pub async fn run(
@@ -53,7 +55,8 @@ pub async fn run(
             }
             Ok(BrokerAnswer::NotActive(Some(active))) if voters.contains_key(&active) => {
                 target = ids.iter().position(|&id| id == active).unwrap_or(target);
-                continue;
+                // Short: only an election in progress makes members name each other.
+                REDIRECT_PAUSE
             }
             Ok(other) => {
                 tracing::debug!("controller {addr}: {other:?}");

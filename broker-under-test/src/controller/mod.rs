@@ -78,7 +78,13 @@ impl Controller {
         }
         .validate()
         .map_err(|e| ControllerError::Raft(e.to_string()))?;
-        let listener = TcpListener::bind(config.listen).await?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ControllerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
         let raft = Raft::new(
             config.id,
             Arc::new(raft_config),

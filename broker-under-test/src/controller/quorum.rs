@@ -24,6 +24,12 @@ const FENCER_PERIOD: Duration = Duration::from_millis(250);
 pub enum ControllerError {
     #[error("controller storage: {0}")]
     Io(#[from] io::Error),
+    #[error("controller cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: io::Error,
+    },
     #[error("controller quorum: {0}")]
     Raft(String),
     #[error("not the active controller (the active one: {0:?})")]
