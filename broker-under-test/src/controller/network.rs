@@ -71,8 +71,15 @@ async fn read_frame<T: DeserializeOwned>(stream: &mut TcpStream) -> io::Result<T
             format!("controller RPC frame of {len} bytes"),
         ));
     }
-    let mut body = vec![0; len];
-    stream.read_exact(&mut body).await?;
+    // Memory follows the bytes that arrive, not the length a peer declares.
+    let mut body = Vec::new();
+    (&mut *stream)
+        .take(len as u64)
+        .read_to_end(&mut body)
+        .await?;
+    if body.len() < len {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
     Ok(serde_json::from_slice(&body)?)
 }
 
