@@ -14,6 +14,8 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::api::ApiContext;
 use crate::config::BrokerConfig;
+use crate::controller::client::ControllerClient;
+use crate::controller::publisher::BrokerMetadata;
 use crate::controller::{lifecycle, Controller, ControllerConfig, ControllerError};
 use crate::fail_stop::FailStop;
 use crate::flush::{checkpoint_tick, write_back_logs, Flusher};
@@ -142,6 +144,15 @@ pub async fn start_with_storage(
     config: BrokerConfig,
     open_wal: OpenWalStorage,
 ) -> Result<RunningBroker, StartError> {
+    // With controller voters, the broker follows the quorum's image from the start: its
+    // replicated partitions have no leader until the image names one.
+    let voters = config.cluster.voters();
+    let metadata = (!voters.is_empty()).then(|| {
+        Arc::new(BrokerMetadata::new(
+            Arc::new(ControllerClient::new(voters)),
+            config.cluster.local_id(),
+        ))
+    });
     let Recovered {
         lock_file,
         topics,
@@ -150,7 +161,7 @@ pub async fn start_with_storage(
         keeper_wake,
         fail_stop,
         fatal,
-    } = recover(&config, open_wal)?;
+    } = recover(&config, open_wal, metadata.as_ref())?;
     let flusher = Arc::new(Flusher::new(topics.clone(), &config, fail_stop.clone()));
     let listener = TcpListener::bind(config.listen)
         .await
@@ -163,11 +174,17 @@ pub async fn start_with_storage(
         source,
     })?;
     let config = Arc::new(config);
-    let ctx = api_context(&config, local_addr, &topics, &wal, &flusher, &fail_stop)?;
+    let ctx = api_context(
+        &config,
+        local_addr,
+        (&topics, &wal, &flusher),
+        &fail_stop,
+        metadata.clone(),
+    )?;
     // Replication: the keeper (leader side) and one fetcher per other broker (follower side).
     // Aborted at shutdown, before the final flush.
     let replication = start_replication(&config, &topics, &wal, keeper_wake).await;
-    let (controller, lifecycle) = start_controller(&config).await?;
+    let (controller, lifecycle) = start_controller(&config, &topics, metadata).await?;
     let times = RequestTimes::when_logged();
     let connections = Connections::new(
         listener,
@@ -207,7 +224,11 @@ pub async fn start_with_storage(
 
 /// Locks the data directory, opens the topics, replays the WAL into them and starts the WAL
 /// writer after the last recovered segment.
-fn recover(config: &BrokerConfig, open_wal: OpenWalStorage) -> Result<Recovered, StartError> {
+fn recover(
+    config: &BrokerConfig,
+    open_wal: OpenWalStorage,
+    metadata: Option<&Arc<BrokerMetadata>>,
+) -> Result<Recovered, StartError> {
     let storage_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| StartError::Storage { path, source }
@@ -228,6 +249,7 @@ fn recover(config: &BrokerConfig, open_wal: OpenWalStorage) -> Result<Recovered,
             cluster: config.cluster.clone(),
             replica_lag_time_max: config.replica_lag_time_max,
             keeper: keeper_wake.clone(),
+            alter_isr: metadata.map(|m| m.alter_isr().clone()),
         },
     )?);
     let wal_dir = config.data_dir.join("wal");
@@ -272,10 +294,9 @@ fn recover(config: &BrokerConfig, open_wal: OpenWalStorage) -> Result<Recovered,
 fn api_context(
     config: &Arc<BrokerConfig>,
     local_addr: SocketAddr,
-    topics: &Arc<TopicRegistry>,
-    wal: &Arc<GroupCommitWal>,
-    flusher: &Arc<Flusher>,
+    (topics, wal, flusher): (&Arc<TopicRegistry>, &Arc<GroupCommitWal>, &Arc<Flusher>),
     fail_stop: &FailStop,
+    metadata: Option<Arc<BrokerMetadata>>,
 ) -> Result<Arc<ApiContext>, StartError> {
     let storage_err = |source| StartError::Storage {
         path: config.data_dir.clone(),
@@ -299,15 +320,16 @@ fn api_context(
         }
     });
     let advertised_port = i32::from(config.advertised_port.unwrap_or(local_addr.port()));
-    Ok(Arc::new(ApiContext::new(
-        config.clone(),
+    Ok(Arc::new(ApiContext {
+        config: config.clone(),
         advertised_host,
         advertised_port,
-        topics.clone(),
+        topics: topics.clone(),
         produce,
         groups,
         producer_ids,
-    )))
+        metadata,
+    }))
 }
 
 /// The keeper (leader side) and one fetcher per other broker (follower side); nothing on a
@@ -345,14 +367,16 @@ async fn start_replication(
 }
 
 /// With voters in the cluster file: this broker's member of the controller quorum (when it
-/// is a voter) and its registration and heartbeats (every broker).
+/// is a voter), its registration and heartbeats, and the tasks that follow the image and send
+/// its leaders' in-sync requests (every broker).
 async fn start_controller(
     config: &BrokerConfig,
-) -> Result<(Option<Controller>, Option<JoinHandle<()>>), StartError> {
-    let voters = config.cluster.voters();
-    if voters.is_empty() {
-        return Ok((None, None));
-    }
+    topics: &Arc<TopicRegistry>,
+    metadata: Option<Arc<BrokerMetadata>>,
+) -> Result<(Option<Controller>, Vec<JoinHandle<()>>), StartError> {
+    let Some(metadata) = metadata else {
+        return Ok((None, Vec::new()));
+    };
     let local = config.cluster.local_id();
     let listen = config
         .cluster
@@ -363,7 +387,7 @@ async fn start_controller(
             Controller::start(ControllerConfig {
                 id: u64::try_from(local).expect("cluster ids are not negative"),
                 listen,
-                voters: voters.clone(),
+                voters: metadata.client().voters().clone(),
                 dir: config.data_dir.join("controller"),
                 session_timeout: config.broker_session_timeout,
             })
@@ -373,13 +397,17 @@ async fn start_controller(
     };
     // Random per process, so the controller tells a restart from a late heartbeat.
     let incarnation = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), local);
-    let lifecycle = tokio::spawn(lifecycle::run(
-        voters,
-        local,
-        incarnation,
-        config.broker_heartbeat_interval,
-    ));
-    Ok((controller, Some(lifecycle)))
+    let tasks = vec![
+        tokio::spawn(lifecycle::run(
+            metadata.client().clone(),
+            local,
+            incarnation,
+            config.broker_heartbeat_interval,
+        )),
+        tokio::spawn(metadata.clone().follow(topics.clone())),
+        tokio::spawn(metadata.send_alter_isr()),
+    ];
+    Ok((controller, tasks))
 }
 
 /// What the running broker writes to, and what must stop last.
@@ -397,7 +425,7 @@ struct Background {
     times_report: Option<JoinHandle<()>>,
     replication: JoinSet<()>,
     controller: Option<Controller>,
-    lifecycle: Option<JoinHandle<()>>,
+    lifecycle: Vec<JoinHandle<()>>,
 }
 
 /// Runs until shutdown or a fail-stop: connections, and a checkpoint every

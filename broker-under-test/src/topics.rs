@@ -22,7 +22,7 @@ use kafka_protocol::error::ResponseError;
 use tokio::sync::Notify;
 
 use crate::cluster::Cluster;
-use crate::replica_state::Replication;
+use crate::replica_state::{AlterIsrQueue, Quorum, Replication};
 
 use crate::leader_epochs::EpochHistory;
 use crate::log::{LogError, PartitionLog};
@@ -43,6 +43,9 @@ pub struct Placement {
     pub replica_lag_time_max: Duration,
     /// Woken when a leader partition's durable end moves (`replication::keeper`).
     pub keeper: Arc<Notify>,
+    /// With a controller quorum: where leaders ask for in-sync changes. Its partitions have
+    /// no leader until the quorum's image names one.
+    pub alter_isr: Option<Arc<AlterIsrQueue>>,
 }
 
 impl Placement {
@@ -68,6 +71,11 @@ impl Placement {
             self.replica_lag_time_max,
             self.keeper.clone(),
             dir.join(crate::replica_state::LEADER_EPOCH_FILE),
+            self.alter_isr.as_ref().map(|requests| Quorum {
+                requests: requests.clone(),
+                topic: Arc::from(topic),
+                partition: index,
+            }),
         )
         .map(|r| Some(Arc::new(r)))
     }

@@ -10,6 +10,10 @@
 //!
 //! There is no authorization on this wire, so the broker guards the request itself: it is a
 //! failover, and it is refused while the current leader still answers this broker.
+//!
+//! Under a controller quorum the controller elects by itself; an ElectLeaders request is the
+//! operator's override and becomes an `ElectLeader` record for this broker: in sync (type 0)
+//! or unclean (type 1), checked by the quorum against its own in-sync set.
 
 use std::time::Duration;
 
@@ -18,6 +22,7 @@ use kafka_protocol::messages::elect_leaders_response::{PartitionResult, ReplicaE
 use kafka_protocol::messages::{ApiVersionsRequest, ElectLeadersRequest, ElectLeadersResponse};
 
 use super::{str_bytes, ApiContext};
+use crate::controller::metadata::MetadataRecord;
 use crate::replica_state::{ElectError, Leadership};
 use crate::replication::peer::Peer;
 
@@ -39,6 +44,31 @@ async fn answers(ctx: &ApiContext, leader: i32) -> bool {
         .is_ok()
 }
 
+/// Under a quorum: asks the controller to elect this broker.
+async fn propose(
+    ctx: &ApiContext,
+    topic: &str,
+    partition: i32,
+    election_type: i8,
+) -> Option<(ResponseError, String)> {
+    let metadata = ctx.metadata.as_ref()?;
+    let record = MetadataRecord::ElectLeader {
+        topic: topic.to_owned(),
+        partition,
+        leader: ctx.topics.cluster().local_id(),
+        unclean: election_type != ELECTION_IN_SYNC,
+    };
+    match metadata.propose(record).await {
+        Ok(()) => {
+            tracing::warn!(
+                "{topic}-{partition}: the controller elected this broker (type {election_type})"
+            );
+            None
+        }
+        Err(why) => Some((ResponseError::EligibleLeadersNotAvailable, why)),
+    }
+}
+
 pub async fn elect_leaders(ctx: &ApiContext, req: ElectLeadersRequest) -> ElectLeadersResponse {
     let mut response = ElectLeadersResponse::default();
     let Some(wanted) = req.topic_partitions else {
@@ -55,6 +85,9 @@ pub async fn elect_leaders(ctx: &ApiContext, req: ElectLeadersRequest) -> ElectL
             result.partition_id = index;
             let refused = match ctx.topics.partition(&topic.topic, index) {
                 None => Some((ResponseError::UnknownTopicOrPartition, String::new())),
+                Some(_) if ctx.metadata.is_some() => {
+                    propose(ctx, &topic.topic, index, req.election_type).await
+                }
                 Some(partition) => match partition.replication() {
                     None => Some((
                         ResponseError::ElectionNotNeeded,

@@ -2,9 +2,11 @@
 //! waits on it; a follower (a fetch with a replica id) reads below the leader's durable end,
 //! waits on that, and reports its own durable end with the offset it fetches from.
 //!
-//! A follower's fetch is checked first (`follower_check`): one that names another leader epoch
-//! is fenced, and one whose last batch's epoch ends earlier in this log gets the diverging
-//! epoch instead of records, and is not taken as a position (its log is not a prefix of ours).
+//! A follower's fetch is checked first (`follower_check`): the replica id must be a replica
+//! of the partition (and, under a controller quorum, a registered broker that is not fenced),
+//! or nothing is read and no position is taken; one that names another leader epoch is
+//! fenced, and one whose last batch's epoch ends earlier in this log gets the diverging epoch
+//! instead of records, and is not taken as a position (its log is not a prefix of ours).
 
 use std::time::Duration;
 
@@ -43,7 +45,7 @@ pub async fn fetch(ctx: &ApiContext, req: FetchRequest) -> FetchResponse {
         record_follower_positions(ctx, &req, id);
     }
     loop {
-        let (response, bytes, first_empty) = fetch_once(ctx, &req, follower.is_some());
+        let (response, bytes, first_empty) = fetch_once(ctx, &req, follower);
         let now = tokio::time::Instant::now();
         if bytes >= req.min_bytes.max(1) as usize || now >= deadline {
             return response;
@@ -72,7 +74,29 @@ enum FollowerRefusal {
     Diverged(EpochEndOffset),
 }
 
-fn follower_check(partition: &Partition, wanted: &FetchPartition) -> Result<(), FollowerRefusal> {
+fn follower_check(
+    ctx: &ApiContext,
+    partition: &Partition,
+    follower: i32,
+    wanted: &FetchPartition,
+) -> Result<(), FollowerRefusal> {
+    // Only a replica reads above the high watermark and moves it; under a quorum only one
+    // the controller registered and has not fenced (a client posing as a follower is not).
+    let replica = partition
+        .replication()
+        .is_some_and(|r| r.replicas().contains(&follower));
+    if !replica || follower == ctx.topics.cluster().local_id() {
+        return Err(FollowerRefusal::Fenced(ResponseError::ReplicaNotAvailable));
+    }
+    if ctx
+        .metadata
+        .as_ref()
+        .is_some_and(|m| !m.may_replicate(follower))
+    {
+        return Err(FollowerRefusal::Fenced(
+            ResponseError::BrokerIdNotRegistered,
+        ));
+    }
     let epoch = partition.replication().map_or(0, |r| r.leader_epoch());
     if wanted.current_leader_epoch >= 0 && wanted.current_leader_epoch != epoch {
         return Err(FollowerRefusal::Fenced(
@@ -108,7 +132,7 @@ fn record_follower_positions(ctx: &ApiContext, req: &FetchRequest, follower: i32
             let Some(replication) = partition.replication().filter(|r| r.is_leader()) else {
                 continue;
             };
-            if follower_check(&partition, wanted).is_err() {
+            if follower_check(ctx, &partition, follower, wanted).is_err() {
                 continue;
             }
             let change = replication.follower_fetched(
@@ -127,11 +151,12 @@ fn record_follower_positions(ctx: &ApiContext, req: &FetchRequest, follower: i32
 
 /// Fills `data` with the refusal of a follower's fetch; false when it may read.
 fn refuse_follower(
+    ctx: &ApiContext,
     partition: &Partition,
-    wanted: &FetchPartition,
+    (follower, wanted): (i32, &FetchPartition),
     data: &mut PartitionData,
 ) -> bool {
-    let Err(refusal) = follower_check(partition, wanted) else {
+    let Err(refusal) = follower_check(ctx, partition, follower, wanted) else {
         return false;
     };
     data.high_watermark = partition.high_watermark().get();
@@ -149,8 +174,9 @@ fn refuse_follower(
 fn fetch_once(
     ctx: &ApiContext,
     req: &FetchRequest,
-    for_follower: bool,
+    follower: Option<i32>,
 ) -> (FetchResponse, usize, Option<Waiter>) {
+    let for_follower = follower.is_some();
     let mut response = FetchResponse::default();
     // The broker's cap, not the client's wish, bounds what one response holds in memory.
     let mut budget = (req.max_bytes.max(0) as usize).min(ctx.config.fetch_bytes_max);
@@ -172,7 +198,9 @@ fn fetch_once(
                     data.log_start_offset = -1;
                 }
                 Some(partition)
-                    if for_follower && refuse_follower(&partition, wanted, &mut data) => {}
+                    if follower.is_some_and(|id| {
+                        refuse_follower(ctx, &partition, (id, wanted), &mut data)
+                    }) => {}
                 Some(partition) => {
                     let max = (wanted.partition_max_bytes.max(0) as usize).min(budget.max(1));
                     // KIP-74: only the first non-empty partition may exceed the request's byte

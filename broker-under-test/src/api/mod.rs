@@ -23,6 +23,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use thiserror::Error;
 
 use crate::config::BrokerConfig;
+use crate::controller::publisher::BrokerMetadata;
 use crate::groups::GroupCoordinator;
 use crate::produce::{AppendedProduce, ProduceHandler};
 use crate::producer_ids::ProducerIds;
@@ -78,6 +79,8 @@ pub struct ApiContext {
     pub produce: ProduceHandler,
     pub groups: Arc<GroupCoordinator>,
     pub producer_ids: ProducerIds,
+    /// With a controller quorum: its image as this broker follows it.
+    pub metadata: Option<Arc<BrokerMetadata>>,
 }
 
 fn supported(api: ApiKey) -> Option<(i16, i16)> {
@@ -88,26 +91,6 @@ fn supported(api: ApiKey) -> Option<(i16, i16)> {
 }
 
 impl ApiContext {
-    pub fn new(
-        config: Arc<BrokerConfig>,
-        advertised_host: String,
-        advertised_port: i32,
-        topics: Arc<TopicRegistry>,
-        produce: ProduceHandler,
-        groups: Arc<GroupCoordinator>,
-        producer_ids: ProducerIds,
-    ) -> Self {
-        Self {
-            config,
-            advertised_host,
-            advertised_port,
-            topics,
-            produce,
-            groups,
-            producer_ids,
-        }
-    }
-
     /// Decodes one request frame and runs the part of it that must happen in arrival order
     /// (for Produce: offset assignment and the WAL append). A connection calls this for one
     /// frame at a time; what may wait runs later in [`Started::finish`].

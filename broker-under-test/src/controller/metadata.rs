@@ -53,6 +53,15 @@ pub enum MetadataRecord {
         partition_epoch: i32,
         isr: Vec<i32>,
     },
+    /// An operator's election (ElectLeaders, `chronik-broker promote`): `leader` must be an
+    /// available in-sync member, or with `unclean` any available replica, which then leads
+    /// alone (what it lacks of the acknowledged writes is lost).
+    ElectLeader {
+        topic: String,
+        partition: i32,
+        leader: i32,
+        unclean: bool,
+    },
 }
 
 /// A broker as the metadata log knows it.
@@ -115,6 +124,8 @@ pub enum Refused {
     InvalidIsr(&'static str),
     #[error("invalid assignment: {0}")]
     InvalidAssignment(&'static str),
+    #[error("broker {0} cannot be elected: {1}")]
+    NotEligible(i32, &'static str),
 }
 
 /// Which brokers may be elected: registered and not fenced.
@@ -185,6 +196,10 @@ impl MetadataImage {
         self.brokers.iter().map(|(&id, b)| (id, b))
     }
 
+    pub fn topics(&self) -> impl Iterator<Item = (&str, &TopicImage)> {
+        self.topics.iter().map(|(name, t)| (name.as_str(), t))
+    }
+
     pub fn topic(&self, name: &str) -> Option<&TopicImage> {
         self.topics.get(name)
     }
@@ -230,7 +245,50 @@ impl MetadataImage {
                 (*leader, *leader_epoch, *partition_epoch),
                 isr,
             ),
+            MetadataRecord::ElectLeader {
+                topic,
+                partition,
+                leader,
+                unclean,
+            } => self.elect_leader(topic, *partition, *leader, *unclean),
         }
+    }
+
+    fn elect_leader(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        leader: i32,
+        unclean: bool,
+    ) -> Result<(), Refused> {
+        let p = self
+            .partition(topic, partition)
+            .ok_or_else(|| Refused::UnknownPartition(topic.to_owned(), partition))?;
+        if !p.replicas.contains(&leader) {
+            return Err(Refused::NotEligible(leader, "not a replica"));
+        }
+        if !available(&self.brokers, leader) {
+            return Err(Refused::NotEligible(leader, "fenced or not registered"));
+        }
+        if !unclean && !p.isr.contains(&leader) {
+            return Err(Refused::NotEligible(leader, "not in the in-sync set"));
+        }
+        if p.leader == leader {
+            return Err(Refused::NotEligible(leader, "already the leader"));
+        }
+        let index = usize::try_from(partition).expect("checked above");
+        let p = &mut self
+            .topics
+            .get_mut(topic)
+            .expect("checked above")
+            .partitions[index];
+        if !p.isr.contains(&leader) {
+            p.isr = vec![leader];
+        }
+        p.leader = leader;
+        p.leader_epoch += 1;
+        p.partition_epoch += 1;
+        Ok(())
     }
 
     fn register(&mut self, broker: i32, incarnation: u64) {
@@ -322,26 +380,34 @@ impl MetadataImage {
                 return Err(Refused::UnknownBroker(unknown));
             }
         }
+        let brokers = &self.brokers;
         let partitions = assignment
             .iter()
             .map(|replicas| {
                 let live: Vec<i32> = replicas
                     .iter()
                     .copied()
-                    .filter(|&b| available(&self.brokers, b))
+                    .filter(|&b| available(brokers, b))
                     .collect();
-                PartitionImage {
+                // Epoch 0 is the first replica's on every broker (a broker that has not heard
+                // from the controller yet assumes no other); when it is down, the first
+                // election moves on at once. Nothing is written yet: every live replica is in
+                // sync.
+                let mut p = PartitionImage {
                     replicas: replicas.clone(),
-                    leader: live.first().copied().unwrap_or(NO_LEADER),
+                    leader: replicas[0],
                     leader_epoch: 0,
                     partition_epoch: 0,
-                    // Nothing is written yet: every replica is in sync, the live ones lead.
                     isr: if live.is_empty() {
                         replicas.clone()
                     } else {
                         live
                     },
+                };
+                if !available(brokers, replicas[0]) {
+                    p.elect(brokers, unclean);
                 }
+                p
             })
             .collect();
         self.topics.insert(
@@ -609,6 +675,14 @@ mod tests {
                 broker,
                 broker_epoch: epoch,
             }),
+            // An operator's election: unclean only where the topic allows it, as the
+            // checker holds clean topics to every acknowledged write.
+            70..=74 => Some(MetadataRecord::ElectLeader {
+                topic: topic.into(),
+                partition,
+                leader: broker,
+                unclean: topic == UNCLEAN && rng.below(2) == 0,
+            }),
             _ => {
                 let p = image.partition(topic, partition).expect("exists");
                 if p.leader == NO_LEADER {
@@ -750,6 +824,80 @@ mod tests {
         restart(&mut image, 2);
         let p = image.partition("t", 0).unwrap();
         assert_eq!((p.leader, p.leader_epoch), (2, 3));
+    }
+
+    #[test]
+    fn epoch_zero_is_the_first_replicas_and_a_fenced_one_is_replaced_at_once() {
+        let mut image = MetadataImage::default();
+        for b in [1, 2, 3] {
+            restart(&mut image, b);
+        }
+        fence(&mut image, 1);
+        let create = |topic: &str, assignment: Vec<Vec<i32>>| MetadataRecord::CreateTopic {
+            topic: topic.into(),
+            assignment,
+            unclean_leader_election: false,
+        };
+        image.apply(&create("a", vec![vec![2, 1]])).unwrap();
+        image.apply(&create("b", vec![vec![1, 3]])).unwrap();
+        let a = image.partition("a", 0).unwrap();
+        assert_eq!((a.leader, a.leader_epoch, a.isr.clone()), (2, 0, vec![2]));
+        let b = image.partition("b", 0).unwrap();
+        assert_eq!((b.leader, b.leader_epoch, b.isr.clone()), (3, 1, vec![3]));
+    }
+
+    #[test]
+    fn an_operators_election_is_clean_unless_it_says_unclean() {
+        let mut image = MetadataImage::default();
+        for b in [1, 2, 3] {
+            restart(&mut image, b);
+        }
+        image
+            .apply(&MetadataRecord::CreateTopic {
+                topic: "t".into(),
+                assignment: vec![vec![1, 2, 3]],
+                unclean_leader_election: false,
+            })
+            .unwrap();
+        let isr = |image: &mut MetadataImage, isr: Vec<i32>| {
+            let p = image.partition("t", 0).unwrap().clone();
+            image.apply(&MetadataRecord::AlterIsr {
+                topic: "t".into(),
+                partition: 0,
+                leader: p.leader,
+                leader_epoch: p.leader_epoch,
+                partition_epoch: p.partition_epoch,
+                isr,
+            })
+        };
+        isr(&mut image, vec![1, 2]).unwrap();
+        let elect = |leader, unclean| MetadataRecord::ElectLeader {
+            topic: "t".into(),
+            partition: 0,
+            leader,
+            unclean,
+        };
+        let before = image.clone();
+        assert_eq!(
+            image.apply(&elect(3, false)),
+            Err(Refused::NotEligible(3, "not in the in-sync set"))
+        );
+        assert_eq!(image, before);
+        image.apply(&elect(2, false)).unwrap();
+        let p = image.partition("t", 0).unwrap();
+        assert_eq!(
+            (p.leader, p.leader_epoch, p.isr.clone()),
+            (2, 1, vec![1, 2])
+        );
+        fence(&mut image, 1);
+        assert_eq!(
+            image.apply(&elect(1, true)),
+            Err(Refused::NotEligible(1, "fenced or not registered"))
+        );
+        // The operator's override: 3 leads alone in a new epoch.
+        image.apply(&elect(3, true)).unwrap();
+        let p = image.partition("t", 0).unwrap();
+        assert_eq!((p.leader, p.leader_epoch, p.isr.clone()), (3, 2, vec![3]));
     }
 
     #[test]

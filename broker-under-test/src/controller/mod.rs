@@ -4,15 +4,17 @@
 //! openraft (docs/ARCHITECTURE.md, "Controller"): `log_store` and `state_machine` keep it on
 //! disk, `network` carries its RPCs, `Controller` runs one member of the quorum and `quorum`
 //! is what its parts share. The active member answers the brokers' `messages` and fences a
-//! broker whose heartbeats stop (`liveness`); every broker registers and heartbeats
-//! (`lifecycle`).
+//! broker whose heartbeats stop (`liveness`). Every broker reaches the active member through
+//! `client`, registers and heartbeats (`lifecycle`), and follows the image (`publisher`).
 
+pub mod client;
 pub mod lifecycle;
 pub mod liveness;
 pub mod log_store;
 pub mod messages;
 pub mod metadata;
 pub mod network;
+pub mod publisher;
 pub mod quorum;
 pub mod state_machine;
 pub mod types;

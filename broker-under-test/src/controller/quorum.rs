@@ -118,12 +118,48 @@ impl Core {
                 broker,
                 broker_epoch,
             } => self.heartbeat(term, broker, broker_epoch).await,
+            BrokerRequest::Metadata { known } => Ok(self.metadata(known)),
+            BrokerRequest::Propose(record) => self.propose_for_broker(record).await,
             BrokerRequest::Describe => unreachable!("answered above"),
         };
         outcome.unwrap_or_else(|e| match e {
             ControllerError::NotActive(active) => BrokerAnswer::NotActive(active),
             other => BrokerAnswer::Failed(other.to_string()),
         })
+    }
+
+    fn metadata(&self, known: Option<u64>) -> BrokerAnswer {
+        let state = lock(&self.state);
+        let applied = state.last_applied.map_or(0, |l| l.index);
+        if known == Some(applied) {
+            return BrokerAnswer::Unchanged;
+        }
+        BrokerAnswer::Metadata {
+            applied,
+            image: state.image.clone(),
+        }
+    }
+
+    async fn propose_for_broker(
+        &self,
+        record: MetadataRecord,
+    ) -> Result<BrokerAnswer, ControllerError> {
+        let from_a_broker = matches!(
+            record,
+            MetadataRecord::CreateTopic { .. }
+                | MetadataRecord::AlterIsr { .. }
+                | MetadataRecord::ElectLeader { .. }
+        );
+        if !from_a_broker {
+            return Ok(BrokerAnswer::Refused(
+                "registrations and fencing are the controller's own records".into(),
+            ));
+        }
+        match self.propose(record).await {
+            Ok(()) => Ok(BrokerAnswer::Applied),
+            Err(ControllerError::Refused(why)) => Ok(BrokerAnswer::Refused(why)),
+            Err(e) => Err(e),
+        }
     }
 
     async fn register(

@@ -10,8 +10,9 @@
 //! it answers with a diverging epoch instead of records, and the follower cuts its log there
 //! before it fetches again (Kafka's leader-epoch truncation, KIP-101/KIP-595).
 //!
-//! Elections reach a broker here too: the Metadata of every peer is read each second, and a
-//! partition's leader in a newer epoch than the local one is adopted.
+//! Without a controller quorum, elections reach a broker here too: the Metadata of every peer
+//! is read each second, and a partition's leader in a newer epoch than the local one is
+//! adopted (under a quorum only the controller's image moves leaders).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -195,6 +196,10 @@ impl Fetcher {
                 let Some(r) = partition.replication() else {
                     continue;
                 };
+                // Under a controller quorum only its image moves leaders and in-sync sets.
+                if r.controlled() {
+                    continue;
+                }
                 // A newer election than this broker knows, whoever it made the leader.
                 let reported_leadership = Leadership {
                     epoch: reported.leader_epoch,

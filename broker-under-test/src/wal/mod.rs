@@ -364,6 +364,7 @@ mod tests {
                 cluster: Cluster::single(1, "127.0.0.1:9092".parse().unwrap()),
                 replica_lag_time_max: Duration::from_secs(10),
                 keeper: Arc::new(tokio::sync::Notify::new()),
+                alter_isr: None,
             },
         )
         .unwrap();

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
@@ -237,15 +238,16 @@ impl TestCluster {
     /// brokers bind them (another process could take one in between: the start then fails and
     /// says so).
     pub fn start(root: &Path, n: usize, args: &[&str]) -> Self {
-        Self::start_with(root, n, args, false)
+        Self::start_with_voters(root, n, 0, args)
     }
 
     /// Like `start`, with every broker a voter of the controller quorum.
     pub fn start_with_controllers(root: &Path, n: usize, args: &[&str]) -> Self {
-        Self::start_with(root, n, args, true)
+        Self::start_with_voters(root, n, n, args)
     }
 
-    fn start_with(root: &Path, n: usize, args: &[&str], controllers: bool) -> Self {
+    /// Like `start`, with brokers 1..=voters the voters of the controller quorum.
+    pub fn start_with_voters(root: &Path, n: usize, voters: usize, args: &[&str]) -> Self {
         let free_port = || {
             std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
@@ -258,7 +260,7 @@ impl TestCluster {
             .iter()
             .enumerate()
             .map(|(i, port)| {
-                let controller = if controllers {
+                let controller = if i < voters {
                     format!("controller_address = \"127.0.0.1:{}\"\n", free_port())
                 } else {
                     String::new()
@@ -503,7 +505,14 @@ pub fn consume_partition(
     let mut out = Vec::new();
     while out.len() < count && Instant::now() < deadline {
         if let Some(message) = consumer.poll(Duration::from_millis(100)) {
-            let message = message.expect("consume");
+            let message = match message {
+                Ok(message) => message,
+                // A broker of the bootstrap list that is down (a failover test killed it).
+                Err(KafkaError::MessageConsumption(RDKafkaErrorCode::BrokerTransportFailure)) => {
+                    continue
+                }
+                Err(e) => panic!("consume: {e}"),
+            };
             let value =
                 String::from_utf8(message.payload().unwrap_or_default().to_vec()).expect("utf8");
             out.push((message.offset(), value));

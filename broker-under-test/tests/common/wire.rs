@@ -216,12 +216,17 @@ pub fn produce(addr: SocketAddr, topic: &str, records: Bytes) -> i16 {
 
 /// CreateTopics v5 for one topic; the topic's error code.
 pub fn create_topic(addr: SocketAddr, topic: &str, partitions: i32) -> i16 {
+    create_replicated_topic(addr, topic, partitions, 1)
+}
+
+/// CreateTopics v5 of one topic with `factor` replicas per partition: its error code.
+pub fn create_replicated_topic(addr: SocketAddr, topic: &str, partitions: i32, factor: i16) -> i16 {
     use kafka_protocol::messages::create_topics_request::CreatableTopic;
     use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse, TopicName};
     let mut t = CreatableTopic::default();
     t.name = TopicName(StrBytes::from_string(topic.to_owned()));
     t.num_partitions = partitions;
-    t.replication_factor = 1;
+    t.replication_factor = factor;
     let mut request = CreateTopicsRequest::default();
     request.topics = vec![t];
     request.timeout_ms = 5000;
@@ -264,6 +269,18 @@ pub fn consumer_fetch(
     partition: i32,
     offset: i64,
 ) -> kafka_protocol::messages::FetchResponse {
+    fetch_as(s, -1, topic, partition, offset)
+}
+
+/// A Fetch v11 of one partition from `offset` with `replica_id` (-1: a consumer; a broker id:
+/// a follower, or a client posing as one).
+pub fn fetch_as(
+    s: &mut TcpStream,
+    replica_id: i32,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> kafka_protocol::messages::FetchResponse {
     use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
     use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
     let mut p = FetchPartition::default();
@@ -274,7 +291,7 @@ pub fn consumer_fetch(
     t.topic = TopicName(StrBytes::from_string(topic.to_owned()));
     t.partitions = vec![p];
     let mut request = FetchRequest::default();
-    request.replica_id = (-1).into();
+    request.replica_id = replica_id.into();
     request.max_bytes = 1 << 20;
     request.topics = vec![t];
     s.write_all(&frame(ApiKey::Fetch, 11, 1, &request)).unwrap();

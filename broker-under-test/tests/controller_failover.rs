@@ -1,0 +1,261 @@
+//! Failover by the controller quorum, with real broker processes and rdkafka clients: a
+//! killed leader is replaced by an in-sync follower with no person involved and no acked
+//! write lost; after a double fault (the leader killed, then the follower that took over and
+//! acked writes alone) the former leader restarted alone does not lead, and the partition
+//! waits for the one broker that holds every acked write; a client posing as a follower is
+//! refused.
+//!
+//! Four brokers, the first three voters: the double fault takes down two brokers of which at
+//! most one is a voter, so the quorum survives it.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::wire::{connect, fetch_as};
+use common::{values, TestCluster};
+use kafka_protocol::error::ResponseError;
+use serde_json::Value;
+
+const SESSION_TIMEOUT_MS: u64 = 3_000;
+/// Liveness bound for every wait: elections and sessions take seconds; a slow machine gets
+/// far more.
+const STATE_WAIT: Duration = Duration::from_secs(60);
+const BROKERS: usize = 4;
+const VOTERS: usize = 3;
+/// The broker that is no voter.
+const NOT_A_VOTER: i64 = 4;
+const ACKS_ALL: [(&str, &str); 1] = [("acks", "all")];
+
+fn start(root: &Path) -> TestCluster {
+    let session = format!("--broker-session-timeout-ms={SESSION_TIMEOUT_MS}");
+    TestCluster::start_with_voters(
+        root,
+        BROKERS,
+        VOTERS,
+        &[
+            &session,
+            "--broker-heartbeat-interval-ms=300",
+            "--default-replication-factor=2",
+        ],
+    )
+}
+
+/// The active controller's image, when one answers.
+fn image(cluster_file: &Path) -> Option<Value> {
+    let output = Command::new(env!("CARGO_BIN_EXE_chronik-broker"))
+        .args(["controller-status", "--cluster"])
+        .arg(cluster_file)
+        .output()
+        .expect("run controller-status");
+    output
+        .status
+        .success()
+        .then(|| serde_json::from_slice::<Value>(&output.stdout).expect("status is JSON"))
+        .filter(|s| s["active"].is_i64())
+        .map(|s| s["image"].clone())
+}
+
+/// Partition 0 of `topic` in the image: leader, leader epoch, in-sync set, replicas.
+#[derive(Debug, Clone, PartialEq)]
+struct Placement {
+    leader: i64,
+    epoch: i64,
+    isr: Vec<i64>,
+    replicas: Vec<i64>,
+}
+
+fn placement(image: &Value, topic: &str) -> Option<Placement> {
+    let p = &image["topics"][topic]["partitions"][0];
+    let ids = |v: &Value| -> Option<Vec<i64>> { v.as_array()?.iter().map(Value::as_i64).collect() };
+    Some(Placement {
+        leader: p["leader"].as_i64()?,
+        epoch: p["leader_epoch"].as_i64()?,
+        isr: ids(&p["isr"])?,
+        replicas: ids(&p["replicas"])?,
+    })
+}
+
+fn unfenced(image: &Value, broker: i64) -> bool {
+    image["brokers"][broker.to_string()]["fenced"].as_bool() == Some(false)
+}
+
+fn wait_for<T>(cluster_file: &Path, what: &str, found: impl Fn(&Value) -> Option<T>) -> T {
+    let deadline = Instant::now() + STATE_WAIT;
+    loop {
+        if let Some(found) = image(cluster_file).and_then(|i| found(&i)) {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A topic name (from `prefix`) whose partition 0 has the broker that is no voter among its
+/// two replicas: killing both replicas then leaves a quorum of voters.
+fn topic_beside_the_voters(cluster: &TestCluster, prefix: &str) -> String {
+    let text = std::fs::read_to_string(&cluster.file).expect("cluster file");
+    let layout = chronik_broker::cluster::Cluster::parse(&text, 1).expect("cluster file");
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|t| layout.replicas(t, 0, 2).contains(&(NOT_A_VOTER as i32)))
+        .expect("some name")
+}
+
+/// Creates `topic` (one partition, two replicas) through the first broker and waits until
+/// the quorum has it with a leader.
+fn create(cluster: &TestCluster, topic: &str) -> Placement {
+    let error = common::wire::create_replicated_topic(cluster.brokers[0].addr, topic, 1, 2);
+    assert_eq!(error, 0, "create {topic}");
+    wait_for(&cluster.file, "the topic in the image", |i| {
+        placement(i, topic).filter(|p| p.leader > 0 && p.isr.len() == 2)
+    })
+}
+
+/// Produces `n` values with acks=all through every broker; panics unless all are acked.
+/// Returns value -> acked offset.
+fn produce_acked(
+    cluster: &TestCluster,
+    topic: &str,
+    prefix: &str,
+    n: usize,
+) -> BTreeMap<String, i64> {
+    let keyed: Vec<(String, String)> = values(prefix, n)
+        .into_iter()
+        .map(|v| (v.clone(), v))
+        .collect();
+    let offsets = common::deliver(&cluster.bootstrap(), topic, &keyed, &ACKS_ALL);
+    keyed
+        .into_iter()
+        .zip(offsets)
+        .map(|((_, v), o)| {
+            let o = o.unwrap_or_else(|| panic!("{v} was not acked"));
+            (v, o)
+        })
+        .collect()
+}
+
+/// Every acked value is read back once, at its acked offset, from the current leader.
+fn assert_all_readable(cluster: &TestCluster, topic: &str, acked: &BTreeMap<String, i64>) {
+    let read = common::consume_partition(&cluster.bootstrap(), topic, 0, acked.len());
+    let mut at: BTreeMap<i64, String> = BTreeMap::new();
+    for (offset, value) in read {
+        assert!(
+            at.insert(offset, value).is_none(),
+            "offset {offset} read twice"
+        );
+    }
+    for (value, offset) in acked {
+        assert_eq!(
+            at.get(offset),
+            Some(value),
+            "acked {value} missing at offset {offset}"
+        );
+    }
+}
+
+fn others(p: &Placement) -> i64 {
+    *p.replicas
+        .iter()
+        .find(|&&b| b != p.leader)
+        .expect("two replicas")
+}
+
+#[test]
+fn a_killed_leader_is_replaced_by_an_in_sync_follower_without_a_person() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = start(root.path());
+    let first = create(&cluster, "failover");
+    let mut acked = produce_acked(&cluster, "failover", "before", 200);
+    let follower = others(&first);
+    cluster.broker(first.leader as i32).kill9();
+    let killed = Instant::now();
+    let next = wait_for(&cluster.file, "a new leader", |i| {
+        placement(i, "failover").filter(|p| p.leader == follower)
+    });
+    eprintln!(
+        "broker {} led in epoch {} {:.1} s after the kill (session {SESSION_TIMEOUT_MS} ms)",
+        next.leader,
+        next.epoch,
+        killed.elapsed().as_secs_f64()
+    );
+    assert!(next.epoch > first.epoch);
+    assert_eq!(
+        next.isr,
+        vec![follower],
+        "the dead leader left the in-sync set"
+    );
+    acked.extend(produce_acked(&cluster, "failover", "after", 200));
+    assert_all_readable(&cluster, "failover", &acked);
+    // The former leader comes back as a follower and rejoins the in-sync set.
+    cluster.broker(first.leader as i32).restart();
+    wait_for(&cluster.file, "the former leader back in sync", |i| {
+        placement(i, "failover").filter(|p| p.leader == follower && p.isr.len() == 2)
+    });
+}
+
+#[test]
+fn after_a_double_fault_the_former_leader_restarted_alone_does_not_lead() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = start(root.path());
+    let topic = topic_beside_the_voters(&cluster, "double");
+    let topic = topic.as_str();
+    let first = create(&cluster, topic);
+    let (a, b) = (first.leader, others(&first));
+    let mut acked = produce_acked(&cluster, topic, "first", 100);
+    // The leader dies; b takes over and acks 50 writes alone.
+    cluster.broker(a as i32).kill9();
+    wait_for(&cluster.file, "b leading alone", |i| {
+        placement(i, topic).filter(|p| p.leader == b && p.isr == vec![b])
+    });
+    acked.extend(produce_acked(&cluster, topic, "second", 50));
+    // A client posing as broker a (fenced) or as a broker that is no replica reads nothing.
+    let mut s = connect(cluster.broker(b as i32).addr);
+    for (posing, error) in [
+        (a as i32, ResponseError::BrokerIdNotRegistered),
+        (99, ResponseError::ReplicaNotAvailable),
+    ] {
+        let response = fetch_as(&mut s, posing, topic, 0, 0);
+        let data = &response.responses[0].partitions[0];
+        assert_eq!(data.error_code, error.code(), "fetch posing as {posing}");
+        assert!(data.records.as_ref().is_none_or(|r| r.is_empty()));
+    }
+    // Then b dies too: no leader, b stays the one in-sync member.
+    cluster.broker(b as i32).kill9();
+    wait_for(&cluster.file, "no leader", |i| {
+        placement(i, topic).filter(|p| p.leader == -1 && p.isr == vec![b])
+    });
+    // The former leader comes back alone: registered and unfenced, yet it must not lead.
+    cluster.broker(a as i32).restart();
+    wait_for(&cluster.file, "a registered again", |i| {
+        unfenced(i, a).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let still = placement(&image(&cluster.file).expect("image"), topic).unwrap();
+    assert_eq!(
+        (still.leader, still.isr.clone()),
+        (-1, vec![b]),
+        "a lacks b's acked writes"
+    );
+    let keyed = vec![("late".to_owned(), "late".to_owned())];
+    let late = common::deliver(
+        &cluster.bootstrap(),
+        topic,
+        &keyed,
+        &[("acks", "all"), ("message.timeout.ms", "3000")],
+    );
+    assert_eq!(
+        late,
+        vec![None],
+        "nobody may ack while the partition has no leader"
+    );
+    // b returns: it leads again, every acked write is there, and a follows it.
+    cluster.broker(b as i32).restart();
+    wait_for(&cluster.file, "b leading again", |i| {
+        placement(i, topic).filter(|p| p.leader == b)
+    });
+    assert_all_readable(&cluster, topic, &acked);
+}
