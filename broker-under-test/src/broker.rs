@@ -151,6 +151,7 @@ pub async fn start_with_storage(
         Arc::new(BrokerMetadata::new(
             Arc::new(ControllerClient::new(voters)),
             config.cluster.local_id(),
+            config.broker_session_timeout,
         ))
     });
     let Recovered {
@@ -399,7 +400,7 @@ async fn start_controller(
     let incarnation = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), local);
     let tasks = vec![
         tokio::spawn(lifecycle::run(
-            metadata.client().clone(),
+            metadata.clone(),
             local,
             incarnation,
             config.broker_heartbeat_interval,

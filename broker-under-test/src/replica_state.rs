@@ -301,10 +301,11 @@ impl Replication {
         }
         let _electing = lock(&self.electing);
         let current = self.leadership();
-        // Equal epochs differ only at start, before this broker learned its leader.
-        let learned_at_start =
+        // Equal epochs differ only at start, before this broker learned its leader, or after
+        // it stepped down.
+        let learned =
             next.epoch == current.epoch && current.leader == NO_LEADER && next.leader != NO_LEADER;
-        if next.epoch < current.epoch || (next.epoch == current.epoch && !learned_at_start) {
+        if next.epoch < current.epoch || (next.epoch == current.epoch && !learned) {
             if next == current {
                 self.committed(isr, partition_epoch);
             }
@@ -327,6 +328,23 @@ impl Replication {
             self.keeper.notify_one();
         }
         Ok(true)
+    }
+
+    /// Under a quorum: stops leading without a new epoch (this broker cannot be sure it still
+    /// leads); the image makes it leader again in this epoch or names another in a newer one.
+    /// Returns whether it led.
+    pub fn step_down(&self) -> bool {
+        let _electing = lock(&self.electing);
+        let current = self.leadership();
+        if current.leader != self.local {
+            return false;
+        }
+        let stepped = Leadership {
+            epoch: current.epoch,
+            leader: NO_LEADER,
+        };
+        self.leadership.store(stepped.pack(), Ordering::Release);
+        true
     }
 
     /// The quorum committed `isr` at `partition_epoch` for the current leadership.
@@ -734,6 +752,12 @@ mod tests {
         assert_eq!(r.adopt(LEADS_1, &[1, 2], 0), Ok(true));
         assert!(r.is_leader());
         assert_eq!((r.isr(), r.in_sync_count()), (vec![1, 2], 2));
+        // A broker unsure of its session steps down in the same epoch, and leads again when
+        // the image still says so.
+        assert!(r.step_down() && !r.is_leader() && !r.step_down());
+        assert_eq!(r.leadership().epoch, 0);
+        assert_eq!(r.adopt(LEADS_1, &[1, 2], 0), Ok(true));
+        assert!(r.is_leader());
         // The committed member holds the high watermark back until it fetches.
         let hw = OffsetWatch::default();
         let t = Instant::now();

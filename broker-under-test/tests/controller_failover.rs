@@ -3,7 +3,8 @@
 //! write lost; after a double fault (the leader killed, then the follower that took over and
 //! acked writes alone) the former leader restarted alone does not lead, and the partition
 //! waits for the one broker that holds every acked write; a client posing as a follower is
-//! refused.
+//! refused; a leader cut off from the quorum while clients still reach it acknowledges
+//! nothing more at acks=all and serves nothing past what the quorum's in-sync set holds.
 //!
 //! Four brokers, the first three voters: the double fault takes down two brokers of which at
 //! most one is a voter, so the quorum survives it.
@@ -157,6 +158,16 @@ fn assert_all_readable(cluster: &TestCluster, topic: &str, acked: &BTreeMap<Stri
     }
 }
 
+/// A topic name (from `prefix`) whose partition 0 the broker that is no voter leads at first.
+fn topic_led_by_the_non_voter(cluster: &TestCluster, prefix: &str) -> String {
+    let text = std::fs::read_to_string(&cluster.file).expect("cluster file");
+    let layout = chronik_broker::cluster::Cluster::parse(&text, 1).expect("cluster file");
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|t| layout.replicas(t, 0, 2)[0] == NOT_A_VOTER as i32)
+        .expect("some name")
+}
+
 fn others(p: &Placement) -> i64 {
     *p.replicas
         .iter()
@@ -258,4 +269,96 @@ fn after_a_double_fault_the_former_leader_restarted_alone_does_not_lead() {
         placement(i, topic).filter(|p| p.leader == b)
     });
     assert_all_readable(&cluster, topic, &acked);
+}
+
+#[test]
+fn a_leader_cut_off_from_the_quorum_acknowledges_nothing_more() {
+    use common::proxy::Proxy;
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = start(root.path());
+    // Broker 4 reaches the quorum only through proxies; brokers and clients reach it directly.
+    let shared = std::fs::read_to_string(&cluster.file).expect("cluster file");
+    let mut own = shared.clone();
+    let mut proxies = Vec::new();
+    for line in shared.lines() {
+        if let Some(addr) = line.strip_prefix("controller_address = \"") {
+            let addr: std::net::SocketAddr = addr.trim_end_matches('"').parse().unwrap();
+            let proxy = Proxy::start(addr);
+            own = own.replace(&addr.to_string(), &proxy.addr.to_string());
+            proxies.push(proxy);
+        }
+    }
+    let own_file = root.path().join("cluster-4.toml");
+    std::fs::write(&own_file, own).expect("cluster file");
+    let old = cluster.broker(NOT_A_VOTER as i32);
+    old.terminate();
+    let session = format!("--broker-session-timeout-ms={SESSION_TIMEOUT_MS}");
+    let args = [
+        format!("--broker-id={NOT_A_VOTER}"),
+        format!("--cluster={}", own_file.display()),
+        session,
+        "--broker-heartbeat-interval-ms=300".into(),
+        "--default-replication-factor=2".into(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    *cluster.broker(NOT_A_VOTER as i32) =
+        common::Broker::start(&root.path().join("broker-4-proxied"), &args);
+    let topic = topic_led_by_the_non_voter(&cluster, "cut");
+    let topic = topic.as_str();
+    let first = create(&cluster, topic);
+    assert_eq!(first.leader, NOT_A_VOTER);
+    let mut acked = produce_acked(&cluster, topic, "before", 50);
+    // Cut off from the quorum: fenced after its session, the follower leads.
+    proxies.iter().for_each(Proxy::cut);
+    let follower = others(&first);
+    wait_for(&cluster.file, "the follower leading", |i| {
+        placement(i, topic).filter(|p| p.leader == follower)
+    });
+    // Until the follower itself learned it leads, it still copies broker 4's log, and what
+    // broker 4 acks then is on the new leader too (and kept).
+    let new_leader = cluster.broker(follower as i32).addr;
+    let deadline = Instant::now() + STATE_WAIT;
+    while common::wire::partition_view(new_leader, topic, 0).0 != follower as i32 {
+        assert!(
+            Instant::now() < deadline,
+            "the new leader never learned it leads"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Clients that still reach broker 4 get no acks=all success from it (it may have taken
+    // itself for fenced already and answer that it does not lead) ...
+    let alone = cluster.broker(NOT_A_VOTER as i32).addr;
+    for i in 0..3 {
+        let value = bytes::Bytes::from(format!("cut-off-{i}"));
+        let batch = common::wire::record_batch_of(common::wire::PLAIN, &[value]);
+        let (error, _) = common::wire::produce_acks(alone, (topic, 0), batch, -1);
+        assert_ne!(error, 0, "acked by a leader cut off from the quorum");
+    }
+    // ... and its consumers read nothing past the high watermark the in-sync set held.
+    let mut s = connect(cluster.broker(NOT_A_VOTER as i32).addr);
+    let response = common::wire::consumer_fetch(&mut s, topic, 0, 50);
+    let data = &response.responses[0].partitions[0];
+    assert!(
+        data.records.as_ref().is_none_or(|r| r.is_empty()),
+        "read past the mark"
+    );
+    // Past its session without a confirmed heartbeat, broker 4 takes itself for fenced and
+    // stops naming itself leader, so clients find the new one.
+    let deadline = Instant::now() + STATE_WAIT;
+    while common::wire::partition_view(alone, topic, 0).0 != -1 {
+        assert!(Instant::now() < deadline, "broker 4 kept leading");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The new leader takes writes; the cut heals and broker 4 follows it again.
+    acked.extend(produce_acked(&cluster, topic, "after", 50));
+    proxies.iter().for_each(Proxy::resume);
+    wait_for(&cluster.file, "broker 4 back in sync", |i| {
+        placement(i, topic).filter(|p| p.leader == follower && p.isr.contains(&NOT_A_VOTER))
+    });
+    assert_all_readable(&cluster, topic, &acked);
+    let read = common::consume_partition(&cluster.bootstrap(), topic, 0, acked.len());
+    assert!(
+        read.iter().all(|(_, v)| !v.starts_with("cut-off")),
+        "an unacked write survived"
+    );
 }

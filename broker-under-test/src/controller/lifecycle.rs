@@ -5,14 +5,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::controller::client::ControllerClient;
 use crate::controller::messages::{BrokerAnswer, BrokerRequest};
+use crate::controller::publisher::BrokerMetadata;
 
 /// Pause before registering again, or after the quorum could not be reached.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
-/// Registers `broker` and heartbeats every `interval` until the task is aborted.
-pub async fn run(client: Arc<ControllerClient>, broker: i32, incarnation: u64, interval: Duration) {
+/// Registers `broker` and heartbeats every `interval` until the task is aborted; each
+/// answered one confirms the session to `metadata`.
+pub async fn run(metadata: Arc<BrokerMetadata>, broker: i32, incarnation: u64, interval: Duration) {
     let mut epoch: Option<u64> = None;
     loop {
         let request = match epoch {
@@ -25,13 +26,19 @@ pub async fn run(client: Arc<ControllerClient>, broker: i32, incarnation: u64, i
                 broker_epoch,
             },
         };
-        let pause = match client.ask_active(&request).await {
+        let pause = match metadata.client().ask_active(&request).await {
             Ok(BrokerAnswer::Registered { broker_epoch }) => {
                 tracing::info!("registered with the controller in broker epoch {broker_epoch}");
                 epoch = Some(broker_epoch);
+                metadata.confirmed(broker_epoch);
                 interval
             }
-            Ok(BrokerAnswer::Alive) => interval,
+            Ok(BrokerAnswer::Alive) => {
+                if let Some(broker_epoch) = epoch {
+                    metadata.confirmed(broker_epoch);
+                }
+                interval
+            }
             Ok(BrokerAnswer::StaleEpoch) => {
                 epoch = None;
                 RETRY_PAUSE

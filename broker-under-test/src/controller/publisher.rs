@@ -30,9 +30,20 @@ const METADATA_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How often a topic missing from the image is proposed again.
 const CREATE_TOPIC_RETRY: Duration = Duration::from_secs(1);
 
+/// This broker's registration as its heartbeats last confirmed it.
+#[derive(Debug, Clone, Copy)]
+struct Session {
+    broker_epoch: u64,
+    confirmed_at: Instant,
+}
+
 pub struct BrokerMetadata {
     client: Arc<ControllerClient>,
     local: i32,
+    /// The controller fences a broker silent this long; a broker that has not been heard
+    /// this long must take itself for fenced.
+    session_timeout: Duration,
+    session: std::sync::Mutex<Option<Session>>,
     image: ArcSwapOption<MetadataImage>,
     alter_isr: Arc<AlterIsrQueue>,
     /// Woken when a proposal was committed, so the image is read at once.
@@ -42,10 +53,12 @@ pub struct BrokerMetadata {
 }
 
 impl BrokerMetadata {
-    pub fn new(client: Arc<ControllerClient>, local: i32) -> Self {
+    pub fn new(client: Arc<ControllerClient>, local: i32, session_timeout: Duration) -> Self {
         Self {
             client,
             local,
+            session_timeout,
+            session: std::sync::Mutex::new(None),
             image: ArcSwapOption::empty(),
             alter_isr: Arc::new(AlterIsrQueue::default()),
             committed: Notify::new(),
@@ -60,6 +73,30 @@ impl BrokerMetadata {
     /// Where this broker's leaders put their in-sync requests.
     pub fn alter_isr(&self) -> &Arc<AlterIsrQueue> {
         &self.alter_isr
+    }
+
+    /// The active controller confirmed this broker's registration at `broker_epoch` (a
+    /// registration or a heartbeat answered).
+    pub fn confirmed(&self, broker_epoch: u64) {
+        *lock(&self.session) = Some(Session {
+            broker_epoch,
+            confirmed_at: Instant::now(),
+        });
+    }
+
+    /// Whether this process may lead: `image` has it registered at the epoch its heartbeats
+    /// use and not fenced, and the last heartbeat was answered within the session. A broker
+    /// cut off from the quorum stops leading once the controller must have fenced it, so
+    /// clients go to the leader elected instead; a restarted broker does not lead on the
+    /// image of its previous incarnation.
+    fn may_lead(&self, image: &MetadataImage) -> bool {
+        let Some(session) = *lock(&self.session) else {
+            return false;
+        };
+        let current = image
+            .broker(self.local)
+            .is_some_and(|b| b.broker_epoch == session.broker_epoch && !b.fenced);
+        current && session.confirmed_at.elapsed() < self.session_timeout
     }
 
     /// Whether `broker` may fetch as a replica: registered and not fenced in the newest image
@@ -98,8 +135,11 @@ impl BrokerMetadata {
         }
     }
 
-    /// Hands every local replicated partition its leadership and in-sync set from `image`.
+    /// Hands every local replicated partition its leadership and in-sync set from `image`;
+    /// while this broker may not lead, a partition the image has it lead is left without a
+    /// leader here.
     fn publish(&self, image: &MetadataImage, topics: &TopicRegistry) {
+        let may_lead = self.may_lead(image);
         for (name, topic) in image.topics() {
             let Some(local) = topics.get(name) else {
                 continue;
@@ -112,6 +152,16 @@ impl BrokerMetadata {
                     epoch: p.leader_epoch,
                     leader: p.leader,
                 };
+                if p.leader == self.local && !may_lead {
+                    if r.step_down() {
+                        tracing::warn!(
+                            "{name}-{}: not leading in epoch {}: this broker's registration is not confirmed",
+                            partition.index,
+                            p.leader_epoch
+                        );
+                    }
+                    continue;
+                }
                 match r.adopt(next, &p.isr, p.partition_epoch) {
                     Ok(false) => {}
                     Ok(true) if p.leader == self.local => tracing::info!(

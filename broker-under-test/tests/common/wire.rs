@@ -187,6 +187,17 @@ pub fn produce_at(addr: SocketAddr, topic: &str, records: Bytes) -> (i16, i64) {
 
 /// Produce v9 (acks=1) of `records` to `partition`; its error code and base offset.
 pub fn produce_to(addr: SocketAddr, topic: &str, partition: i32, records: Bytes) -> (i16, i64) {
+    produce_acks(addr, (topic, partition), records, 1)
+}
+
+/// Produce v9 of `records` to the partition with `acks` (the broker waits up to 5 s); its
+/// error code and base offset.
+pub fn produce_acks(
+    addr: SocketAddr,
+    (topic, partition): (&str, i32),
+    records: Bytes,
+    acks: i16,
+) -> (i16, i64) {
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
     let mut data = PartitionProduceData::default();
@@ -196,7 +207,7 @@ pub fn produce_to(addr: SocketAddr, topic: &str, partition: i32, records: Bytes)
     topic_data.name = TopicName(StrBytes::from_string(topic.to_owned()));
     topic_data.partition_data = vec![data];
     let mut request = ProduceRequest::default();
-    request.acks = 1;
+    request.acks = acks;
     request.timeout_ms = 5000;
     request.topic_data = vec![topic_data];
     let mut s = connect(addr);
