@@ -13,18 +13,14 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::quorum::{image, placement, unfenced, wait_for, Placement, STATE_WAIT};
 use common::wire::{connect, fetch_as};
 use common::{values, TestCluster};
 use kafka_protocol::error::ResponseError;
-use serde_json::Value;
 
 const SESSION_TIMEOUT_MS: u64 = 3_000;
-/// Liveness bound for every wait: elections and sessions take seconds; a slow machine gets
-/// far more.
-const STATE_WAIT: Duration = Duration::from_secs(60);
 const BROKERS: usize = 4;
 const VOTERS: usize = 3;
 /// The broker that is no voter.
@@ -43,56 +39,6 @@ fn start(root: &Path) -> TestCluster {
             "--default-replication-factor=2",
         ],
     )
-}
-
-/// The active controller's image, when one answers.
-fn image(cluster_file: &Path) -> Option<Value> {
-    let output = Command::new(env!("CARGO_BIN_EXE_chronik-broker"))
-        .args(["controller-status", "--cluster"])
-        .arg(cluster_file)
-        .output()
-        .expect("run controller-status");
-    output
-        .status
-        .success()
-        .then(|| serde_json::from_slice::<Value>(&output.stdout).expect("status is JSON"))
-        .filter(|s| s["active"].is_i64())
-        .map(|s| s["image"].clone())
-}
-
-/// Partition 0 of `topic` in the image: leader, leader epoch, in-sync set, replicas.
-#[derive(Debug, Clone, PartialEq)]
-struct Placement {
-    leader: i64,
-    epoch: i64,
-    isr: Vec<i64>,
-    replicas: Vec<i64>,
-}
-
-fn placement(image: &Value, topic: &str) -> Option<Placement> {
-    let p = &image["topics"][topic]["partitions"][0];
-    let ids = |v: &Value| -> Option<Vec<i64>> { v.as_array()?.iter().map(Value::as_i64).collect() };
-    Some(Placement {
-        leader: p["leader"].as_i64()?,
-        epoch: p["leader_epoch"].as_i64()?,
-        isr: ids(&p["isr"])?,
-        replicas: ids(&p["replicas"])?,
-    })
-}
-
-fn unfenced(image: &Value, broker: i64) -> bool {
-    image["brokers"][broker.to_string()]["fenced"].as_bool() == Some(false)
-}
-
-fn wait_for<T>(cluster_file: &Path, what: &str, found: impl Fn(&Value) -> Option<T>) -> T {
-    let deadline = Instant::now() + STATE_WAIT;
-    loop {
-        if let Some(found) = image(cluster_file).and_then(|i| found(&i)) {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// A topic name (from `prefix`) whose partition 0 has the broker that is no voter among its

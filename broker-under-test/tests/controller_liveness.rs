@@ -16,19 +16,6 @@ const SESSION_TIMEOUT_MS: u64 = 3_000;
 /// far more.
 const STATUS_WAIT: Duration = Duration::from_secs(60);
 
-/// `chronik-broker controller-status`: the active controller and its image, when one answers.
-fn status(cluster_file: &Path) -> Option<Value> {
-    let output = Command::new(env!("CARGO_BIN_EXE_chronik-broker"))
-        .args(["controller-status", "--cluster"])
-        .arg(cluster_file)
-        .output()
-        .expect("run controller-status");
-    output
-        .status
-        .success()
-        .then(|| serde_json::from_slice(&output.stdout).expect("status is JSON"))
-}
-
 fn registration(status: &Value, broker: i64) -> Option<(u64, bool)> {
     let b = &status["image"]["brokers"][broker.to_string()];
     Some((b["broker_epoch"].as_u64()?, b["fenced"].as_bool()?))
@@ -37,7 +24,7 @@ fn registration(status: &Value, broker: i64) -> Option<(u64, bool)> {
 fn wait_for(cluster_file: &Path, what: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + STATUS_WAIT;
     loop {
-        if let Some(s) = status(cluster_file).filter(|s| done(s)) {
+        if let Some(s) = common::controller_status(cluster_file).filter(|s| done(s)) {
             return s;
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");

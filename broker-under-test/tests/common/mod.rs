@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod proxy;
+pub mod quorum;
 pub mod wire;
 
 use std::io::{BufRead, BufReader};
@@ -248,20 +249,17 @@ impl TestCluster {
 
     /// Like `start`, with brokers 1..=voters the voters of the controller quorum.
     pub fn start_with_voters(root: &Path, n: usize, voters: usize, args: &[&str]) -> Self {
-        let free_port = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port()
-        };
-        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let ports: Vec<u16> = (0..n).map(|_| restartable_port()).collect();
         let file = root.join("cluster.toml");
         let text: String = ports
             .iter()
             .enumerate()
             .map(|(i, port)| {
                 let controller = if i < voters {
-                    format!("controller_address = \"127.0.0.1:{}\"\n", free_port())
+                    format!(
+                        "controller_address = \"127.0.0.1:{}\"\n",
+                        restartable_port()
+                    )
                 } else {
                     String::new()
                 };
@@ -553,4 +551,39 @@ impl Rng {
     pub fn index(&mut self, len: usize) -> usize {
         self.below(len as u64) as usize
     }
+}
+
+/// `chronik-broker controller-status --cluster FILE`: the active controller and its image as
+/// JSON, when a member answers.
+pub fn controller_status(cluster_file: &Path) -> Option<serde_json::Value> {
+    let output = Command::new(env!("CARGO_BIN_EXE_chronik-broker"))
+        .args(["controller-status", "--cluster"])
+        .arg(cluster_file)
+        .output()
+        .expect("run controller-status");
+    output
+        .status
+        .success()
+        .then(|| serde_json::from_slice(&output.stdout).expect("status is JSON"))
+}
+
+/// Ports below the kernel's ephemeral range (Linux: 32768 and up) are never handed to an
+/// outgoing connection, so a broker restarted on its port finds it free: a port from the
+/// ephemeral range may meanwhile be the local end of some client's connection.
+const RESTARTABLE_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A free loopback port a restarted broker can bind again (`RESTARTABLE_PORTS`), picked at
+/// random so parallel tests rarely try the same one.
+pub fn restartable_port() -> u16 {
+    use std::hash::BuildHasher;
+    let span = u64::from(RESTARTABLE_PORTS.end - RESTARTABLE_PORTS.start);
+    let seed = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+    let mut rng = Rng(seed | 1);
+    for _ in 0..1_000 {
+        let port = RESTARTABLE_PORTS.start + rng.below(span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {RESTARTABLE_PORTS:?}");
 }
