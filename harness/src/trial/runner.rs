@@ -300,7 +300,7 @@ impl TrialRunner {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| infra("finding free ports", &e))?;
         let cluster_file = dir.join("cluster.toml");
-        let template = self.start_template(&ports, &cluster_file)?;
+        let template = self.start_template(&ports, workload.controllers, &cluster_file)?;
         let extra = workload.broker_args.join(" ");
         let mut brokers = Vec::with_capacity(ports.len());
         for (i, port) in ports.iter().enumerate() {
@@ -351,10 +351,12 @@ impl TrialRunner {
 
 impl TrialRunner {
     /// The start command: the target's, or for several brokers its cluster command, with
-    /// the cluster file written (broker ids from 1, one loopback port each).
+    /// the cluster file written (broker ids from 1, one loopback port each, and a controller
+    /// port for each of the first `controllers`).
     fn start_template(
         &self,
         ports: &[u16],
+        controllers: usize,
         cluster_file: &Path,
     ) -> Result<&str, Box<TrialOutcome>> {
         if ports.len() == 1 {
@@ -372,16 +374,17 @@ impl TrialRunner {
                 &"the target config has no `cluster_start` command",
             )
         })?;
-        let text: String = ports
-            .iter()
-            .enumerate()
-            .map(|(i, port)| {
-                format!(
-                    "[[broker]]\nid = {}\naddress = \"127.0.0.1:{port}\"\n",
-                    i + 1
-                )
-            })
-            .collect();
+        let mut text = String::new();
+        for (i, port) in ports.iter().enumerate() {
+            text += &format!(
+                "[[broker]]\nid = {}\naddress = \"127.0.0.1:{port}\"\n",
+                i + 1
+            );
+            if i < controllers {
+                let controller = free_port().map_err(|e| infra("finding free ports", &e))?;
+                text += &format!("controller_address = \"127.0.0.1:{controller}\"\n");
+            }
+        }
         std::fs::write(cluster_file, text).map_err(|e| infra("writing the cluster file", &e))?;
         Ok(template)
     }

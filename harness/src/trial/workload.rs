@@ -54,6 +54,11 @@ pub struct Workload {
     /// Replicas of the benchmark topic (chronik-bench --replication-factor).
     #[serde(default = "one_replica", skip_serializing_if = "is_one_replica")]
     pub replication_factor: i16,
+    /// Brokers 1..=controllers are the voters of a controller quorum (a `controller_address`
+    /// each in the cluster file), which then elects leaders and records in-sync sets. 0: a
+    /// static cluster (left out of the hash, so workloads without a quorum keep theirs).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub controllers: usize,
     pub limits: Limits,
 }
 
@@ -67,6 +72,10 @@ fn one_broker() -> usize {
 
 fn is_one_broker(n: &usize) -> bool {
     *n == 1
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 fn one_replica() -> i16 {
@@ -294,12 +303,18 @@ mod tests {
         assert_eq!(w.brokers, 1);
         let json = serde_json::to_string(&w).unwrap();
         assert!(!json.contains("brokers") && !json.contains("replication_factor"));
+        assert!(!json.contains("controllers"));
         let cluster = Workload {
             brokers: 2,
             replication_factor: 2,
             ..w.clone()
         };
         assert_ne!(cluster.hash(), w.hash());
+        let quorum = Workload {
+            controllers: 2,
+            ..cluster.clone()
+        };
+        assert_ne!(quorum.hash(), cluster.hash());
     }
 
     #[test]
