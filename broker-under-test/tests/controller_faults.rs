@@ -1,6 +1,8 @@
 //! Random, seeded fault schedules against a cluster with a controller quorum, in the manner
 //! of Jepsen: while a producer writes with acks=all and a consumer reads, brokers are killed
-//! with SIGKILL and restarted, or paused with SIGSTOP and resumed, at seeded moments, with no
+//! with SIGKILL and restarted, paused with SIGSTOP and resumed, and the links between them
+//! (replication and the quorum's traffic, each direction through a proxy of its own) are cut
+//! one way, cut around one broker, made to drop or to delay, at seeded moments, with no
 //! person electing anything. The checker, per schedule:
 //!
 //! - every acknowledged write is in the final log at the offset it was acknowledged at (no
@@ -21,8 +23,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::proxy::Proxy;
 use common::quorum::{placement, wait_for};
-use common::{env_u64, Rng, TestCluster};
+use common::{env_u64, Links, Rng, TestCluster};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -35,34 +38,90 @@ const STEPS_PER_SCHEDULE: u64 = 4;
 /// while they are in flight.
 const MESSAGES_PER_STEP: usize = 40_000;
 
-/// One fault of a schedule, on one broker, healed before the next fault.
+/// One fault of a schedule, healed before the next fault.
 #[derive(Debug, Clone, Copy)]
 enum Fault {
     /// SIGKILL, then a restart after the pause.
     Kill { broker: i32, down: Duration },
     /// SIGSTOP, then SIGCONT after the pause (longer than a session: it may be fenced).
     Pause { broker: i32, stopped: Duration },
+    /// Connections `from` opens to `to` are closed and refused (one way: `to` still reaches
+    /// `from`).
+    Cut {
+        from: i32,
+        to: i32,
+        lasting: Duration,
+    },
+    /// Every link from and to the broker cut: partitioned away, while clients still reach it.
+    Isolate { broker: i32, lasting: Duration },
+    /// The link from `from` to `to` holds every byte still (packets dropped, connections up).
+    Drop {
+        from: i32,
+        to: i32,
+        lasting: Duration,
+    },
+    /// The link forwards each chunk late.
+    Delay {
+        from: i32,
+        to: i32,
+        by: Duration,
+        lasting: Duration,
+    },
 }
 
-/// A fault on the current leader half of the time (failover is what matters most), else on
-/// any broker.
+impl Fault {
+    fn kind(&self) -> &'static str {
+        match self {
+            Fault::Kill { .. } => "kill",
+            Fault::Pause { .. } => "pause",
+            Fault::Cut { .. } => "one-way cut",
+            Fault::Isolate { .. } => "isolation",
+            Fault::Drop { .. } => "drop",
+            Fault::Delay { .. } => "delay",
+        }
+    }
+}
+
+/// A fault around the current leader half of the time (failover is what matters most), else
+/// around any broker.
 fn random_fault(rng: &mut Rng, leader: i32) -> Fault {
     let broker = if rng.below(2) == 0 {
         leader
     } else {
         1 + rng.below(BROKERS as u64) as i32
     };
-    let pause = Duration::from_millis(300 + rng.below(3_700));
-    if rng.below(2) == 0 {
-        Fault::Kill {
-            broker,
-            down: pause,
+    let other = {
+        let pick = 1 + rng.below(BROKERS as u64 - 1) as i32;
+        if pick >= broker {
+            pick + 1
+        } else {
+            pick
         }
+    };
+    let (from, to) = if rng.below(2) == 0 {
+        (broker, other)
     } else {
-        Fault::Pause {
+        (other, broker)
+    };
+    let lasting = Duration::from_millis(300 + rng.below(3_700));
+    match rng.below(6) {
+        0 => Fault::Kill {
             broker,
-            stopped: pause,
-        }
+            down: lasting,
+        },
+        1 => Fault::Pause {
+            broker,
+            stopped: lasting,
+        },
+        2 => Fault::Cut { from, to, lasting },
+        3 => Fault::Isolate { broker, lasting },
+        4 => Fault::Drop { from, to, lasting },
+        _ => Fault::Delay {
+            from,
+            to,
+            by: Duration::from_millis(5 + rng.below(195)),
+            lasting,
+        },
     }
 }
 
@@ -74,7 +133,7 @@ fn signal(pid: u32, name: &str) {
     assert!(sent.success(), "kill -{name} {pid}");
 }
 
-fn apply(cluster: &mut TestCluster, fault: Fault) {
+fn apply(cluster: &mut TestCluster, links: &Links, fault: Fault) {
     match fault {
         Fault::Kill { broker, down } => {
             cluster.broker(broker).kill9();
@@ -87,7 +146,29 @@ fn apply(cluster: &mut TestCluster, fault: Fault) {
             std::thread::sleep(stopped);
             signal(pid, "CONT");
         }
+        Fault::Cut { from, to, lasting } => {
+            links.between(from, to).iter().for_each(Proxy::cut);
+            std::thread::sleep(lasting);
+        }
+        Fault::Isolate { broker, lasting } => {
+            links.around(broker).for_each(Proxy::cut);
+            std::thread::sleep(lasting);
+        }
+        Fault::Drop { from, to, lasting } => {
+            links.between(from, to).iter().for_each(Proxy::stall);
+            std::thread::sleep(lasting);
+        }
+        Fault::Delay {
+            from,
+            to,
+            by,
+            lasting,
+        } => {
+            links.between(from, to).iter().for_each(|p| p.delay(by));
+            std::thread::sleep(lasting);
+        }
     }
+    links.resume_all();
 }
 
 /// A consumer reading the partition from the start until stopped: (offset, value) as served.
@@ -127,7 +208,7 @@ struct Outcome {
 fn run_schedule(seed: u64) -> Outcome {
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let root = tempfile::tempdir().unwrap();
-    let mut cluster = TestCluster::start_with_voters(
+    let (mut cluster, links) = TestCluster::start_linked(
         root.path(),
         BROKERS,
         VOTERS,
@@ -181,7 +262,7 @@ fn run_schedule(seed: u64) -> Outcome {
             })
             .leader;
             let fault = random_fault(&mut rng, leader as i32);
-            apply(&mut cluster, fault);
+            apply(&mut cluster, &links, fault);
             faults.push(fault);
         }
         producing.join().expect("producer");
@@ -242,20 +323,18 @@ fn run_schedule(seed: u64) -> Outcome {
 fn random_fault_schedules_lose_no_acked_write_and_serve_no_offset_twice() {
     let schedules = env_u64("CHRONIK_FAULT_SCHEDULES", 2);
     let first = env_u64("CHRONIK_FAULT_SEED", 1);
-    let (mut acked, mut kills, mut pauses, mut elections) = (0, 0, 0, 0);
+    let (mut acked, mut elections) = (0, 0);
+    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
     for seed in first..first + schedules {
         let outcome = run_schedule(seed);
         acked += outcome.acked;
         elections += outcome.elections;
         for f in outcome.faults {
-            match f {
-                Fault::Kill { .. } => kills += 1,
-                Fault::Pause { .. } => pauses += 1,
-            }
+            *kinds.entry(f.kind()).or_default() += 1;
         }
     }
     eprintln!(
-        "{schedules} schedule(s): {acked} acked writes checked, {kills} kills, {pauses} pauses, {elections} elections"
+        "{schedules} schedule(s): {acked} acked writes checked, {elections} elections, faults {kinds:?}"
     );
     assert!(acked > 0);
     assert!(

@@ -209,6 +209,11 @@ impl MetadataImage {
         self.topics.get(topic)?.partitions.get(index)
     }
 
+    fn partition_mut(&mut self, topic: &str, partition: i32) -> Option<&mut PartitionImage> {
+        let index = usize::try_from(partition).ok()?;
+        self.topics.get_mut(topic)?.partitions.get_mut(index)
+    }
+
     /// Applies one record, or refuses it whole.
     pub fn apply(&mut self, record: &MetadataRecord) -> Result<(), Refused> {
         match record {
@@ -276,12 +281,7 @@ impl MetadataImage {
         if p.leader == leader {
             return Err(Refused::NotEligible(leader, "already the leader"));
         }
-        let index = usize::try_from(partition).expect("checked above");
-        let p = &mut self
-            .topics
-            .get_mut(topic)
-            .expect("checked above")
-            .partitions[index];
+        let p = self.partition_mut(topic, partition).expect("checked above");
         if !p.isr.contains(&leader) {
             p.isr = vec![leader];
         }
@@ -460,12 +460,7 @@ impl MetadataImage {
             .copied()
             .filter(|b| isr.contains(b))
             .collect();
-        let index = usize::try_from(partition).expect("checked above");
-        let p = &mut self
-            .topics
-            .get_mut(topic)
-            .expect("checked above")
-            .partitions[index];
+        let p = self.partition_mut(topic, partition).expect("checked above");
         p.isr = ordered;
         p.partition_epoch += 1;
         Ok(())

@@ -90,7 +90,9 @@ impl Controller {
         let raft = Raft::new(
             config.id,
             Arc::new(raft_config),
-            network::Network,
+            network::Network {
+                voters: config.voters.clone(),
+            },
             log,
             machine,
         )

@@ -83,8 +83,13 @@ async fn read_frame<T: DeserializeOwned>(stream: &mut TcpStream) -> io::Result<T
     Ok(serde_json::from_slice(&body)?)
 }
 
-/// Creates one client per peer, from the address in its membership entry.
-pub struct Network;
+/// Creates one client per peer. A peer is reached at the address this member's own cluster
+/// file gives it (each node's own `controller.quorum.voters`, as in Kafka), not the one in the
+/// membership entry, which is whatever the member that initialized the quorum saw: so one
+/// broker may reach another through a route of its own (a proxy, in the tests).
+pub struct Network {
+    pub voters: std::collections::BTreeMap<NodeId, SocketAddr>,
+}
 
 impl RaftNetworkFactory<ControllerRaft> for Network {
     type Network = Peer;
@@ -92,7 +97,11 @@ impl RaftNetworkFactory<ControllerRaft> for Network {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
         Peer {
             target,
-            addr: node.addr.parse().ok(),
+            addr: self
+                .voters
+                .get(&target)
+                .copied()
+                .or_else(|| node.addr.parse().ok()),
             stream: None,
         }
     }

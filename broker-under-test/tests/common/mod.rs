@@ -226,6 +226,85 @@ impl Drop for Broker {
     }
 }
 
+/// Where each broker of a test cluster listens: its port, and a controller port for voters.
+struct Layout {
+    ports: Vec<u16>,
+    controller_ports: Vec<Option<u16>>,
+}
+
+impl Layout {
+    fn new(n: usize, voters: usize) -> Self {
+        Self {
+            ports: (0..n).map(|_| restartable_port()).collect(),
+            controller_ports: (0..n)
+                .map(|i| (i < voters).then(restartable_port))
+                .collect(),
+        }
+    }
+
+    /// The cluster file; with `(from, links)`, broker `from`'s own, in which every other
+    /// broker is reached through a new proxy of `links`.
+    fn file_text(&self, mut proxied: Option<(i32, &mut Links)>) -> String {
+        let mut text = String::new();
+        for (i, port) in self.ports.iter().enumerate() {
+            let to = i as i32 + 1;
+            let real: SocketAddr = ([127, 0, 0, 1], *port).into();
+            let controller =
+                self.controller_ports[i].map(|p| SocketAddr::from(([127, 0, 0, 1], p)));
+            let mut route = |target: SocketAddr| match proxied.as_mut() {
+                Some((from, links)) if *from != to => links.add(*from, to, target),
+                _ => target,
+            };
+            let address = route(real);
+            text += &format!("[[broker]]\nid = {to}\naddress = \"{address}\"\n");
+            if address != real {
+                text += &format!("client_address = \"{real}\"\n");
+            }
+            if let Some(controller) = controller {
+                let controller = route(controller);
+                text += &format!("controller_address = \"{controller}\"\n");
+            }
+        }
+        text
+    }
+}
+
+/// The proxies of a linked test cluster: for each ordered pair of brokers, those through which
+/// the first reaches the second (its replication and its controller traffic).
+#[derive(Default)]
+pub struct Links {
+    proxies: std::collections::BTreeMap<(i32, i32), Vec<proxy::Proxy>>,
+}
+
+impl Links {
+    fn add(&mut self, from: i32, to: i32, target: SocketAddr) -> SocketAddr {
+        let proxy = proxy::Proxy::start(target);
+        let addr = proxy.addr;
+        self.proxies.entry((from, to)).or_default().push(proxy);
+        addr
+    }
+
+    /// The links from `from` to `to` (connections `from` opens; `to`'s answers on them too).
+    pub fn between(&self, from: i32, to: i32) -> &[proxy::Proxy] {
+        self.proxies.get(&(from, to)).map_or(&[], Vec::as_slice)
+    }
+
+    /// Every link from or to `broker`.
+    pub fn around(&self, broker: i32) -> impl Iterator<Item = &proxy::Proxy> {
+        self.proxies
+            .iter()
+            .filter(move |((from, to), _)| *from == broker || *to == broker)
+            .flat_map(|(_, p)| p)
+    }
+
+    pub fn resume_all(&self) {
+        self.proxies
+            .values()
+            .flatten()
+            .for_each(proxy::Proxy::resume);
+    }
+}
+
 /// Brokers on loopback from one cluster file, each with its own data directory under `root`.
 pub struct TestCluster {
     /// In id order: broker `i + 1` is `brokers[i]`.
@@ -249,32 +328,41 @@ impl TestCluster {
 
     /// Like `start`, with brokers 1..=voters the voters of the controller quorum.
     pub fn start_with_voters(root: &Path, n: usize, voters: usize, args: &[&str]) -> Self {
-        let ports: Vec<u16> = (0..n).map(|_| restartable_port()).collect();
+        let layout = Layout::new(n, voters);
         let file = root.join("cluster.toml");
-        let text: String = ports
-            .iter()
-            .enumerate()
-            .map(|(i, port)| {
-                let controller = if i < voters {
-                    format!(
-                        "controller_address = \"127.0.0.1:{}\"\n",
-                        restartable_port()
-                    )
-                } else {
-                    String::new()
-                };
-                format!(
-                    "[[broker]]\nid = {}\naddress = \"127.0.0.1:{port}\"\n{controller}",
-                    i + 1
-                )
+        std::fs::write(&file, layout.file_text(None)).expect("write cluster file");
+        let cluster_files = vec![file.clone(); n];
+        Self::start_brokers(root, file, &cluster_files, args)
+    }
+
+    /// Like `start_with_voters`, with every link from one broker to another through a proxy of
+    /// its own (`Links`): replication and the controller quorum's traffic, each direction
+    /// apart. Clients reach every broker directly; `file` is the cluster file without proxies.
+    pub fn start_linked(root: &Path, n: usize, voters: usize, args: &[&str]) -> (Self, Links) {
+        let layout = Layout::new(n, voters);
+        let file = root.join("cluster.toml");
+        std::fs::write(&file, layout.file_text(None)).expect("write cluster file");
+        let mut links = Links::default();
+        let cluster_files: Vec<PathBuf> = (1..=n as i32)
+            .map(|from| {
+                let own = root.join(format!("cluster-{from}.toml"));
+                let text = layout.file_text(Some((from, &mut links)));
+                std::fs::write(&own, text).expect("write cluster file");
+                own
             })
             .collect();
-        std::fs::write(&file, text).expect("write cluster file");
-        let brokers = (1..=n)
-            .map(|id| {
+        (Self::start_brokers(root, file, &cluster_files, args), links)
+    }
+
+    fn start_brokers(root: &Path, file: PathBuf, cluster_files: &[PathBuf], args: &[&str]) -> Self {
+        let brokers = cluster_files
+            .iter()
+            .enumerate()
+            .map(|(i, own)| {
+                let id = i + 1;
                 let mut all = vec![
                     format!("--broker-id={id}"),
-                    format!("--cluster={}", file.display()),
+                    format!("--cluster={}", own.display()),
                 ];
                 all.extend(args.iter().map(|a| a.to_string()));
                 let all: Vec<&str> = all.iter().map(String::as_str).collect();

@@ -1,11 +1,12 @@
-//! A small TCP proxy for link faults between brokers: it forwards, stalls (stops moving bytes
-//! but keeps the connections, like a hung peer or a full network queue), or cuts (closes every
-//! connection and refuses new ones), and resumes. Threads only; every blocking call has a
+//! A small TCP proxy for link faults between brokers: it forwards, delays (every chunk waits),
+//! stalls (stops moving bytes but keeps the connections, like a hung peer or a full network
+//! queue: packets dropped), or cuts (closes every connection and refuses new ones), and
+//! resumes. Threads only; every blocking call has a
 //! timeout, and dropping the proxy stops all of them.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -13,11 +14,14 @@ use std::time::Duration;
 const FORWARD: u8 = 0;
 const STALL: u8 = 1;
 const CUT: u8 = 2;
+const DELAY: u8 = 3;
 /// How often blocked threads look at the mode and the stop flag.
 const POLL: Duration = Duration::from_millis(20);
 
 struct Shared {
     mode: AtomicU8,
+    /// In `DELAY`: how long each chunk waits before it is forwarded.
+    delay_ms: AtomicU64,
     stop: AtomicBool,
     /// Every open connection (both sides), so a cut can close them.
     open: Mutex<Vec<TcpStream>>,
@@ -37,6 +41,7 @@ impl Proxy {
         let addr = listener.local_addr().expect("proxy addr");
         let shared = Arc::new(Shared {
             mode: AtomicU8::new(FORWARD),
+            delay_ms: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             open: Mutex::new(Vec::new()),
         });
@@ -62,6 +67,14 @@ impl Proxy {
         for stream in self.shared.open.lock().unwrap().drain(..) {
             let _ = stream.shutdown(Shutdown::Both);
         }
+    }
+
+    /// Forwards every chunk of bytes `by` late (a slow or congested link).
+    pub fn delay(&self, by: Duration) {
+        self.shared
+            .delay_ms
+            .store(by.as_millis() as u64, Ordering::Release);
+        self.shared.mode.store(DELAY, Ordering::Release);
     }
 
     pub fn resume(&self) {
@@ -139,6 +152,10 @@ fn pump(mut from: TcpStream, mut to: TcpStream, shared: Arc<Shared>) {
         match from.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
+                if shared.mode.load(Ordering::Acquire) == DELAY {
+                    let ms = shared.delay_ms.load(Ordering::Acquire);
+                    std::thread::sleep(Duration::from_millis(ms));
+                }
                 if to.write_all(&buf[..n]).is_err() {
                     break;
                 }
