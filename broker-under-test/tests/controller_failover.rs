@@ -55,7 +55,11 @@ fn topic_beside_the_voters(cluster: &TestCluster, prefix: &str) -> String {
 /// Creates `topic` (one partition, two replicas) through the first broker and waits until
 /// the quorum has it with a leader.
 fn create(cluster: &TestCluster, topic: &str) -> Placement {
-    let error = common::wire::create_replicated_topic(cluster.brokers[0].addr, topic, 1, 2);
+    create_with(cluster, topic, &[])
+}
+
+fn create_with(cluster: &TestCluster, topic: &str, configs: &[(&str, &str)]) -> Placement {
+    let error = common::wire::create_topic_with(cluster.brokers[0].addr, topic, (1, 2), configs);
     assert_eq!(error, 0, "create {topic}");
     wait_for(&cluster.file, "the topic in the image", |i| {
         placement(i, topic).filter(|p| p.leader > 0 && p.isr.len() == 2)
@@ -307,4 +311,45 @@ fn a_leader_cut_off_from_the_quorum_acknowledges_nothing_more() {
         read.iter().all(|(_, v)| !v.starts_with("cut-off")),
         "an unacked write survived"
     );
+}
+
+#[test]
+fn a_topic_that_allows_unclean_election_elects_outside_the_set_after_a_double_fault() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = start(root.path());
+    let topic = topic_beside_the_voters(&cluster, "unclean");
+    let topic = topic.as_str();
+    // A value the broker does not know is refused, and nothing is created.
+    let error = common::wire::create_topic_with(
+        cluster.brokers[0].addr,
+        topic,
+        (1, 2),
+        &[("unclean.leader.election.enable", "maybe")],
+    );
+    assert_eq!(error, ResponseError::InvalidConfig.code());
+    let first = create_with(
+        &cluster,
+        topic,
+        &[("unclean.leader.election.enable", "true")],
+    );
+    let recorded = image(&cluster.file).expect("image");
+    assert_eq!(recorded["topics"][topic]["unclean_leader_election"], true);
+    let (a, b) = (first.leader, others(&first));
+    produce_acked(&cluster, topic, "first", 20);
+    cluster.broker(a as i32).kill9();
+    wait_for(&cluster.file, "b leading alone", |i| {
+        placement(i, topic).filter(|p| p.leader == b && p.isr == vec![b])
+    });
+    cluster.broker(b as i32).kill9();
+    wait_for(&cluster.file, "no leader", |i| {
+        placement(i, topic).filter(|p| p.leader == -1)
+    });
+    // The topic allows it: a, outside the set, leads again alone, and takes writes (what only
+    // b had is lost, as the topic accepted).
+    cluster.broker(a as i32).restart();
+    let next = wait_for(&cluster.file, "a leading again", |i| {
+        placement(i, topic).filter(|p| p.leader == a)
+    });
+    assert_eq!(next.isr, vec![a]);
+    produce_acked(&cluster, topic, "after", 20);
 }

@@ -20,7 +20,10 @@ use uuid::Uuid;
 
 use std::sync::Arc;
 
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+
 use super::{str_bytes, ApiContext};
+use crate::controller::metadata::MetadataRecord;
 use crate::replication::announce;
 use crate::topics::Topic;
 
@@ -152,6 +155,71 @@ async fn create_and_announce(
     Ok(created)
 }
 
+/// Kafka's topic config that allows electing a replica outside the in-sync set.
+const UNCLEAN_LEADER_ELECTION_CONFIG: &str = "unclean.leader.election.enable";
+
+/// The topic's `unclean.leader.election.enable` (false unless set).
+fn unclean_leader_election(topic: &CreatableTopic) -> Result<bool, ResponseError> {
+    let Some(config) = topic
+        .configs
+        .iter()
+        .find(|c| &*c.name == UNCLEAN_LEADER_ELECTION_CONFIG)
+    else {
+        return Ok(false);
+    };
+    match config.value.as_deref() {
+        Some("true") => Ok(true),
+        Some("false") | None => Ok(false),
+        Some(_) => Err(ResponseError::InvalidConfig),
+    }
+}
+
+/// Under a controller quorum, a replicated topic is recorded there before it is created
+/// anywhere, with its `unclean.leader.election.enable` (Kafka's controller handles
+/// CreateTopics the same way). A topic the quorum already has is created here too.
+async fn record_topic(
+    ctx: &ApiContext,
+    name: &str,
+    partitions: i32,
+    (factor, unclean): (i16, bool),
+) -> Result<(), ResponseError> {
+    let Some(metadata) = ctx.metadata.as_ref().filter(|_| factor > 1) else {
+        return Ok(());
+    };
+    if !crate::topics::valid_topic_name(name) {
+        return Err(ResponseError::InvalidTopicException);
+    }
+    let cluster = ctx.topics.cluster();
+    let factor = usize::try_from(factor).unwrap_or(1);
+    let record = MetadataRecord::CreateTopic {
+        topic: name.to_owned(),
+        assignment: (0..partitions)
+            .map(|i| cluster.replicas(name, i, factor))
+            .collect(),
+        unclean_leader_election: unclean,
+    };
+    match metadata.propose(record).await {
+        Ok(()) => Ok(()),
+        Err(why) if why.contains("exists") => Ok(()),
+        Err(why) => {
+            tracing::warn!("topic {name} not recorded by the controller quorum: {why}");
+            Err(ResponseError::RequestTimedOut)
+        }
+    }
+}
+
+/// A topic asked for by a client: recorded by the quorum (if any), created here, announced.
+async fn create_new(
+    ctx: &ApiContext,
+    topic: &CreatableTopic,
+    partitions: i32,
+    factor: i16,
+) -> Result<Option<Arc<Topic>>, ResponseError> {
+    let unclean = unclean_leader_election(topic)?;
+    record_topic(ctx, &topic.name, partitions, (factor, unclean)).await?;
+    create_and_announce(ctx, &topic.name, partitions, factor).await
+}
+
 pub async fn create_topics(ctx: &ApiContext, req: CreateTopicsRequest) -> CreateTopicsResponse {
     let mut response = CreateTopicsResponse::default();
     for topic in req.topics {
@@ -186,7 +254,7 @@ pub async fn create_topics(ctx: &ApiContext, req: CreateTopicsRequest) -> Create
                 Some(id) => ctx
                     .topics
                     .create_with_id(&topic.name, partitions, factor, id),
-                None => create_and_announce(ctx, &topic.name, partitions, factor).await,
+                None => create_new(ctx, &topic, partitions, factor).await,
             };
             match created {
                 Ok(Some(created)) => {

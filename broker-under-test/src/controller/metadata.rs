@@ -376,9 +376,6 @@ impl MetadataImage {
                     "a partition without replicas, or a replica twice",
                 ));
             }
-            if let Some(&unknown) = replicas.iter().find(|b| !self.brokers.contains_key(b)) {
-                return Err(Refused::UnknownBroker(unknown));
-            }
         }
         let brokers = &self.brokers;
         let partitions = assignment
@@ -390,9 +387,10 @@ impl MetadataImage {
                     .filter(|&b| available(brokers, b))
                     .collect();
                 // Epoch 0 is the first replica's on every broker (a broker that has not heard
-                // from the controller yet assumes no other); when it is down, the first
-                // election moves on at once. Nothing is written yet: every live replica is in
-                // sync.
+                // from the controller yet assumes no other); when it is down (or not
+                // registered yet: a cluster just started), the first election moves on at
+                // once. Nothing is written yet: every live replica is in sync, the others join
+                // as they catch up.
                 let mut p = PartitionImage {
                     replicas: replicas.clone(),
                     leader: replicas[0],

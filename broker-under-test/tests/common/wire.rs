@@ -232,12 +232,32 @@ pub fn create_topic(addr: SocketAddr, topic: &str, partitions: i32) -> i16 {
 
 /// CreateTopics v5 of one topic with `factor` replicas per partition: its error code.
 pub fn create_replicated_topic(addr: SocketAddr, topic: &str, partitions: i32, factor: i16) -> i16 {
-    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    create_topic_with(addr, topic, (partitions, factor), &[])
+}
+
+/// CreateTopics v5 of one topic with `(partitions, factor)` and topic `configs`: its error
+/// code.
+pub fn create_topic_with(
+    addr: SocketAddr,
+    topic: &str,
+    (partitions, factor): (i32, i16),
+    configs: &[(&str, &str)],
+) -> i16 {
+    use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
     use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse, TopicName};
     let mut t = CreatableTopic::default();
     t.name = TopicName(StrBytes::from_string(topic.to_owned()));
     t.num_partitions = partitions;
     t.replication_factor = factor;
+    t.configs = configs
+        .iter()
+        .map(|(name, value)| {
+            let mut c = CreatableTopicConfig::default();
+            c.name = StrBytes::from_string((*name).to_owned());
+            c.value = Some(StrBytes::from_string((*value).to_owned()));
+            c
+        })
+        .collect();
     let mut request = CreateTopicsRequest::default();
     request.topics = vec![t];
     request.timeout_ms = 5000;
