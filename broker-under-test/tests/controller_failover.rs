@@ -41,15 +41,20 @@ fn start(root: &Path) -> TestCluster {
     )
 }
 
-/// A topic name (from `prefix`) whose partition 0 has the broker that is no voter among its
-/// two replicas: killing both replicas then leaves a quorum of voters.
-fn topic_beside_the_voters(cluster: &TestCluster, prefix: &str) -> String {
+/// A topic name (from `prefix`) whose partition 0's two replicas (leader first) are `wanted`.
+fn topic_where(cluster: &TestCluster, prefix: &str, wanted: impl Fn(&[i32]) -> bool) -> String {
     let text = std::fs::read_to_string(&cluster.file).expect("cluster file");
     let layout = chronik_broker::cluster::Cluster::parse(&text, 1).expect("cluster file");
     (0..)
         .map(|i| format!("{prefix}-{i}"))
-        .find(|t| layout.replicas(t, 0, 2).contains(&(NOT_A_VOTER as i32)))
+        .find(|t| wanted(&layout.replicas(t, 0, 2)))
         .expect("some name")
+}
+
+/// A topic whose replicas include the broker that is no voter: killing both replicas then
+/// leaves a quorum of voters.
+fn topic_beside_the_voters(cluster: &TestCluster, prefix: &str) -> String {
+    topic_where(cluster, prefix, |r| r.contains(&(NOT_A_VOTER as i32)))
 }
 
 /// Creates `topic` (one partition, two replicas) through the first broker and waits until
@@ -108,14 +113,9 @@ fn assert_all_readable(cluster: &TestCluster, topic: &str, acked: &BTreeMap<Stri
     }
 }
 
-/// A topic name (from `prefix`) whose partition 0 the broker that is no voter leads at first.
+/// A topic the broker that is no voter leads at first.
 fn topic_led_by_the_non_voter(cluster: &TestCluster, prefix: &str) -> String {
-    let text = std::fs::read_to_string(&cluster.file).expect("cluster file");
-    let layout = chronik_broker::cluster::Cluster::parse(&text, 1).expect("cluster file");
-    (0..)
-        .map(|i| format!("{prefix}-{i}"))
-        .find(|t| layout.replicas(t, 0, 2)[0] == NOT_A_VOTER as i32)
-        .expect("some name")
+    topic_where(cluster, prefix, |r| r[0] == NOT_A_VOTER as i32)
 }
 
 fn others(p: &Placement) -> i64 {
