@@ -382,6 +382,17 @@ impl Partition {
         (state.next_offset, state.epochs.latest())
     }
 
+    /// Where a follower may fetch from: its log end and the epoch of its last batch, but only
+    /// once everything below that end is durable here. A replica fetch tells the leader that
+    /// the follower holds everything below its offset (the leader moves the high watermark
+    /// and acks=all writes on it), so an append still waiting for the local WAL must not be
+    /// claimed; `None` until it is durable.
+    pub fn durable_fetch_position(&self) -> Option<(i64, i32)> {
+        let state = lock(&self.state);
+        (self.durable_end.get() >= state.next_offset)
+            .then(|| (state.next_offset, state.epochs.latest()))
+    }
+
     /// The largest epoch not above `epoch` in this log, and the offset where it ends.
     pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
         let state = lock(&self.state);

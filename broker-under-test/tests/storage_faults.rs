@@ -3,17 +3,23 @@
 //! The promise: no ack after the failure, fail-stop with a clear reason, and after a restart on
 //! the same data directory every message that was acked is there, at its acked offset. The
 //! broker runs in-process on a storage that wraps the real file storage and fails on cue.
+//!
+//! A follower whose WAL stalls (an fsync that takes longer than the follower waits for it)
+//! never tells its leader it holds what is not durable: an acks=all write is not acked until
+//! the follower's fsync returns.
 
 mod common;
 
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use chronik_broker::config::BrokerArgs;
 use chronik_broker::wal::storage::{FileWalStorage, WalStorage};
 use chronik_broker::{BrokerConfig, RunningBroker};
+use clap::Parser;
 
 const EIO: i32 = 5;
 const ENOSPC: i32 = 28;
@@ -187,4 +193,132 @@ fn a_full_disk_stops_the_broker_and_loses_nothing_acked() {
 #[test]
 fn a_failed_segment_roll_stops_the_broker_and_loses_nothing_acked() {
     run_fault(Fault::Roll(ENOSPC));
+}
+
+/// The file storage, whose fsync waits while `stalled` is set (a disk that takes seconds).
+struct Stalling {
+    inner: FileWalStorage,
+    stalled: Arc<AtomicBool>,
+}
+
+impl WalStorage for Stalling {
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.inner.append(bytes)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        while self.stalled.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.inner.sync()
+    }
+    fn active_len(&self) -> u64 {
+        self.inner.active_len()
+    }
+    fn active_seq(&self) -> u64 {
+        self.inner.active_seq()
+    }
+    fn roll(&mut self) -> io::Result<u64> {
+        self.inner.roll()
+    }
+}
+
+/// Longer than a follower waits for its WAL before it fetches again (5 s).
+const FOLLOWER_STALL: Duration = Duration::from_secs(12);
+
+#[test]
+fn a_follower_whose_fsync_stalls_never_claims_what_is_not_durable() {
+    let root = tempfile::tempdir().unwrap();
+    let ports = [common::restartable_port(), common::restartable_port()];
+    let file = root.path().join("cluster.toml");
+    let text: String = (1..=2)
+        .map(|id| {
+            format!(
+                "[[broker]]\nid = {id}\naddress = \"127.0.0.1:{}\"\n",
+                ports[id - 1]
+            )
+        })
+        .collect();
+    std::fs::write(&file, text).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let stalls = [
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    ];
+    let brokers: Vec<RunningBroker> = (1..=2)
+        .map(|id| {
+            let data = root.path().join(format!("broker-{id}"));
+            let config = BrokerConfig::from_args(BrokerArgs::parse_from([
+                "chronik-broker".to_owned(),
+                format!("--broker-id={id}"),
+                format!("--cluster={}", file.display()),
+                format!("--data-dir={}", data.display()),
+                "--min-insync-replicas=2".to_owned(),
+                // The follower keeps its place while it stalls: only its own claims could ack.
+                "--replica-lag-time-max-ms=60000".to_owned(),
+            ]))
+            .expect("config");
+            let stalled = stalls[id - 1].clone();
+            let segment_bytes = config.wal_segment_bytes;
+            let open = Box::new(
+                move |dir: &Path, seq: u64| -> io::Result<Box<dyn WalStorage>> {
+                    Ok(Box::new(Stalling {
+                        inner: FileWalStorage::create(dir, seq, segment_bytes)?,
+                        stalled: stalled.clone(),
+                    }))
+                },
+            );
+            runtime
+                .block_on(chronik_broker::start_with_storage(config, open))
+                .expect("start")
+        })
+        .collect();
+    let bootstrap = brokers
+        .iter()
+        .map(|b| b.local_addr.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let topic = "stalled-follower";
+    assert_eq!(
+        common::wire::create_replicated_topic(brokers[0].local_addr, topic, 1, 2),
+        0
+    );
+    let acks_all = [("acks", "all")];
+    let keyed = |prefix: &str, n| -> Vec<(String, String)> {
+        common::values(prefix, n)
+            .into_iter()
+            .map(|v| (v.clone(), v))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while common::placement(&bootstrap, topic, 0).2.len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "the follower joins");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before = common::deliver(&bootstrap, topic, &keyed("before", 20), &acks_all);
+    assert!(before.iter().all(Option::is_some), "acked while healthy");
+
+    let (leader, replicas, _) = common::placement(&bootstrap, topic, 0);
+    let follower = *replicas.iter().find(|&&id| id != leader).unwrap();
+    stalls[usize::try_from(follower - 1).unwrap()].store(true, Ordering::Release);
+    let timeout_ms = FOLLOWER_STALL.as_millis().to_string();
+    let during = common::deliver(
+        &bootstrap,
+        topic,
+        &keyed("during", 1),
+        &[("acks", "all"), ("message.timeout.ms", &timeout_ms)],
+    );
+    stalls[usize::try_from(follower - 1).unwrap()].store(false, Ordering::Release);
+    assert_eq!(
+        during,
+        [None],
+        "acked while the follower's fsync had not returned"
+    );
+    let after = common::deliver(&bootstrap, topic, &keyed("after", 20), &acks_all);
+    assert!(
+        after.iter().all(Option::is_some),
+        "acked once the disk answers"
+    );
+    for broker in brokers {
+        runtime.block_on(broker.shutdown());
+    }
 }

@@ -49,8 +49,11 @@ const FETCH_PARTITION_BYTES_MAX: i32 = 4 << 20;
 const METADATA_INTERVAL: Duration = Duration::from_secs(1);
 /// Pause after a failed request before the next one.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
-/// Upper bound on waiting for the local WAL to make a fetched batch durable.
-const DURABLE_WAIT: Duration = Duration::from_secs(30);
+/// How long one fetch waits for the local WAL to make what it appended durable before the
+/// fetcher goes on. A partition whose appends are still not durable is left out of the fetches
+/// after it until they are (`Partition::durable_fetch_position`): its fetch offset would tell
+/// the leader it holds them.
+const DURABLE_WAIT: Duration = Duration::from_secs(5);
 
 /// A partition a fetch appended to, the leader's high watermark in the same answer, and the
 /// signal that the appended batches are durable (none when nothing came back).
@@ -235,7 +238,9 @@ impl Fetcher {
     /// One fetch from the leader for every followed partition; appends what comes back and
     /// waits until it is durable.
     async fn fetch_once(&mut self, followed: &[Arc<Partition>]) -> Result<(), String> {
-        let request = self.fetch_request(followed);
+        let Some(request) = self.fetch_request(followed) else {
+            return Err("appends from the last fetch are not durable yet".into());
+        };
         let response = self
             .peer
             .request(
@@ -303,11 +308,14 @@ impl Fetcher {
         refused.map_or(Ok(()), Err)
     }
 
-    /// A replica fetch of every followed partition from its local end, in its last epoch.
-    fn fetch_request(&self, followed: &[Arc<Partition>]) -> FetchRequest {
+    /// A replica fetch of every followed partition whose log is durable to its end, from that
+    /// end, in its last epoch; `None` when no partition is.
+    fn fetch_request(&self, followed: &[Arc<Partition>]) -> Option<FetchRequest> {
         let mut by_topic: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
         for p in followed {
-            let (log_end, last_epoch) = p.log_end_and_epoch();
+            let Some((log_end, last_epoch)) = p.durable_fetch_position() else {
+                continue;
+            };
             let mut wanted = FetchPartition::default();
             wanted.partition = p.index;
             wanted.current_leader_epoch = p.replication().map_or(-1, |r| r.leader_epoch());
@@ -316,6 +324,9 @@ impl Fetcher {
             wanted.log_start_offset = -1;
             wanted.partition_max_bytes = FETCH_PARTITION_BYTES_MAX;
             by_topic.entry(&p.topic).or_default().push(wanted);
+        }
+        if by_topic.is_empty() {
+            return None;
         }
         let mut request = FetchRequest::default();
         request.replica_id = BrokerId(self.local_id);
@@ -333,7 +344,7 @@ impl Fetcher {
                 topic
             })
             .collect();
-        request
+        Some(request)
     }
 
     /// Waits until each appended batch is durable, then lets the partition's high watermark
