@@ -184,7 +184,8 @@ pub async fn start_with_storage(
     )?;
     // Replication: the keeper (leader side) and one fetcher per other broker (follower side).
     // Aborted at shutdown, before the final flush.
-    let replication = start_replication(&config, &topics, &wal, keeper_wake).await;
+    let replication =
+        start_replication(&config, &topics, &wal, keeper_wake, metadata.clone()).await;
     let (controller, lifecycle) = start_controller(&config, &topics, metadata).await?;
     let times = RequestTimes::when_logged();
     let connections = Connections::new(
@@ -340,6 +341,7 @@ async fn start_replication(
     topics: &Arc<TopicRegistry>,
     wal: &Arc<GroupCommitWal>,
     keeper_wake: Arc<tokio::sync::Notify>,
+    metadata: Option<Arc<BrokerMetadata>>,
 ) -> JoinSet<()> {
     let mut replication = JoinSet::new();
     if config.cluster.size() > 1 {
@@ -354,6 +356,7 @@ async fn start_replication(
                 wal.clone(),
                 leader.clone(),
                 config.cluster.local_id(),
+                metadata.clone(),
             );
             // Before the first connection is accepted: a broker that led before a failover
             // learns the newer election from its peers instead of taking produce requests as

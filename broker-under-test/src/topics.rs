@@ -111,7 +111,8 @@ pub fn valid_topic_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
-fn new_topic_id() -> u128 {
+/// A fresh topic id: clock and counter, so brokers creating at the same time differ.
+pub fn new_topic_id() -> u128 {
     static COUNTER: AtomicU64 = AtomicU64::new(1);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::quorum::{image, placement, unfenced, wait_for, Placement, STATE_WAIT};
-use common::wire::{connect, fetch_as};
+use common::wire::{connect, fetch_as, fetch_as_at_epoch};
 use common::{values, TestCluster};
 use kafka_protocol::error::ResponseError;
 
@@ -166,6 +166,13 @@ fn after_a_double_fault_the_former_leader_restarted_alone_does_not_lead() {
     let topic = topic.as_str();
     let first = create(&cluster, topic);
     let (a, b) = (first.leader, others(&first));
+    let file = cluster.file.clone();
+    let broker_epoch = |broker: i64| {
+        image(&file).expect("image")["brokers"][broker.to_string()]["broker_epoch"]
+            .as_i64()
+            .expect("a broker epoch")
+    };
+    let a_before = broker_epoch(a);
     let mut acked = produce_acked(&cluster, topic, "first", 100);
     // The leader dies; b takes over and acks 50 writes alone.
     cluster.broker(a as i32).kill9();
@@ -219,6 +226,29 @@ fn after_a_double_fault_the_former_leader_restarted_alone_does_not_lead() {
         placement(i, topic).filter(|p| p.leader == b)
     });
     assert_all_readable(&cluster, topic, &acked);
+    // a is registered again, under a new broker epoch: a fetch with its id but without that
+    // epoch (a client's v11, or a's incarnation from before the restart) reads nothing.
+    let a_now = broker_epoch(a);
+    assert_ne!(
+        a_now, a_before,
+        "a restart registers under a new broker epoch"
+    );
+    let leader = cluster.broker(b as i32).addr;
+    let id = common::wire::topic_id(leader, topic);
+    let mut s = connect(leader);
+    let refusals = [
+        fetch_as(&mut s, a as i32, topic, 0, 0),
+        fetch_as_at_epoch(&mut s, (a as i32, a_before), id, 0, 0),
+    ];
+    for (i, response) in refusals.iter().enumerate() {
+        let data = &response.responses[0].partitions[0];
+        assert_eq!(
+            data.error_code,
+            ResponseError::StaleBrokerEpoch.code(),
+            "fetch {i} posing as the registered broker {a}"
+        );
+        assert!(data.records.as_ref().is_none_or(|r| r.is_empty()));
+    }
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! of Jepsen: while a producer writes with acks=all and a consumer reads, brokers are killed
 //! with SIGKILL and restarted, paused with SIGSTOP and resumed, and the links between them
 //! (replication and the quorum's traffic, each direction through a proxy of its own) are cut
-//! one way, cut around one broker, made to drop or to delay, at seeded moments, with no
+//! one way, cut around one broker, made to drop or to delay, and so are the clients' links to
+//! a broker (every client reaches each broker through a proxy), at seeded moments, with no
 //! person electing anything. The checker, per schedule:
 //!
 //! - every acknowledged write is in the final log at the offset it was acknowledged at (no
@@ -67,6 +68,16 @@ enum Fault {
         by: Duration,
         lasting: Duration,
     },
+    /// Clients' connections to the broker closed and refused; the brokers still reach it.
+    ClientCut { broker: i32, lasting: Duration },
+    /// Clients' links to the broker hold every byte still.
+    ClientDrop { broker: i32, lasting: Duration },
+    /// Clients' links to the broker forward each chunk late.
+    ClientDelay {
+        broker: i32,
+        by: Duration,
+        lasting: Duration,
+    },
 }
 
 impl Fault {
@@ -78,6 +89,9 @@ impl Fault {
             Fault::Isolate { .. } => "isolation",
             Fault::Drop { .. } => "drop",
             Fault::Delay { .. } => "delay",
+            Fault::ClientCut { .. } => "client cut",
+            Fault::ClientDrop { .. } => "client drop",
+            Fault::ClientDelay { .. } => "client delay",
         }
     }
 }
@@ -104,7 +118,8 @@ fn random_fault(rng: &mut Rng, leader: i32) -> Fault {
         (other, broker)
     };
     let lasting = Duration::from_millis(300 + rng.below(3_700));
-    match rng.below(6) {
+    let by = Duration::from_millis(5 + rng.below(195));
+    match rng.below(9) {
         0 => Fault::Kill {
             broker,
             down: lasting,
@@ -116,10 +131,17 @@ fn random_fault(rng: &mut Rng, leader: i32) -> Fault {
         2 => Fault::Cut { from, to, lasting },
         3 => Fault::Isolate { broker, lasting },
         4 => Fault::Drop { from, to, lasting },
-        _ => Fault::Delay {
+        5 => Fault::Delay {
             from,
             to,
-            by: Duration::from_millis(5 + rng.below(195)),
+            by,
+            lasting,
+        },
+        6 => Fault::ClientCut { broker, lasting },
+        7 => Fault::ClientDrop { broker, lasting },
+        _ => Fault::ClientDelay {
+            broker,
+            by,
             lasting,
         },
     }
@@ -165,6 +187,22 @@ fn apply(cluster: &mut TestCluster, links: &Links, fault: Fault) {
             lasting,
         } => {
             links.between(from, to).iter().for_each(|p| p.delay(by));
+            std::thread::sleep(lasting);
+        }
+        Fault::ClientCut { broker, lasting } => {
+            links.client(broker).cut();
+            std::thread::sleep(lasting);
+        }
+        Fault::ClientDrop { broker, lasting } => {
+            links.client(broker).stall();
+            std::thread::sleep(lasting);
+        }
+        Fault::ClientDelay {
+            broker,
+            by,
+            lasting,
+        } => {
+            links.client(broker).delay(by);
             std::thread::sleep(lasting);
         }
     }
@@ -224,7 +262,7 @@ fn run_schedule(seed: u64) -> Outcome {
     let first = wait_for(&cluster.file, "the topic led, all in sync", |i| {
         placement(i, TOPIC).filter(|p| p.leader > 0 && p.isr.len() == 3)
     });
-    let bootstrap = cluster.bootstrap();
+    let bootstrap = links.client_bootstrap();
     let stop = Arc::new(AtomicBool::new(false));
     let consumer = reader(bootstrap.clone(), stop.clone());
     let acked: Arc<Mutex<BTreeMap<i64, String>>> = Arc::default();

@@ -93,6 +93,7 @@ async fn set_up_brokers(active: &Controller) {
     active
         .propose(MetadataRecord::CreateTopic {
             topic: "t".into(),
+            topic_id: 7,
             assignment: vec![vec![1, 2, 3]],
             unclean_leader_election: false,
         })

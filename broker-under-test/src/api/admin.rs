@@ -25,7 +25,7 @@ use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use super::{str_bytes, ApiContext};
 use crate::controller::metadata::MetadataRecord;
 use crate::replication::announce;
-use crate::topics::Topic;
+use crate::topics::{new_topic_id, Topic};
 
 const CLUSTER_ID: &str = "chronik-under-test";
 /// DescribeConfigs resource type of a topic.
@@ -111,14 +111,11 @@ pub async fn metadata(ctx: &ApiContext, req: MetadataRequest, version: i16) -> M
                 let mut error = None;
                 if found.is_none() && req.allow_auto_topic_creation && ctx.config.auto_create_topics
                 {
-                    match create_and_announce(
-                        ctx,
-                        &name,
+                    let size = (
                         ctx.config.default_partitions,
                         ctx.config.default_replication_factor,
-                    )
-                    .await
-                    {
+                    );
+                    match create_recorded(ctx, &name, size, false).await {
                         Ok(_) => found = ctx.topics.get(&name),
                         Err(e) => error = Some(e),
                     }
@@ -142,13 +139,25 @@ pub async fn metadata(ctx: &ApiContext, req: MetadataRequest, version: i16) -> M
 }
 
 /// Creates a topic here with a new id and announces it to the other brokers.
-async fn create_and_announce(
+/// A new topic: recorded by the quorum (if any), created here under the recorded id, and
+/// announced to the other brokers.
+async fn create_recorded(
     ctx: &ApiContext,
     name: &str,
-    partitions: i32,
-    factor: i16,
+    (partitions, factor): (i32, i16),
+    unclean: bool,
 ) -> Result<Option<Arc<Topic>>, ResponseError> {
-    let created = ctx.topics.create(name, partitions, factor)?;
+    let id = record_topic(ctx, name, partitions, (factor, unclean)).await?;
+    create_with_id_and_announce(ctx, name, (partitions, factor), id).await
+}
+
+async fn create_with_id_and_announce(
+    ctx: &ApiContext,
+    name: &str,
+    (partitions, factor): (i32, i16),
+    id: u128,
+) -> Result<Option<Arc<Topic>>, ResponseError> {
+    let created = ctx.topics.create_with_id(name, partitions, factor, id)?;
     if let Some(topic) = &created {
         announce::announce(ctx.topics.cluster(), topic).await;
     }
@@ -175,16 +184,19 @@ fn unclean_leader_election(topic: &CreatableTopic) -> Result<bool, ResponseError
 }
 
 /// Under a controller quorum, a replicated topic is recorded there before it is created
-/// anywhere, with its `unclean.leader.election.enable` (Kafka's controller handles
-/// CreateTopics the same way). A topic the quorum already has is created here too.
+/// anywhere, with its id and `unclean.leader.election.enable` (Kafka's controller handles
+/// CreateTopics the same way). A topic the quorum already has is created here too. Returns
+/// the id to create it under: the one the quorum recorded (two brokers creating the same
+/// topic at once end with one id), or a new one without a quorum.
 async fn record_topic(
     ctx: &ApiContext,
     name: &str,
     partitions: i32,
     (factor, unclean): (i16, bool),
-) -> Result<(), ResponseError> {
+) -> Result<u128, ResponseError> {
+    let id = new_topic_id();
     let Some(metadata) = ctx.metadata.as_ref().filter(|_| factor > 1) else {
-        return Ok(());
+        return Ok(id);
     };
     if !crate::topics::valid_topic_name(name) {
         return Err(ResponseError::InvalidTopicException);
@@ -193,20 +205,29 @@ async fn record_topic(
     let factor = usize::try_from(factor).unwrap_or(1);
     let record = MetadataRecord::CreateTopic {
         topic: name.to_owned(),
+        topic_id: id,
         assignment: (0..partitions)
             .map(|i| cluster.replicas(name, i, factor))
             .collect(),
         unclean_leader_election: unclean,
     };
     match metadata.propose(record).await {
-        Ok(()) => Ok(()),
-        Err(why) if why.contains("exists") => Ok(()),
+        Ok(()) => Ok(id),
+        Err(why) if why.contains("exists") => metadata
+            .recorded_topic_id(name, RECORDED_TOPIC_WAIT)
+            .await
+            // A log written before ids were recorded has none (0).
+            .map(|recorded| if recorded == 0 { id } else { recorded })
+            .ok_or(ResponseError::RequestTimedOut),
         Err(why) => {
             tracing::warn!("topic {name} not recorded by the controller quorum: {why}");
             Err(ResponseError::RequestTimedOut)
         }
     }
 }
+
+/// How long a broker waits to see a topic the quorum already had in its copy of the image.
+const RECORDED_TOPIC_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A topic asked for by a client: recorded by the quorum (if any), created here, announced.
 async fn create_new(
@@ -216,8 +237,7 @@ async fn create_new(
     factor: i16,
 ) -> Result<Option<Arc<Topic>>, ResponseError> {
     let unclean = unclean_leader_election(topic)?;
-    record_topic(ctx, &topic.name, partitions, (factor, unclean)).await?;
-    create_and_announce(ctx, &topic.name, partitions, factor).await
+    create_recorded(ctx, &topic.name, (partitions, factor), unclean).await
 }
 
 pub async fn create_topics(ctx: &ApiContext, req: CreateTopicsRequest) -> CreateTopicsResponse {

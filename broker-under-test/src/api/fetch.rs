@@ -3,17 +3,22 @@
 //! waits on that, and reports its own durable end with the offset it fetches from.
 //!
 //! A follower's fetch is checked first (`follower_check`): the replica id must be a replica
-//! of the partition (and, under a controller quorum, a registered broker that is not fenced),
-//! or nothing is read and no position is taken; one that names another leader epoch is
-//! fenced, and one whose last batch's epoch ends earlier in this log gets the diverging epoch
-//! instead of records, and is not taken as a position (its log is not a prefix of ours).
+//! of the partition (and, under a controller quorum, a registered broker that is not fenced,
+//! at the broker epoch of its current registration: a v15 fetch carries it), or nothing is
+//! read and no position is taken; one that names another leader epoch is fenced, and one
+//! whose last batch's epoch ends earlier in this log gets the diverging epoch instead of
+//! records, and is not taken as a position (its log is not a prefix of ours).
+//!
+//! Topics are named up to v12 and given by id from v13 (brokers' replica fetches); a response
+//! carries both, and each version encodes its own.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::fetch_request::FetchPartition;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::fetch_response::{
     EpochEndOffset, FetchableTopicResponse, PartitionData,
 };
@@ -36,13 +41,45 @@ const DEBUGGING_REPLICA_ID: i32 = -2;
 const LATEST_TIMESTAMP: i64 = -1;
 const EARLIEST_TIMESTAMP: i64 = -2;
 
+/// Who sends a replica fetch: its broker id, and from v15 its broker epoch (-1 when unknown).
+#[derive(Debug, Clone, Copy)]
+struct Follower {
+    id: i32,
+    broker_epoch: Option<i64>,
+}
+
+impl Follower {
+    /// Kafka's consumers send -1; a broker id marks a follower (in `replica_state` from v15).
+    fn of(req: &FetchRequest) -> Option<Self> {
+        let state = &req.replica_state;
+        if state.replica_id.0 >= 0 {
+            return Some(Self {
+                id: state.replica_id.0,
+                broker_epoch: (state.replica_epoch >= 0).then_some(state.replica_epoch),
+            });
+        }
+        (req.replica_id.0 >= 0).then_some(Self {
+            id: req.replica_id.0,
+            broker_epoch: None,
+        })
+    }
+}
+
+/// The partition a fetch names: by topic name up to v12, by topic id from v13.
+fn lookup(ctx: &ApiContext, topic: &FetchTopic, index: i32) -> Option<Arc<Partition>> {
+    if topic.topic.is_empty() && !topic.topic_id.is_nil() {
+        ctx.topics.by_id(topic.topic_id.as_u128(), index)
+    } else {
+        ctx.topics.partition(&topic.topic, index)
+    }
+}
+
 pub async fn fetch(ctx: &ApiContext, req: FetchRequest) -> FetchResponse {
     let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MAX);
     let deadline = tokio::time::Instant::now() + wait;
-    // Kafka's consumers send -1; a broker id marks a follower.
-    let follower = (req.replica_id.0 >= 0).then_some(req.replica_id.0);
-    if let Some(id) = follower {
-        record_follower_positions(ctx, &req, id);
+    let follower = Follower::of(&req);
+    if let Some(follower) = follower {
+        record_follower_positions(ctx, &req, follower);
     }
     loop {
         let (response, bytes, first_empty) = fetch_once(ctx, &req, follower);
@@ -64,7 +101,7 @@ pub async fn fetch(ctx: &ApiContext, req: FetchRequest) -> FetchResponse {
     }
 }
 
-type Waiter = (std::sync::Arc<Partition>, i64);
+type Waiter = (Arc<Partition>, i64);
 
 /// Why a follower's fetch of one partition gets no records.
 enum FollowerRefusal {
@@ -77,25 +114,22 @@ enum FollowerRefusal {
 fn follower_check(
     ctx: &ApiContext,
     partition: &Partition,
-    follower: i32,
+    follower: Follower,
     wanted: &FetchPartition,
 ) -> Result<(), FollowerRefusal> {
     // Only a replica reads above the high watermark and moves it; under a quorum only one
-    // the controller registered and has not fenced (a client posing as a follower is not).
+    // the controller registered and has not fenced, at its current broker epoch (a client
+    // posing as a follower, or a broker's earlier incarnation, is not).
     let replica = partition
         .replication()
-        .is_some_and(|r| r.replicas().contains(&follower));
-    if !replica || follower == ctx.topics.cluster().local_id() {
+        .is_some_and(|r| r.replicas().contains(&follower.id));
+    if !replica || follower.id == ctx.topics.cluster().local_id() {
         return Err(FollowerRefusal::Fenced(ResponseError::ReplicaNotAvailable));
     }
-    if ctx
-        .metadata
-        .as_ref()
-        .is_some_and(|m| !m.may_replicate(follower))
-    {
-        return Err(FollowerRefusal::Fenced(
-            ResponseError::BrokerIdNotRegistered,
-        ));
+    if let Some(metadata) = &ctx.metadata {
+        metadata
+            .may_replicate(follower.id, follower.broker_epoch)
+            .map_err(FollowerRefusal::Fenced)?;
     }
     let epoch = partition.replication().map_or(0, |r| r.leader_epoch());
     if wanted.current_leader_epoch >= 0 && wanted.current_leader_epoch != epoch {
@@ -122,11 +156,11 @@ fn follower_check(
 
 /// A follower's fetch offsets are its durable ends: the leader's in-sync set and high
 /// watermark move with them. Recorded once per request, before the long poll.
-fn record_follower_positions(ctx: &ApiContext, req: &FetchRequest, follower: i32) {
+fn record_follower_positions(ctx: &ApiContext, req: &FetchRequest, follower: Follower) {
     let now = std::time::Instant::now();
     for topic in &req.topics {
         for wanted in &topic.partitions {
-            let Some(partition) = ctx.topics.partition(&topic.topic, wanted.partition) else {
+            let Some(partition) = lookup(ctx, topic, wanted.partition) else {
                 continue;
             };
             let Some(replication) = partition.replication().filter(|r| r.is_leader()) else {
@@ -136,7 +170,7 @@ fn record_follower_positions(ctx: &ApiContext, req: &FetchRequest, follower: i32
                 continue;
             }
             let change = replication.follower_fetched(
-                follower,
+                follower.id,
                 wanted.fetch_offset,
                 partition.durable_end().get(),
                 partition.high_watermark(),
@@ -153,7 +187,7 @@ fn record_follower_positions(ctx: &ApiContext, req: &FetchRequest, follower: i32
 fn refuse_follower(
     ctx: &ApiContext,
     partition: &Partition,
-    (follower, wanted): (i32, &FetchPartition),
+    (follower, wanted): (Follower, &FetchPartition),
     data: &mut PartitionData,
 ) -> bool {
     let Err(refusal) = follower_check(ctx, partition, follower, wanted) else {
@@ -174,7 +208,7 @@ fn refuse_follower(
 fn fetch_once(
     ctx: &ApiContext,
     req: &FetchRequest,
-    follower: Option<i32>,
+    follower: Option<Follower>,
 ) -> (FetchResponse, usize, Option<Waiter>) {
     let for_follower = follower.is_some();
     let mut response = FetchResponse::default();
@@ -185,13 +219,19 @@ fn fetch_once(
     for topic in &req.topics {
         let mut topic_response = FetchableTopicResponse::default();
         topic_response.topic = topic.topic.clone();
+        topic_response.topic_id = topic.topic_id;
+        let unknown = if topic.topic.is_empty() {
+            ResponseError::UnknownTopicId
+        } else {
+            ResponseError::UnknownTopicOrPartition
+        };
         for wanted in &topic.partitions {
             let mut data = PartitionData::default();
             data.partition_index = wanted.partition;
             data.aborted_transactions = Some(Vec::new());
             data.preferred_read_replica = (-1).into();
-            match ctx.topics.partition(&topic.topic, wanted.partition) {
-                None => data.error_code = ResponseError::UnknownTopicOrPartition.code(),
+            match lookup(ctx, topic, wanted.partition) {
+                None => data.error_code = unknown.code(),
                 Some(partition) if !partition.leads() => {
                     data.error_code = ResponseError::NotLeaderOrFollower.code();
                     data.high_watermark = -1;

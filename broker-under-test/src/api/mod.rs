@@ -31,7 +31,8 @@ use crate::topics::TopicRegistry;
 
 /// Every API this broker answers and the versions its handler supports. Upper bounds stop
 /// where a later version changes semantics this broker does not implement (topic ids in
-/// Produce/Fetch v13, batched OffsetFetch v8, member epochs in OffsetCommit v9).
+/// Produce/Fetch v13, batched OffsetFetch v8, member epochs in OffsetCommit v9); brokers'
+/// replica fetches may also use `REPLICA_FETCH_VERSION`.
 pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 3, 11),
     (ApiKey::Fetch, 4, 12),
@@ -83,11 +84,22 @@ pub struct ApiContext {
     pub metadata: Option<Arc<BrokerMetadata>>,
 }
 
+/// Fetch v15: topics by id and the follower's broker epoch beside its id (`replica_state`,
+/// KIP-903). Brokers send it as their replica fetch, so the leader can tell a broker at its
+/// current registration from one that restarted since, or from a client using its id. It is
+/// accepted, not advertised: clients keep the topic names of v12, whose behaviour every
+/// client test here covers.
+pub const REPLICA_FETCH_VERSION: i16 = 15;
+
+/// The versions a request may use: the advertised ones, and replica fetches.
 fn supported(api: ApiKey) -> Option<(i16, i16)> {
     SUPPORTED_APIS
         .iter()
         .find(|(key, _, _)| *key == api)
-        .map(|&(_, min, max)| (min, max))
+        .map(|&(_, min, max)| match api {
+            ApiKey::Fetch => (min, max.max(REPLICA_FETCH_VERSION)),
+            _ => (min, max),
+        })
 }
 
 impl ApiContext {

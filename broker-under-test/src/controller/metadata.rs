@@ -37,9 +37,13 @@ pub enum MetadataRecord {
     /// Its heartbeats stopped for the session timeout, or it shut down: it leaves every
     /// in-sync set it is not the last member of, and the partitions it led elect again.
     FenceBroker { broker: i32, broker_epoch: u64 },
-    /// A topic with one replica list per partition (the first replica leads when it can).
+    /// A topic with one replica list per partition (the first replica leads when it can),
+    /// and its id: every broker creates the topic under this id, so replica fetches name it
+    /// by id (0 in logs written before ids were recorded).
     CreateTopic {
         topic: String,
+        #[serde(default, with = "topic_id_hex")]
+        topic_id: u128,
         assignment: Vec<Vec<i32>>,
         unclean_leader_election: bool,
     },
@@ -89,8 +93,25 @@ pub struct PartitionImage {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicImage {
+    #[serde(default, with = "topic_id_hex")]
+    pub topic_id: u128,
     pub unclean_leader_election: bool,
     pub partitions: Vec<PartitionImage>,
+}
+
+/// A topic id as 32 hex digits: JSON numbers and serde's buffered enums (openraft's entries)
+/// stop at 64 bits.
+mod topic_id_hex {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(id: &u128, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{id:032x}"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u128, D::Error> {
+        let hex = String::deserialize(d)?;
+        u128::from_str_radix(&hex, 16).map_err(serde::de::Error::custom)
+    }
 }
 
 /// Everything the metadata log says, as of its last applied record.
@@ -234,9 +255,10 @@ impl MetadataImage {
             } => self.set_fenced(*broker, *broker_epoch, true),
             MetadataRecord::CreateTopic {
                 topic,
+                topic_id,
                 assignment,
                 unclean_leader_election,
-            } => self.create_topic(topic, assignment, *unclean_leader_election),
+            } => self.create_topic(topic, *topic_id, assignment, *unclean_leader_election),
             MetadataRecord::AlterIsr {
                 topic,
                 partition,
@@ -361,6 +383,7 @@ impl MetadataImage {
     fn create_topic(
         &mut self,
         topic: &str,
+        topic_id: u128,
         assignment: &[Vec<i32>],
         unclean: bool,
     ) -> Result<(), Refused> {
@@ -411,6 +434,7 @@ impl MetadataImage {
         self.topics.insert(
             topic.to_owned(),
             TopicImage {
+                topic_id,
                 unclean_leader_election: unclean,
                 partitions,
             },
@@ -511,6 +535,7 @@ mod tests {
             &mut image,
             MetadataRecord::CreateTopic {
                 topic: CLEAN.into(),
+                topic_id: 7,
                 assignment: (0..3).map(rotate).collect(),
                 unclean_leader_election: false,
             },
@@ -519,6 +544,7 @@ mod tests {
             &mut image,
             MetadataRecord::CreateTopic {
                 topic: UNCLEAN.into(),
+                topic_id: 7,
                 assignment: vec![rotate(1)],
                 unclean_leader_election: true,
             },
@@ -802,6 +828,7 @@ mod tests {
         image
             .apply(&MetadataRecord::CreateTopic {
                 topic: "t".into(),
+                topic_id: 7,
                 assignment: vec![vec![1, 2]],
                 unclean_leader_election: false,
             })
@@ -828,6 +855,7 @@ mod tests {
         fence(&mut image, 1);
         let create = |topic: &str, assignment: Vec<Vec<i32>>| MetadataRecord::CreateTopic {
             topic: topic.into(),
+            topic_id: 7,
             assignment,
             unclean_leader_election: false,
         };
@@ -848,6 +876,7 @@ mod tests {
         image
             .apply(&MetadataRecord::CreateTopic {
                 topic: "t".into(),
+                topic_id: 7,
                 assignment: vec![vec![1, 2, 3]],
                 unclean_leader_election: false,
             })

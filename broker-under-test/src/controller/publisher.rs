@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
+use kafka_protocol::error::ResponseError;
 use tokio::sync::Notify;
 
 use crate::controller::client::ControllerClient;
@@ -100,13 +101,29 @@ impl BrokerMetadata {
     }
 
     /// Whether `broker` may fetch as a replica: registered and not fenced in the newest image
-    /// this broker has (with none yet, nobody may).
-    pub fn may_replicate(&self, broker: i32) -> bool {
-        self.image
-            .load()
+    /// this broker has (with none yet, nobody may), and fetching at the broker epoch of that
+    /// registration (a fetch without one, v14 or older, is refused too: only a client or a
+    /// broker from before the quorum sends it).
+    pub fn may_replicate(
+        &self,
+        broker: i32,
+        broker_epoch: Option<i64>,
+    ) -> Result<(), ResponseError> {
+        let image = self.image.load();
+        let registered = image
             .as_ref()
-            .and_then(|image| image.broker(broker).map(|b| !b.fenced))
-            .unwrap_or(false)
+            .and_then(|image| image.broker(broker))
+            .filter(|b| !b.fenced)
+            .ok_or(ResponseError::BrokerIdNotRegistered)?;
+        match broker_epoch.and_then(|e| u64::try_from(e).ok()) {
+            Some(epoch) if epoch == registered.broker_epoch => Ok(()),
+            _ => Err(ResponseError::StaleBrokerEpoch),
+        }
+    }
+
+    /// The broker epoch of this broker's registration as its heartbeats last confirmed it.
+    pub fn broker_epoch(&self) -> Option<u64> {
+        lock(&self.session).map(|s| s.broker_epoch)
     }
 
     /// Follows the active controller's image until the task is aborted.
@@ -207,6 +224,7 @@ impl BrokerMetadata {
             let factor = usize::try_from(topic.replication_factor).unwrap_or(1);
             let record = MetadataRecord::CreateTopic {
                 topic: topic.name.to_string(),
+                topic_id: topic.id,
                 assignment: (0..topic.partitions.len())
                     .map(|i| cluster.replicas(&topic.name, i as i32, factor))
                     .collect(),
@@ -243,6 +261,23 @@ impl BrokerMetadata {
     }
 
     /// Sends one record to the active controller; a committed one wakes the image follower.
+    /// The id the quorum recorded for `topic`, once this broker's copy of the image has it
+    /// (polled: the image follows the active controller's every `METADATA_POLL_INTERVAL`).
+    pub async fn recorded_topic_id(&self, topic: &str, timeout: Duration) -> Option<u128> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let image = self.image.load_full();
+            if let Some(recorded) = image.as_ref().and_then(|i| i.topic(topic)) {
+                return Some(recorded.topic_id);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            self.committed.notify_one();
+            tokio::time::sleep(METADATA_POLL_INTERVAL / 4).await;
+        }
+    }
+
     pub async fn propose(&self, record: MetadataRecord) -> Result<(), String> {
         let described = format!("{record:?}");
         let outcome = match self

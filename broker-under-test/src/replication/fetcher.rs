@@ -23,18 +23,25 @@ use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{BrokerId, FetchRequest, MetadataRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::oneshot;
+use uuid::Uuid;
 
 use super::peer::{Peer, PeerError};
 use crate::batch;
 use crate::cluster::ClusterBroker;
+use crate::controller::publisher::BrokerMetadata;
 use crate::partition::Partition;
 use crate::replica_state::Leadership;
 use crate::topics::TopicRegistry;
 use crate::wal::group_commit::{GroupCommitWal, WalFailed};
 
-/// Fetch v12: the newest version that names topics (v13 uses topic ids) and still carries the
-/// replica id in the request body (v15 moves it to `replica_state`).
-const FETCH_VERSION: i16 = 12;
+/// Under a controller quorum, Fetch v15: topics by the id the quorum recorded, and this
+/// broker's id with the broker epoch of its registration in `replica_state`, so the leader can
+/// tell this incarnation from an earlier one (or from a client using its id).
+const QUORUM_FETCH_VERSION: i16 = crate::api::REPLICA_FETCH_VERSION;
+/// Without a quorum, Fetch v12: the newest version that names topics (nothing assigns ids
+/// cluster-wide there: two brokers auto-creating one topic at once may choose two) and
+/// carries the replica id in the request body. There are no broker epochs to send.
+const STATIC_FETCH_VERSION: i16 = 12;
 /// Metadata v12 carries topic ids.
 const METADATA_VERSION: i16 = 12;
 /// How long the leader may hold a follower's fetch when it has nothing new (long poll; the
@@ -69,6 +76,8 @@ pub struct Fetcher {
     leader: ClusterBroker,
     local_id: i32,
     peer: Peer,
+    /// With a controller quorum: this broker's registration (its broker epoch).
+    metadata: Option<Arc<BrokerMetadata>>,
     /// Whether the last request failed (warn once per episode, not per retry).
     failing: bool,
 }
@@ -79,6 +88,7 @@ impl Fetcher {
         wal: Arc<GroupCommitWal>,
         leader: ClusterBroker,
         local_id: i32,
+        metadata: Option<Arc<BrokerMetadata>>,
     ) -> Self {
         Self {
             peer: Peer::new(leader.address, local_id),
@@ -86,6 +96,7 @@ impl Fetcher {
             wal,
             leader,
             local_id,
+            metadata,
             failing: false,
         }
     }
@@ -244,7 +255,7 @@ impl Fetcher {
         let response = self
             .peer
             .request(
-                FETCH_VERSION,
+                self.fetch_version(),
                 &request,
                 FOLLOWER_FETCH_WAIT + PEER_ANSWER_SLACK,
             )
@@ -254,15 +265,20 @@ impl Fetcher {
         let mut refused = None;
         for topic in response.responses {
             for data in topic.partitions {
-                let Some(partition) = self.topics.partition(&topic.topic, data.partition_index)
-                else {
+                let partition = if topic.topic_id.is_nil() {
+                    self.topics.partition(&topic.topic, data.partition_index)
+                } else {
+                    self.topics
+                        .by_id(topic.topic_id.as_u128(), data.partition_index)
+                };
+                let Some(partition) = partition else {
                     continue;
                 };
                 if data.error_code != 0 {
                     refused.get_or_insert_with(|| {
                         format!(
                             "{}-{}: the leader answered {:?}",
-                            &*topic.topic,
+                            partition.topic,
                             data.partition_index,
                             ResponseError::try_from_code(data.error_code)
                         )
@@ -308,10 +324,18 @@ impl Fetcher {
         refused.map_or(Ok(()), Err)
     }
 
+    fn fetch_version(&self) -> i16 {
+        if self.metadata.is_some() {
+            QUORUM_FETCH_VERSION
+        } else {
+            STATIC_FETCH_VERSION
+        }
+    }
+
     /// A replica fetch of every followed partition whose log is durable to its end, from that
     /// end, in its last epoch; `None` when no partition is.
     fn fetch_request(&self, followed: &[Arc<Partition>]) -> Option<FetchRequest> {
-        let mut by_topic: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
+        let mut by_topic: BTreeMap<(u128, &str), Vec<FetchPartition>> = BTreeMap::new();
         for p in followed {
             let Some((log_end, last_epoch)) = p.durable_fetch_position() else {
                 continue;
@@ -323,13 +347,26 @@ impl Fetcher {
             wanted.last_fetched_epoch = last_epoch;
             wanted.log_start_offset = -1;
             wanted.partition_max_bytes = FETCH_PARTITION_BYTES_MAX;
-            by_topic.entry(&p.topic).or_default().push(wanted);
+            by_topic
+                .entry((p.topic_id, &p.topic))
+                .or_default()
+                .push(wanted);
         }
         if by_topic.is_empty() {
             return None;
         }
         let mut request = FetchRequest::default();
-        request.replica_id = BrokerId(self.local_id);
+        // Each version encodes only its own fields, and refuses a set one it lacks.
+        let by_id = self.metadata.is_some();
+        if let Some(metadata) = &self.metadata {
+            request.replica_state.replica_id = BrokerId(self.local_id);
+            request.replica_state.replica_epoch = metadata
+                .broker_epoch()
+                .and_then(|e| i64::try_from(e).ok())
+                .unwrap_or(-1);
+        } else {
+            request.replica_id = BrokerId(self.local_id);
+        }
         request.max_wait_ms = i32::try_from(FOLLOWER_FETCH_WAIT.as_millis()).unwrap_or(500);
         request.min_bytes = 1;
         request.max_bytes = FETCH_RESPONSE_BYTES_MAX;
@@ -337,9 +374,13 @@ impl Fetcher {
         request.session_epoch = -1;
         request.topics = by_topic
             .into_iter()
-            .map(|(name, partitions)| {
+            .map(|((id, name), partitions)| {
                 let mut topic = FetchTopic::default();
-                topic.topic = TopicName(StrBytes::from_string(name.to_owned()));
+                if by_id {
+                    topic.topic_id = Uuid::from_u128(id);
+                } else {
+                    topic.topic = TopicName(StrBytes::from_string(name.to_owned()));
+                }
                 topic.partitions = partitions;
                 topic
             })

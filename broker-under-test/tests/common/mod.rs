@@ -230,6 +230,8 @@ impl Drop for Broker {
 struct Layout {
     ports: Vec<u16>,
     controller_ports: Vec<Option<u16>>,
+    /// Where clients reach each broker when that is not its own port (a proxy).
+    client_addresses: Option<Vec<SocketAddr>>,
 }
 
 impl Layout {
@@ -239,6 +241,7 @@ impl Layout {
             controller_ports: (0..n)
                 .map(|i| (i < voters).then(restartable_port))
                 .collect(),
+            client_addresses: None,
         }
     }
 
@@ -257,8 +260,9 @@ impl Layout {
             };
             let address = route(real);
             text += &format!("[[broker]]\nid = {to}\naddress = \"{address}\"\n");
-            if address != real {
-                text += &format!("client_address = \"{real}\"\n");
+            let client = self.client_addresses.as_ref().map_or(real, |c| c[i]);
+            if address != client {
+                text += &format!("client_address = \"{client}\"\n");
             }
             if let Some(controller) = controller {
                 let controller = route(controller);
@@ -270,10 +274,12 @@ impl Layout {
 }
 
 /// The proxies of a linked test cluster: for each ordered pair of brokers, those through which
-/// the first reaches the second (its replication and its controller traffic).
+/// the first reaches the second (its replication and its controller traffic); and for each
+/// broker the one through which every client reaches it.
 #[derive(Default)]
 pub struct Links {
     proxies: std::collections::BTreeMap<(i32, i32), Vec<proxy::Proxy>>,
+    clients: std::collections::BTreeMap<i32, proxy::Proxy>,
 }
 
 impl Links {
@@ -297,10 +303,25 @@ impl Links {
             .flat_map(|(_, p)| p)
     }
 
+    /// The link every client takes to `broker`.
+    pub fn client(&self, broker: i32) -> &proxy::Proxy {
+        &self.clients[&broker]
+    }
+
+    /// Every broker through its client proxy: what clients bootstrap from.
+    pub fn client_bootstrap(&self) -> String {
+        self.clients
+            .values()
+            .map(|p| p.addr.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     pub fn resume_all(&self) {
         self.proxies
             .values()
             .flatten()
+            .chain(self.clients.values())
             .for_each(proxy::Proxy::resume);
     }
 }
@@ -337,12 +358,19 @@ impl TestCluster {
 
     /// Like `start_with_voters`, with every link from one broker to another through a proxy of
     /// its own (`Links`): replication and the controller quorum's traffic, each direction
-    /// apart. Clients reach every broker directly; `file` is the cluster file without proxies.
+    /// apart. Clients reach each broker through a proxy too (the address brokers advertise;
+    /// bootstrap from `Links::client_bootstrap`); `file` is the cluster file without the
+    /// proxies between brokers.
     pub fn start_linked(root: &Path, n: usize, voters: usize, args: &[&str]) -> (Self, Links) {
-        let layout = Layout::new(n, voters);
+        let mut layout = Layout::new(n, voters);
+        let mut links = Links::default();
+        for (i, port) in layout.ports.iter().enumerate() {
+            let proxy = proxy::Proxy::start(([127, 0, 0, 1], *port).into());
+            links.clients.insert(i as i32 + 1, proxy);
+        }
+        layout.client_addresses = Some(links.clients.values().map(|p| p.addr).collect());
         let file = root.join("cluster.toml");
         std::fs::write(&file, layout.file_text(None)).expect("write cluster file");
-        let mut links = Links::default();
         let cluster_files: Vec<PathBuf> = (1..=n as i32)
             .map(|from| {
                 let own = root.join(format!("cluster-{from}.toml"));

@@ -331,6 +331,57 @@ pub fn fetch_as(
     FetchResponse::decode(&mut body, 11).unwrap()
 }
 
+/// A Fetch v15 as brokers send it under a quorum: `topic_id`-`partition` from `offset`, as
+/// broker `replica_id` at `broker_epoch` (`replica_state`).
+pub fn fetch_as_at_epoch(
+    s: &mut TcpStream,
+    (replica_id, broker_epoch): (i32, i64),
+    topic_id: uuid::Uuid,
+    partition: i32,
+    offset: i64,
+) -> kafka_protocol::messages::FetchResponse {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{FetchRequest, FetchResponse};
+    const VERSION: i16 = 15;
+    let mut p = FetchPartition::default();
+    p.partition = partition;
+    p.fetch_offset = offset;
+    p.partition_max_bytes = 1 << 20;
+    let mut t = FetchTopic::default();
+    t.topic_id = topic_id;
+    t.partitions = vec![p];
+    let mut request = FetchRequest::default();
+    request.replica_state.replica_id = replica_id.into();
+    request.replica_state.replica_epoch = broker_epoch;
+    request.max_bytes = 1 << 20;
+    request.topics = vec![t];
+    s.write_all(&frame(ApiKey::Fetch, VERSION, 1, &request))
+        .unwrap();
+    let mut body = read_frame(s).expect("fetch response");
+    ResponseHeader::decode(&mut body, ApiKey::Fetch.response_header_version(VERSION)).unwrap();
+    FetchResponse::decode(&mut body, VERSION).unwrap()
+}
+
+/// The id of `topic` at the broker at `addr` (Metadata v12).
+pub fn topic_id(addr: SocketAddr, topic: &str) -> uuid::Uuid {
+    metadata_of(addr, topic).topics[0].topic_id
+}
+
+fn metadata_of(addr: SocketAddr, topic: &str) -> kafka_protocol::messages::MetadataResponse {
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    use kafka_protocol::messages::{MetadataRequest, MetadataResponse, TopicName};
+    let mut t = MetadataRequestTopic::default();
+    t.name = Some(TopicName(StrBytes::from_string(topic.to_owned())));
+    let mut request = MetadataRequest::default();
+    request.topics = Some(vec![t]);
+    let mut s = connect(addr);
+    s.write_all(&frame(ApiKey::Metadata, 12, 1, &request))
+        .unwrap();
+    let mut body = read_frame(&mut s).expect("Metadata response");
+    ResponseHeader::decode(&mut body, 1).unwrap();
+    MetadataResponse::decode(&mut body, 12).unwrap()
+}
+
 /// Every record of `partition` from offset 0 to its end, with raw Fetch v11 requests: (offset,
 /// value) in log order.
 pub fn fetch_all(addr: SocketAddr, topic: &str, partition: i32) -> Vec<(i64, Bytes)> {
@@ -365,18 +416,7 @@ pub fn fetch_all(addr: SocketAddr, topic: &str, partition: i32) -> Vec<(i64, Byt
 /// `topic`-`partition` as the broker at `addr` sees it (Metadata v12 to that broker alone):
 /// (leader, leader epoch, in-sync replicas).
 pub fn partition_view(addr: SocketAddr, topic: &str, partition: i32) -> (i32, i32, Vec<i32>) {
-    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-    use kafka_protocol::messages::{MetadataRequest, MetadataResponse, TopicName};
-    let mut t = MetadataRequestTopic::default();
-    t.name = Some(TopicName(StrBytes::from_string(topic.to_owned())));
-    let mut request = MetadataRequest::default();
-    request.topics = Some(vec![t]);
-    let mut s = connect(addr);
-    s.write_all(&frame(ApiKey::Metadata, 12, 1, &request))
-        .unwrap();
-    let mut body = read_frame(&mut s).expect("Metadata response");
-    ResponseHeader::decode(&mut body, 1).unwrap();
-    let response = MetadataResponse::decode(&mut body, 12).unwrap();
+    let response = metadata_of(addr, topic);
     let p = response.topics[0]
         .partitions
         .iter()
