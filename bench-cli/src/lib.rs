@@ -3,6 +3,7 @@
 //! - `recorder`: assigns each outcome to warm-up / window / drain; HDR histogram; per second.
 //! - `produce`: closed- and open-loop producer loops over librdkafka delivery reports.
 //! - `run`: reachability, topic setup, each mode, validity checks, exit codes.
+//! - `verify`: `--verify-acked`, every acked message read back at its offset.
 //! - `replay`: a fixed request stream sent one request at a time (the deterministic tier).
 //! - `config`, `report`, `provenance`, `cpu`, `exit`: from `chronik-bench-schema` (the
 //!   command line, the result schema, versions and host, CPU from /proc, exit codes).
@@ -11,6 +12,7 @@ pub mod produce;
 pub mod recorder;
 pub mod replay;
 pub mod run;
+pub mod verify;
 
 // The types the harness reads live in their own crate (no Kafka client there); they keep
 // their paths here.

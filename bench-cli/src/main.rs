@@ -1,9 +1,10 @@
 //! `chronik-bench` binary. Exit codes: 0 valid run; 1 setup failure; 2 bad arguments;
-//! 3 broker unreachable; 4 run invalid (errors, lost delivery reports, rate not achieved).
+//! 3 broker unreachable; 4 run invalid (errors, lost delivery reports, rate not achieved);
+//! 5 acknowledged messages missing from the read-back (`--verify-acked`).
 
 use std::process::ExitCode;
 
-use chronik_bench::exit::{EXIT_FAILURE, EXIT_INVALID_RUN, EXIT_OK, EXIT_USAGE};
+use chronik_bench::exit::{EXIT_ACKED_LOST, EXIT_FAILURE, EXIT_INVALID_RUN, EXIT_OK, EXIT_USAGE};
 use chronik_bench::run;
 use chronik_bench::{BenchArgs, BenchConfig};
 use clap::Parser;
@@ -41,6 +42,13 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_FAILURE);
             }
         }
+    }
+    if let Some(v) = report.verification.filter(|v| v.lost > 0) {
+        eprintln!(
+            "chronik-bench: {} of {} acknowledged messages are not at their offsets",
+            v.lost, v.acked
+        );
+        return ExitCode::from(EXIT_ACKED_LOST);
     }
     if report.is_valid() {
         ExitCode::from(EXIT_OK)

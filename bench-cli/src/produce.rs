@@ -12,7 +12,7 @@ use rand::{Rng, RngCore, SeedableRng};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::ClientContext;
+use rdkafka::{ClientContext, Message};
 
 use crate::config::{BenchConfig, KeyPattern, PayloadPattern};
 use crate::recorder::Recorder;
@@ -34,6 +34,26 @@ pub struct DeliveryContext {
     start: Instant,
     recorder: Arc<Mutex<Recorder>>,
     slots: SyncSender<()>,
+    /// `--verify-acked`: where each acked message landed.
+    acked: Option<Arc<Mutex<Vec<AckedAt>>>>,
+}
+
+/// An acknowledged message: the partition and offset its ack named, and its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AckedAt {
+    pub partition: i32,
+    pub offset: i64,
+    pub id: u64,
+}
+
+/// With `--verify-acked`, a payload's id: its producer in the top 16 bits, its sequence
+/// number in that producer below.
+const ID_PRODUCER_SHIFT: u32 = 48;
+
+/// The id in a verified payload (bytes 8..16), if it is long enough to hold one.
+pub fn payload_id(payload: &[u8]) -> Option<u64> {
+    let bytes: [u8; 8] = payload.get(8..16)?.try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
 }
 
 impl ClientContext for DeliveryContext {}
@@ -47,7 +67,17 @@ impl ProducerContext for DeliveryContext {
         {
             let mut recorder = self.recorder.lock().expect("recorder poisoned");
             match result {
-                Ok(message) => recorder.record_ack(*intended_ns, now_ns, message.payload_len()),
+                Ok(message) => {
+                    recorder.record_ack(*intended_ns, now_ns, message.payload_len());
+                    if let Some(acked) = &self.acked {
+                        let id = message.payload().and_then(payload_id).unwrap_or(u64::MAX);
+                        acked.lock().expect("acked poisoned").push(AckedAt {
+                            partition: message.partition(),
+                            offset: message.offset(),
+                            id,
+                        });
+                    }
+                }
                 Err((err, _)) => {
                     // Purged after the drain timeout counts as timed out: the outcome is unknown.
                     let timed_out = matches!(
@@ -92,6 +122,7 @@ pub fn create_producers(
     config: &BenchConfig,
     start: Instant,
     recorder: &Arc<Mutex<Recorder>>,
+    acked: Option<&Arc<Mutex<Vec<AckedAt>>>>,
 ) -> Result<Vec<ProducerShare>, KafkaError> {
     (0..config.producers)
         .map(|index| {
@@ -105,6 +136,7 @@ pub fn create_producers(
                 start,
                 recorder: recorder.clone(),
                 slots: tx,
+                acked: acked.cloned(),
             })?;
             Ok(ProducerShare {
                 producer,
@@ -122,10 +154,12 @@ struct PayloadSource {
     buf: Vec<u8>,
     size: usize,
     rng: rand::rngs::SmallRng,
+    /// `--verify-acked`: the producer's part of every id it writes.
+    id_base: Option<u64>,
 }
 
 impl PayloadSource {
-    fn new(pattern: PayloadPattern, size: usize, seed: u64) -> Self {
+    fn new(pattern: PayloadPattern, size: usize, seed: u64, id_base: Option<u64>) -> Self {
         let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
         let mut pool = vec![0u8; PAYLOAD_POOL_BYTES + size];
         match pattern {
@@ -143,6 +177,7 @@ impl PayloadSource {
             buf: vec![0; size],
             size,
             rng,
+            id_base,
         }
     }
 
@@ -150,6 +185,9 @@ impl PayloadSource {
         let at = (seq as usize * 61) % PAYLOAD_POOL_BYTES;
         self.buf.copy_from_slice(&self.pool[at..at + self.size]);
         self.buf[..8].copy_from_slice(&wall_clock_ns().to_be_bytes());
+        if let Some(base) = self.id_base {
+            self.buf[8..16].copy_from_slice(&(base | seq).to_be_bytes());
+        }
         &self.buf
     }
 
@@ -184,6 +222,9 @@ pub fn send_loop(
         config.payload_pattern,
         config.message_size,
         0x5eed + share.index as u64,
+        config
+            .verify_acked
+            .then_some((share.index as u64) << ID_PRODUCER_SHIFT),
     );
     let mut stats = SendStats::default();
     let interval_ns = share.rate.map(|r| (1e9 / r) as u64);

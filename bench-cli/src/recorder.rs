@@ -45,6 +45,10 @@ pub struct Recorder {
     pub per_second: Vec<u64>,
     pub phases: Phases,
     pub first_error: Option<String>,
+    /// When the last ack arrived, and the longest time between two acks: (start, length) in
+    /// ns since the run started.
+    last_ack_ns: Option<u64>,
+    pub longest_ack_gap_ns: (u64, u64),
 }
 
 impl Recorder {
@@ -61,6 +65,8 @@ impl Recorder {
             per_second: vec![0; seconds],
             phases: Phases::default(),
             first_error: None,
+            last_ack_ns: None,
+            longest_ack_gap_ns: (0, 0),
         }
     }
 
@@ -91,6 +97,13 @@ impl Recorder {
     /// A successful outcome: `intended_ns` is when the message was (meant to be) sent,
     /// `acked_ns` when its ack arrived, both since the run started.
     pub fn record_ack(&mut self, intended_ns: u64, acked_ns: u64, bytes: usize) {
+        if let Some(last) = self.last_ack_ns {
+            let gap = acked_ns.saturating_sub(last);
+            if gap > self.longest_ack_gap_ns.1 {
+                self.longest_ack_gap_ns = (last, gap);
+            }
+        }
+        self.last_ack_ns = Some(self.last_ack_ns.map_or(acked_ns, |l| l.max(acked_ns)));
         let phase = self.phase(acked_ns);
         let counts = counts_mut(&mut self.phases, phase);
         counts.acked += 1;
@@ -172,6 +185,15 @@ mod tests {
             r.window_latency_us.max(),
             r.window_latency_us.highest_equivalent(5_000)
         );
+    }
+
+    #[test]
+    fn the_longest_time_without_an_ack_is_kept_with_its_start() {
+        let mut r = Recorder::new(Duration::ZERO, Duration::from_secs(10));
+        for acked in [S, S + 10, 3 * S, 3 * S + 5, 4 * S] {
+            r.record_ack(0, acked, 1);
+        }
+        assert_eq!(r.longest_ack_gap_ns, (S + 10, 2 * S - 10));
     }
 
     #[test]

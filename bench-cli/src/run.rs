@@ -14,10 +14,11 @@ use thiserror::Error;
 use crate::config::{BenchConfig, Mode};
 use crate::cpu::{process_cpu_seconds, CpuUsage, ThreadSnapshot, ThreadUse};
 use crate::exit::{EXIT_FAILURE, EXIT_UNREACHABLE};
-use crate::produce::{self, wall_clock_ns, ProducerShare, SendStats};
+use crate::produce::{self, wall_clock_ns, AckedAt, ProducerShare, SendStats};
 use crate::provenance::Provenance;
 use crate::recorder::Recorder;
-use crate::report::{BenchReport, PhaseResults, SCHEMA};
+use crate::report::{BenchReport, PhaseResults, Verification, SCHEMA};
+use crate::verify::{self, Expected};
 
 /// Open-loop runs must achieve this share of the offered rate to count.
 const OPEN_LOOP_ACHIEVED_RATIO_MIN: f64 = 0.99;
@@ -32,6 +33,8 @@ const GENERATOR_THREAD_SHARE_MAX: f64 = 0.9;
 const TOPIC_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Consumer poll timeout: bounds how late the loop notices the window's end.
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+/// `--verify-acked`: the read-back gets at least this long (a failover may still be settling).
+const READ_BACK_TIMEOUT_MIN: Duration = Duration::from_secs(60);
 /// Metadata mode: at most this many threads issue requests concurrently.
 const METADATA_THREADS_MAX: usize = 64;
 
@@ -228,6 +231,7 @@ pub fn run(config: &BenchConfig, progress: bool) -> Result<BenchReport, BenchErr
         offered_rate_msgs_per_s: outcome.offered_rate,
         cpu,
         invalid_reasons,
+        verification: outcome.verification,
     })
 }
 
@@ -238,6 +242,8 @@ struct ModeOutcome {
     invalid_reasons: Vec<String>,
     /// The generator's busiest thread over the measured window.
     busiest_thread: Option<ThreadUse>,
+    /// `--verify-acked`: the acked messages read back.
+    verification: Option<Verification>,
 }
 
 /// Generator saturation, judged against what it can use: the cores this process may run on
@@ -331,8 +337,11 @@ fn run_produce(
     } else {
         None
     };
-    let shares =
-        produce::create_producers(config, start, &recorder).map_err(setup("creating producers"))?;
+    let acked = config
+        .verify_acked
+        .then(|| Arc::new(Mutex::new(Vec::new())));
+    let shares = produce::create_producers(config, start, &recorder, acked.as_ref())
+        .map_err(setup("creating producers"))?;
     let Driven {
         stats,
         sending_done,
@@ -379,12 +388,45 @@ fn run_produce(
         }
         None => (producer_results, None),
     };
+    let verification = match acked {
+        Some(acked) => {
+            let acked = std::mem::take(&mut *acked.lock().expect("poisoned"));
+            let gap = recorder.lock().expect("poisoned").longest_ack_gap_ns;
+            Some(verify_acked(config, acked, gap)?)
+        }
+        None => None,
+    };
     Ok(ModeOutcome {
         results,
         producer,
         offered_rate,
         invalid_reasons: reasons,
         busiest_thread,
+        verification,
+    })
+}
+
+/// Reads the topic back and checks every acked message (`--verify-acked`).
+fn verify_acked(
+    config: &BenchConfig,
+    acked: Vec<AckedAt>,
+    (gap_from_ns, gap_ns): (u64, u64),
+) -> Result<Verification, BenchError> {
+    let mut expected = Expected::new(acked);
+    let timeout = Duration::from_millis(config.drain_timeout_ms).max(READ_BACK_TIMEOUT_MIN);
+    let read_back = verify::read_back(
+        &consumer_config(config),
+        &config.topic,
+        &mut expected,
+        timeout,
+    )
+    .map_err(BenchError::Setup)?;
+    Ok(Verification {
+        acked: expected.acked(),
+        lost: expected.lost(),
+        read_back,
+        longest_ack_gap_ms: gap_ns as f64 / 1e6,
+        longest_ack_gap_from_s: gap_from_ns as f64 / 1e9,
     })
 }
 
@@ -651,6 +693,7 @@ fn run_consume(
         offered_rate: None,
         invalid_reasons: reasons,
         busiest_thread,
+        verification: None,
     })
 }
 
@@ -718,6 +761,7 @@ fn run_metadata(
         offered_rate: None,
         invalid_reasons: reasons,
         busiest_thread,
+        verification: None,
     })
 }
 

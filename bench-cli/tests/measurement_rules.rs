@@ -214,3 +214,72 @@ fn bad_arguments_exit_with_the_usage_code() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("--message-size"));
 }
+
+#[test]
+fn verify_acked_reads_every_acked_message_back_at_its_offset_and_counts_what_is_not() {
+    use chronik_bench::produce::AckedAt;
+    use chronik_bench::verify::{read_back, Expected};
+    let broker = Broker::start(true);
+    let b = broker.bootstrap();
+    let cfg = config(&[
+        "-b",
+        &b,
+        "-t",
+        "verified",
+        "--concurrency=16",
+        "--producers=2",
+        "--partitions=2",
+        "--duration=2s",
+        "--warmup=0s",
+        "--message-size=32",
+        "--create-topic",
+        "--verify-acked",
+        "-q",
+    ]);
+    let report = run(&cfg, false).unwrap();
+    let v = report.verification.expect("a verification");
+    assert_eq!(v.lost, 0);
+    assert_eq!(v.acked, report.results.phases.total_acked());
+    assert_eq!(v.read_back, v.acked, "read to the end, nothing else there");
+    assert!(v.longest_ack_gap_ms > 0.0);
+    // The same log against acks it does not hold: ids that are not the ones written at those
+    // offsets, and offsets past the partition's end. Each is lost, and the read-back ends at
+    // the high watermark instead of waiting for offsets that will never come.
+    let end = broker.end_offset("verified");
+    let claimed = vec![
+        AckedAt {
+            partition: 0,
+            offset: 0,
+            id: u64::MAX - 1,
+        },
+        AckedAt {
+            partition: 0,
+            offset: end + 10,
+            id: 1,
+        },
+    ];
+    let mut expected = Expected::new(claimed);
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &b)
+        .set("group.id", "read-back-check");
+    let started = Instant::now();
+    read_back(&client, "verified", &mut expected, Duration::from_secs(30)).unwrap();
+    assert_eq!(expected.lost(), 2);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "no wait for offsets past the end"
+    );
+    // A size without room for the id is refused up front.
+    let too_small = BenchArgs::try_parse_from([
+        "chronik-bench",
+        "-b",
+        &b,
+        "-t",
+        "x",
+        "--message-size=12",
+        "--verify-acked",
+    ])
+    .unwrap();
+    assert!(BenchConfig::from_args(&too_small).is_err());
+}

@@ -842,6 +842,7 @@ mod tests {
                     per_second: vec![x as u64; 30],
                     peak_rss_mib: Some(100.0),
                     broker_cpu_us_per_msg: None,
+                    failover: None,
                 })
             }
         }

@@ -15,7 +15,7 @@ use crate::error::HarnessError;
 use crate::store::files::{now_rfc3339, ResultStore};
 use crate::store::record::{TrialRecord, TRIAL_SCHEMA};
 use crate::trial::runner::{TrialRunner, TrialStatus};
-use crate::trial::summary::{Side, TrialFailure, TrialSummary};
+use crate::trial::summary::{FailoverSummary, Side, TrialFailure, TrialSummary};
 use crate::trial::workload::Workload;
 use crate::verdict::compare::{run_compare, CompareSettings, TrialSource};
 use crate::verdict::decision::PairOutcome;
@@ -169,6 +169,10 @@ impl Session {
                     let p = &r.results.phases;
                     let messages = p.warmup.acked + p.window.acked + p.drain.acked;
                     (messages > 0).then(|| cpu * 1e6 / messages as f64)
+                }),
+                failover: r.verification.map(|v| FailoverSummary {
+                    acked_lost: v.lost,
+                    longest_ack_gap_s: v.longest_ack_gap_ms / 1000.0,
                 }),
             });
         let record = TrialRecord {

@@ -86,6 +86,7 @@ fn trial(sha: &str, n: usize, throughput: f64, workload_hash: &str) -> TrialReco
             per_second: vec![throughput as u64; 2],
             peak_rss_mib: None,
             broker_cpu_us_per_msg: None,
+            failover: None,
         }),
         broker_peak_rss_kib: None,
         report: None,

@@ -177,6 +177,12 @@ pub struct BenchArgs {
     /// No progress lines or console box (JSON/CSV only).
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Produce mode: give every message a unique id, remember the offset each ack names, and
+    /// read the topic back after the run. Every acknowledged message must be at its offset
+    /// (exit 5 when one is not); the result also says how long the run went without an ack.
+    /// Needs --message-size of at least 16.
+    #[arg(long)]
+    pub verify_acked: bool,
 }
 
 /// Validated run settings; serialised into every result.
@@ -206,7 +212,13 @@ pub struct BenchConfig {
     pub connect_timeout_ms: u64,
     /// Every librdkafka producer property the run set, after `-X` overrides.
     pub producer_properties: BTreeMap<String, String>,
+    /// Acked messages checked against a read-back of the topic (`--verify-acked`).
+    #[serde(default)]
+    pub verify_acked: bool,
 }
+
+/// With `--verify-acked`, bytes 8..16 of a payload hold the message's id.
+pub const VERIFIED_MESSAGE_SIZE_MIN: usize = 16;
 
 impl BenchConfig {
     pub fn from_args(args: &BenchArgs) -> Result<Self, String> {
@@ -229,6 +241,13 @@ impl BenchConfig {
         if args.message_size < 8 || args.message_size > MESSAGE_SIZE_MAX {
             return Err(format!(
                 "--message-size must be between 8 (room for the send timestamp) and {MESSAGE_SIZE_MAX}"
+            ));
+        }
+        if args.verify_acked
+            && (args.mode != Mode::Produce || args.message_size < VERIFIED_MESSAGE_SIZE_MIN)
+        {
+            return Err(format!(
+                "--verify-acked needs --mode produce and --message-size of at least {VERIFIED_MESSAGE_SIZE_MIN} (room for the id)"
             ));
         }
         if let Some(rate) = args.rate {
@@ -300,6 +319,7 @@ impl BenchConfig {
             report_interval_ms: args.report_interval.as_millis() as u64,
             connect_timeout_ms: args.connect_timeout.as_millis() as u64,
             producer_properties: props,
+            verify_acked: args.verify_acked,
         })
     }
 

@@ -11,3 +11,6 @@ pub const EXIT_UNREACHABLE: u8 = 3;
 /// The run finished but is not a measurement (`invalid_reasons` says why; `chronik-replay`: an
 /// error response or one that does not decode).
 pub const EXIT_INVALID_RUN: u8 = 4;
+/// `--verify-acked`: an acknowledged message was not at its offset when the topic was read
+/// back (the broker lost or overwrote an acked write).
+pub const EXIT_ACKED_LOST: u8 = 5;

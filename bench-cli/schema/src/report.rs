@@ -116,6 +116,25 @@ pub struct BenchReport {
     pub cpu: CpuUsage,
     /// Why the run cannot be used as a measurement (empty when valid).
     pub invalid_reasons: Vec<String>,
+    /// `--verify-acked`: the acknowledged messages checked against a read-back.
+    #[serde(default)]
+    pub verification: Option<Verification>,
+}
+
+/// What `--verify-acked` found.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Verification {
+    /// Messages acknowledged during the run.
+    pub acked: u64,
+    /// Acknowledged messages not at their acknowledged offset in the read-back (missing, or
+    /// another message there; two acks naming one offset count one lost).
+    pub lost: u64,
+    /// Messages read back.
+    pub read_back: u64,
+    /// The longest time between two acks while messages were being sent (a leader failover
+    /// shows here), and when it started, in seconds since the run started.
+    pub longest_ack_gap_ms: f64,
+    pub longest_ack_gap_from_s: f64,
 }
 
 impl BenchReport {
@@ -234,6 +253,17 @@ impl BenchReport {
             "║ Warm-up acked: {}  drain acked: {}  generator CPU: {:.2} cores{busiest}",
             r.phases.warmup.acked, r.phases.drain.acked, self.cpu.cores_used
         );
+        if let Some(v) = &self.verification {
+            let _ = writeln!(
+                out,
+                "║ Verified: {} acked, {} lost, {} read back; longest without an ack {:.2} s (from {:.1} s)",
+                v.acked,
+                v.lost,
+                v.read_back,
+                v.longest_ack_gap_ms / 1000.0,
+                v.longest_ack_gap_from_s
+            );
+        }
         if !self.invalid_reasons.is_empty() {
             let _ = writeln!(out, "║ INVALID RUN: {}", self.invalid_reasons.join("; "));
         }

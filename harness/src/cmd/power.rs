@@ -362,6 +362,7 @@ mod tests {
             per_second: vec![throughput as u64; 10],
             peak_rss_mib: None,
             broker_cpu_us_per_msg: None,
+            failover: None,
         }
     }
 

@@ -441,6 +441,7 @@ pub(crate) mod tests {
                 per_second: vec![throughput as u64; 3],
                 peak_rss_mib: None,
                 broker_cpu_us_per_msg: None,
+                failover: None,
             }),
             broker_peak_rss_kib: None,
             report: None,

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use chronik_bench_schema::BenchReport;
 use serde::{Deserialize, Serialize};
 
-use crate::build::process::{tail, GroupChild};
+use crate::build::process::{signal_group, tail, GroupChild};
 use crate::build::target::TargetConfig;
+use crate::trial::leader;
 use crate::trial::workload::Workload;
 
 /// Lines of broker stderr kept with a `crashed` trial.
@@ -99,7 +100,31 @@ impl TrialRunner {
                 return infra("starting chronik-bench", &e);
             }
         };
-        let bench_status = bench.wait_timeout(workload.bench_timeout());
+        let killed = match workload.kill_leader_at() {
+            Some(at) => match bench.wait_timeout(at) {
+                Some(early) => {
+                    stop_all(&mut brokers);
+                    return infra(
+                        "the failover",
+                        &format!("chronik-bench ended ({early}) before the leader was killed"),
+                    );
+                }
+                None => match kill_leader(&mut brokers, workload) {
+                    Ok(index) => Some(index),
+                    Err(e) => {
+                        bench.stop();
+                        stop_all(&mut brokers);
+                        return infra("killing the leader", &e);
+                    }
+                },
+            },
+            None => None,
+        };
+        let bench_status = bench.wait_timeout(
+            workload
+                .bench_timeout()
+                .saturating_sub(workload.kill_leader_at().unwrap_or_default()),
+        );
         if bench_status.is_none() {
             bench.stop();
             stop_all(&mut brokers);
@@ -113,7 +138,9 @@ impl TrialRunner {
         }
         let broker_died = brokers
             .iter_mut()
-            .find_map(|b| b.child.try_wait().map(|status| (status, b.stderr.clone())));
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != killed)
+            .find_map(|(_, b)| b.child.try_wait().map(|status| (status, b.stderr.clone())));
         let (broker_peak_rss_kib, broker_cpu_s) = cluster_usage(&brokers, cpu_before);
         let broker_status = stop_all(&mut brokers);
         let code = bench_status.and_then(|s| s.code());
@@ -207,6 +234,23 @@ impl TrialRunner {
         }
         Ok(())
     }
+}
+
+/// How long the harness waits for a broker to name the leader it is to kill.
+const LEADER_LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Kills (SIGKILL, its whole process group) the broker that leads the workload's partition 0,
+/// as the brokers' Metadata names it; returns its index. Broker ids are 1..=n in the cluster
+/// file the harness writes.
+fn kill_leader(brokers: &mut [TrialBroker], workload: &Workload) -> Result<usize, String> {
+    let addrs: Vec<SocketAddr> = brokers.iter().map(|b| b.addr).collect();
+    let leader = leader::leader_of(&addrs, &workload.name, 0, LEADER_LOOKUP_TIMEOUT)?;
+    let index = usize::try_from(leader - 1)
+        .ok()
+        .filter(|i| *i < brokers.len())
+        .ok_or_else(|| format!("the leader is broker {leader}, not one of this cluster"))?;
+    signal_group(brokers[index].child.pgid, "KILL");
+    Ok(index)
 }
 
 /// Why a run that produced a report is not a valid trial: settings other than the

@@ -44,6 +44,17 @@ pub struct TrialSummary {
     /// than wall-clock throughput.
     #[serde(default)]
     pub broker_cpu_us_per_msg: Option<f64>,
+    /// Failover workloads: what the read-back of the acknowledged messages found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<FailoverSummary>,
+}
+
+/// A failover trial's outcome: acknowledged messages not at their offsets afterwards, and the
+/// longest time without an ack (how long the partition had no leader clients could use).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FailoverSummary {
+    pub acked_lost: u64,
+    pub longest_ack_gap_s: f64,
 }
 
 /// Why a side could not produce a valid trial (no numbers; the comparison stops).

@@ -20,6 +20,13 @@ pub struct Limits {
     /// hides stalls from its own tail).
     #[serde(default)]
     pub p999_max_ms: Option<f64>,
+    /// Failover workloads: no trial may lose more acknowledged messages than this (0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acked_lost_max: Option<u64>,
+    /// Failover workloads: the median trial's longest time without an ack (the leader's
+    /// death to the first write the new leader acknowledged) must stay at or below this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub longest_ack_gap_max_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -59,8 +66,16 @@ pub struct Workload {
     /// static cluster (left out of the hash, so workloads without a quorum keep theirs).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub controllers: usize,
+    /// A failover workload: this many seconds into the measured window the harness kills the
+    /// broker leading the topic's partition 0 (SIGKILL, not restarted), and chronik-bench
+    /// checks every acknowledged message against a read-back (`--verify-acked`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kill_leader_after_s: Option<u64>,
     pub limits: Limits,
 }
+
+/// A failover workload's quorum must outlive the broker it kills: three voters at least.
+const FAILOVER_CONTROLLERS_MIN: usize = 3;
 
 fn one() -> i32 {
     1
@@ -89,7 +104,32 @@ fn is_one_replica(n: &i16) -> bool {
 impl Workload {
     pub fn load(path: &Path) -> Result<Self, HarnessError> {
         let text = std::fs::read_to_string(path).map_err(|e| HarnessError::io(path, e))?;
-        toml::from_str(&text).map_err(|e| HarnessError::Config(format!("{}: {e}", path.display())))
+        let workload: Self = toml::from_str(&text)
+            .map_err(|e| HarnessError::Config(format!("{}: {e}", path.display())))?;
+        workload
+            .check()
+            .map_err(|e| HarnessError::Config(format!("{}: {e}", path.display())))?;
+        Ok(workload)
+    }
+
+    /// Settings that cannot run as asked.
+    fn check(&self) -> Result<(), String> {
+        if let Some(after) = self.kill_leader_after_s {
+            if after >= self.duration_s {
+                return Err("kill_leader_after_s must fall inside the window".into());
+            }
+            if self.controllers < FAILOVER_CONTROLLERS_MIN || self.replication_factor < 2 {
+                return Err(format!(
+                    "a failover workload needs controllers >= {FAILOVER_CONTROLLERS_MIN} (a quorum that survives the kill) and replication_factor >= 2"
+                ));
+            }
+            if self.message_size < chronik_bench_schema::config::VERIFIED_MESSAGE_SIZE_MIN {
+                return Err(
+                    "a failover workload needs message_size >= 16 (room for the id)".into(),
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Finds `name` (a file path, or a name in `dir`).
@@ -151,6 +191,9 @@ impl Workload {
         if let Some(rate) = self.rate {
             args.push(format!("--rate={rate}"));
         }
+        if self.kill_leader_after_s.is_some() {
+            args.push("--verify-acked".into());
+        }
         if let Some(codec) = &self.compression {
             args.push(format!("--compression={codec}"));
         }
@@ -210,6 +253,11 @@ impl Workload {
             self.replication_factor.to_string(),
             ran.replication_factor.to_string(),
         );
+        check(
+            "acks verified",
+            self.kill_leader_after_s.is_some().to_string(),
+            ran.verify_acked.to_string(),
+        );
         let property = |key: &str| {
             ran.producer_properties
                 .get(key)
@@ -226,7 +274,19 @@ impl Workload {
 
     /// Upper bound on one bench run (warm-up + window + drain + set-up slack).
     pub fn bench_timeout(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(self.warmup_s + self.duration_s + 30 + 60)
+        // A verified run reads the topic back after the drain (at least a minute allowed).
+        let read_back = if self.kill_leader_after_s.is_some() {
+            60
+        } else {
+            0
+        };
+        std::time::Duration::from_secs(self.warmup_s + self.duration_s + 30 + 60 + read_back)
+    }
+
+    /// When the harness kills the leader, counted from the bench's start.
+    pub fn kill_leader_at(&self) -> Option<std::time::Duration> {
+        self.kill_leader_after_s
+            .map(|after| std::time::Duration::from_secs(self.warmup_s + after))
     }
 }
 

@@ -423,6 +423,7 @@ mod tests {
                 per_second: vec![40_000; 3],
                 peak_rss_mib: Some(20.0 * rng.random_range(0.98..1.02)),
                 broker_cpu_us_per_msg: Some(12.0 * (1.0 + rng.random_range(-0.02..0.02))),
+                failover: None,
             })
             .collect();
         NoiseBank { trials }

@@ -476,6 +476,7 @@ mod tests {
                 per_second: vec![x as u64; 30],
                 peak_rss_mib: Some(rss * rss_noise),
                 broker_cpu_us_per_msg: None,
+                failover: None,
             })
         }
     }
@@ -735,6 +736,7 @@ mod tests {
                 per_second: vec![100; 30],
                 peak_rss_mib: None,
                 broker_cpu_us_per_msg: None,
+                failover: None,
             })
             .collect();
         let head: Vec<TrialSummary> = (0..5)
@@ -745,6 +747,7 @@ mod tests {
                 per_second: (0..30).map(|i| 100 - 2 * i).collect(),
                 peak_rss_mib: None,
                 broker_cpu_us_per_msg: None,
+                failover: None,
             })
             .collect();
         let c = evaluate(

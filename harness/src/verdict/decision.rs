@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::build::git::CommitInfo;
 use crate::error::HarnessError;
 use crate::store::db::AcceptanceRow;
-use crate::trial::summary::{Side, TrialFailure, TrialSummary};
+use crate::trial::summary::{FailoverSummary, Side, TrialFailure, TrialSummary};
 use crate::trial::workload::Workload;
 use crate::verdict::compare::Comparison;
 use crate::verdict::state::Verdict;
@@ -133,6 +133,28 @@ pub fn check_limits(workload: &Workload, trials: &[TrialSummary]) -> Vec<LimitCh
     }
     if let Some(max) = workload.limits.p99_max_ms {
         checks.push(check("p99 ms (<=)", series(|t| t.p99_ms), max, false));
+    }
+    let failovers: Vec<FailoverSummary> = trials.iter().filter_map(|t| t.failover).collect();
+    if let (Some(max), false) = (workload.limits.acked_lost_max, failovers.is_empty()) {
+        // Not a median: one trial that lost an acknowledged write is one too many.
+        let worst = failovers.iter().map(|f| f.acked_lost).max().unwrap_or(0) as f64;
+        checks.push(LimitCheck {
+            metric: "acked lost, worst trial (<=)".to_owned(),
+            median: worst,
+            ci_low: worst,
+            ci_high: worst,
+            ci_coverage: 1.0,
+            limit: max as f64,
+            verdict: if worst > max as f64 {
+                Verdict::Regression
+            } else {
+                Verdict::Pass
+            },
+        });
+    }
+    if let (Some(max), false) = (workload.limits.longest_ack_gap_max_s, failovers.is_empty()) {
+        let gaps = failovers.iter().map(|f| f.longest_ack_gap_s).collect();
+        checks.push(check("longest without an ack s (<=)", gaps, max, false));
     }
     if let Some(max) = workload.limits.p999_max_ms {
         // Trials recorded before p99.9 was kept have none: the check is left out, not failed.
