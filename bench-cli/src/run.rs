@@ -8,6 +8,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use thiserror::Error;
 
@@ -29,8 +30,11 @@ const GENERATOR_CPU_SHARE_MAX: f64 = 0.9;
 /// Measured: at produce-c128-s256-30s (143K msg/s, 2 cores shared with the broker) the busiest
 /// thread, `rdk:broker1`, used 0.27 of a core and the process 0.45.
 const GENERATOR_THREAD_SHARE_MAX: f64 = 0.9;
-/// How long to wait for a created topic to show up in metadata.
-const TOPIC_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for a topic to be created (retriable errors retried) and show up in
+/// metadata.
+const TOPIC_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause before creating the topic again after a retriable error.
+const TOPIC_CREATE_RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// Consumer poll timeout: bounds how late the loop notices the window's end.
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 /// `--verify-acked`: the read-back gets at least this long (a failover may still be settling).
@@ -103,17 +107,29 @@ fn create_topic(config: &BenchConfig) -> Result<(), BenchError> {
         config.partitions,
         TopicReplication::Fixed(config.replication_factor),
     );
-    let results = admin_runtime()?
-        .block_on(admin.create_topics([&topic], &AdminOptions::new()))
-        .map_err(setup("creating the topic"))?;
-    for result in results {
-        if let Err((name, code)) = result {
-            if code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists {
+    let runtime = admin_runtime()?;
+    let deadline = Instant::now() + TOPIC_READY_TIMEOUT;
+    // A cluster just started may not have its controller yet: Kafka answers a retriable error
+    // (timed out, not the controller), and so does the broker here. Set-up, not measurement:
+    // try again until the deadline.
+    loop {
+        let results = runtime
+            .block_on(admin.create_topics([&topic], &AdminOptions::new()))
+            .map_err(setup("creating the topic"))?;
+        let failed = results.into_iter().find_map(|r| {
+            r.err()
+                .filter(|(_, code)| *code != RDKafkaErrorCode::TopicAlreadyExists)
+        });
+        match failed {
+            None => break,
+            Some((_, code)) if retriable(code) && Instant::now() < deadline => {
+                std::thread::sleep(TOPIC_CREATE_RETRY_PAUSE);
+            }
+            Some((name, code)) => {
                 return Err(BenchError::Setup(format!("creating topic {name}: {code}")));
             }
         }
     }
-    let deadline = Instant::now() + TOPIC_READY_TIMEOUT;
     loop {
         let metadata = admin
             .inner()
@@ -134,6 +150,17 @@ fn create_topic(config: &BenchConfig) -> Result<(), BenchError> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The CreateTopics errors a client may retry (Kafka's retriable ones that creation meets).
+fn retriable(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::RequestTimedOut
+            | RDKafkaErrorCode::NotController
+            | RDKafkaErrorCode::BrokerNotAvailable
+            | RDKafkaErrorCode::LeaderNotAvailable
+    )
 }
 
 fn delete_topic(config: &BenchConfig) -> Result<(), BenchError> {

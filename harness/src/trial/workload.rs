@@ -345,6 +345,23 @@ mod tests {
     }
 
     #[test]
+    fn a_failover_workload_must_be_able_to_survive_its_kill() {
+        let failover = Workload::find("failover-rf3-quorum-acks-all-c32-s256-20s", &shipped())
+            .expect("shipped and valid");
+        assert!(ran(&failover).verify_acked, "acks are verified");
+        assert!(failover.check().is_ok());
+        let mut w = failover.clone();
+        w.controllers = 2; // killing a voter of two leaves no quorum
+        assert!(w.check().unwrap_err().contains("controllers"));
+        let mut w = failover.clone();
+        w.kill_leader_after_s = Some(w.duration_s);
+        assert!(w.check().unwrap_err().contains("window"));
+        let mut w = failover;
+        w.message_size = 8;
+        assert!(w.check().unwrap_err().contains("message_size"));
+    }
+
+    #[test]
     fn every_shipped_workload_runs_the_settings_it_asks_for() {
         let dir = shipped();
         let names = Workload::list(&dir);

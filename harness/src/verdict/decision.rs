@@ -226,6 +226,39 @@ mod tests {
         assert_eq!(gate_verdict(None, &[], None), Verdict::Pass);
     }
 
+    /// One failover trial that lost an acknowledged write fails the workload, whatever the
+    /// others did; the time without an ack is judged like a latency.
+    #[test]
+    fn one_trial_losing_an_acked_write_fails_a_failover_workload() {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("workloads");
+        let workload =
+            Workload::find("failover-rf3-quorum-acks-all-c32-s256-20s", &dir).expect("shipped");
+        let trial = |lost: u64, gap_s: f64| TrialSummary {
+            throughput: 1000.0,
+            p99_ms: 100.0,
+            p999_ms: None,
+            per_second: vec![],
+            peak_rss_mib: None,
+            broker_cpu_us_per_msg: None,
+            failover: Some(FailoverSummary {
+                acked_lost: lost,
+                longest_ack_gap_s: gap_s,
+            }),
+        };
+        let verdicts = |trials: &[TrialSummary]| -> Vec<(String, Verdict)> {
+            check_limits(&workload, trials)
+                .into_iter()
+                .map(|c| (c.metric, c.verdict))
+                .collect()
+        };
+        let clean = verdicts(&[trial(0, 9.5), trial(0, 9.8), trial(0, 10.1)]);
+        assert!(clean.iter().all(|(_, v)| *v == Verdict::Pass), "{clean:?}");
+        let one_lost = verdicts(&[trial(0, 9.5), trial(3, 9.8), trial(0, 10.1)]);
+        assert_eq!(one_lost[0].1, Verdict::Regression, "{one_lost:?}");
+        let slow = verdicts(&[trial(0, 25.0), trial(0, 26.0), trial(0, 30.0)]);
+        assert_eq!(slow[1].1, Verdict::Regression, "{slow:?}");
+    }
+
     /// A bisect step reads a regression as bad, a pass as good, inconclusive as skip.
     #[test]
     fn bisect_steps_follow_the_verdict() {
