@@ -514,3 +514,81 @@ fn a_slower_flush_is_caught_by_compare_gate_and_git_bisect_run() {
         f.leftover_processes()
     );
 }
+
+/// A failover cluster: the real broker, its sessions short so the test is short.
+const FAILOVER_TARGET_TOML: &str = r#"
+build = "sh build.sh"
+binary = "out/broker"
+start = "{binary} --listen 127.0.0.1:{port} --data-dir {data_dir} --log-level warn"
+cluster_start = "{binary} --broker-id {broker_id} --cluster {cluster_file} --data-dir {data_dir} --log-level warn --broker-session-timeout-ms 2000 --broker-heartbeat-interval-ms 200"
+ready_timeout_s = 20
+build_timeout_s = 60
+"#;
+
+const FAILOVER_WORKLOAD: &str = r#"
+name = "failover"
+description = "a leader killed two seconds into a six-second window"
+mode = "produce"
+concurrency = 16
+message_size = 64
+duration_s = 6
+warmup_s = 1
+acks = "all"
+brokers = 3
+replication_factor = 3
+controllers = 3
+kill_leader_after_s = 2
+broker_args = ["--min-insync-replicas=2"]
+[client]
+"linger.ms" = "0"
+[limits]
+acked_lost_max = 0
+longest_ack_gap_max_s = 30.0
+"#;
+
+/// A failover workload through the harness: the broker leading the partition is found and
+/// killed mid-run, the trial is no crash, every acknowledged message is read back at its
+/// offset, the time without an ack is reported and judged, and no process is left behind.
+#[test]
+fn a_failover_workload_kills_the_leader_and_reads_every_acked_message_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repository::init(dir.path().join("repo")).unwrap();
+    commit(
+        &repo,
+        &[
+            (".chronik-target.toml", FAILOVER_TARGET_TOML),
+            ("build.sh", BUILD_OK),
+            ("broker.sh", BROKER_FAST),
+        ],
+        "a cluster target",
+    );
+    fs::create_dir_all(dir.path().join("workloads")).unwrap();
+    fs::write(
+        dir.path().join("workloads/failover.toml"),
+        FAILOVER_WORKLOAD,
+    )
+    .unwrap();
+    let f = Fixture {
+        dir,
+        commits: std::collections::HashMap::new(),
+    };
+    let out = f.root().join("run.json");
+    let run = f.harness(&[
+        "run",
+        "--rev=HEAD",
+        "--workload=failover",
+        "--trials=1",
+        &format!("--json-output={}", out.display()),
+    ]);
+    assert_eq!(run.status.code(), Some(0), "a clean failover passes");
+    let runs: serde_json::Value = serde_json::from_slice(&fs::read(&out).unwrap()).unwrap();
+    let failover = &runs[0]["trials"][0]["failover"];
+    assert_eq!(failover["acked_lost"], 0, "{runs}");
+    let gap = failover["longest_ack_gap_s"].as_f64().unwrap();
+    // The leader is gone for at least the part of the 2 s session the quorum waits.
+    assert!(gap > 0.5, "a kill shows as a time without acks: {gap} s");
+    let records = f.records("failover");
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["status"], "ok", "the killed leader is no crash");
+    assert_eq!(f.leftover_processes(), Vec::<String>::new());
+}
