@@ -174,10 +174,26 @@ pub async fn start_with_storage(
         addr: config.listen,
         source,
     })?;
+    let client_listener = match config.client_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
+    // Clients are told the clients' listener when there is one.
+    let advertised = match &client_listener {
+        Some(listener) => listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?,
+        None => local_addr,
+    };
     let config = Arc::new(config);
     let ctx = api_context(
         &config,
-        local_addr,
+        advertised,
         (&topics, &wal, &flusher),
         &fail_stop,
         metadata.clone(),
@@ -189,7 +205,7 @@ pub async fn start_with_storage(
     let (controller, lifecycle) = start_controller(&config, &topics, metadata).await?;
     let times = RequestTimes::when_logged();
     let connections = Connections::new(
-        listener,
+        (listener, client_listener),
         config.connections_max,
         ctx,
         RequestBudget::new(config.request_bytes_in_flight_max),

@@ -57,6 +57,13 @@ pub struct BrokerArgs {
     /// 127.0.0.1:9092, or this broker's address in `--cluster`.
     #[arg(long, env = "CHRONIK_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// A second listener, for clients only (Kafka's separate client and inter-broker
+    /// listeners): `--listen` (in a cluster, the broker's `address`) is then the brokers', and
+    /// a replica fetch on this one is refused (CLUSTER_AUTHORIZATION_FAILED), so no client can
+    /// pose as a follower. In a cluster, give the broker this `client_address` so clients are
+    /// told it.
+    #[arg(long, env = "CHRONIK_CLIENT_LISTEN")]
+    pub client_listen: Option<SocketAddr>,
     /// Host clients are told to connect to (default: the listen IP).
     #[arg(long, env = "CHRONIK_ADVERTISED_HOST")]
     pub advertised_host: Option<String>,
@@ -160,6 +167,8 @@ pub struct BrokerArgs {
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
     pub listen: SocketAddr,
+    /// The clients-only listener (`--client-listen`), if any.
+    pub client_listen: Option<SocketAddr>,
     pub advertised_host: Option<String>,
     pub advertised_port: Option<u16>,
     pub data_dir: PathBuf,
@@ -237,6 +246,7 @@ impl BrokerConfig {
         let in_cluster = args.cluster.is_some();
         Ok(Self {
             listen: args.listen.unwrap_or(own),
+            client_listen: args.client_listen,
             // In a cluster every broker tells clients the addresses of the cluster file.
             advertised_host: args
                 .advertised_host

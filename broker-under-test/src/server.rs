@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 
-use crate::api::{ApiContext, RequestError};
+use crate::api::{ApiContext, Listener, RequestError};
 use crate::request_times::{ConnectionTimes, Marks, RequestTimes};
 
 /// A client that started a frame must finish it within this time.
@@ -123,6 +123,9 @@ fn open_files_soft_limit() -> Option<u64> {
 /// task of its own, which ends with its connection.
 pub struct Connections {
     listener: TcpListener,
+    /// With `--client-listen`: the listener for clients only (`listener` is then the
+    /// brokers').
+    client_listener: Option<TcpListener>,
     open: JoinSet<()>,
     max: usize,
     /// Accepting fails (out of file descriptors, typically): warned once per episode.
@@ -135,7 +138,7 @@ pub struct Connections {
 impl Connections {
     /// At most `configured` connections, or fewer when the open files limit needs it.
     pub fn new(
-        listener: TcpListener,
+        (listener, client_listener): (TcpListener, Option<TcpListener>),
         configured: usize,
         ctx: Arc<ApiContext>,
         budget: RequestBudget,
@@ -143,6 +146,7 @@ impl Connections {
     ) -> Self {
         Self {
             listener,
+            client_listener,
             open: JoinSet::new(),
             max: connections_max(configured),
             accept_failing: false,
@@ -155,37 +159,53 @@ impl Connections {
     /// Accepts the next connection (refused at the limit), or reaps one that ended. Both waits
     /// are cancel-safe: the broker's loop selects this against its other timers.
     pub async fn next(&mut self) {
-        tokio::select! {
-            accepted = self.listener.accept() => match accepted {
-                Ok((stream, peer)) if self.open.len() >= self.max => {
-                    tracing::debug!("refusing {peer}: {} connections open", self.open.len());
-                    drop(stream);
+        let client_accept = async {
+            match &self.client_listener {
+                Some(listener) => listener.accept().await,
+                None => std::future::pending().await,
+            }
+        };
+        let accepted = tokio::select! {
+            accepted = self.listener.accept() => (accepted, Listener::InterBroker),
+            accepted = client_accept => (accepted, Listener::Client),
+            Some(_) = self.open.join_next(), if !self.open.is_empty() => return,
+        };
+        self.accepted(accepted.0, accepted.1).await;
+    }
+
+    async fn accepted(
+        &mut self,
+        accepted: std::io::Result<(TcpStream, std::net::SocketAddr)>,
+        listener: Listener,
+    ) {
+        match accepted {
+            Ok((stream, peer)) if self.open.len() >= self.max => {
+                tracing::debug!("refusing {peer}: {} connections open", self.open.len());
+                drop(stream);
+            }
+            Ok((stream, _)) => {
+                if self.accept_failing {
+                    self.accept_failing = false;
+                    tracing::info!("accepting connections again");
                 }
-                Ok((stream, _)) => {
-                    if self.accept_failing {
-                        self.accept_failing = false;
-                        tracing::info!("accepting connections again");
-                    }
-                    self.open.spawn(serve_connection(
-                        stream,
-                        self.ctx.clone(),
-                        self.budget.clone(),
-                        self.times.clone(),
-                    ));
+                self.open.spawn(serve_connection(
+                    stream,
+                    (self.ctx.clone(), listener),
+                    self.budget.clone(),
+                    self.times.clone(),
+                ));
+            }
+            Err(err) => {
+                // Accepting again at once would spin. Warned once per episode, not ten times
+                // a second.
+                if self.accept_failing {
+                    tracing::debug!("accept failed: {err}");
+                } else {
+                    self.accept_failing = true;
+                    tracing::warn!("accept failed: {err}; retrying every {ACCEPT_ERROR_PAUSE:?}");
                 }
-                Err(err) => {
-                    // Accepting again at once would spin. Warned once per episode, not ten
-                    // times a second.
-                    if self.accept_failing {
-                        tracing::debug!("accept failed: {err}");
-                    } else {
-                        self.accept_failing = true;
-                        tracing::warn!("accept failed: {err}; retrying every {ACCEPT_ERROR_PAUSE:?}");
-                    }
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                }
-            },
-            Some(_) = self.open.join_next(), if !self.open.is_empty() => {}
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+            }
         }
     }
 
@@ -282,7 +302,7 @@ async fn read_frame(
 /// `times`, its produce requests are timed (see `request_times`).
 pub async fn serve_connection(
     stream: TcpStream,
-    ctx: Arc<ApiContext>,
+    (ctx, listener): (Arc<ApiContext>, Listener),
     budget: RequestBudget,
     times: Option<Arc<RequestTimes>>,
 ) {
@@ -306,7 +326,7 @@ pub async fn serve_connection(
             Err(FrameEnd::BadLength) => break,
         };
         let read_at = timed.then(Instant::now);
-        let started = ctx.start(body).await;
+        let started = ctx.start(body, listener).await;
         let failed = started.is_err();
         // Only produce requests are timed: a fetch's long poll is not a delay.
         let read_and_started = read_at

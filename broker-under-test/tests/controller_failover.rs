@@ -2,9 +2,12 @@
 //! killed leader is replaced by an in-sync follower with no person involved and no acked
 //! write lost; after a double fault (the leader killed, then the follower that took over and
 //! acked writes alone) the former leader restarted alone does not lead, and the partition
-//! waits for the one broker that holds every acked write; a client posing as a follower is
+//! waits for the one broker that holds every acked write; a follower cut off from its leader
+//! and then the leader killed: the follower is not elected; a client posing as a follower
+//! (no replica, a fenced broker, a registered one without its current broker epoch) is
 //! refused; a leader cut off from the quorum while clients still reach it acknowledges
-//! nothing more at acks=all and serves nothing past what the quorum's in-sync set holds.
+//! nothing more at acks=all and serves nothing past what the quorum's in-sync set holds;
+//! topics created at once through every broker end with one id everywhere.
 //!
 //! Four brokers, the first three voters: the double fault takes down two brokers of which at
 //! most one is a voter, so the quorum survives it.
@@ -382,4 +385,90 @@ fn a_topic_that_allows_unclean_election_elects_outside_the_set_after_a_double_fa
     });
     assert_eq!(next.isr, vec![a]);
     produce_acked(&cluster, topic, "after", 20);
+}
+
+/// Topics created at the same moment through every broker: the quorum records one creation
+/// and its id, and every broker holds the topic under that id (replica fetches name topics by
+/// id), so each topic replicates: acks=all writes go through on all of them.
+#[test]
+fn concurrent_creations_of_a_topic_end_with_one_id_on_every_broker() {
+    const TOPICS: usize = 6;
+    let root = tempfile::tempdir().unwrap();
+    let cluster = start(root.path());
+    let topics: Vec<String> = (0..TOPICS).map(|i| format!("raced-{i}")).collect();
+    std::thread::scope(|scope| {
+        for broker in &cluster.brokers {
+            let (addr, topics) = (broker.addr, &topics);
+            scope.spawn(move || {
+                for topic in topics {
+                    let error = common::wire::create_replicated_topic(addr, topic, 1, 2);
+                    let exists = ResponseError::TopicAlreadyExists.code();
+                    assert!(error == 0 || error == exists, "create {topic}: {error}");
+                }
+            });
+        }
+    });
+    for topic in &topics {
+        let ids: Vec<uuid::Uuid> = cluster
+            .brokers
+            .iter()
+            .map(|b| common::wire::topic_id(b.addr, topic))
+            .collect();
+        assert!(ids.windows(2).all(|w| w[0] == w[1]), "{topic}: ids {ids:?}");
+        wait_for(&cluster.file, "the topic led, both in sync", |i| {
+            placement(i, topic).filter(|p| p.leader > 0 && p.isr.len() == 2)
+        });
+        produce_acked(&cluster, topic, "raced", 20);
+    }
+}
+
+/// A follower cut off from its leader leaves the in-sync set (the removal committed by the
+/// quorum); the leader acks alone (min.insync.replicas 1); then the leader is killed. The
+/// cut-off follower, whatever it holds, is not elected even once its link heals: the
+/// partition waits for the leader, and every write acked before and after the cut is there.
+#[test]
+fn a_follower_cut_off_then_the_leader_killed_elects_nobody_without_the_acked_writes() {
+    let root = tempfile::tempdir().unwrap();
+    let session = format!("--broker-session-timeout-ms={SESSION_TIMEOUT_MS}");
+    let (mut cluster, links) = TestCluster::start_linked(
+        root.path(),
+        BROKERS,
+        VOTERS,
+        &[
+            &session,
+            "--broker-heartbeat-interval-ms=300",
+            "--replica-lag-time-max-ms=1000",
+        ],
+    );
+    // The follower is the broker that is no voter: the leader's death leaves two voters.
+    let topic = topic_where(&cluster, "cutoff", |r| r[1] == NOT_A_VOTER as i32);
+    let first = create(&cluster, &topic);
+    let leader = first.leader;
+    let mut acked = produce_acked(&cluster, &topic, "before", 50);
+    // Every connection the follower opens to the leader (fetches, quorum traffic) is cut.
+    links
+        .between(NOT_A_VOTER as i32, leader as i32)
+        .iter()
+        .for_each(common::proxy::Proxy::cut);
+    wait_for(&cluster.file, "the follower out of the set", |i| {
+        placement(i, &topic).filter(|p| p.isr == vec![leader])
+    });
+    acked.extend(produce_acked(&cluster, &topic, "alone", 50));
+    cluster.broker(leader as i32).kill9();
+    links.resume_all();
+    wait_for(&cluster.file, "the leader fenced", |i| {
+        (!unfenced(i, leader)).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let waiting = placement(&image(&cluster.file).expect("image"), &topic).unwrap();
+    assert_eq!(
+        (waiting.leader, waiting.isr.clone()),
+        (-1, vec![leader]),
+        "the cut-off follower lacks the writes acked alone"
+    );
+    cluster.broker(leader as i32).restart();
+    wait_for(&cluster.file, "the leader back", |i| {
+        placement(i, &topic).filter(|p| p.leader == leader)
+    });
+    assert_all_readable(&cluster, &topic, &acked);
 }

@@ -785,3 +785,72 @@ fn a_former_leader_cuts_what_the_new_leader_never_had_even_across_a_restart() {
         "byte-identical logs after the cut and the replay"
     );
 }
+
+/// Brokers with a listener for clients beside the one the brokers use (`--client-listen`):
+/// clients are told the client listener and produce through it, replication runs on the other,
+/// and a client posing as a follower on the client listener reads nothing.
+#[test]
+fn a_replica_fetch_on_the_client_listener_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let ports: Vec<(u16, u16)> = (0..2)
+        .map(|_| (common::restartable_port(), common::restartable_port()))
+        .collect();
+    let file = root.path().join("cluster.toml");
+    let text: String = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (brokers, clients))| {
+            format!(
+                "[[broker]]\nid = {}\naddress = \"127.0.0.1:{brokers}\"\nclient_address = \"127.0.0.1:{clients}\"\n",
+                i + 1
+            )
+        })
+        .collect();
+    std::fs::write(&file, text).unwrap();
+    let mut brokers: Vec<common::Broker> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, clients))| {
+            let args = [
+                format!("--broker-id={}", i + 1),
+                format!("--cluster={}", file.display()),
+                format!("--client-listen=127.0.0.1:{clients}"),
+                "--min-insync-replicas=2".to_owned(),
+            ];
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            common::Broker::start(&root.path().join(format!("broker-{}", i + 1)), &args)
+        })
+        .collect();
+    let client_addr = |id: i32| -> std::net::SocketAddr {
+        ([127, 0, 0, 1], ports[usize::try_from(id - 1).unwrap()].1).into()
+    };
+    let bootstrap = format!("{},{}", client_addr(1), client_addr(2));
+    let topic = "listeners";
+    create_topic(&bootstrap, topic, 1, 2);
+    wait_for("the follower to join", || {
+        placement(&bootstrap, topic, 0).2.len() == 2
+    });
+    // Replication runs on the brokers' listener: acks=all with min.insync.replicas=2 acks.
+    produce_all_acked(&bootstrap, topic, &keyed("through-clients", 50));
+    let (leader, replicas, _) = placement(&bootstrap, topic, 0);
+    let follower = *replicas.iter().find(|&&id| id != leader).unwrap();
+    let posing = |addr| {
+        let mut s = common::wire::connect(addr);
+        common::wire::fetch_as(&mut s, follower, topic, 0, 0).responses[0].partitions[0].clone()
+    };
+    let on_client_listener = posing(client_addr(leader));
+    assert_eq!(
+        on_client_listener.error_code,
+        kafka_protocol::error::ResponseError::ClusterAuthorizationFailed.code()
+    );
+    assert!(on_client_listener
+        .records
+        .as_ref()
+        .is_none_or(|r| r.is_empty()));
+    // The brokers' listener takes it (a static cluster has no broker epochs to check).
+    let leader_broker = &brokers[usize::try_from(leader - 1).unwrap()];
+    assert_eq!(posing(leader_broker.addr).error_code, 0);
+    for broker in &mut brokers {
+        assert!(broker.terminate().success());
+    }
+}

@@ -24,6 +24,7 @@ use kafka_protocol::messages::create_topics_request::CreatableTopic;
 
 use super::{str_bytes, ApiContext};
 use crate::controller::metadata::MetadataRecord;
+use crate::controller::publisher::ProposeError;
 use crate::replication::announce;
 use crate::topics::{new_topic_id, Topic};
 
@@ -211,23 +212,35 @@ async fn record_topic(
             .collect(),
         unclean_leader_election: unclean,
     };
-    match metadata.propose(record).await {
-        Ok(()) => Ok(id),
-        Err(why) if why.contains("exists") => metadata
-            .recorded_topic_id(name, RECORDED_TOPIC_WAIT)
-            .await
-            // A log written before ids were recorded has none (0).
-            .map(|recorded| if recorded == 0 { id } else { recorded })
-            .ok_or(ResponseError::RequestTimedOut),
-        Err(why) => {
-            tracing::warn!("topic {name} not recorded by the controller quorum: {why}");
-            Err(ResponseError::RequestTimedOut)
+    // A cluster just started may not have elected its active controller yet.
+    let deadline = tokio::time::Instant::now() + QUORUM_WAIT;
+    loop {
+        match metadata.propose(record.clone()).await {
+            Ok(()) => return Ok(id),
+            Err(ProposeError::Refused(why)) if why.contains("exists") => {
+                return metadata
+                    .recorded_topic_id(name, QUORUM_WAIT)
+                    .await
+                    // A log written before ids were recorded has none (0).
+                    .map(|recorded| if recorded == 0 { id } else { recorded })
+                    .ok_or(ResponseError::RequestTimedOut);
+            }
+            Err(ProposeError::Unreachable(_)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(QUORUM_RETRY_PAUSE).await;
+            }
+            Err(why) => {
+                tracing::warn!("topic {name} not recorded by the controller quorum: {why}");
+                return Err(ResponseError::RequestTimedOut);
+            }
         }
     }
 }
 
-/// How long a broker waits to see a topic the quorum already had in its copy of the image.
-const RECORDED_TOPIC_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long CreateTopics waits for an active controller, and for a topic the quorum already
+/// had to show up in this broker's copy of the image.
+const QUORUM_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Pause before proposing again when no active controller answered.
+const QUORUM_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// A topic asked for by a client: recorded by the quorum (if any), created here, announced.
 async fn create_new(

@@ -65,7 +65,7 @@ async fn propose(
             );
             None
         }
-        Err(why) => Some((ResponseError::EligibleLeadersNotAvailable, why)),
+        Err(why) => Some((ResponseError::EligibleLeadersNotAvailable, why.to_string())),
     }
 }
 

@@ -29,7 +29,7 @@ use kafka_protocol::messages::{
     FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
 };
 
-use super::ApiContext;
+use super::{ApiContext, Listener};
 use crate::partition::{FetchRead, Partition};
 
 /// Upper bound on a fetch's long poll, whatever the client asks.
@@ -74,10 +74,13 @@ fn lookup(ctx: &ApiContext, topic: &FetchTopic, index: i32) -> Option<Arc<Partit
     }
 }
 
-pub async fn fetch(ctx: &ApiContext, req: FetchRequest) -> FetchResponse {
+pub async fn fetch(ctx: &ApiContext, req: FetchRequest, listener: Listener) -> FetchResponse {
     let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(FETCH_WAIT_MAX);
     let deadline = tokio::time::Instant::now() + wait;
     let follower = Follower::of(&req);
+    if follower.is_some() && listener == Listener::Client {
+        return refused(&req, ResponseError::ClusterAuthorizationFailed);
+    }
     if let Some(follower) = follower {
         record_follower_positions(ctx, &req, follower);
     }
@@ -102,6 +105,27 @@ pub async fn fetch(ctx: &ApiContext, req: FetchRequest) -> FetchResponse {
 }
 
 type Waiter = (Arc<Partition>, i64);
+
+/// `error` for every partition the fetch names: nothing read, no position taken.
+fn refused(req: &FetchRequest, error: ResponseError) -> FetchResponse {
+    // Per partition only: the top-level error code does not exist before v7.
+    let mut response = FetchResponse::default();
+    for topic in &req.topics {
+        let mut topic_response = FetchableTopicResponse::default();
+        topic_response.topic = topic.topic.clone();
+        topic_response.topic_id = topic.topic_id;
+        for wanted in &topic.partitions {
+            let mut data = PartitionData::default();
+            data.partition_index = wanted.partition;
+            data.error_code = error.code();
+            data.high_watermark = -1;
+            data.log_start_offset = -1;
+            topic_response.partitions.push(data);
+        }
+        response.responses.push(topic_response);
+    }
+    response
+}
 
 /// Why a follower's fetch of one partition gets no records.
 enum FollowerRefusal {

@@ -72,6 +72,18 @@ pub enum RequestError {
     Encode(ApiKey, String),
 }
 
+/// Which listener a connection came in on. A broker started with a client listener
+/// (`--client-listen`) takes replica fetches only on its other one, the listener the brokers
+/// use (Kafka's separate inter-broker listener): a client on the client listener cannot pose
+/// as a follower. Without one, its single listener serves both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// Brokers and, when there is no client listener, clients.
+    InterBroker,
+    /// Clients only: no replica fetches.
+    Client,
+}
+
 pub struct ApiContext {
     pub config: Arc<BrokerConfig>,
     pub advertised_host: String,
@@ -106,7 +118,11 @@ impl ApiContext {
     /// Decodes one request frame and runs the part of it that must happen in arrival order
     /// (for Produce: offset assignment and the WAL append). A connection calls this for one
     /// frame at a time; what may wait runs later in [`Started::finish`].
-    pub async fn start(&self, mut frame: Bytes) -> Result<Started, RequestError> {
+    pub async fn start(
+        &self,
+        mut frame: Bytes,
+        listener: Listener,
+    ) -> Result<Started, RequestError> {
         if frame.len() < 8 {
             return Err(RequestError::Short(frame.len()));
         }
@@ -150,7 +166,7 @@ impl ApiContext {
                 groups::offset_commit(self, req).await,
             ))),
             other => self
-                .ordered_part(other, &header, version)
+                .ordered_part(other, &header, version, listener)
                 .ok_or(RequestError::UnknownApi(key))?,
         };
         Ok(Started {
@@ -168,9 +184,10 @@ impl ApiContext {
         request: RequestKind,
         header: &RequestHeader,
         version: i16,
+        listener: Listener,
     ) -> Option<Work> {
         Some(match request {
-            RequestKind::Fetch(req) => Work::Fetch(req),
+            RequestKind::Fetch(req) => Work::Fetch(req, listener),
             RequestKind::JoinGroup(req) => {
                 let client_id = header.client_id.as_deref().unwrap_or("").to_owned();
                 Work::JoinGroup(req, client_id)
@@ -224,7 +241,7 @@ enum Work {
     /// Answered already; `None` means no response is sent (Produce with acks=0).
     Ready(Option<ResponseKind>),
     Produce(AppendedProduce),
-    Fetch(FetchRequest),
+    Fetch(FetchRequest, Listener),
     JoinGroup(JoinGroupRequest, String),
     SyncGroup(SyncGroupRequest),
     /// May create a topic, which in a cluster is announced to the other brokers.
@@ -254,7 +271,9 @@ impl Started {
                 .respond(appended)
                 .await
                 .map(ResponseKind::Produce),
-            Work::Fetch(req) => Some(ResponseKind::Fetch(fetch::fetch(ctx, req).await)),
+            Work::Fetch(req, listener) => {
+                Some(ResponseKind::Fetch(fetch::fetch(ctx, req, listener).await))
+            }
             Work::JoinGroup(req, client_id) => Some(ResponseKind::JoinGroup(
                 groups::join(ctx, req, client_id, frame_budget).await,
             )),

@@ -38,6 +38,18 @@ struct Session {
     confirmed_at: Instant,
 }
 
+/// Why a proposal was not committed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// The active controller refused the record (the image is unchanged).
+    #[error("{0}")]
+    Refused(String),
+    /// No active controller answered: none elected yet (a cluster just started), or none
+    /// reachable. Worth trying again.
+    #[error("{0}")]
+    Unreachable(String),
+}
+
 pub struct BrokerMetadata {
     client: Arc<ControllerClient>,
     local: i32,
@@ -260,7 +272,6 @@ impl BrokerMetadata {
         }
     }
 
-    /// Sends one record to the active controller; a committed one wakes the image follower.
     /// The id the quorum recorded for `topic`, once this broker's copy of the image has it
     /// (polled: the image follows the active controller's every `METADATA_POLL_INTERVAL`).
     pub async fn recorded_topic_id(&self, topic: &str, timeout: Duration) -> Option<u128> {
@@ -278,7 +289,8 @@ impl BrokerMetadata {
         }
     }
 
-    pub async fn propose(&self, record: MetadataRecord) -> Result<(), String> {
+    /// Sends one record to the active controller; a committed one wakes the image follower.
+    pub async fn propose(&self, record: MetadataRecord) -> Result<(), ProposeError> {
         let described = format!("{record:?}");
         let outcome = match self
             .client
@@ -289,9 +301,11 @@ impl BrokerMetadata {
                 self.committed.notify_one();
                 Ok(())
             }
-            Ok(BrokerAnswer::Refused(why)) => Err(why),
-            Ok(other) => Err(format!("controller answered {other:?}")),
-            Err(e) => Err(e),
+            Ok(BrokerAnswer::Refused(why)) => Err(ProposeError::Refused(why)),
+            Ok(other) => Err(ProposeError::Unreachable(format!(
+                "controller answered {other:?}"
+            ))),
+            Err(e) => Err(ProposeError::Unreachable(e)),
         };
         match &outcome {
             Ok(()) => tracing::debug!("committed {described}"),

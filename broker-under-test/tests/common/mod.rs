@@ -689,15 +689,21 @@ pub fn controller_status(cluster_file: &Path) -> Option<serde_json::Value> {
 const RESTARTABLE_PORTS: std::ops::Range<u16> = 20_000..32_000;
 
 /// A free loopback port a restarted broker can bind again (`RESTARTABLE_PORTS`), picked at
-/// random so parallel tests rarely try the same one.
+/// random so parallel tests rarely try the same one, and never one this process handed out
+/// before: a port is free until its broker binds it, so two picks for one cluster could
+/// otherwise be the same port (about one cluster in 500 with seven ports).
 pub fn restartable_port() -> u16 {
     use std::hash::BuildHasher;
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     let span = u64::from(RESTARTABLE_PORTS.end - RESTARTABLE_PORTS.start);
     let seed = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
     let mut rng = Rng(seed | 1);
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..1_000 {
         let port = RESTARTABLE_PORTS.start + rng.below(span) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !handed_out.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
             return port;
         }
     }
