@@ -101,22 +101,13 @@ impl TrialRunner {
             }
         };
         let killed = match workload.kill_leader_at() {
-            Some(at) => match bench.wait_timeout(at) {
-                Some(early) => {
+            Some(at) => match failover(&mut bench, &mut brokers, workload, at) {
+                Ok(index) => Some(index),
+                Err(e) => {
+                    bench.stop();
                     stop_all(&mut brokers);
-                    return infra(
-                        "the failover",
-                        &format!("chronik-bench ended ({early}) before the leader was killed"),
-                    );
+                    return infra("the failover", &e);
                 }
-                None => match kill_leader(&mut brokers, workload) {
-                    Ok(index) => Some(index),
-                    Err(e) => {
-                        bench.stop();
-                        stop_all(&mut brokers);
-                        return infra("killing the leader", &e);
-                    }
-                },
             },
             None => None,
         };
@@ -238,6 +229,41 @@ impl TrialRunner {
 
 /// How long the harness waits for a broker to name the leader it is to kill.
 const LEADER_LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the harness waits for chronik-bench's topic to have a leader (a cluster that
+/// still elects its controller answers topic creation late).
+const TOPIC_LED_WAIT: Duration = Duration::from_secs(60);
+const TOPIC_LED_POLL: Duration = Duration::from_millis(100);
+
+/// A failover: waits until the workload's topic has a leader (chronik-bench starts its load
+/// then: its clock begins once the topic exists), then `at` more, then kills the leader as it
+/// is then. Returns the killed broker's index.
+fn failover(
+    bench: &mut GroupChild,
+    brokers: &mut [TrialBroker],
+    workload: &Workload,
+    at: Duration,
+) -> Result<usize, String> {
+    let addrs: Vec<SocketAddr> = brokers.iter().map(|b| b.addr).collect();
+    let deadline = Instant::now() + TOPIC_LED_WAIT;
+    loop {
+        if let Some(early) = bench.wait_timeout(TOPIC_LED_POLL) {
+            return Err(format!(
+                "chronik-bench ended ({early}) before the topic had a leader"
+            ));
+        }
+        match leader::leader_of(&addrs, &workload.name, 0, LEADER_LOOKUP_TIMEOUT) {
+            Ok(_) => break,
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => {}
+        }
+    }
+    if let Some(early) = bench.wait_timeout(at) {
+        return Err(format!(
+            "chronik-bench ended ({early}) before the leader was killed"
+        ));
+    }
+    kill_leader(brokers, workload)
+}
 
 /// Kills (SIGKILL, its whole process group) the broker that leads the workload's partition 0,
 /// as the brokers' Metadata names it; returns its index. Broker ids are 1..=n in the cluster

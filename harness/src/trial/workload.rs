@@ -283,7 +283,8 @@ impl Workload {
         std::time::Duration::from_secs(self.warmup_s + self.duration_s + 30 + 60 + read_back)
     }
 
-    /// When the harness kills the leader, counted from the bench's start.
+    /// When the harness kills the leader, counted from when the topic has a leader (the
+    /// bench starts its load then).
     pub fn kill_leader_at(&self) -> Option<std::time::Duration> {
         self.kill_leader_after_s
             .map(|after| std::time::Duration::from_secs(self.warmup_s + after))
