@@ -27,12 +27,14 @@ use crate::controller::publisher::BrokerMetadata;
 use crate::groups::GroupCoordinator;
 use crate::produce::{AppendedProduce, ProduceHandler};
 use crate::producer_ids::ProducerIds;
+use crate::replication::REPLICA_FETCH_VERSION;
 use crate::topics::TopicRegistry;
 
 /// Every API this broker answers and the versions its handler supports. Upper bounds stop
 /// where a later version changes semantics this broker does not implement (topic ids in
 /// Produce/Fetch v13, batched OffsetFetch v8, member epochs in OffsetCommit v9); brokers'
-/// replica fetches may also use `REPLICA_FETCH_VERSION`.
+/// replica fetches may also use `replication::REPLICA_FETCH_VERSION` (accepted, not
+/// advertised: clients keep the topic names of v12, whose behaviour every client test covers).
 pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 3, 11),
     (ApiKey::Fetch, 4, 12),
@@ -95,13 +97,6 @@ pub struct ApiContext {
     /// With a controller quorum: its image as this broker follows it.
     pub metadata: Option<Arc<BrokerMetadata>>,
 }
-
-/// Fetch v15: topics by id and the follower's broker epoch beside its id (`replica_state`,
-/// KIP-903). Brokers send it as their replica fetch, so the leader can tell a broker at its
-/// current registration from one that restarted since, or from a client using its id. It is
-/// accepted, not advertised: clients keep the topic names of v12, whose behaviour every
-/// client test here covers.
-pub const REPLICA_FETCH_VERSION: i16 = 15;
 
 /// The versions a request may use: the advertised ones, and replica fetches.
 fn supported(api: ApiKey) -> Option<(i16, i16)> {

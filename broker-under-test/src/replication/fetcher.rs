@@ -37,7 +37,7 @@ use crate::wal::group_commit::{GroupCommitWal, WalFailed};
 /// Under a controller quorum, Fetch v15: topics by the id the quorum recorded, and this
 /// broker's id with the broker epoch of its registration in `replica_state`, so the leader can
 /// tell this incarnation from an earlier one (or from a client using its id).
-const QUORUM_FETCH_VERSION: i16 = crate::api::REPLICA_FETCH_VERSION;
+const QUORUM_FETCH_VERSION: i16 = super::REPLICA_FETCH_VERSION;
 /// Without a quorum, Fetch v12: the newest version that names topics (nothing assigns ids
 /// cluster-wide there: two brokers auto-creating one topic at once may choose two) and
 /// carries the replica id in the request body. There are no broker epochs to send.

@@ -16,6 +16,12 @@
 //! - `fetcher`: the follower side, one task per leader broker; also learns topics from peers.
 //! - `keeper`: the leader side's periodic work (high watermark after local commits, lag).
 
+/// Fetch v15: topics by id and the follower's broker epoch beside its id (`replica_state`,
+/// KIP-903). Brokers under a quorum send it as their replica fetch, so the leader can tell a
+/// broker at its current registration from one that restarted since, or from a client using
+/// its id; the leader's `api` accepts it without advertising it.
+pub const REPLICA_FETCH_VERSION: i16 = 15;
+
 pub mod announce;
 pub mod fetcher;
 pub mod keeper;
