@@ -222,17 +222,8 @@ impl TopicRegistry {
             .cloned()
     }
 
-    /// Creates a topic with a new id; `Ok(None)` if it already exists.
-    pub fn create(
-        &self,
-        name: &str,
-        partitions: i32,
-        replication_factor: i16,
-    ) -> Result<Option<Arc<Topic>>, ResponseError> {
-        self.create_with_id(name, partitions, replication_factor, new_topic_id())
-    }
-
-    /// Creates a topic with the id another broker of the cluster gave it.
+    /// Creates a topic under `topic_id` (a new one, the quorum's, or the one another broker of
+    /// the cluster gave it); `Ok(None)` if it already exists.
     pub fn create_with_id(
         &self,
         name: &str,
