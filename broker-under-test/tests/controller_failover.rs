@@ -82,11 +82,21 @@ fn produce_acked(
     prefix: &str,
     n: usize,
 ) -> BTreeMap<String, i64> {
+    produce_acked_through(&cluster.bootstrap(), topic, prefix, n)
+}
+
+/// [`produce_acked`] by a client that knows only the brokers of `bootstrap`.
+fn produce_acked_through(
+    bootstrap: &str,
+    topic: &str,
+    prefix: &str,
+    n: usize,
+) -> BTreeMap<String, i64> {
     let keyed: Vec<(String, String)> = values(prefix, n)
         .into_iter()
         .map(|v| (v.clone(), v))
         .collect();
-    let offsets = common::deliver(&cluster.bootstrap(), topic, &keyed, &ACKS_ALL);
+    let offsets = common::deliver(bootstrap, topic, &keyed, &ACKS_ALL);
     keyed
         .into_iter()
         .zip(offsets)
@@ -325,15 +335,22 @@ fn a_leader_cut_off_from_the_quorum_acknowledges_nothing_more() {
         data.records.as_ref().is_none_or(|r| r.is_empty()),
         "read past the mark"
     );
-    // Past its session without a confirmed heartbeat, broker 4 takes itself for fenced and
-    // stops naming itself leader, so clients find the new one.
+    // Past its session without a confirmed heartbeat, broker 4 takes itself for fenced: it
+    // stops naming itself leader, and leaves itself out of the brokers it names, so even a
+    // client that knows no other broker moves on to one that knows the new leader (a client
+    // keeps asking a broker it is connected to while that one is listed).
     let deadline = Instant::now() + STATE_WAIT;
     while common::wire::partition_view(alone, topic, 0).0 != -1 {
         assert!(Instant::now() < deadline, "broker 4 kept leading");
         std::thread::sleep(Duration::from_millis(50));
     }
     // The new leader takes writes; the cut heals and broker 4 follows it again.
-    acked.extend(produce_acked(&cluster, topic, "after", 50));
+    acked.extend(produce_acked_through(
+        &alone.to_string(),
+        topic,
+        "after",
+        50,
+    ));
     proxies.iter().for_each(Proxy::resume);
     wait_for(&cluster.file, "broker 4 back in sync", |i| {
         placement(i, topic).filter(|p| p.leader == follower && p.isr.contains(&NOT_A_VOTER))

@@ -70,6 +70,7 @@ pub async fn metadata(ctx: &ApiContext, req: MetadataRequest, version: i16) -> M
     response.brokers = cluster
         .brokers()
         .iter()
+        .filter(|b| ctx.metadata.as_ref().is_none_or(|m| m.lists(b.id)))
         .map(|b| {
             let mut broker = MetadataResponseBroker::default();
             broker.node_id = BrokerId(b.id);

@@ -112,6 +112,23 @@ impl BrokerMetadata {
         current && session.confirmed_at.elapsed() < self.session_timeout
     }
 
+    /// Whether Metadata answers name `broker` among the cluster's brokers. As in Kafka, only
+    /// registered, unfenced ones; and this broker leaves itself out while it may not lead (a
+    /// registration unconfirmed past its session: cut off from the quorum, it has nothing
+    /// current to tell). A client keeps asking a broker it is connected to while that broker
+    /// is listed; one left out is dropped, and the client asks a broker that knows the
+    /// current leaders. With no image yet, every broker is named.
+    pub fn lists(&self, broker: i32) -> bool {
+        let Some(image) = self.image.load_full() else {
+            return true;
+        };
+        if broker == self.local {
+            self.may_lead(&image)
+        } else {
+            image.broker(broker).is_some_and(|b| !b.fenced)
+        }
+    }
+
     /// Whether `broker` may fetch as a replica: registered and not fenced in the newest image
     /// this broker has (with none yet, nobody may), and fetching at the broker epoch of that
     /// registration (a fetch without one, v14 or older, is refused too: only a client or a
