@@ -592,3 +592,88 @@ fn a_failover_workload_kills_the_leader_and_reads_every_acked_message_back() {
     assert_eq!(records[0]["status"], "ok", "the killed leader is no crash");
     assert_eq!(f.leftover_processes(), Vec::<String>::new());
 }
+
+/// Writes the CPUs it may use beside its data directory, then runs the real broker.
+const BROKER_RECORDING_CPUS: &str = "#!/bin/sh
+for arg; do [ \"$previous\" = --data-dir ] && dir=$arg; previous=$arg; done
+grep Cpus_allowed_list /proc/self/status > \"$dir.cpus\"
+exec \"$CHRONIK_E2E_BROKER\" \"$@\"
+";
+
+/// `0-2,5` as [0, 1, 2, 5].
+fn cpu_list(text: &str) -> Vec<usize> {
+    let list = text.split_whitespace().last().unwrap_or_default();
+    list.split(',')
+        .flat_map(|range| {
+            let (a, b) = range.split_once('-').unwrap_or((range, range));
+            a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap()
+        })
+        .collect()
+}
+
+/// A workload on disjoint cores starts its broker on a part of the CPUs the harness may use,
+/// and the trial is valid.
+#[test]
+fn a_disjoint_workload_runs_the_broker_on_a_part_of_the_cpus() {
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let own = cpu_list(
+        status
+            .lines()
+            .find(|l| l.starts_with("Cpus_allowed_list"))
+            .unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repository::init(dir.path().join("repo")).unwrap();
+    commit(
+        &repo,
+        &[
+            (".chronik-target.toml", TARGET_TOML),
+            ("build.sh", BUILD_OK),
+            ("broker.sh", BROKER_RECORDING_CPUS),
+        ],
+        "a broker that says where it runs",
+    );
+    fs::create_dir_all(dir.path().join("workloads")).unwrap();
+    let disjoint = WORKLOAD.replace("acks = \"1\"", "acks = \"1\"\ncores = \"disjoint\"");
+    fs::write(dir.path().join("workloads/e2e.toml"), disjoint).unwrap();
+    let f = Fixture {
+        dir,
+        commits: std::collections::HashMap::new(),
+    };
+    let run = f.harness(&["run", "--rev=HEAD", "--workload=e2e", "--trials=1"]);
+    if own.len() < 2 {
+        assert_eq!(
+            run.status.code(),
+            Some(EXIT_INFRA),
+            "one CPU cannot be split"
+        );
+        return;
+    }
+    assert_eq!(run.status.code(), Some(0));
+    assert_eq!(f.records("e2e")[0]["status"], "ok");
+    let recorded: Vec<_> = walk(&f.root().join("work"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "cpus"))
+        .collect();
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    let broker = cpu_list(&fs::read_to_string(&recorded[0]).unwrap());
+    assert_eq!(
+        broker,
+        own[..own.len().div_ceil(2)],
+        "the first half of {own:?}"
+    );
+    assert_eq!(f.leftover_processes(), Vec::<String>::new());
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

@@ -3,6 +3,7 @@
 //! what a trial gives the statistics (`summary`), and the disk's own fdatasync floor with no
 //! broker (`disk_probe`).
 
+pub mod cores;
 pub mod disk_probe;
 pub mod leader;
 pub mod runner;

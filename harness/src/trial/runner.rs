@@ -8,10 +8,12 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use chronik_bench_schema::BenchReport;
+use rustix::thread::CpuSet;
 use serde::{Deserialize, Serialize};
 
 use crate::build::process::{signal_group, tail, GroupChild};
 use crate::build::target::TargetConfig;
+use crate::trial::cores;
 use crate::trial::leader;
 use crate::trial::workload::Workload;
 
@@ -84,16 +86,22 @@ impl TrialRunner {
         if let Err(e) = std::fs::create_dir_all(dir.join("data")) {
             return infra("creating the trial directory", &e);
         }
-        let mut brokers = match self.start_brokers(dir, broker_bin, workload) {
-            Ok(brokers) => brokers,
-            Err(failed) => return *failed,
+        let placement = match workload.cores.placement() {
+            Ok(placement) => placement,
+            Err(e) => return infra("placing the trial's processes", &e),
         };
+        let mut brokers =
+            match self.start_brokers(dir, broker_bin, workload, placement.map(|p| p.brokers)) {
+                Ok(brokers) => brokers,
+                Err(failed) => return *failed,
+            };
         if let Err(failed) = self.wait_until_ready(&mut brokers) {
             return *failed;
         }
         let json = dir.join("bench.json");
         let cpu_before = cluster_cpu_s(&brokers);
-        let mut bench = match self.spawn_bench(dir, &json, workload, &brokers) {
+        let generator = placement.map(|p| p.generator);
+        let mut bench = match self.spawn_bench(dir, &json, workload, &brokers, generator) {
             Ok(child) => child,
             Err(e) => {
                 stop_all(&mut brokers);
@@ -171,6 +179,7 @@ impl TrialRunner {
         json: &Path,
         workload: &Workload,
         brokers: &[TrialBroker],
+        cpus: Option<CpuSet>,
     ) -> std::io::Result<GroupChild> {
         let bootstrap = brokers
             .iter()
@@ -185,7 +194,7 @@ impl TrialRunner {
             .stderr(
                 std::fs::File::create(dir.join("bench.stderr")).map_or(Stdio::null(), Stdio::from),
             );
-        GroupChild::spawn(bench_cmd)
+        cores::spawn_on(cpus.as_ref(), || GroupChild::spawn(bench_cmd))
     }
 
     /// Waits until every broker accepts connections; a broker that exits first, or the
@@ -358,6 +367,7 @@ impl TrialRunner {
         dir: &Path,
         broker_bin: &Path,
         workload: &Workload,
+        cpus: Option<CpuSet>,
     ) -> Result<Vec<TrialBroker>, Box<TrialOutcome>> {
         let infra = |what: &str, e: &dyn std::fmt::Display| {
             Box::new(TrialOutcome::failed(
@@ -403,7 +413,7 @@ impl TrialRunner {
                 .stdin(Stdio::null())
                 .stdout(stdout)
                 .stderr(stderr);
-            match GroupChild::spawn(command) {
+            match cores::spawn_on(cpus.as_ref(), || GroupChild::spawn(command)) {
                 Ok(child) => brokers.push(TrialBroker {
                     child,
                     addr: SocketAddr::from(([127, 0, 0, 1], *port)),

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::HarnessError;
+use crate::trial::cores::Cores;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -71,6 +72,10 @@ pub struct Workload {
     /// checks every acknowledged message against a read-back (`--verify-acked`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kill_leader_after_s: Option<u64>,
+    /// Where the brokers and the load generator run: `shared` CPUs (left out of the hash, so
+    /// workloads from before keep theirs) or `disjoint` halves of them.
+    #[serde(default, skip_serializing_if = "Cores::is_shared")]
+    pub cores: Cores,
     pub limits: Limits,
 }
 
@@ -381,7 +386,12 @@ mod tests {
         assert_eq!(w.brokers, 1);
         let json = serde_json::to_string(&w).unwrap();
         assert!(!json.contains("brokers") && !json.contains("replication_factor"));
-        assert!(!json.contains("controllers"));
+        assert!(!json.contains("controllers") && !json.contains("cores"));
+        let disjoint = Workload {
+            cores: Cores::Disjoint,
+            ..w.clone()
+        };
+        assert_ne!(disjoint.hash(), w.hash());
         let cluster = Workload {
             brokers: 2,
             replication_factor: 2,
