@@ -291,6 +291,7 @@ fn recover(
                 group_commit_bytes_max: config.group_commit_bytes_max,
                 segment_bytes_max: config.wal_segment_bytes,
                 queued_bytes_max: config.wal_queued_bytes_max,
+                simulated_fsync: config.simulated_fsync,
             },
             recovered.closed,
             fail_stop.clone(),

@@ -252,3 +252,27 @@ fn consumer_group_resumes_from_committed_offset_after_restart() {
     let rest = read(&second, 60);
     assert_eq!(rest, sent[40..], "resumed right after the committed offset");
 }
+
+/// `--fsync simulated` holds each group commit for its fixed latency in place of the
+/// fdatasync (a disk whose sync always takes the same time): requests sent one after the
+/// other are each acknowledged no sooner.
+#[test]
+fn a_simulated_fsync_holds_every_ack_for_its_latency() {
+    const LATENCY: Duration = Duration::from_millis(50);
+    const REQUESTS: u32 = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let latency = format!("--simulated-fsync-us={}", LATENCY.as_micros());
+    let broker = Broker::start(dir.path(), &["--fsync=simulated", &latency]);
+    assert_eq!(common::wire::create_topic(broker.addr, "simulated", 1), 0);
+    let started = Instant::now();
+    for i in 0..REQUESTS {
+        let batch = common::wire::record_batch(1, 100);
+        let acked = common::wire::produce_at(broker.addr, "simulated", batch);
+        assert_eq!(acked, (0, i64::from(i)));
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= LATENCY * REQUESTS,
+        "{REQUESTS} acks one after the other in {took:?}"
+    );
+}

@@ -31,6 +31,10 @@ pub enum FsyncPolicy {
     PerAppend,
     /// Never fsync (acks after write(2) only; unsafe, for comparison runs).
     Never,
+    /// Instead of each group commit's fdatasync, wait `--simulated-fsync-us`: a disk whose
+    /// sync always takes the same time. For comparisons of code that must not carry the
+    /// disk's own variation (acks are not durable: never for data that matters).
+    Simulated,
 }
 
 #[derive(Debug, Clone, Error)]
@@ -65,6 +69,8 @@ pub struct WalWriterConfig {
     pub segment_bytes_max: u64,
     /// Bytes queued for the writer across all appends; `reserve` waits beyond it.
     pub queued_bytes_max: usize,
+    /// What a sync takes under `FsyncPolicy::Simulated`.
+    pub simulated_fsync: Duration,
 }
 
 /// One produce request's frames for one partition.
@@ -286,6 +292,11 @@ impl Writer {
                 .try_for_each(|append| self.write_durably(std::slice::from_ref(append))),
             FsyncPolicy::Group => self.write_durably(group),
             FsyncPolicy::Never => self.write(group),
+            FsyncPolicy::Simulated => {
+                self.write(group)?;
+                std::thread::sleep(self.config.simulated_fsync);
+                Ok(())
+            }
         }
     }
 
