@@ -92,3 +92,47 @@ fn producer_ids_never_repeat_across_restarts() {
         "{after} reissued or below {before:?}"
     );
 }
+
+/// A producer whose acks were lost to a broker's crash sends its last batches again to the
+/// restarted broker: each is answered with the offset it was first stored at and stored once
+/// (the restarted broker rebuilds each producer's last batches from the log it recovers).
+#[test]
+fn batches_retried_after_a_crash_are_answered_with_their_first_offsets_and_stored_once() {
+    const BATCHES: usize = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(dir.path(), &[]);
+    create_topic(broker.addr, "crash-retried", 1);
+    let batches: Vec<_> = (0..BATCHES)
+        .map(|i| record_batch_by(writer((i * RECORDS_PER_BATCH) as i32), RECORDS_PER_BATCH, 8))
+        .collect();
+    let first_offset = |i: usize| (i * RECORDS_PER_BATCH) as i64;
+    for (i, batch) in batches.iter().enumerate() {
+        assert_eq!(
+            produce_at(broker.addr, "crash-retried", batch.clone()),
+            (0, first_offset(i))
+        );
+    }
+    broker.kill9();
+    broker.restart();
+    for (i, batch) in batches.iter().enumerate().rev() {
+        assert_eq!(
+            produce_at(broker.addr, "crash-retried", batch.clone()),
+            (0, first_offset(i)),
+            "batch {i} retried after the restart"
+        );
+    }
+    let next = record_batch_by(
+        writer((BATCHES * RECORDS_PER_BATCH) as i32),
+        RECORDS_PER_BATCH,
+        8,
+    );
+    assert_eq!(
+        produce_at(broker.addr, "crash-retried", next),
+        (0, first_offset(BATCHES)),
+        "the producer's next batch follows the last one directly"
+    );
+    let all = (BATCHES + 1) * RECORDS_PER_BATCH;
+    let got = common::consume_partition(&broker.bootstrap(), "crash-retried", 0, all);
+    let offsets: Vec<i64> = got.iter().map(|(o, _)| *o).collect();
+    assert_eq!(offsets, (0..all as i64).collect::<Vec<_>>());
+}
