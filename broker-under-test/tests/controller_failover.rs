@@ -344,6 +344,17 @@ fn a_leader_cut_off_from_the_quorum_acknowledges_nothing_more() {
         assert!(Instant::now() < deadline, "broker 4 kept leading");
         std::thread::sleep(Duration::from_millis(50));
     }
+    let view = common::wire::metadata_of(alone, topic);
+    let named: Vec<i32> = view.brokers.iter().map(|b| b.node_id.0).collect();
+    assert!(
+        !named.contains(&(NOT_A_VOTER as i32)),
+        "still names itself: {named:?}"
+    );
+    assert!(
+        named.contains(&view.controller_id.0),
+        "sends admin requests to {} of {named:?}",
+        view.controller_id.0
+    );
     // The new leader takes writes; the cut heals and broker 4 follows it again.
     acked.extend(produce_acked_through(
         &alone.to_string(),

@@ -86,8 +86,14 @@ pub async fn metadata(ctx: &ApiContext, req: MetadataRequest, version: i16) -> M
         })
         .collect();
     response.cluster_id = Some(str_bytes(CLUSTER_ID));
-    // No controller elects anything here; clients only need a live broker id.
-    response.controller_id = BrokerId(cluster.local_id());
+    // Clients send admin requests to the "controller": any broker named above will do (as
+    // under KRaft, whose controllers clients never reach): this one, unless it left itself out.
+    let local = BrokerId(cluster.local_id());
+    response.controller_id = if response.brokers.iter().any(|b| b.node_id == local) {
+        local
+    } else {
+        response.brokers.first().map_or(BrokerId(-1), |b| b.node_id)
+    };
     let wanted: Option<Vec<String>> =
         req.topics
             .filter(|t| !(version == 0 && t.is_empty()))

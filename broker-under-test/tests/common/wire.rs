@@ -367,7 +367,8 @@ pub fn topic_id(addr: SocketAddr, topic: &str) -> uuid::Uuid {
     metadata_of(addr, topic).topics[0].topic_id
 }
 
-fn metadata_of(addr: SocketAddr, topic: &str) -> kafka_protocol::messages::MetadataResponse {
+/// Metadata v12 of `topic`, asked of the broker at `addr` alone.
+pub fn metadata_of(addr: SocketAddr, topic: &str) -> kafka_protocol::messages::MetadataResponse {
     use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
     use kafka_protocol::messages::{MetadataRequest, MetadataResponse, TopicName};
     let mut t = MetadataRequestTopic::default();
