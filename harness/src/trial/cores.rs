@@ -2,8 +2,9 @@
 //! taken): the broker and the load generator may use every CPU the harness may, and the
 //! scheduler moves them about; each steals the other's cycles mid-run. `disjoint`: the
 //! brokers on one half of those CPUs, the generator on the other, so neither waits for a CPU
-//! the other holds; less noise per trial on a small machine, at the price of each side
-//! having fewer CPUs.
+//! the other holds, at the price of each side having fewer. On 2 cores that halved the
+//! broker's CPU per message but did not make trials less noisy (BENCHMARKS.md, "What buys
+//! power per minute"); the fixed-latency sync did.
 
 use rustix::thread::{sched_getaffinity, sched_setaffinity, CpuSet};
 use serde::{Deserialize, Serialize};
