@@ -128,6 +128,20 @@ impl Fixture {
         Self { dir, commits }
     }
 
+    /// A repository of one commit of `files` and a workload directory holding `workload`
+    /// (its name, its file's text).
+    fn one_commit(files: &[(&str, &str)], (name, text): (&str, &str)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(dir.path().join("repo")).unwrap();
+        commit(&repo, files, "the only commit");
+        fs::create_dir_all(dir.path().join("workloads")).unwrap();
+        fs::write(dir.path().join(format!("workloads/{name}.toml")), text).unwrap();
+        Self {
+            dir,
+            commits: std::collections::HashMap::new(),
+        }
+    }
+
     fn root(&self) -> &Path {
         self.dir.path()
     }
@@ -551,27 +565,14 @@ longest_ack_gap_max_s = 30.0
 /// offset, the time without an ack is reported and judged, and no process is left behind.
 #[test]
 fn a_failover_workload_kills_the_leader_and_reads_every_acked_message_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = Repository::init(dir.path().join("repo")).unwrap();
-    commit(
-        &repo,
+    let f = Fixture::one_commit(
         &[
             (".chronik-target.toml", FAILOVER_TARGET_TOML),
             ("build.sh", BUILD_OK),
             ("broker.sh", BROKER_FAST),
         ],
-        "a cluster target",
+        ("failover", FAILOVER_WORKLOAD),
     );
-    fs::create_dir_all(dir.path().join("workloads")).unwrap();
-    fs::write(
-        dir.path().join("workloads/failover.toml"),
-        FAILOVER_WORKLOAD,
-    )
-    .unwrap();
-    let f = Fixture {
-        dir,
-        commits: std::collections::HashMap::new(),
-    };
     let out = f.root().join("run.json");
     let run = f.harness(&[
         "run",
@@ -622,24 +623,15 @@ fn a_disjoint_workload_runs_the_broker_on_a_part_of_the_cpus() {
             .find(|l| l.starts_with("Cpus_allowed_list"))
             .unwrap(),
     );
-    let dir = tempfile::tempdir().unwrap();
-    let repo = Repository::init(dir.path().join("repo")).unwrap();
-    commit(
-        &repo,
+    let disjoint = WORKLOAD.replace("acks = \"1\"", "acks = \"1\"\ncores = \"disjoint\"");
+    let f = Fixture::one_commit(
         &[
             (".chronik-target.toml", TARGET_TOML),
             ("build.sh", BUILD_OK),
             ("broker.sh", BROKER_RECORDING_CPUS),
         ],
-        "a broker that says where it runs",
+        ("e2e", &disjoint),
     );
-    fs::create_dir_all(dir.path().join("workloads")).unwrap();
-    let disjoint = WORKLOAD.replace("acks = \"1\"", "acks = \"1\"\ncores = \"disjoint\"");
-    fs::write(dir.path().join("workloads/e2e.toml"), disjoint).unwrap();
-    let f = Fixture {
-        dir,
-        commits: std::collections::HashMap::new(),
-    };
     let run = f.harness(&["run", "--rev=HEAD", "--workload=e2e", "--trials=1"]);
     if own.len() < 2 {
         assert_eq!(
