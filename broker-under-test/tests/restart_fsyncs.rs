@@ -10,9 +10,9 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::strace::{self, calls, strace_works, Call};
 use common::wire::{create_topic, produce_at, record_batch};
 use common::Broker;
 
@@ -27,91 +27,12 @@ const TOPIC: &str = "restart";
 const RETIRE_DEADLINE: Duration = Duration::from_secs(30);
 const SYSCALLS: &str = "trace=fsync,fdatasync,rename,renameat,renameat2,unlink,unlinkat";
 
-/// Whether strace may trace here (ptrace can be forbidden in a container).
-fn strace_works() -> bool {
-    Command::new("strace")
-        .args(["-qq", "-o", "/dev/null", "true"])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// The broker under strace, in its own process group, stopped as a group when dropped.
-struct Traced(Child);
-
-impl Drop for Traced {
-    fn drop(&mut self) {
-        let group = format!("-{}", self.0.id());
-        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_traced(data_dir: &Path, trace: &Path, args: &[&str]) -> Traced {
-    use std::os::unix::process::CommandExt;
-    let child = Command::new("strace")
-        .args(["-f", "-qq", "-y", "-e", SYSCALLS, "-o"])
-        .arg(trace)
-        .arg("--")
-        .arg(env!("CARGO_BIN_EXE_chronik-broker"))
-        .arg("--listen=127.0.0.1:0")
-        .arg(format!("--data-dir={}", data_dir.display()))
-        .args(args)
-        .env("CHRONIK_LOG", "warn")
-        .stdout(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("spawn strace");
-    Traced(child)
-}
-
-/// One completed system call of the trace: its name and its text up to the result, with a
-/// call that strace split across threads (`<unfinished ...>`, then `<... resumed>`) joined.
-struct Call {
-    name: String,
-    text: String,
-    ok: bool,
-}
-
-/// The completed calls of an `strace -f` trace, in the order they returned.
-fn calls(trace: &str) -> Vec<Call> {
-    let mut unfinished: std::collections::HashMap<String, String> = Default::default();
-    let mut out = Vec::new();
-    for line in trace.lines() {
-        let Some((pid, rest)) = line.split_once(' ') else {
-            continue;
-        };
-        let rest = rest.trim_start();
-        if let Some(start) = rest.strip_suffix(" <unfinished ...>") {
-            unfinished.insert(pid.to_owned(), start.to_owned());
-            continue;
-        }
-        let text = match rest.strip_prefix("<... ") {
-            Some(resumed) => {
-                let Some(start) = unfinished.remove(pid) else {
-                    continue;
-                };
-                let tail = resumed.split_once(" resumed>").map_or("", |(_, t)| t);
-                format!("{start}{tail}")
-            }
-            None => rest.to_owned(),
-        };
-        let Some((name, _)) = text.split_once('(') else {
-            continue;
-        };
-        out.push(Call {
-            name: name.to_owned(),
-            ok: text.ends_with("= 0"),
-            text,
-        });
-    }
-    out
-}
-
 /// The calls before the first retirement of a WAL segment (a successful rename or unlink of a
 /// `.wal` file), if one happened.
 fn before_first_retirement(calls: &[Call]) -> Option<&[Call]> {
     let retired = calls.iter().position(|c| {
-        c.ok && (c.name.starts_with("rename") || c.name.starts_with("unlink"))
+        c.ok()
+            && (c.name.starts_with("rename") || c.name.starts_with("unlink"))
             && c.text.contains(".wal\"")
     })?;
     Some(&calls[..retired])
@@ -121,12 +42,8 @@ fn before_first_retirement(calls: &[Call]) -> Option<&[Call]> {
 fn synced_paths(calls: &[Call]) -> BTreeSet<PathBuf> {
     calls
         .iter()
-        .filter(|c| c.ok && (c.name == "fsync" || c.name == "fdatasync"))
-        .filter_map(|c| {
-            let start = c.text.find('<')? + 1;
-            let end = c.text[start..].find('>')? + start;
-            Some(PathBuf::from(&c.text[start..end]))
-        })
+        .filter(|c| c.ok() && (c.name == "fsync" || c.name == "fdatasync"))
+        .filter_map(|c| Some(PathBuf::from(strace::fd_path(c.args().first()?)?)))
         .collect()
 }
 
@@ -184,7 +101,12 @@ fn a_restart_fsyncs_every_unsynced_segment_before_it_retires_the_wal() {
     );
 
     let trace_path = dir.path().join("restart.strace");
-    let traced = start_traced(&data, &trace_path, &args);
+    let trace_arg = trace_path.display().to_string();
+    let mut traced = Broker::start_traced(
+        &data,
+        &args,
+        &["-f", "-qq", "-y", "-e", SYSCALLS, "-o", &trace_arg],
+    );
     let deadline = Instant::now() + RETIRE_DEADLINE;
     let synced = loop {
         let trace = calls(&std::fs::read_to_string(&trace_path).unwrap_or_default());
@@ -197,7 +119,7 @@ fn a_restart_fsyncs_every_unsynced_segment_before_it_retires_the_wal() {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    drop(traced);
+    traced.kill9();
 
     let part = part.canonicalize().unwrap();
     let unsynced: Vec<String> = exposed

@@ -2,8 +2,10 @@
 //! process group, always stopped (by pid) when the handle drops.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod power_cut;
 pub mod proxy;
 pub mod quorum;
+pub mod strace;
 pub mod wire;
 
 use std::io::{BufRead, BufReader};
@@ -31,13 +33,15 @@ pub struct Broker {
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
     args: Vec<String>,
+    /// The child is strace, the broker its child.
+    traced: bool,
 }
 
 /// Runs the broker under `prlimit` (util-linux) with `limits` (e.g. `--nofile=64`), through a
 /// shell that ignores SIGXFSZ first, so a write past `--fsize` fails with EFBIG, the way a full
 /// disk fails a write, instead of killing the process. Both `exec`, so the pid is the broker's.
 fn command(limits: &[&str]) -> Command {
-    let broker = env!("CARGO_BIN_EXE_chronik-broker");
+    let broker = broker_binary();
     if limits.is_empty() {
         return Command::new(broker);
     }
@@ -45,8 +49,17 @@ fn command(limits: &[&str]) -> Command {
     command
         .args(["-c", r#"trap '' XFSZ; exec prlimit "$@""#, "sh"])
         .args(limits)
-        .args(["--", broker]);
+        .arg("--")
+        .arg(broker);
     command
+}
+
+/// The broker binary the tests start: this build's, or the one `CHRONIK_TEST_BROKER_BIN`
+/// names (to show that a test finds a hole in a build from before its fix).
+pub fn broker_binary() -> PathBuf {
+    std::env::var_os("CHRONIK_TEST_BROKER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_chronik-broker")))
 }
 
 fn spawn(
@@ -55,7 +68,16 @@ fn spawn(
     limits: &[&str],
     stderr: Stdio,
 ) -> std::io::Result<Child> {
-    let mut command = command(limits);
+    spawn_as(command(limits), data_dir, args, stderr)
+}
+
+/// Starts `command` (the broker, or a tracer that runs it) with the broker's arguments.
+fn spawn_as(
+    mut command: Command,
+    data_dir: &Path,
+    args: &[String],
+    stderr: Stdio,
+) -> std::io::Result<Child> {
     // A cluster member listens on its address in the cluster file.
     if !args.iter().any(|a| a.starts_with("--cluster")) {
         command.arg("--listen=127.0.0.1:0");
@@ -114,23 +136,56 @@ impl Broker {
         Self::start_with(data_dir, args, &[], Stdio::from(log))
     }
 
+    /// Starts the broker with its log written to `log`; the reason when it does not come up
+    /// (its exit status, or the wait timing out), instead of a panic.
+    pub fn try_start_logging_to(
+        data_dir: &Path,
+        args: &[&str],
+        log: std::fs::File,
+    ) -> Result<Self, String> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let child = spawn(data_dir, &args, &[], Stdio::from(log)).map_err(|e| e.to_string())?;
+        Self::come_up(child, data_dir, args, false)
+    }
+
+    /// Starts the broker under strace (`strace_args`, which name the trace file); stopping it
+    /// kills the broker alone and waits for strace to finish writing the trace.
+    pub fn start_traced(data_dir: &Path, args: &[&str], strace_args: &[&str]) -> Self {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let mut strace = Command::new("strace");
+        strace.args(strace_args).arg("--").arg(broker_binary());
+        let child = spawn_as(strace, data_dir, &args, Stdio::inherit()).expect("spawn strace");
+        Self::come_up(child, data_dir, args, true).unwrap_or_else(|err| panic!("{err}"))
+    }
+
+    fn come_up(
+        mut child: Child,
+        data_dir: &Path,
+        args: Vec<String>,
+        traced: bool,
+    ) -> Result<Self, String> {
+        match wait_listening(&mut child) {
+            Ok(addr) => Ok(Self {
+                child: Some(child),
+                addr,
+                data_dir: data_dir.to_path_buf(),
+                args,
+                traced,
+            }),
+            Err(err) => {
+                let _ = Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{}", child.id())])
+                    .status();
+                let status = child.wait();
+                Err(format!("{err} (exit: {status:?})"))
+            }
+        }
+    }
+
     fn start_with(data_dir: &Path, args: &[&str], limits: &[&str], stderr: Stdio) -> Self {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let mut child = spawn(data_dir, &args, limits, stderr).expect("spawn chronik-broker");
-        let addr = match wait_listening(&mut child) {
-            Ok(addr) => addr,
-            Err(err) => {
-                let _ = child.kill();
-                let status = child.wait();
-                panic!("{err} (exit: {status:?})");
-            }
-        };
-        Self {
-            child: Some(child),
-            addr,
-            data_dir: data_dir.to_path_buf(),
-            args,
-        }
+        let child = spawn(data_dir, &args, limits, stderr).expect("spawn chronik-broker");
+        Self::come_up(child, data_dir, args, false).unwrap_or_else(|err| panic!("{err}"))
     }
 
     /// Starts the broker expecting it to refuse; returns its exit status.
@@ -186,6 +241,23 @@ impl Broker {
     /// SIGKILL, like a crash: nothing is flushed.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
+            if self.traced {
+                // Killing strace too could lose the end of its trace: kill the broker, and
+                // strace writes the rest and exits; the group goes if it does not.
+                let id = child.id();
+                let tracee = std::fs::read_to_string(format!("/proc/{id}/task/{id}/children"))
+                    .unwrap_or_default();
+                for pid in tracee.split_whitespace() {
+                    let _ = Command::new("kill").args(["-KILL", pid]).status();
+                }
+                let deadline = Instant::now() + START_TIMEOUT;
+                while Instant::now() < deadline && child.try_wait().ok().flatten().is_none() {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{id}")])
+                    .status();
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
