@@ -28,7 +28,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use common::power_cut::{strace_args, Recording, Survival};
 use common::strace::strace_works;
-use common::wire::{create_topic, fetch_all, produce_to, record_batch_of, PLAIN};
+use common::wire::{
+    commit_offset, committed_offset, create_topic, fetch_all, init_producer_id, produce_to,
+    record_batch_of, PLAIN,
+};
 use common::{env_u64, Broker, Rng};
 
 const DEFAULT_STATES: u64 = 300;
@@ -52,6 +55,10 @@ const PRODUCE_PAUSE: Duration = Duration::from_millis(3);
 const RETIRE_DEADLINE: Duration = Duration::from_secs(30);
 /// After the first retirement, time for a few more checkpoints before the kill.
 const AFTER_RETIRE: Duration = Duration::from_millis(1200);
+/// Every this many batches the run commits an offset and takes a producer id, so the offset
+/// log and the producer-id file are in the recording too.
+const SIDE_WRITES_EVERY: u64 = 20;
+const GROUP: &str = "cut-readers";
 /// Failures printed in full; the rest are counted.
 const FAILURES_SHOWN: usize = 8;
 
@@ -80,14 +87,30 @@ fn id_of(value: &[u8]) -> Option<u64> {
     std::str::from_utf8(value.get(..16)?).ok()?.parse().ok()
 }
 
+/// An offset commit the broker acknowledged, and when.
+struct Commit {
+    partition: i32,
+    offset: i64,
+    at: f64,
+}
+
+/// What the broker acknowledged over the run.
+#[derive(Default)]
+struct Acked {
+    writes: Vec<Ack>,
+    commits: Vec<Commit>,
+    /// Producer ids handed out, and when.
+    producer_ids: Vec<(i64, f64)>,
+}
+
 /// The recorded run: both lives' operations and every ack.
 struct Run {
     recording: Recording,
-    acks: Vec<Ack>,
+    acked: Acked,
     topic_created_at: f64,
 }
 
-fn produce_batches(broker: &Broker, ids: std::ops::Range<u64>, acks: &mut Vec<Ack>) {
+fn produce_batches(broker: &Broker, ids: std::ops::Range<u64>, acked: &mut Acked) {
     for id in ids {
         let partition = (id % PARTITIONS as u64) as i32;
         let (error, offset) = produce_to(
@@ -98,12 +121,23 @@ fn produce_batches(broker: &Broker, ids: std::ops::Range<u64>, acks: &mut Vec<Ac
         );
         let at = now();
         assert_eq!(error, 0, "batch {id} refused");
-        acks.push(Ack {
+        acked.writes.push(Ack {
             partition,
             offset,
             id,
             at,
         });
+        if id % SIDE_WRITES_EVERY == 0 {
+            let error = commit_offset(broker.addr, GROUP, (TOPIC, partition), offset + 1);
+            assert_eq!(error, 0, "offset commit refused");
+            acked.commits.push(Commit {
+                partition,
+                offset: offset + 1,
+                at: now(),
+            });
+            let producer_id = init_producer_id(broker.addr);
+            acked.producer_ids.push((producer_id, now()));
+        }
         std::thread::sleep(PRODUCE_PAUSE);
     }
 }
@@ -126,14 +160,14 @@ fn record_run(dir: &Path) -> Run {
         dir.join("first-life.strace"),
         dir.join("second-life.strace"),
     ];
-    let mut acks = Vec::new();
+    let mut acked = Acked::default();
 
     let first_args = strace_args(&traces[0]);
     let first_args: Vec<&str> = first_args.iter().map(String::as_str).collect();
     let mut first = Broker::start_traced(&data, &BROKER_ARGS, &first_args);
     assert_eq!(create_topic(first.addr, TOPIC, PARTITIONS), 0);
     let topic_created_at = now();
-    produce_batches(&first, 0..FIRST_LIFE_BATCHES, &mut acks);
+    produce_batches(&first, 0..FIRST_LIFE_BATCHES, &mut acked);
     first.kill9();
 
     let oldest = oldest_wal_segment(&data).expect("the first life left WAL segments");
@@ -141,7 +175,7 @@ fn record_run(dir: &Path) -> Run {
     let second_args: Vec<&str> = second_args.iter().map(String::as_str).collect();
     let mut second = Broker::start_traced(&data, &BROKER_ARGS, &second_args);
     let total = FIRST_LIFE_BATCHES + SECOND_LIFE_BATCHES;
-    produce_batches(&second, FIRST_LIFE_BATCHES..total, &mut acks);
+    produce_batches(&second, FIRST_LIFE_BATCHES..total, &mut acked);
     let deadline = Instant::now() + RETIRE_DEADLINE;
     while oldest_wal_segment(&data).is_some_and(|now_oldest| now_oldest <= oldest) {
         assert!(
@@ -159,7 +193,7 @@ fn record_run(dir: &Path) -> Run {
     }
     Run {
         recording,
-        acks,
+        acked,
         topic_created_at,
     }
 }
@@ -180,7 +214,12 @@ fn check_state(run: &Run, cut_before: f64, state_dir: &Path, log: &Path) -> Resu
         // The topic may be gone with the cut; nothing was acked yet.
         return Ok(());
     }
-    let acked: Vec<&Ack> = run.acks.iter().filter(|a| a.at < cut_before).collect();
+    let acked: Vec<&Ack> = run
+        .acked
+        .writes
+        .iter()
+        .filter(|a| a.at < cut_before)
+        .collect();
     let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut seen = HashSet::new();
         for partition in 0..PARTITIONS {
@@ -234,6 +273,35 @@ fn check_state(run: &Run, cut_before: f64, state_dir: &Path, log: &Path) -> Resu
                     ),
                 ));
             }
+            let committed = committed_offset(broker.addr, GROUP, (TOPIC, partition));
+            let last_acked = run
+                .acked
+                .commits
+                .iter()
+                .filter(|c| c.partition == partition && c.at < cut_before)
+                .map(|c| c.offset)
+                .max();
+            // Commits only grow here: a later one may have survived too.
+            if last_acked.is_some_and(|last| committed < last) {
+                return Err((
+                    "an acked offset commit lost",
+                    format!("{TOPIC}-{partition}: committed {committed}, acked {last_acked:?}"),
+                ));
+            }
+        }
+        let issued = run
+            .acked
+            .producer_ids
+            .iter()
+            .filter(|(_, at)| *at < cut_before)
+            .map(|(id, _)| *id)
+            .max();
+        let next = init_producer_id(broker.addr);
+        if issued.is_some_and(|issued| next <= issued) {
+            return Err((
+                "a producer id handed out again",
+                format!("{next} after {issued:?} was acknowledged"),
+            ));
         }
         Ok(())
     }));
@@ -309,7 +377,7 @@ fn every_crash_state_of_a_recorded_run_keeps_every_acked_write() {
          syncs or name changes), {} acks; seed {seed:#x}; {:.0?}",
         failures.len(),
         barriers.len(),
-        run.acks.len(),
+        run.acked.writes.len(),
         started.elapsed()
     );
     if !failures.is_empty() {

@@ -59,34 +59,16 @@ fn one_request_carrying_a_batch_twice_stores_it_once() {
     assert_eq!(offsets, (0..RECORDS_PER_BATCH as i64).collect::<Vec<_>>());
 }
 
-/// InitProducerId v1 without a transactional id: the producer id the broker hands out.
-fn init_producer_id(addr: std::net::SocketAddr) -> i64 {
-    use kafka_protocol::messages::{
-        ApiKey, InitProducerIdRequest, InitProducerIdResponse, ResponseHeader,
-    };
-    use kafka_protocol::protocol::Decodable;
-    use std::io::Write;
-    let mut request = InitProducerIdRequest::default();
-    request.transactional_id = None;
-    request.transaction_timeout_ms = 60_000;
-    let mut s = common::wire::connect(addr);
-    s.write_all(&common::wire::frame(ApiKey::InitProducerId, 1, 1, &request))
-        .unwrap();
-    let mut body = common::wire::read_frame(&mut s).expect("InitProducerId response");
-    ResponseHeader::decode(&mut body, 0).unwrap();
-    let response = InitProducerIdResponse::decode(&mut body, 1).unwrap();
-    assert_eq!(response.error_code, 0);
-    response.producer_id.0
-}
-
 #[test]
 fn producer_ids_never_repeat_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = Broker::start(dir.path(), &[]);
-    let before: Vec<i64> = (0..5).map(|_| init_producer_id(broker.addr)).collect();
+    let before: Vec<i64> = (0..5)
+        .map(|_| common::wire::init_producer_id(broker.addr))
+        .collect();
     broker.kill9();
     broker.restart();
-    let after = init_producer_id(broker.addr);
+    let after = common::wire::init_producer_id(broker.addr);
     assert!(
         before.iter().all(|&id| id < after),
         "{after} reissued or below {before:?}"

@@ -27,7 +27,8 @@ use super::Rng;
 const PAGE_BYTES: u64 = 4096;
 
 /// The system calls the recording needs (`-e trace=`).
-pub const SYSCALLS: &str = "trace=open,openat,creat,close,write,pwrite64,writev,pwritev,pwritev2,\
+pub const SYSCALLS: &str =
+    "trace=open,openat,creat,dup,dup2,dup3,fcntl,write,pwrite64,writev,pwritev,pwritev2,\
 ftruncate,truncate,fallocate,fsync,fdatasync,rename,renameat,renameat2,unlink,unlinkat,mkdir,\
 mkdirat,rmdir,link,linkat";
 
@@ -236,9 +237,13 @@ impl Recording {
                 };
                 self.open(path, flags, result, fds)
             }
-            "close" => {
-                if let Some(fd) = fd_number(arg(0)) {
-                    fds.remove(&fd);
+            // A duplicate shares the open file (`File::try_clone`); a shared position only
+            // matters for `write` without an offset on a file not opened for appending.
+            "dup" | "dup2" | "dup3" | "fcntl" => {
+                let duplicates = call.name != "fcntl" || arg(1).starts_with("F_DUPFD");
+                let original = fd_number(arg(0)).and_then(|fd| fds.get(&fd).cloned());
+                if let (true, Some(original)) = (duplicates, original) {
+                    fds.insert(result, original);
                 }
                 vec![]
             }
@@ -555,16 +560,18 @@ fn content_after(changes: &[&Change], synced: usize, survival: Survival, rng: &m
     bytes
 }
 
-/// What a descriptor argument refers to, if the broker opened it under `root` (strace's `-y`
-/// path guards against a number reused for a socket).
+/// What a descriptor argument refers to, if it is a file or directory under `root`.
+///
+/// Closes are not followed: calls are in the order they returned, so a close of descriptor 17
+/// by one thread may return after another thread's open got 17 again. A descriptor keeps what
+/// it was last opened (or duplicated) as, and strace's `-y` path tells a file under the data
+/// directory from a socket that got the number since.
 fn opened<'a>(root: &Path, arg: &str, fds: &'a mut HashMap<i64, Open>) -> Option<&'a mut Open> {
-    let fd = fd_number(arg)?;
     let under_root = fd_path(arg).is_some_and(|p| Path::new(&p).starts_with(root));
     if !under_root {
-        fds.remove(&fd);
         return None;
     }
-    fds.get_mut(&fd)
+    fds.get_mut(&fd_number(arg)?)
 }
 
 /// Moves a name (and, for a directory, everything under it).

@@ -450,3 +450,74 @@ pub fn elect_leaders(addr: SocketAddr, topic: &str, partition: i32, election_typ
     let response = ElectLeadersResponse::decode(&mut body, 1).unwrap();
     response.replica_election_results[0].partition_result[0].error_code
 }
+
+/// InitProducerId v1 without a transactional id: the producer id the broker hands out.
+pub fn init_producer_id(addr: SocketAddr) -> i64 {
+    use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse};
+    let mut request = InitProducerIdRequest::default();
+    request.transactional_id = None;
+    request.transaction_timeout_ms = 60_000;
+    let mut s = connect(addr);
+    s.write_all(&frame(ApiKey::InitProducerId, 1, 1, &request))
+        .unwrap();
+    let mut body = read_frame(&mut s).expect("InitProducerId response");
+    ResponseHeader::decode(&mut body, 0).unwrap();
+    let response = InitProducerIdResponse::decode(&mut body, 1).unwrap();
+    assert_eq!(response.error_code, 0);
+    response.producer_id.0
+}
+
+/// OffsetCommit v2 of a standalone consumer (no member, generation -1); the partition's error
+/// code.
+pub fn commit_offset(
+    addr: SocketAddr,
+    group: &str,
+    (topic, partition): (&str, i32),
+    offset: i64,
+) -> i16 {
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::{GroupId, OffsetCommitRequest, OffsetCommitResponse, TopicName};
+    const VERSION: i16 = 2;
+    let mut p = OffsetCommitRequestPartition::default();
+    p.partition_index = partition;
+    p.committed_offset = offset;
+    let mut t = OffsetCommitRequestTopic::default();
+    t.name = TopicName(StrBytes::from_string(topic.to_owned()));
+    t.partitions = vec![p];
+    let mut request = OffsetCommitRequest::default();
+    request.group_id = GroupId(StrBytes::from_string(group.to_owned()));
+    request.generation_id_or_member_epoch = -1;
+    request.retention_time_ms = -1;
+    request.topics = vec![t];
+    let mut s = connect(addr);
+    s.write_all(&frame(ApiKey::OffsetCommit, VERSION, 1, &request))
+        .unwrap();
+    let mut body = read_frame(&mut s).expect("OffsetCommit response");
+    ResponseHeader::decode(&mut body, 0).unwrap();
+    let response = OffsetCommitResponse::decode(&mut body, VERSION).unwrap();
+    response.topics[0].partitions[0].error_code
+}
+
+/// OffsetFetch v2 of one partition: the group's committed offset (-1 when none).
+pub fn committed_offset(addr: SocketAddr, group: &str, (topic, partition): (&str, i32)) -> i64 {
+    use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+    use kafka_protocol::messages::{GroupId, OffsetFetchRequest, OffsetFetchResponse, TopicName};
+    const VERSION: i16 = 2;
+    let mut t = OffsetFetchRequestTopic::default();
+    t.name = TopicName(StrBytes::from_string(topic.to_owned()));
+    t.partition_indexes = vec![partition];
+    let mut request = OffsetFetchRequest::default();
+    request.group_id = GroupId(StrBytes::from_string(group.to_owned()));
+    request.topics = Some(vec![t]);
+    let mut s = connect(addr);
+    s.write_all(&frame(ApiKey::OffsetFetch, VERSION, 1, &request))
+        .unwrap();
+    let mut body = read_frame(&mut s).expect("OffsetFetch response");
+    ResponseHeader::decode(&mut body, 0).unwrap();
+    let response = OffsetFetchResponse::decode(&mut body, VERSION).unwrap();
+    let p = &response.topics[0].partitions[0];
+    assert_eq!(p.error_code, 0, "OffsetFetch {group} {topic}-{partition}");
+    p.committed_offset
+}
