@@ -40,7 +40,38 @@ const CPU_ALLOWED_SECS: f64 = 0.6;
 fn a_write_past_the_file_size_limit_stops_the_binary_with_exit_74_and_loses_no_ack() {
     let dir = tempfile::tempdir().unwrap();
     let limit = format!("--fsize={FILE_SIZE_LIMIT_BYTES}");
-    let mut broker = Broker::start_limited(dir.path(), &[], &[&limit]);
+    let broker = Broker::start_limited(dir.path(), &[], &[&limit]);
+    stops_with_exit_74_and_loses_no_ack(broker);
+}
+
+/// WAL segments well under the file size limit (each is made at its full size), partition
+/// segments far over it, and each batch written to its segment right after its ack: the first
+/// write that fails is a partition segment's, after the WAL made the batch durable.
+#[test]
+fn a_failed_partition_segment_write_stops_the_binary_and_loses_no_ack() {
+    let dir = tempfile::tempdir().unwrap();
+    let limit = format!("--fsize={FILE_SIZE_LIMIT_BYTES}");
+    let wal_segment = format!("--wal-segment-bytes={}", FILE_SIZE_LIMIT_BYTES / 4);
+    let segment = format!("--segment-bytes={}", FILE_SIZE_LIMIT_BYTES * 16);
+    let log_path = dir.path().join("broker.log");
+    let data = dir.path().join("data");
+    let broker = Broker::start_with(
+        &data,
+        &[&wal_segment, &segment, "--flush-profile=low-latency"],
+        &[&limit],
+        std::process::Stdio::from(std::fs::File::create(&log_path).unwrap()),
+    );
+    stops_with_exit_74_and_loses_no_ack(broker);
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains("flush to segments failed:"),
+        "the broker stopped for another reason: {log}"
+    );
+}
+
+/// Produces until the broker refuses, then checks it exits 74 and that every acked message is
+/// read back after a restart without the limit.
+fn stops_with_exit_74_and_loses_no_ack(mut broker: Broker) {
     let mut acked = Vec::new();
     let mut refused = 0;
     for round in 0..ROUNDS_MAX {

@@ -182,7 +182,9 @@ impl Broker {
         }
     }
 
-    fn start_with(data_dir: &Path, args: &[&str], limits: &[&str], stderr: Stdio) -> Self {
+    /// Starts the broker with resource limits (`prlimit` options) and its log (stderr) to
+    /// `stderr`.
+    pub fn start_with(data_dir: &Path, args: &[&str], limits: &[&str], stderr: Stdio) -> Self {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let child = spawn(data_dir, &args, limits, stderr).expect("spawn chronik-broker");
         Self::come_up(child, data_dir, args, false).unwrap_or_else(|err| panic!("{err}"))
