@@ -38,6 +38,7 @@ pub mod api;
 pub mod batch;
 pub mod broker;
 pub mod cluster;
+mod compression;
 pub mod config;
 pub mod controller;
 pub mod durable_file;

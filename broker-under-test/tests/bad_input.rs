@@ -102,8 +102,8 @@ fn bad_crc_and_oversize_batches_are_rejected_and_never_stored() {
 }
 
 /// A batch whose CRC is valid but whose records are malformed (here: its record claims more
-/// bytes than its fields hold) is refused with INVALID_RECORD and never stored: stored, it
-/// would break every consumer that reads past it.
+/// bytes than its fields hold) is refused with INVALID_RECORD and never stored, compressed or
+/// not: stored, it would break every consumer that reads past it.
 #[test]
 fn a_valid_crc_over_malformed_records_is_refused_and_never_stored() {
     let dir = tempfile::tempdir().unwrap();
@@ -117,10 +117,39 @@ fn a_valid_crc_over_malformed_records_is_refused_and_never_stored() {
     let crc = crc32c::crc32c(&bad[21..]);
     bad[17..21].copy_from_slice(&crc.to_be_bytes());
     assert_eq!(
-        produce(broker.addr, "records", Bytes::from(bad)),
+        produce(broker.addr, "records", Bytes::from(bad.clone())),
         INVALID_RECORD
+    );
+    // The same records gzip-compressed (the CRC covers only the compressed bytes), and a
+    // "gzip" batch whose records do not decompress.
+    let gzipped = with_gzip(&bad[..RECORD_LENGTH_AT], &bad[RECORD_LENGTH_AT..]);
+    assert_eq!(produce(broker.addr, "records", gzipped), INVALID_RECORD);
+    let garbage = with_gzip(&bad[..RECORD_LENGTH_AT], &[]).slice(..RECORD_LENGTH_AT + 4);
+    assert_eq!(
+        produce(broker.addr, "records", reseal(garbage.to_vec())),
+        CORRUPT_MESSAGE
     );
     assert_eq!(produce(broker.addr, "records", record_batch(2, 10)), 0);
     let got = common::consume_partition(&broker.bootstrap(), "records", 0, 2);
     assert_eq!(got.iter().map(|(o, _)| *o).collect::<Vec<_>>(), vec![0, 1]);
+}
+
+/// A batch of `header` (61 bytes) and `records` gzip-compressed, with its length and CRC valid.
+fn with_gzip(header: &[u8], records: &[u8]) -> Bytes {
+    use std::io::Write;
+    const GZIP: u8 = 1;
+    let mut batch = header.to_vec();
+    batch[22] |= GZIP; // the low byte of the attributes
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(records).unwrap();
+    batch.extend(encoder.finish().unwrap());
+    reseal(batch)
+}
+
+fn reseal(mut batch: Vec<u8>) -> Bytes {
+    let len = (batch.len() - 12) as i32;
+    batch[8..12].copy_from_slice(&len.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[21..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+    Bytes::from(batch)
 }
