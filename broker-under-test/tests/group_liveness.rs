@@ -186,30 +186,7 @@ fn a_new_member_joins_a_group_whose_only_member_was_killed() {
 
 /// OffsetCommit v2 of one offset; the partition's error code.
 fn raw_commit(addr: SocketAddr, group: &str, member: &str, generation: i32, offset: i64) -> i16 {
-    use kafka_protocol::messages::offset_commit_request::{
-        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
-    };
-    use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse, TopicName};
-    const VERSION: i16 = 2;
-    let mut partition = OffsetCommitRequestPartition::default();
-    partition.partition_index = 0;
-    partition.committed_offset = offset;
-    let mut topic = OffsetCommitRequestTopic::default();
-    topic.name = TopicName(StrBytes::from_static_str("liveness"));
-    topic.partitions = vec![partition];
-    let mut request = OffsetCommitRequest::default();
-    request.group_id = GroupId(StrBytes::from_string(group.to_owned()));
-    request.member_id = StrBytes::from_string(member.to_owned());
-    request.generation_id_or_member_epoch = generation;
-    request.retention_time_ms = -1;
-    request.topics = vec![topic];
-    let mut s = connect(addr);
-    s.write_all(&frame(ApiKey::OffsetCommit, VERSION, 3, &request))
-        .unwrap();
-    let mut body = read_frame(&mut s).expect("commit answered");
-    ResponseHeader::decode(&mut body, 0).unwrap();
-    let response = OffsetCommitResponse::decode(&mut body, VERSION).unwrap();
-    response.topics[0].partitions[0].error_code
+    common::wire::commit_offset_as(addr, (group, member, generation), ("liveness", 0), offset)
 }
 
 #[test]

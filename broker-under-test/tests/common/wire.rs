@@ -469,9 +469,14 @@ pub fn init_producer_id(addr: SocketAddr) -> i64 {
 
 /// OffsetCommit v2 of a standalone consumer (no member, generation -1); the partition's error
 /// code.
-pub fn commit_offset(
+pub fn commit_offset(addr: SocketAddr, group: &str, at: (&str, i32), offset: i64) -> i16 {
+    commit_offset_as(addr, (group, "", -1), at, offset)
+}
+
+/// OffsetCommit v2 as `member` of `group` in `generation`; the partition's error code.
+pub fn commit_offset_as(
     addr: SocketAddr,
-    group: &str,
+    (group, member, generation): (&str, &str, i32),
     (topic, partition): (&str, i32),
     offset: i64,
 ) -> i16 {
@@ -488,7 +493,8 @@ pub fn commit_offset(
     t.partitions = vec![p];
     let mut request = OffsetCommitRequest::default();
     request.group_id = GroupId(StrBytes::from_string(group.to_owned()));
-    request.generation_id_or_member_epoch = -1;
+    request.member_id = StrBytes::from_string(member.to_owned());
+    request.generation_id_or_member_epoch = generation;
     request.retention_time_ms = -1;
     request.topics = vec![t];
     let mut s = connect(addr);
