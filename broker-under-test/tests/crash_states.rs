@@ -7,8 +7,11 @@
 //! first k of them may leave (unsynced writes lost, kept or torn at pages; unsynced name changes
 //! lost). Each state is written to a fresh directory and recovered by the real broker, which
 //! must start (the disk of this model keeps everything synced, so a refusal is a failure) and
-//! serve every write acked before the cut at its offset, once, with dense offsets, and take a
-//! new write at the log end.
+//! serve every write acked before the cut at its offset, once, with dense offsets from the log
+//! start, and take a new write at the log end. Retention deletes the oldest segments as the run
+//! goes, so of each partition's acked writes the newest `RETAINED_ACKS_MIN` must be there and
+//! the older ones may be gone; every acked offset commit must survive, and no producer id may
+//! be handed out twice.
 //!
 //! An ack counts for a cut after operation k when the client received it before strace saw
 //! operation k + 1 return: strace stamps a call while the traced thread is stopped, so every
@@ -29,8 +32,8 @@ use bytes::Bytes;
 use common::power_cut::{strace_args, Recording, Survival};
 use common::strace::strace_works;
 use common::wire::{
-    commit_offset, committed_offset, create_topic, fetch_all, init_producer_id, produce_to,
-    record_batch_of, PLAIN,
+    commit_offset, committed_offset, create_topic, earliest_offset, fetch_from, init_producer_id,
+    produce_to, record_batch_of, PLAIN,
 };
 use common::{env_u64, Broker, Rng};
 
@@ -43,12 +46,18 @@ const FIRST_LIFE_BATCHES: u64 = 300;
 const SECOND_LIFE_BATCHES: u64 = 100;
 /// 4 KiB partition segments, so a life rolls many; 16 KiB WAL segments, so checkpoints
 /// retire several; the low-latency profile writes each batch to its segment at once, leaving
-/// the segment's fsync to the checkpoint.
-const BROKER_ARGS: [&str; 3] = [
+/// the segment's fsync to the checkpoint; 16 KiB of retention per partition, so the oldest
+/// segments are deleted as the run goes.
+const BROKER_ARGS: [&str; 4] = [
     "--segment-bytes=4096",
     "--wal-segment-bytes=16384",
     "--flush-profile=low-latency",
+    "--retention-bytes=16384",
 ];
+/// The newest acked writes of a partition that retention never deletes: it keeps at least
+/// 16 KiB less one 4 KiB segment, about 45 of these batches (270 bytes stored); older acked
+/// writes may be gone by retention, so a lost one of them is not told from a deleted one.
+const RETAINED_ACKS_MIN: usize = 40;
 /// A pause between produces, so a life spans several checkpoints (every 500 ms).
 const PRODUCE_PAUSE: Duration = Duration::from_millis(3);
 /// How long the second life may take to retire a WAL segment.
@@ -186,6 +195,15 @@ fn record_run(dir: &Path) -> Run {
     }
     std::thread::sleep(AFTER_RETIRE);
     second.kill9();
+    let first_segment = data
+        .join("topics")
+        .join(TOPIC)
+        .join("0")
+        .join(format!("{:020}.log", 0));
+    assert!(
+        !first_segment.exists(),
+        "retention deleted no segment: the run does not cover deletes"
+    );
 
     let mut recording = Recording::new(&data);
     for trace in &traces {
@@ -223,9 +241,10 @@ fn check_state(run: &Run, cut_before: f64, state_dir: &Path, log: &Path) -> Resu
     let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut seen = HashSet::new();
         for partition in 0..PARTITIONS {
-            let records = fetch_all(broker.addr, TOPIC, partition);
+            let start = earliest_offset(broker.addr, TOPIC, partition);
+            let records = fetch_from(broker.addr, (TOPIC, partition), start);
             for (i, (offset, value)) in records.iter().enumerate() {
-                if *offset != i as i64 {
+                if *offset != start + i as i64 {
                     return Err((
                         "offsets not dense",
                         format!("{TOPIC}-{partition}: offset {offset} at position {i}"),
@@ -242,8 +261,17 @@ fn check_state(run: &Run, cut_before: f64, state_dir: &Path, log: &Path) -> Resu
                     ));
                 }
             }
-            for ack in acked.iter().filter(|a| a.partition == partition) {
-                let found = records.get(ack.offset as usize).and_then(|(_, v)| id_of(v));
+            let of_partition: Vec<&&Ack> =
+                acked.iter().filter(|a| a.partition == partition).collect();
+            let retained = of_partition.len().saturating_sub(RETAINED_ACKS_MIN);
+            for (n, ack) in of_partition.iter().enumerate() {
+                if ack.offset < start && n < retained {
+                    continue; // deleted by retention
+                }
+                let found = usize::try_from(ack.offset - start)
+                    .ok()
+                    .and_then(|i| records.get(i))
+                    .and_then(|(_, v)| id_of(v));
                 if found != Some(ack.id) {
                     return Err((
                         "an acked write lost",
@@ -264,13 +292,11 @@ fn check_state(run: &Run, cut_before: f64, state_dir: &Path, log: &Path) -> Resu
                 partition,
                 record_batch_of(PLAIN, &[value(u64::MAX / 2)]),
             );
-            if error != 0 || offset != records.len() as i64 {
+            let end = start + records.len() as i64;
+            if error != 0 || offset != end {
                 return Err((
                     "a new write refused or misplaced",
-                    format!(
-                        "{TOPIC}-{partition}: error {error} at offset {offset}, log end {}",
-                        records.len()
-                    ),
+                    format!("{TOPIC}-{partition}: error {error} at offset {offset}, log end {end}"),
                 ));
             }
             let committed = committed_offset(broker.addr, GROUP, (TOPIC, partition));

@@ -271,11 +271,21 @@ pub fn create_topic_with(
 
 /// The partition's latest offset (ListOffsets v1, timestamp -1): its end, the high watermark.
 pub fn latest_offset(addr: SocketAddr, topic: &str, partition: i32) -> i64 {
+    list_offset(addr, (topic, partition), -1)
+}
+
+/// The partition's log start offset (ListOffsets v1, earliest).
+pub fn earliest_offset(addr: SocketAddr, topic: &str, partition: i32) -> i64 {
+    list_offset(addr, (topic, partition), -2)
+}
+
+/// ListOffsets v1 of one partition at `timestamp` (-1 latest, -2 earliest).
+fn list_offset(addr: SocketAddr, (topic, partition): (&str, i32), timestamp: i64) -> i64 {
     use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
     use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse, TopicName};
     let mut p = ListOffsetsPartition::default();
     p.partition_index = partition;
-    p.timestamp = -1;
+    p.timestamp = timestamp;
     let mut t = ListOffsetsTopic::default();
     t.name = TopicName(StrBytes::from_string(topic.to_owned()));
     t.partitions = vec![p];
@@ -386,11 +396,20 @@ pub fn metadata_of(addr: SocketAddr, topic: &str) -> kafka_protocol::messages::M
 /// Every record of `partition` from offset 0 to its end, with raw Fetch v11 requests: (offset,
 /// value) in log order.
 pub fn fetch_all(addr: SocketAddr, topic: &str, partition: i32) -> Vec<(i64, Bytes)> {
+    fetch_from(addr, (topic, partition), 0)
+}
+
+/// Every record of the partition from offset `from` to its end, in log order.
+pub fn fetch_from(
+    addr: SocketAddr,
+    (topic, partition): (&str, i32),
+    from: i64,
+) -> Vec<(i64, Bytes)> {
     use kafka_protocol::records::RecordBatchDecoder;
     let end = latest_offset(addr, topic, partition);
     let mut out: Vec<(i64, Bytes)> = Vec::new();
     let mut s = connect(addr);
-    let mut next = 0;
+    let mut next = from;
     while next < end {
         let response = consumer_fetch(&mut s, topic, partition, next);
         let data = &response.responses[0].partitions[0];
