@@ -162,6 +162,13 @@ fn oldest_wal_segment(data: &Path) -> Option<u64> {
         .min()
 }
 
+/// One life of the broker on `data`, its file-system calls recorded in `trace`.
+fn start_recorded(data: &Path, trace: &Path) -> Broker {
+    let args = strace_args(trace);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Broker::start_traced(data, &BROKER_ARGS, &args)
+}
+
 fn record_run(dir: &Path) -> Run {
     let data = dir.join("data");
     std::fs::create_dir_all(&data).unwrap();
@@ -171,18 +178,14 @@ fn record_run(dir: &Path) -> Run {
     ];
     let mut acked = Acked::default();
 
-    let first_args = strace_args(&traces[0]);
-    let first_args: Vec<&str> = first_args.iter().map(String::as_str).collect();
-    let mut first = Broker::start_traced(&data, &BROKER_ARGS, &first_args);
+    let mut first = start_recorded(&data, &traces[0]);
     assert_eq!(create_topic(first.addr, TOPIC, PARTITIONS), 0);
     let topic_created_at = now();
     produce_batches(&first, 0..FIRST_LIFE_BATCHES, &mut acked);
     first.kill9();
 
     let oldest = oldest_wal_segment(&data).expect("the first life left WAL segments");
-    let second_args = strace_args(&traces[1]);
-    let second_args: Vec<&str> = second_args.iter().map(String::as_str).collect();
-    let mut second = Broker::start_traced(&data, &BROKER_ARGS, &second_args);
+    let mut second = start_recorded(&data, &traces[1]);
     let total = FIRST_LIFE_BATCHES + SECOND_LIFE_BATCHES;
     produce_batches(&second, FIRST_LIFE_BATCHES..total, &mut acked);
     let deadline = Instant::now() + RETIRE_DEADLINE;
