@@ -13,7 +13,7 @@ use crate::store::files::ResultStore;
 use crate::trial::runner::default_bench_bin;
 use crate::trial::workload::{self, Workload};
 use crate::verdict::calibration::Tuned;
-use crate::verdict::compare::{CompareSettings, ErrorControl, BUDGET_DEFAULT};
+use crate::verdict::compare::{CompareSettings, ErrorControl, PairOrder, BUDGET_DEFAULT};
 use crate::verdict::stats::Margins;
 
 #[derive(Args)]
@@ -94,6 +94,10 @@ pub struct Statistics {
     /// the design and stored with the comparison, so that every gate runs another order).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// How each pair's A/B order is drawn: `random` per pair, or `abba` (blocks of two pairs of
+    /// opposite order, the block's drawn at random).
+    #[arg(long, value_enum, default_value_t = PairOrder::Random)]
+    pub order: PairOrder,
 }
 
 impl Statistics {
@@ -129,6 +133,7 @@ impl Statistics {
                 allocations_rise: self.allocations_margin,
             },
             seed: self.seed.unwrap_or_else(rand::random),
+            order: self.order,
             error: ErrorControl::FamilyWise { alpha: self.alpha },
             budget: (self.budget_minutes > 0.0)
                 .then(|| std::time::Duration::from_secs_f64(self.budget_minutes * 60.0)),

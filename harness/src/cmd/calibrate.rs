@@ -16,9 +16,9 @@ use crate::session::Session;
 use crate::trial::workload::{Workload, SEED_WORKLOAD};
 use crate::verdict::calibration::{self, BankIdentity, CalibratedMargins};
 use crate::verdict::compare::{metric_count, CompareSettings};
-use crate::verdict::noise_bank::{NoiseBank, ReplayRow, NOISE_BANK_TRIALS_MIN};
+use crate::verdict::noise_bank::{NoiseBank, OrderEffect, ReplayRow, NOISE_BANK_TRIALS_MIN};
 use crate::verdict::state::Verdict;
-use crate::verdict::stats::median;
+use crate::verdict::stats::{median, DISPLAY_COVERAGE};
 
 #[derive(Args)]
 pub struct CalibrateArgs {
@@ -81,6 +81,9 @@ pub struct Calibration {
     pub results: Vec<AaResult>,
     /// Valid trials of this commit, workload and host in the store: the noise bank.
     pub bank_trials: usize,
+    /// A pair's second trial against its first over the bank's pairs.
+    #[serde(default)]
+    pub order_effect: Option<OrderEffect>,
     /// The shipped rule replayed on the noise bank (empty when the bank is too small).
     pub replay: Vec<ReplayRow>,
     /// The design the verdicts were reached with.
@@ -147,6 +150,7 @@ fn calibrate(
         smallest_reliable_drop: settings.margins.throughput_drop + median_ci_half_width,
         results,
         bank_trials: 0,
+        order_effect: None,
         replay: Vec::new(),
         design: String::new(),
         margins: None,
@@ -241,6 +245,24 @@ fn replay_bank(
         );
         return Ok(());
     }
+    calibration.order_effect = bank.order_effect();
+    if let Some(e) = &calibration.order_effect {
+        let show = |(median, (low, high)): (f64, (f64, f64))| {
+            format!(
+                "{} [{}, {}]",
+                pct(median.exp()),
+                pct(low.exp()),
+                pct(high.exp())
+            )
+        };
+        println!(
+            "\norder effect over the bank's {} pairs (a pair's second trial against its first, median and {:.0}% interval): throughput {}, p99 {}",
+            e.pairs,
+            DISPLAY_COVERAGE * 100.0,
+            show(e.throughput),
+            show(e.p99)
+        );
+    }
     if replays == 0 {
         return Ok(());
     }
@@ -321,6 +343,7 @@ fn empty_calibration(workload: &Workload, commit: &CommitInfo) -> Calibration {
         smallest_reliable_drop: 0.0,
         results: Vec::new(),
         bank_trials: 0,
+        order_effect: None,
         replay: Vec::new(),
         design: String::new(),
         margins: None,

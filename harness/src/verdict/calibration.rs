@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::HarnessError;
 use crate::store::files::write_atomically;
-use crate::verdict::compare::{CompareSettings, Comparison, ErrorControl};
+use crate::verdict::compare::{CompareSettings, Comparison, ErrorControl, PairOrder};
 use crate::verdict::noise_bank::NoiseBank;
 use crate::verdict::state::Verdict;
 use crate::verdict::stats::{Margins, MetricComparison};
@@ -134,6 +134,9 @@ pub struct CalibratedMargins {
     pub min_pairs: usize,
     pub max_pairs: usize,
     pub error: ErrorControl,
+    /// The A/B order the replays drew (stored before it could be chosen: random).
+    #[serde(default)]
+    pub order: PairOrder,
     /// Margins found on the first half of the bank, with their rates there.
     pub metrics: Vec<MetricMargin>,
     /// The same margins replayed on the second half, held out: their honest rates.
@@ -308,17 +311,20 @@ impl CalibratedMargins {
         }
         let same_design = self.min_pairs == settings.min_pairs
             && self.max_pairs == settings.max_pairs
-            && self.error == settings.error;
+            && self.error == settings.error
+            && self.order == settings.order;
         if !same_design {
             return Some(format!(
-                "calibration of {} ignored: searched with {}-{} pairs and {:?}, this run uses {}-{} and {:?}",
+                "calibration of {} ignored: searched with {}-{} pairs, {:?} and {:?} order, this run uses {}-{}, {:?} and {:?} order",
                 self.workload,
                 self.min_pairs,
                 self.max_pairs,
                 self.error,
+                self.order,
                 settings.min_pairs,
                 settings.max_pairs,
-                settings.error
+                settings.error,
+                settings.order
             ));
         }
         None
@@ -400,6 +406,7 @@ pub fn calibrate(
         min_pairs: settings.min_pairs,
         max_pairs: settings.max_pairs,
         error: settings.error,
+        order: settings.order,
         metrics,
         held_out,
     }
@@ -502,6 +509,7 @@ mod tests {
             min_pairs: settings.min_pairs,
             max_pairs: settings.max_pairs,
             error: settings.error,
+            order: settings.order,
             metrics: vec![
                 MetricMargin {
                     metric: Tuned::Throughput,
@@ -555,6 +563,13 @@ mod tests {
         let (ignored, why) = stored.apply(&other_design, &[], "runner-1", before_expiry);
         assert_eq!(ignored.margins, other_design.margins);
         assert!(why.contains("ignored"), "{why}");
+        let other_order = CompareSettings {
+            order: PairOrder::Abba,
+            ..settings
+        };
+        let (ignored, why) = stored.apply(&other_order, &[], "runner-1", before_expiry);
+        assert_eq!(ignored.margins, other_order.margins);
+        assert!(why.contains("Abba order"), "{why}");
         // Expired, or stored before expiry was recorded: ignored, and said so.
         let (ignored, why) = stored.apply(&settings, &[], "runner-1", day("2027-01-01T00:00:00Z"));
         assert_eq!(ignored.margins, settings.margins);

@@ -88,12 +88,31 @@ pub const ALPHA_DEFAULT: f64 = 0.05;
 /// so fewer looks only leave some unspent.
 pub const BUDGET_DEFAULT: Duration = Duration::from_secs(30 * 60);
 
+/// How the A/B order of each pair is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum PairOrder {
+    /// Each pair's order drawn at random: balanced on average, and with nothing changed each
+    /// pair's sign is a fair coin whatever the machine does between and within pairs (the sign
+    /// test's premise holds by construction).
+    #[default]
+    Random,
+    /// Pairs in blocks of two of opposite order, A B B A or B A A B (the block's drawn at
+    /// random): at every even pair count as many pairs run head first as base first, so a
+    /// systematic difference between a pair's first and second trial cancels exactly, not only
+    /// on average.
+    Abba,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct CompareSettings {
     pub min_pairs: usize,
     pub max_pairs: usize,
     pub margins: Margins,
     pub seed: u64,
+    /// How each pair's A/B order is drawn from `seed`.
+    #[serde(default)]
+    pub order: PairOrder,
     pub error: ErrorControl,
     /// Time the comparison may take (`None`: until `max_pairs`).
     #[serde(default)]
@@ -112,6 +131,7 @@ impl Default for CompareSettings {
             max_pairs: 30,
             margins: Margins::default(),
             seed: 0x00c0_ffee,
+            order: PairOrder::Random,
             error: ErrorControl::FamilyWise {
                 alpha: ALPHA_DEFAULT,
             },
@@ -172,10 +192,15 @@ impl CompareSettings {
                 tail * 100.0
             ),
         };
-        // The order of each pair is drawn at random (counterbalanced on average); its seed
-        // replays the same order sequence.
+        // The seed replays the same order sequence.
+        let order = match self.order {
+            PairOrder::Random => "A/B order per pair",
+            PairOrder::Abba => {
+                "A/B order in ABBA blocks of two pairs, each block one unit of the sign test"
+            }
+        };
         format!(
-            "{design}; A/B order per pair from seed {} (--seed {} replays it)",
+            "{design}; {order} from seed {} (--seed {} replays it)",
             self.seed, self.seed
         )
     }
@@ -253,20 +278,39 @@ pub fn metric_count(with_rss: bool, with_cpu: bool) -> usize {
     2 + usize::from(with_rss) + usize::from(with_cpu)
 }
 
+/// One side's values as the units the rule judges: a pair each in random order; in ABBA order
+/// a block each, the geometric mean of its two pairs, so that a block's log ratio is the mean of
+/// its pairs' and an order effect cancels within it (an odd last pair stays a unit alone).
+fn analysis_units(values: Vec<f64>, order: PairOrder) -> Vec<f64> {
+    match order {
+        PairOrder::Random => values,
+        PairOrder::Abba => values
+            .chunks(2)
+            .map(|block| (block.iter().map(|v| v.ln()).sum::<f64>() / block.len() as f64).exp())
+            .collect(),
+    }
+}
+
 fn evaluate(
     base: &[TrialSummary],
     head: &[TrialSummary],
     invalid: InvalidTrials,
     settings: &CompareSettings,
 ) -> Comparison {
-    let pick =
-        |v: &[TrialSummary], f: fn(&TrialSummary) -> f64| v.iter().map(f).collect::<Vec<_>>();
-    let rss = |v: &[TrialSummary]| v.iter().map(|t| t.peak_rss_mib).collect::<Option<Vec<_>>>();
+    let units = |v: Vec<f64>| analysis_units(v, settings.order);
+    let pick = |v: &[TrialSummary], f: fn(&TrialSummary) -> f64| units(v.iter().map(f).collect());
+    let rss = |v: &[TrialSummary]| {
+        v.iter()
+            .map(|t| t.peak_rss_mib)
+            .collect::<Option<Vec<_>>>()
+            .map(units)
+    };
     let rss_pairs = rss(base).zip(rss(head));
     let cpu = |v: &[TrialSummary]| {
         v.iter()
             .map(|t| t.broker_cpu_us_per_msg)
             .collect::<Option<Vec<_>>>()
+            .map(units)
     };
     let cpu_pairs = cpu(base).zip(cpu(head));
     let metrics = metric_count(rss_pairs.is_some(), cpu_pairs.is_some());
@@ -388,8 +432,14 @@ pub fn run_compare(
     let mut rng = SmallRng::seed_from_u64(settings.seed);
     let mut base = Vec::new();
     let mut head = Vec::new();
+    let mut base_first = false;
     loop {
-        let order = if rng.random_bool(0.5) {
+        // An ABBA block's second pair runs in the opposite order of its first.
+        base_first = match settings.order {
+            PairOrder::Abba if base.len() % 2 == 1 => !base_first,
+            _ => rng.random_bool(0.5),
+        };
+        let order = if base_first {
             [Side::Base, Side::Head]
         } else {
             [Side::Head, Side::Base]
@@ -715,6 +765,28 @@ mod tests {
         assert!(
             pairs.iter().any(|p| p[0] == Side::Base) && pairs.iter().any(|p| p[0] == Side::Head)
         );
+    }
+
+    #[test]
+    fn abba_blocks_run_as_many_pairs_head_first_as_base_first() {
+        let mut block_starts = Vec::new();
+        for seed in 0..20 {
+            let mut mock = Mock::new(100_000.0, 100_000.0, 0.01);
+            let settings = CompareSettings {
+                order: PairOrder::Abba,
+                seed,
+                ..CompareSettings::default()
+            };
+            run_compare(&mut mock, &settings).unwrap();
+            let firsts: Vec<Side> = mock.calls.chunks(2).map(|p| p[0]).collect();
+            assert_eq!(firsts.len() % 2, 0, "every look is at an even pair count");
+            for block in firsts.chunks(2) {
+                assert_ne!(block[0], block[1], "seed {seed}: {firsts:?}");
+            }
+            block_starts.extend(firsts.chunks(2).map(|b| b[0]));
+        }
+        // Which order opens a block is still drawn.
+        assert!(block_starts.contains(&Side::Base) && block_starts.contains(&Side::Head));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::store::record::TrialRecord;
 use crate::trial::summary::{Side, TrialFailure, TrialSummary};
 use crate::verdict::compare::{run_compare, CompareSettings, Comparison, TrialSource};
 use crate::verdict::state::Verdict;
+use crate::verdict::stats::{median, median_interval, DISPLAY_COVERAGE};
 
 /// Fewer valid trials than this make a bank too small to mean anything: 20 pairs, 10 for the
 /// margins to be fitted on and 10 held out to measure them (`split`).
@@ -49,6 +50,18 @@ pub struct ReplayRow {
     pub pass: usize,
     pub inconclusive: usize,
     pub mean_pairs: f64,
+}
+
+/// A pair's second trial against its first, over a bank's adjacent pairs: the median of
+/// ln(second / first) per metric and its interval (`DISPLAY_COVERAGE`). An interval away from
+/// zero is an order effect, which a random order turns into noise and ABBA blocks cancel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderEffect {
+    pub pairs: usize,
+    /// Median of ln(second / first) throughput, and its interval.
+    pub throughput: (f64, (f64, f64)),
+    /// The same for p99.
+    pub p99: (f64, (f64, f64)),
 }
 
 impl ReplayRow {
@@ -103,6 +116,27 @@ impl NoiseBank {
                 trials: self.trials[half..].to_vec(),
             },
         )
+    }
+
+    /// The bank's order effect; `None` with fewer than two pairs.
+    pub fn order_effect(&self) -> Option<OrderEffect> {
+        let pairs = self.pairs();
+        if pairs.len() < 2 {
+            return None;
+        }
+        let effect = |metric: fn(&TrialSummary) -> f64| {
+            let logs: Vec<f64> = pairs
+                .iter()
+                .map(|[first, second]| (metric(second) / metric(first)).ln())
+                .collect();
+            let interval = median_interval(&logs, DISPLAY_COVERAGE);
+            (median(&logs), (interval.low, interval.high))
+        };
+        Some(OrderEffect {
+            pairs: pairs.len(),
+            throughput: effect(|t| t.throughput),
+            p99: effect(|t| t.p99_ms),
+        })
     }
 
     pub fn has_cpu(&self) -> bool {
@@ -253,6 +287,7 @@ impl TrialSource for Resampled<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::verdict::compare::PairOrder;
 
     /// A bank with this machine's kind of noise: throughput spread by +-25% with a slow tail,
     /// p99 by a factor of two, CPU per message by +-2%.
@@ -315,6 +350,45 @@ mod tests {
         let bank = NoiseBank { trials };
         let aa = &bank.replay(&CompareSettings::default(), 200, 3)[0];
         assert!(aa.rate(aa.pass) >= 0.9, "{aa:?}");
+    }
+
+    /// Every pair's second trial 10% faster than its first: the order effect says so, and
+    /// ABBA blocks, which cancel it, pass an unchanged commit more often than a random order,
+    /// which turns it into noise.
+    #[test]
+    fn the_order_effect_is_measured_and_abba_cancels_it() {
+        let mut rng = SmallRng::seed_from_u64(9);
+        let trials = (0..80)
+            .map(|i| {
+                let second = if i % 2 == 1 { 1.10 } else { 1.0 };
+                TrialSummary {
+                    throughput: 40_000.0 * second * (1.0 + rng.random_range(-0.02..0.02)),
+                    p99_ms: 10.0,
+                    p999_ms: None,
+                    per_second: vec![40_000; 3],
+                    peak_rss_mib: None,
+                    broker_cpu_us_per_msg: None,
+                    failover: None,
+                }
+            })
+            .collect();
+        let bank = NoiseBank { trials };
+        let effect = bank.order_effect().unwrap();
+        assert_eq!(effect.pairs, 40);
+        let (median, (low, high)) = effect.throughput;
+        assert!((median - 1.10f64.ln()).abs() < 0.02, "{effect:?}");
+        assert!(low > 0.05 && high < 0.15, "{effect:?}");
+        assert_eq!(effect.p99.0, 0.0);
+        let pass_rate = |order| {
+            let settings = CompareSettings {
+                order,
+                ..CompareSettings::default()
+            };
+            let aa = &bank.replay(&settings, 300, 4)[0];
+            aa.rate(aa.pass)
+        };
+        let (random, abba) = (pass_rate(PairOrder::Random), pass_rate(PairOrder::Abba));
+        assert!(abba > random + 0.2, "ABBA {abba}, random {random}");
     }
 
     #[test]
