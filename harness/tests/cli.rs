@@ -82,6 +82,11 @@ fn values_the_harness_refuses_are_usage_errors_and_abort_a_bisect_run() {
         (&["run", "--workload=no-such-workload", "--trials=1"], usage),
         (&["compare", "--base=HEAD", "--seed=not-a-number"], usage),
         (&["compare", "HEAD", "HEAD"], usage),
+        (&["compare", "--base=HEAD", "--order=sideways"], usage),
+        (
+            &["power", "--base=HEAD", "--head=HEAD", "--order=abba"],
+            usage,
+        ),
         (&["bisect-run", "--good=HEAD", "--min-pairs=1"], abort),
         (&["bisect-run", "--good=no-such-branch"], abort),
         (&["bisect-run"], abort),

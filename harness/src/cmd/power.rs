@@ -28,7 +28,7 @@ use crate::output::render::pct;
 use crate::session::{first_unbuilt, BuiltCommit, Session};
 use crate::trial::summary::{Side, TrialSummary};
 use crate::trial::workload::{Workload, SEED_WORKLOAD};
-use crate::verdict::compare::{judge_recorded, CompareSettings, Comparison};
+use crate::verdict::compare::{judge_recorded, CompareSettings, Comparison, PairOrder};
 use crate::verdict::state::Verdict;
 use crate::verdict::stats::{median, rate_interval};
 
@@ -97,6 +97,13 @@ enum Slot {
 impl PowerArgs {
     pub fn run(&self, c: &Common) -> Result<u8, HarnessError> {
         let settings = self.stats.settings()?;
+        if settings.order == PairOrder::Abba {
+            // A round's order is drawn over all of its slots; ABBA blocks would be judged as
+            // units without having run as blocks.
+            return Err(HarnessError::Usage(
+                "power draws the order of each round itself; --order abba is for compare, gate, calibrate and bisect".into(),
+            ));
+        }
         if self.rounds < settings.min_pairs {
             return Err(HarnessError::Usage(format!(
                 "--rounds {} is fewer than the {} pairs of one comparison",
