@@ -187,21 +187,21 @@ impl Fixture {
 
     /// Processes whose command line mentions this fixture's directory.
     fn leftover_processes(&self) -> Vec<String> {
+        self.leftovers().into_iter().map(|(_, cmd)| cmd).collect()
+    }
+
+    /// Processes other than the harness whose command line names this fixture: (pid, command).
+    fn leftovers(&self) -> Vec<(u32, String)> {
         let needle = self.root().display().to_string();
         let mut found = Vec::new();
         for entry in fs::read_dir("/proc").unwrap().flatten() {
-            let is_pid = entry
-                .file_name()
-                .to_string_lossy()
-                .chars()
-                .all(|c| c.is_ascii_digit());
-            if !is_pid {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
                 continue;
-            }
+            };
             if let Ok(raw) = fs::read(entry.path().join("cmdline")) {
                 let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
                 if cmdline.contains(&needle) && !cmdline.contains("chronik-harness") {
-                    found.push(cmdline);
+                    found.push((pid, cmdline));
                 }
             }
         }
@@ -312,6 +312,31 @@ fn gate_records_build_failures_crashes_and_missing_baselines_on_a_scripted_histo
     assert_ne!(gated.status.code(), Some(EXIT_NO_BASELINE));
     let said = String::from_utf8_lossy(&gated.stdout);
     assert!(said.contains("margins calibrated on this host"), "{said}");
+
+    // A real A/A comparison is recorded as soon as it is decided, and every later `calibrate`
+    // bounds the false-regression rate from all those recorded under its rule, not from its own.
+    let aa = |comparisons: &str| {
+        // Three pairs, whatever the verdict: what is checked is that it is kept.
+        let out = f.harness(&[
+            "calibrate",
+            "--rev",
+            f.sha("base"),
+            "--workload=e2e",
+            comparisons,
+            "--replays=0",
+            "--instruction-runs=0",
+            "--min-pairs=3",
+            "--max-pairs=3",
+        ]);
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{said}");
+        said
+    };
+    let ran = aa("--comparisons=1");
+    assert!(ran.contains("all recorded: 1 comparisons"), "{ran}");
+    assert!(ran.contains("false-regression rate at most"), "{ran}");
+    let later = aa("--comparisons=0");
+    assert!(later.contains("all recorded: 1 comparisons"), "{later}");
 
     // Every trial went into the results database as well as its JSON export: importing the
     // exports finds nothing new. `history` reads the database: one series for this host,
@@ -592,6 +617,73 @@ fn a_failover_workload_kills_the_leader_and_reads_every_acked_message_back() {
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["status"], "ok", "the killed leader is no crash");
     assert_eq!(f.leftover_processes(), Vec::<String>::new());
+}
+
+/// How long the interrupted-run test waits for a broker to start and for the harness to go.
+const INTERRUPT_WAIT: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// Polls `done` every 100 ms until it holds or `INTERRUPT_WAIT` passes.
+fn wait_until(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + INTERRUPT_WAIT;
+    while std::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    done()
+}
+
+/// A harness interrupted mid-trial (SIGTERM, as a CI job's cancel sends; Ctrl-C is SIGINT) stops
+/// the broker and load generator it started, which run in process groups of their own and get
+/// no signal from the terminal, and exits with 128 + the signal.
+#[test]
+fn an_interrupted_harness_leaves_no_process_behind() {
+    let f = Fixture::new();
+    let argv = f.harness_argv();
+    let mut harness = Command::new(&argv[0])
+        .args(&argv[1..])
+        .args([
+            "run",
+            "--rev",
+            f.sha("base"),
+            "--workload=e2e",
+            "--trials=20",
+        ])
+        .env("CHRONIK_E2E_BROKER", bin_dir().join("chronik-broker"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = wait_until(|| {
+        f.leftover_processes()
+            .iter()
+            .any(|p| p.contains("chronik-bench"))
+    });
+    let killed = Command::new("kill")
+        .args(["-TERM", &harness.id().to_string()])
+        .status()
+        .unwrap();
+    let mut status = None;
+    wait_until(|| {
+        status = harness.try_wait().unwrap();
+        status.is_some()
+    });
+    let status = status.unwrap_or_else(|| {
+        let _ = harness.kill();
+        harness.wait().unwrap()
+    });
+    let gone = wait_until(|| f.leftover_processes().is_empty());
+    let left = f.leftovers();
+    // Stopped by their ids before the test fails, so a failure leaves nothing running either.
+    for (pid, _) in &left {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+    assert!(started, "a trial started");
+    assert!(killed.success());
+    assert_eq!(status.code(), Some(128 + 15), "exit 143 after SIGTERM");
+    assert!(gone, "left behind: {left:?}");
 }
 
 /// Writes the CPUs it may use beside its data directory, then runs the real broker.

@@ -1,14 +1,55 @@
 //! Child processes in their own process group, stopped by group id (SIGTERM, then SIGKILL),
 //! never by name. Every wait here has a timeout.
+//!
+//! A child in its own group does not get the terminal's Ctrl-C, and a harness killed by a
+//! signal runs no destructor: without `stop_children_on_signal` an interrupted compare left
+//! its broker running, holding its port and waking every 20 ms on the cores the next
+//! measurement uses. Every group started is registered until it is stopped and reaped.
 
+use std::collections::BTreeSet;
 use std::process::{Child, Command, ExitStatus};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
 use std::os::unix::process::CommandExt;
 
 /// How long a process gets between SIGTERM and SIGKILL.
 pub const TERM_GRACE: Duration = Duration::from_secs(10);
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Groups started and not yet reaped: what a signal to the harness kills before it exits. A
+/// group leaves the set once its leader is reaped, when its id may be reused.
+static LIVE_GROUPS: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
+
+fn live_groups() -> std::sync::MutexGuard<'static, BTreeSet<u32>> {
+    // A panic elsewhere while holding it leaves the set itself intact.
+    LIVE_GROUPS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// On SIGINT, SIGTERM or SIGHUP: kill every group this process started, then exit with
+/// 128 + the signal (130 for Ctrl-C, 143 for SIGTERM), which `git bisect run` reads as "abort".
+/// SIGKILL, not SIGTERM then a grace: whoever interrupted wants the harness gone now, and a
+/// trial's data is scratch.
+pub fn stop_children_on_signal() -> std::io::Result<()> {
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                for pgid in live_groups().iter() {
+                    signal_group(*pgid, "KILL");
+                }
+                eprintln!(
+                    "chronik-harness: interrupted (signal {signal}); its processes were stopped"
+                );
+                std::process::exit(128 + signal);
+            }
+        })?;
+    Ok(())
+}
 
 /// A child that leads its own process group; dropping it kills the whole group.
 pub struct GroupChild {
@@ -18,8 +59,12 @@ pub struct GroupChild {
 
 impl GroupChild {
     pub fn spawn(mut command: Command) -> std::io::Result<Self> {
+        // Registered before the spawn returns, under the lock the signal thread takes, so a
+        // signal between the two cannot miss it.
+        let mut live = live_groups();
         let child = command.process_group(0).spawn()?;
         let pgid = child.id();
+        live.insert(pgid);
         Ok(Self {
             child: Some(child),
             pgid,
@@ -27,9 +72,16 @@ impl GroupChild {
     }
 
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        self.child
+        let status = self
+            .child
             .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
+            .and_then(|c| c.try_wait().ok().flatten());
+        if status.is_some() {
+            // Kill what the leader left behind while the group id is still ours, then forget it.
+            signal_group(self.pgid, "KILL");
+            live_groups().remove(&self.pgid);
+        }
+        status
     }
 
     /// Waits up to `timeout` for the leader to exit.
@@ -49,22 +101,26 @@ impl GroupChild {
     /// SIGTERM to the group, then SIGKILL after `TERM_GRACE`; returns the leader's status.
     pub fn stop(&mut self) -> Option<ExitStatus> {
         if let Some(status) = self.try_wait() {
-            signal_group(self.pgid, "KILL"); // reap anything the leader left behind
             return Some(status);
         }
         signal_group(self.pgid, "TERM");
-        let status = self.wait_timeout(TERM_GRACE);
+        if let Some(status) = self.wait_timeout(TERM_GRACE) {
+            return Some(status);
+        }
         signal_group(self.pgid, "KILL");
-        status.or_else(|| self.child.as_mut().and_then(|c| c.wait().ok()))
+        let status = self.child.as_mut().and_then(|c| c.wait().ok());
+        live_groups().remove(&self.pgid);
+        status
     }
 }
 
 impl Drop for GroupChild {
     fn drop(&mut self) {
-        if self.child.is_some() {
-            signal_group(self.pgid, "KILL");
-            if let Some(mut child) = self.child.take() {
+        if let Some(mut child) = self.child.take() {
+            if live_groups().contains(&self.pgid) {
+                signal_group(self.pgid, "KILL");
                 let _ = child.wait();
+                live_groups().remove(&self.pgid);
             }
         }
     }

@@ -13,7 +13,10 @@ use crate::cmd::exit::{self, EXIT_PASS};
 use crate::error::HarnessError;
 use crate::output::render::{margins_table, pct, replay_table};
 use crate::session::Session;
+use crate::store::db::AaRow;
+use crate::store::files::now_rfc3339;
 use crate::trial::workload::{Workload, SEED_WORKLOAD};
+use crate::verdict::aa_ledger::{self, AaTally, BOUND_CONFIDENCE};
 use crate::verdict::calibration::{self, BankIdentity, CalibratedMargins};
 use crate::verdict::compare::{metric_count, CompareSettings};
 use crate::verdict::noise_bank::{NoiseBank, OrderEffect, ReplayRow, NOISE_BANK_TRIALS_MIN};
@@ -70,10 +73,11 @@ impl CalibrateArgs {
 pub struct Calibration {
     pub workload: String,
     pub commit: CommitInfo,
-    pub comparisons: usize,
-    pub false_alarms: usize,
-    pub inconclusive: usize,
-    pub false_alarm_rate: f64,
+    /// This run's real A/A comparisons.
+    pub this_run: AaTally,
+    /// Every real A/A comparison of this workload on this host under this rule, this run's
+    /// included: the bound on the false-regression rate.
+    pub recorded: AaTally,
     /// Median half-width of the throughput interval (fraction): noise the default pairs see.
     pub median_ci_half_width: f64,
     /// Smallest drop the defaults flag reliably: the margin plus the typical half-width.
@@ -122,14 +126,7 @@ fn calibrate(
         Ok(results) => results,
         Err(code) => return Ok((code, empty_calibration(workload, commit))),
     };
-    let false_alarms = results
-        .iter()
-        .filter(|r| r.verdict == Verdict::Regression)
-        .count();
-    let inconclusive = results
-        .iter()
-        .filter(|r| r.verdict == Verdict::Inconclusive)
-        .count();
+    let verdicts: Vec<Verdict> = results.iter().map(|r| r.verdict).collect();
     let half_widths: Vec<f64> = results
         .iter()
         .map(|r| (r.ci_high_ratio - r.ci_low_ratio) / 2.0)
@@ -142,10 +139,8 @@ fn calibrate(
     let mut calibration = Calibration {
         workload: workload.name.clone(),
         commit: commit.clone(),
-        comparisons,
-        false_alarms,
-        inconclusive,
-        false_alarm_rate: false_alarms as f64 / comparisons.max(1) as f64,
+        this_run: aa_ledger::tally(&verdicts),
+        recorded: recorded_tally(session, workload, settings)?,
         median_ci_half_width,
         smallest_reliable_drop: settings.margins.throughput_drop + median_ci_half_width,
         results,
@@ -159,6 +154,7 @@ fn calibrate(
     if comparisons > 0 {
         print_real_calibration(workload, commit, &calibration);
     }
+    print_recorded(workload, &calibration.recorded);
     replay_bank(
         session,
         baselines_dir,
@@ -170,8 +166,9 @@ fn calibrate(
     Ok((EXIT_PASS, calibration))
 }
 
-/// Runs the real A/A comparisons, each with its own seed; a side that could not be measured
-/// ends them with its exit code.
+/// Runs the real A/A comparisons, each with its own seed, and records each in the results
+/// database as soon as it is decided; a side that could not be measured ends them with its
+/// exit code.
 fn real_comparisons(
     session: &Session,
     commit: &CommitInfo,
@@ -207,6 +204,18 @@ fn real_comparisons(
             c.pairs(),
             pct(c.throughput.median_ratio)
         ));
+        session.store.db()?.insert_aa(&AaRow {
+            decided_at: now_rfc3339(),
+            workload: workload.name.clone(),
+            workload_hash: workload.hash(),
+            host: session.host.fingerprint(),
+            rule: aa_ledger::rule_key(settings),
+            commit_sha: commit.sha.clone(),
+            seed: s.seed.to_string(),
+            verdict: c.verdict.name().to_owned(),
+            pairs: c.pairs(),
+            throughput_ratio: c.throughput.median_ratio,
+        })?;
         results.push(AaResult {
             verdict: c.verdict,
             throughput_ratio: c.throughput.median_ratio,
@@ -311,23 +320,62 @@ fn replay_bank(
     Ok(())
 }
 
+/// Every real A/A comparison recorded for this workload definition, host and rule.
+fn recorded_tally(
+    session: &Session,
+    workload: &Workload,
+    settings: &CompareSettings,
+) -> Result<AaTally, HarnessError> {
+    let rows = session.store.db()?.aa_comparisons(
+        &workload.name,
+        &workload.hash(),
+        &session.host.fingerprint(),
+        &aa_ledger::rule_key(settings),
+    )?;
+    let verdicts: Vec<Verdict> = rows
+        .iter()
+        .map(|r| {
+            Verdict::from_name(&r.verdict).ok_or_else(|| {
+                HarnessError::Infra(format!(
+                    "results database: A/A comparison of {} at {} has an unknown verdict {:?}",
+                    r.workload, r.decided_at, r.verdict
+                ))
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(aa_ledger::tally(&verdicts))
+}
+
+/// "0 regressions" in a few comparisons is a wide bound, not a rate of 0%: say which.
+fn describe_tally(t: &AaTally) -> String {
+    format!(
+        "{} comparisons, {} regressions, {} inconclusive; false-regression rate at most {:.1}% (one-sided {:.0}%, exact binomial)",
+        t.comparisons,
+        t.regressions,
+        t.inconclusive,
+        t.regression_rate_upper * 100.0,
+        BOUND_CONFIDENCE * 100.0
+    )
+}
+
 fn print_real_calibration(workload: &Workload, commit: &CommitInfo, calibration: &Calibration) {
-    let (comparisons, false_alarms, inconclusive, median_ci_half_width) = (
-        calibration.comparisons,
-        calibration.false_alarms,
-        calibration.inconclusive,
-        calibration.median_ci_half_width,
-    );
     println!(
-        "\nA/A calibration of {} on {}: {} comparisons, {} false alarms ({:.0}%), {} inconclusive; median half-width of the throughput interval {:.2}%; smallest throughput drop flagged reliably ~{:.1}%",
+        "\nA/A calibration of {} on {}: {}; median half-width of the throughput interval {:.2}%; smallest throughput drop flagged reliably ~{:.1}%",
         workload.name,
         commit.short(),
-        comparisons,
-        false_alarms,
-        calibration.false_alarm_rate * 100.0,
-        inconclusive,
-        median_ci_half_width * 100.0,
+        describe_tally(&calibration.this_run),
+        calibration.median_ci_half_width * 100.0,
         calibration.smallest_reliable_drop * 100.0
+    );
+}
+
+fn print_recorded(workload: &Workload, recorded: &AaTally) {
+    println!(
+        "\nreal A/A comparisons of {} on this host under this rule, all recorded: {}; {} with none a regression would bound it at {:.0}%",
+        workload.name,
+        describe_tally(recorded),
+        recorded.comparisons_for_target,
+        calibration::AA_REGRESSION_MAX * 100.0
     );
 }
 
@@ -335,10 +383,8 @@ fn empty_calibration(workload: &Workload, commit: &CommitInfo) -> Calibration {
     Calibration {
         workload: workload.name.clone(),
         commit: commit.clone(),
-        comparisons: 0,
-        false_alarms: 0,
-        inconclusive: 0,
-        false_alarm_rate: 0.0,
+        this_run: aa_ledger::tally(&[]),
+        recorded: aa_ledger::tally(&[]),
         median_ci_half_width: 0.0,
         smallest_reliable_drop: 0.0,
         results: Vec::new(),

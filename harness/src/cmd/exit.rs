@@ -5,6 +5,8 @@
 //! are misused, so a script around the harness whose own step misfires must never read as a
 //! verdict. Usage errors exit 64 (sysexits' EX_USAGE), except under `bisect-run`, where every
 //! failure that is not a verdict aborts `git bisect run` (128) instead of reading as "bad".
+//! Interrupted by a signal, the harness exits with 128 + the signal
+//! (`build::process::stop_children_on_signal`), which also aborts `git bisect run`.
 
 use crate::bisect::BisectLog;
 use crate::error::HarnessError;

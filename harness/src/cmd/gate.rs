@@ -313,7 +313,7 @@ fn record_gate(
     let verdict = if result.failure.is_some() {
         "failed".to_owned()
     } else {
-        format!("{:?}", result.verdict).to_lowercase()
+        result.verdict.name().to_owned()
     };
     let row = GateRow {
         decided_at: now_rfc3339(),

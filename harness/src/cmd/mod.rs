@@ -130,6 +130,10 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             });
         }
     };
+    if let Err(err) = crate::build::process::stop_children_on_signal() {
+        eprintln!("chronik-harness: installing the signal handler: {err}");
+        return ExitCode::from(exit::for_error(&HarnessError::Infra(err.to_string())));
+    }
     match cli.command.run(&cli.common) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {

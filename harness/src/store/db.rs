@@ -78,6 +78,21 @@ const MIGRATIONS: &[&str] = &[
         accepted_by TEXT NOT NULL,
         PRIMARY KEY (workload, commit_sha, metric)
     );",
+    // 5: real A/A comparisons (a commit against itself), the rule's false-regression rate is
+    // bounded from: comparisons of one workload, host and rule count together across runs.
+    "CREATE TABLE aa_comparisons (
+        decided_at TEXT NOT NULL,
+        workload TEXT NOT NULL,
+        workload_hash TEXT NOT NULL,
+        host TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        commit_sha TEXT NOT NULL,
+        seed TEXT NOT NULL,
+        verdict TEXT NOT NULL,
+        pairs INTEGER NOT NULL,
+        throughput_ratio REAL NOT NULL
+    );
+    CREATE INDEX aa_by_rule ON aa_comparisons (workload, workload_hash, host, rule);",
 ];
 
 /// A regression accepted on purpose: who, what, why and when.
@@ -90,6 +105,26 @@ pub struct AcceptanceRow {
     pub metric: String,
     pub reason: String,
     pub accepted_by: String,
+}
+
+/// One real A/A comparison: a commit measured against itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AaRow {
+    pub decided_at: String,
+    pub workload: String,
+    pub workload_hash: String,
+    /// The host's fingerprint.
+    pub host: String,
+    /// The rule the verdict was reached with, without its seed (comparisons under another
+    /// rule say nothing about this one).
+    pub rule: String,
+    pub commit_sha: String,
+    /// The seed its A/B order was drawn from (text: SQLite's integers are signed).
+    pub seed: String,
+    /// `pass`, `regression` or `inconclusive`.
+    pub verdict: String,
+    pub pairs: usize,
+    pub throughput_ratio: f64,
 }
 
 /// A recorded gate verdict.
@@ -402,6 +437,67 @@ impl ResultsDb {
         rows.collect::<Result<_, _>>().map_err(&err)
     }
 
+    /// Records a real A/A comparison the moment it is decided.
+    pub fn insert_aa(&mut self, row: &AaRow) -> Result<(), HarnessError> {
+        self.conn
+            .execute(
+                "INSERT INTO aa_comparisons VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    row.decided_at,
+                    row.workload,
+                    row.workload_hash,
+                    row.host,
+                    row.rule,
+                    row.commit_sha,
+                    row.seed,
+                    row.verdict,
+                    row.pairs as i64,
+                    row.throughput_ratio
+                ],
+            )
+            .map_err(db_err(&self.path))?;
+        Ok(())
+    }
+
+    /// The real A/A comparisons of one workload definition on one host under one rule,
+    /// oldest first.
+    pub fn aa_comparisons(
+        &self,
+        workload: &str,
+        workload_hash: &str,
+        host: &str,
+        rule: &str,
+    ) -> Result<Vec<AaRow>, HarnessError> {
+        let err = db_err(&self.path);
+        let mut query = self
+            .conn
+            .prepare(
+                "SELECT decided_at, workload, workload_hash, host, rule, commit_sha, seed,
+                        verdict, pairs, throughput_ratio
+                 FROM aa_comparisons
+                 WHERE workload = ?1 AND workload_hash = ?2 AND host = ?3 AND rule = ?4
+                 ORDER BY decided_at",
+            )
+            .map_err(&err)?;
+        let rows = query
+            .query_map([workload, workload_hash, host, rule], |row| {
+                Ok(AaRow {
+                    decided_at: row.get(0)?,
+                    workload: row.get(1)?,
+                    workload_hash: row.get(2)?,
+                    host: row.get(3)?,
+                    rule: row.get(4)?,
+                    commit_sha: row.get(5)?,
+                    seed: row.get(6)?,
+                    verdict: row.get(7)?,
+                    pairs: row.get::<_, i64>(8)? as usize,
+                    throughput_ratio: row.get(9)?,
+                })
+            })
+            .map_err(&err)?;
+        rows.collect::<Result<_, _>>().map_err(&err)
+    }
+
     /// Whether a trial with this id is stored.
     pub fn contains(&self, id: &str) -> Result<bool, HarnessError> {
         self.conn
@@ -480,6 +576,38 @@ pub(crate) mod tests {
         assert_eq!(db.gates("w").unwrap(), vec![gate]);
         assert_eq!(db.gate_results("w", "aaa").unwrap(), vec!["{}".to_owned()]);
         assert!(db.gate_results("w", "bbb").unwrap().is_empty());
+    }
+
+    #[test]
+    fn real_aa_comparisons_are_read_back_per_workload_host_and_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = ResultsDb::open(&dir.path().join(DB_FILE)).unwrap();
+        let row = |at: &str, rule: &str, seed: u64, verdict: &str| AaRow {
+            decided_at: at.into(),
+            workload: "w".into(),
+            workload_hash: "h".into(),
+            host: "host".into(),
+            rule: rule.into(),
+            commit_sha: "aaa".into(),
+            seed: seed.to_string(),
+            verdict: verdict.into(),
+            pairs: 30,
+            throughput_ratio: 0.99,
+        };
+        let second = row("2026-12-04T01:00:00Z", "r", u64::MAX, "inconclusive");
+        let first = row("2026-12-04T00:00:00Z", "r", 7, "pass");
+        db.insert_aa(&second).unwrap();
+        db.insert_aa(&first).unwrap();
+        db.insert_aa(&row("2026-12-04T02:00:00Z", "other rule", 8, "pass"))
+            .unwrap();
+        assert_eq!(
+            db.aa_comparisons("w", "h", "host", "r").unwrap(),
+            vec![first, second]
+        );
+        assert!(db
+            .aa_comparisons("w", "h", "another host", "r")
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

@@ -13,6 +13,21 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// The name the results database stores it under.
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Regression => "regression",
+            Verdict::Inconclusive => "inconclusive",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Verdict> {
+        [Verdict::Pass, Verdict::Regression, Verdict::Inconclusive]
+            .into_iter()
+            .find(|v| v.name() == name)
+    }
+
     /// Worst of several: regression > inconclusive > pass.
     pub fn worst(verdicts: impl IntoIterator<Item = Verdict>) -> Verdict {
         verdicts
@@ -35,5 +50,18 @@ mod tests {
         assert_eq!(Verdict::worst([Pass, Inconclusive, Pass]), Inconclusive);
         assert_eq!(Verdict::worst([Pass, Regression, Inconclusive]), Regression);
         assert_eq!(Verdict::worst([Pass, Pass]), Pass);
+    }
+
+    #[test]
+    fn a_verdict_is_read_back_from_its_stored_name() {
+        for v in [Verdict::Pass, Verdict::Regression, Verdict::Inconclusive] {
+            assert_eq!(Verdict::from_name(v.name()), Some(v));
+            // The name is serde's, so JSON results and the database agree.
+            assert_eq!(
+                serde_json::to_string(&v).unwrap(),
+                format!("\"{}\"", v.name())
+            );
+        }
+        assert_eq!(Verdict::from_name("failed"), None);
     }
 }
