@@ -76,10 +76,10 @@ impl GroupChild {
             .child
             .as_mut()
             .and_then(|c| c.try_wait().ok().flatten());
-        if status.is_some() {
-            // Kill what the leader left behind while the group id is still ours, then forget it.
+        // Kill what the leader left behind, once: a later call returns the same status, when
+        // the group id may already be another's.
+        if status.is_some() && live_groups().remove(&self.pgid) {
             signal_group(self.pgid, "KILL");
-            live_groups().remove(&self.pgid);
         }
         status
     }
@@ -107,20 +107,19 @@ impl GroupChild {
         if let Some(status) = self.wait_timeout(TERM_GRACE) {
             return Some(status);
         }
-        signal_group(self.pgid, "KILL");
-        let status = self.child.as_mut().and_then(|c| c.wait().ok());
-        live_groups().remove(&self.pgid);
-        status
+        if live_groups().remove(&self.pgid) {
+            signal_group(self.pgid, "KILL");
+        }
+        self.child.as_mut().and_then(|c| c.wait().ok())
     }
 }
 
 impl Drop for GroupChild {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            if live_groups().contains(&self.pgid) {
+            if live_groups().remove(&self.pgid) {
                 signal_group(self.pgid, "KILL");
                 let _ = child.wait();
-                live_groups().remove(&self.pgid);
             }
         }
     }
